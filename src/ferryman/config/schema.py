@@ -1,0 +1,212 @@
+"""The YAML file's shape, as frozen pydantic models.
+
+Unknown keys are errors (``extra='forbid'``): a typo in a proxy's config must
+never silently fall back to a default.  Durations accept ``"10s"``, ``"500ms"``,
+``"2m"`` or a number of seconds; sizes accept ``"32KiB"``, ``"10MB"`` or bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+}
+
+
+def _duration(v: object) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a duration such as 10s, 500ms or 2m")
+    if isinstance(v, int | float):
+        secs = float(v)
+    elif isinstance(v, str) and (m := _DUR.match(v)):
+        unit = m.group(2) or "s"
+        secs = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    else:
+        raise ValueError(f"expected a duration such as 10s, 500ms or 2m, got {v!r}")
+    if secs <= 0:
+        raise ValueError("a duration must be positive")
+    return secs
+
+
+def _size(v: object) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected a size such as 64KiB or 10MB")
+    if isinstance(v, int):
+        n = v
+    elif isinstance(v, str) and (m := _SIZE.match(v)):
+        unit = m.group(2).lower() if m.group(2) else None
+        n = int(m.group(1)) * _SIZE_UNITS[unit]
+    else:
+        raise ValueError(f"expected a size such as 64KiB or 10MB, got {v!r}")
+    if n < 0:
+        raise ValueError("a size cannot be negative")
+    return n
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+
+
+def split_hostport(v: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port``, ``[v6]:port`` or ``:port`` (meaning all interfaces)."""
+    v = v.strip()
+    if v.startswith("["):
+        host, sep, rest = v[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unclosed '[' in {v!r}")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif v.count(":") == 1:
+        host, _, port_s = v.partition(":")
+    elif v.count(":") > 1:
+        raise ValueError(f"IPv6 addresses need brackets, as in [::1]:3128, got {v!r}")
+    else:
+        host, port_s = v, ""
+    if not port_s:
+        if default_port is None:
+            raise ValueError(f"missing port in {v!r} (expected HOST:PORT)")
+        port = default_port
+    else:
+        if not port_s.isdigit():
+            raise ValueError(f"port must be a number in {v!r}")
+        port = int(port_s)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    return (host or "0.0.0.0", port)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listener(_Model):
+    name: str | None = None
+    listen: str = "127.0.0.1:3128"
+    mode: Literal["forward"] = "forward"
+    backlog: int = Field(default=1024, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+
+class Match(_Model):
+    """Destination matcher: every given condition must hold (an empty one matches all)."""
+
+    domains: list[str] = Field(default_factory=list)
+    domains_file: str | None = None
+    networks: list[str] = Field(default_factory=list)
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list)
+
+    @field_validator("networks")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
+
+
+class Rule(_Model):
+    name: str | None = None
+    allow: Match | None = None
+    deny: Match | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Rule:
+        if (self.allow is None) == (self.deny is None):
+            raise ValueError("a rule needs exactly one of 'allow' or 'deny'")
+        return self
+
+
+class Forward(_Model):
+    clients: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: [443])
+    rules: list[Rule] = Field(default_factory=list)
+    parent: str | None = None
+    via: bool = True
+
+    @field_validator("clients")
+    @classmethod
+    def _check_clients(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
+
+    @field_validator("parent")
+    @classmethod
+    def _check_parent(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("http://"):
+            raise ValueError("parent must be an http:// URL such as http://10.0.0.1:3128")
+        split_hostport(v[len("http://"):].rstrip("/"), 3128)
+        return v
+
+
+class Timeouts(_Model):
+    client_header: Duration = 10.0
+    client_idle: Duration = 60.0
+    client_body: Duration = 60.0
+    upstream_connect: Duration = 5.0
+    upstream_header: Duration = 60.0
+    upstream_idle: Duration = 60.0
+    tunnel_idle: Duration = 300.0
+    shutdown_grace: Duration = 10.0
+
+
+class Limits(_Model):
+    max_header_size: Size = 32 * 1024
+    max_url_length: Size = 8 * 1024
+    max_headers: int = Field(default=100, ge=1)
+    max_body_size: Size = 0  # 0 means unlimited
+
+
+class Pool(_Model):
+    max_idle_per_origin: int = Field(default=32, ge=0)
+    idle_timeout: Duration = 30.0
+
+
+class Dns(_Model):
+    ttl: Duration = 30.0
+    negative_ttl: Duration = 5.0
+
+
+class AccessLog(_Model):
+    enabled: bool = True
+    path: str = "-"
+    format: Literal["combined", "json"] = "combined"
+
+
+class Config(_Model):
+    listeners: list[Listener] = Field(default_factory=lambda: [Listener()])
+    forward: Forward = Field(default_factory=Forward)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    limits: Limits = Field(default_factory=Limits)
+    pool: Pool = Field(default_factory=Pool)
+    dns: Dns = Field(default_factory=Dns)
+    access_log: AccessLog = Field(default_factory=AccessLog)
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> Config:
+        seen: dict[tuple[str, int], int] = {}
+        for i, lst in enumerate(self.listeners):
+            addr = split_hostport(lst.listen)
+            if addr in seen:
+                raise ValueError(
+                    f"listeners[{i}] and listeners[{seen[addr]}] both listen on {lst.listen}"
+                )
+            seen[addr] = i
+        if not self.listeners:
+            raise ValueError("at least one listener is needed")
+        return self

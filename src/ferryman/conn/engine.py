@@ -1,0 +1,95 @@
+"""State shared by every connection of one process: the Plan, pool, resolver, log.
+
+Connections read `engine.plan` once per request, so a reload (which swaps the
+reference) never changes the rules under a request already in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from ferryman.config.compile import Plan
+from ferryman.observe.access_log import AccessLog
+from ferryman.upstream.connection import UpstreamConnection
+from ferryman.upstream.dial import Resolver
+from ferryman.upstream.pool import Pool
+
+if TYPE_CHECKING:
+    from ferryman.conn.downstream import Downstream
+
+
+def _local_addresses() -> set[str]:
+    addrs = {"0.0.0.0", "::"}
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            addrs.add(str(info[4][0]))
+    except OSError:
+        pass
+    return addrs
+
+
+class Engine:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.loop = asyncio.get_running_loop()
+        pc = plan.config.pool
+        self.pool: Pool[UpstreamConnection] = Pool(pc.max_idle_per_origin, pc.idle_timeout)
+        self.resolver = Resolver(plan.config.dns.ttl, plan.config.dns.negative_ttl)
+        self.log = AccessLog(plan.config.access_log)
+        self.connections: set[Downstream] = set()
+        self.draining = False
+        self.local_addrs = _local_addresses()
+        self.local_ports = {lp.port for lp in plan.listeners}
+        self._tls: ssl.SSLContext | None = None
+        self._tick: asyncio.TimerHandle | None = self.loop.call_later(1.0, self._on_tick)
+
+    def apply(self, plan: Plan) -> None:
+        """Adopt a new Plan: later requests use it, requests in flight keep theirs."""
+        old = self.plan
+        self.plan = plan
+        pc = plan.config.pool
+        self.pool.max_idle = pc.max_idle_per_origin
+        self.pool.idle_timeout = pc.idle_timeout
+        self.resolver.ttl = plan.config.dns.ttl
+        self.resolver.negative_ttl = plan.config.dns.negative_ttl
+        self.local_ports = {lp.port for lp in plan.listeners}
+        if plan.config.access_log != old.config.access_log:
+            self.log.close()
+            self.log = AccessLog(plan.config.access_log)
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    def is_self(self, ip: str, port: int) -> bool:
+        """Would connecting to ip:port reach one of our own listeners (a loop)?"""
+        if port not in self.local_ports:
+            return False
+        if ip in self.local_addrs:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return addr.is_loopback or addr.is_unspecified
+
+    def _on_tick(self) -> None:
+        now = self.loop.time()
+        for conn in self.pool.sweep(now):
+            conn.close()
+        self.resolver.prune(now)
+        self._tick = self.loop.call_later(1.0, self._on_tick)
+
+    def close(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        for conn in self.pool.drain():
+            conn.close()
+        self.log.close()

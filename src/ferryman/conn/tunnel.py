@@ -1,0 +1,148 @@
+"""Byte relay between two transports: CONNECT tunnels (and, later, upgrades).
+
+State table, per direction:  open -> half-closed (EOF passed on with
+write_eof) -> closed.  The tunnel ends when both directions are half-closed,
+either side is lost, or nothing moved for ``idle`` seconds.  Backpressure:
+when one side's write buffer fills, the other side stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+
+class RelaySide(asyncio.Protocol):
+    __slots__ = ("transport", "peer", "tunnel", "pending", "eof", "bytes_read", "head_waiter",
+                 "_head_buf")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: RelaySide | None = None
+        self.tunnel: Tunnel | None = None
+        self.pending: list[bytes] = []
+        self.eof = False
+        self.bytes_read = 0
+        # Set while waiting for a parent proxy's answer to our CONNECT.
+        self.head_waiter: asyncio.Future[tuple[bytes, bytes]] | None = None
+        self._head_buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_waiter is not None:
+            self._head_buf += data
+            end = self._head_buf.find(b"\r\n\r\n")
+            if end >= 0:
+                waiter, self.head_waiter = self.head_waiter, None
+                head, rest = self._head_buf[: end + 4], self._head_buf[end + 4 :]
+                self._head_buf = b""
+                if not waiter.done():
+                    waiter.set_result((head, rest))
+            elif len(self._head_buf) > 16384:
+                waiter, self.head_waiter = self.head_waiter, None
+                if not waiter.done():
+                    waiter.set_exception(ValueError("parent proxy answer too large"))
+            return
+        self.bytes_read += len(data)
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+            if self.tunnel is not None:
+                self.tunnel.touch()
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool:
+        if self.head_waiter is not None:
+            waiter, self.head_waiter = self.head_waiter, None
+            if not waiter.done():
+                waiter.set_exception(ConnectionResetError("closed before answering CONNECT"))
+            return False
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        if self.tunnel is not None:
+            self.tunnel.check_done()
+        return True  # keep our write side open: half-close (RFC 9110 9.3.6)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_waiter is not None:
+            waiter, self.head_waiter = self.head_waiter, None
+            if not waiter.done():
+                waiter.set_exception(ConnectionResetError("connection lost"))
+        if self.tunnel is not None:
+            self.tunnel.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+class Tunnel:
+    """Two `RelaySide`s glued together, with one idle deadline for both."""
+
+    def __init__(
+        self,
+        client: RelaySide,
+        upstream: RelaySide,
+        idle: float,
+        on_close: Callable[[Tunnel], None],
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client = client
+        self.upstream = upstream
+        self.idle = idle
+        self.closed = False
+        self._on_close = on_close
+        self._last = self.loop.time()
+        self._timer = self.loop.call_later(idle, self._on_timer)
+        client.peer, upstream.peer = upstream, client
+        client.tunnel = upstream.tunnel = self
+
+    def start(self) -> None:
+        """Flush bytes either side sent before the tunnel was joined."""
+        for side in (self.client, self.upstream):
+            if side.pending and side.peer is not None and side.peer.transport is not None:
+                side.peer.transport.writelines(side.pending)
+                side.pending = []
+
+    @property
+    def bytes_from_client(self) -> int:
+        return self.client.bytes_read
+
+    @property
+    def bytes_from_upstream(self) -> int:
+        return self.upstream.bytes_read
+
+    def touch(self) -> None:
+        self._last = self.loop.time()
+
+    def _on_timer(self) -> None:
+        left = self._last + self.idle - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._on_timer)
+        else:
+            self.close()
+
+    def check_done(self) -> None:
+        if self.client.eof and self.upstream.eof:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._timer.cancel()
+        for side in (self.client, self.upstream):
+            if side.transport is not None:
+                side.transport.close()
+        self._on_close(self)

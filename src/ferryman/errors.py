@@ -1,0 +1,142 @@
+"""The error tree and the one table that maps errors to HTTP statuses.
+
+Every failure a request can meet is one of these classes; `conn/` never picks a
+status code itself.  That keeps the mapping auditable in one place and lets the
+log phase tell client faults from upstream faults (``source``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Source = Literal["client", "upstream", "internal", "policy"]
+
+
+class FerrymanError(Exception):
+    """Base of every error that ends a request with a synthetic response."""
+
+    status: ClassVar[int] = 500
+    source: ClassVar[Source] = "internal"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+# -- client side -------------------------------------------------------------
+class ClientProtocolError(FerrymanError):
+    """Malformed request: the connection cannot be trusted any further."""
+
+    status = 400
+    source = "client"
+
+
+class ClientTimeout(FerrymanError):
+    status = 408
+    source = "client"
+
+
+class BodyTooLarge(FerrymanError):
+    status = 413
+    source = "client"
+
+
+class UriTooLong(FerrymanError):
+    status = 414
+    source = "client"
+
+
+class HeadersTooLarge(FerrymanError):
+    status = 431
+    source = "client"
+
+
+class NotImplementedByProxy(FerrymanError):
+    """A request feature ferryman does not forward (e.g. unknown transfer coding)."""
+
+    status = 501
+    source = "client"
+
+
+# -- policy ------------------------------------------------------------------
+class Forbidden(FerrymanError):
+    status = 403
+    source = "policy"
+
+
+class LoopDetected(FerrymanError):
+    status = 508
+    source = "policy"
+
+
+# -- upstream side -----------------------------------------------------------
+class UpstreamConnectError(FerrymanError):
+    status = 502
+    source = "upstream"
+
+
+class UpstreamProtocolError(FerrymanError):
+    """The upstream sent something we will not relay (bad framing, garbage)."""
+
+    status = 502
+    source = "upstream"
+
+
+class UpstreamClosed(FerrymanError):
+    status = 502
+    source = "upstream"
+
+
+class DnsError(FerrymanError):
+    status = 502
+    source = "upstream"
+
+
+class UpstreamTimeout(FerrymanError):
+    status = 504
+    source = "upstream"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be built; ``errors`` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(errors))
+        self.source = source
+        self.errors = errors
+
+    def render(self) -> str:
+        return "\n".join(f"{self.source}: {e}" for e in self.errors)
+
+
+REASONS: dict[int, str] = {
+    100: "Continue",
+    103: "Early Hints",
+    200: "OK",
+    204: "No Content",
+    206: "Partial Content",
+    301: "Moved Permanently",
+    304: "Not Modified",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    508: "Loop Detected",
+}
+
+
+def reason(status: int) -> str:
+    return REASONS.get(status, "Unknown")

@@ -1,0 +1,79 @@
+"""Header rewriting for the next hop (pure): RFC 9110 7.6.1 hop-by-hop removal, Via.
+
+Both directions drop the fixed hop-by-hop set plus whatever the Connection
+field lists, and ferryman re-frames every body itself, so Content-Length and
+Transfer-Encoding are always written by `serialize.py`, never copied.
+"""
+
+from __future__ import annotations
+
+from ferryman.http1.events import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"content-length",  # re-emitted from the parsed framing
+        b"expect",  # ferryman answers 100-continue itself
+    }
+)
+
+# Fields that must not be forwarded but are not listed above for one direction.
+_REQUEST_DROP = HOP_BY_HOP | {b"host"}
+
+
+def forward_request_headers(
+    headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None
+) -> tuple[Headers, bool]:
+    """Headers to send upstream, and whether the client's Via showed our own token."""
+    out: Headers = []
+    via_seen = False
+    drop = _REQUEST_DROP | connection_tokens if connection_tokens else _REQUEST_DROP
+    via_values: list[bytes] = []
+    for name, value in headers:
+        n = name.lower()
+        if n in drop:
+            continue
+        if n == b"via":
+            via_values.append(value)
+            continue
+        out.append((name, value))
+    if via is not None:
+        token = via.split(b" ", 2)[1] if b" " in via else via
+        for v in via_values:
+            for part in v.split(b","):
+                fields = part.strip().split()
+                if len(fields) >= 2 and fields[1] == token:
+                    via_seen = True
+        via_values.append(via)
+    if via_values:
+        out.append((b"Via", b", ".join(via_values)))
+    return out, via_seen
+
+
+def forward_response_headers(
+    headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None
+) -> Headers:
+    drop = HOP_BY_HOP | connection_tokens if connection_tokens else HOP_BY_HOP
+    out: Headers = []
+    via_values: list[bytes] = []
+    for name, value in headers:
+        n = name.lower()
+        if n in drop:
+            continue
+        if n == b"via":
+            via_values.append(value)
+            continue
+        out.append((name, value))
+    if via is not None:
+        via_values.append(via)
+    if via_values:
+        out.append((b"Via", b", ".join(via_values)))
+    return out

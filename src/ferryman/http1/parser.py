@@ -1,0 +1,294 @@
+"""httptools (llhttp, strict mode) -> head/body/end callbacks on a sink, with limits.
+
+The parsers are sans-IO: they take bytes and call a sink; they never touch a
+socket or a clock.  llhttp does the byte-level work in C; this module adds the
+limits llhttp leaves to its embedder (header size, URL length, header count)
+and the proxy framing rules in `framing.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+from ferryman.errors import (
+    ClientProtocolError,
+    FerrymanError,
+    HeadersTooLarge,
+    UpstreamClosed,
+    UpstreamProtocolError,
+    UriTooLong,
+)
+from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
+from ferryman.http1.framing import connection_tokens, request_framing, response_framing
+
+
+class RequestSink(Protocol):
+    def on_request_head(self, head: RequestHead) -> None: ...
+    def on_request_body(self, data: bytes) -> None: ...
+    def on_request_end(self) -> None: ...
+
+
+class ResponseSink(Protocol):
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+
+
+_VALID_HOST = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:[]%!$&'()*+,;="
+)
+
+
+class RequestParser:
+    """Parses a stream of pipelined requests; raises a `FerrymanError` on bad input.
+
+    `feed` returns None normally, or the offset in ``data`` where a CONNECT (or
+    other upgrade) hands the stream over to a tunnel.
+    """
+
+    __slots__ = (
+        "_sink", "_p", "_url", "_headers", "_head_bytes", "_in_head",
+        "_max_header", "_max_url", "_max_headers",
+    )
+
+    def __init__(self, sink: RequestSink, max_header_size: int, max_url: int, max_headers: int):
+        self._sink = sink
+        self._p = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: Headers = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._max_header = max_header_size
+        self._max_url = max_url
+        self._max_headers = max_headers
+
+    @property
+    def in_head(self) -> bool:
+        return self._in_head
+
+    def feed(self, data: bytes) -> int | None:
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserUpgrade as up:
+            return int(up.args[0])
+        except httptools.HttpParserCallbackError as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, FerrymanError):
+                raise ctx from None
+            raise
+        except httptools.HttpParserInvalidURLError:
+            raise ClientProtocolError("invalid request target") from None
+        except httptools.HttpParserInvalidMethodError:
+            raise ClientProtocolError("invalid method") from None
+        except httptools.HttpParserError as exc:
+            raise ClientProtocolError(f"malformed request: {exc}") from None
+        if self._in_head:
+            # llhttp buffers a partial header line internally; bound it here.
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_header + self._max_url:
+                raise HeadersTooLarge("request header section too large")
+        return None
+
+    # -- httptools callbacks ----------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._max_url:
+            raise UriTooLong("request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_header:
+            raise HeadersTooLarge("request header section too large")
+        self._headers.append((name, value))
+        if len(self._headers) > self._max_headers:
+            raise HeadersTooLarge("too many request header fields")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        p = self._p
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ClientProtocolError(f"unsupported HTTP version {version}")
+        method = p.get_method().decode("ascii")
+        te: list[bytes] = []
+        cl: list[bytes] = []
+        hosts: list[bytes] = []
+        conn: list[bytes] = []
+        expect = False
+        for name, value in self._headers:
+            n = name.lower()
+            if n == b"host":
+                hosts.append(value)
+            elif n == b"content-length":
+                cl.append(value)
+            elif n == b"transfer-encoding":
+                te.append(value)
+            elif n == b"connection" or n == b"proxy-connection":
+                conn.append(value)
+            elif n == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    expect = True
+                else:
+                    raise ClientProtocolError("unsupported Expect")
+        if len(hosts) > 1:
+            raise ClientProtocolError("more than one Host header")
+        host = hosts[0].strip() if hosts else None
+        if host is None:
+            if version == "1.1":
+                raise ClientProtocolError("missing Host header")
+        elif b"@" in host or not all(c in _VALID_HOST for c in host):
+            raise ClientProtocolError("invalid Host header")
+        framing, length = request_framing(version, te, cl)
+        tokens = connection_tokens(conn) if conn else frozenset()
+        if version == "1.1":
+            keep_alive = b"close" not in tokens
+        else:
+            keep_alive = b"keep-alive" in tokens
+        self._sink.on_request_head(
+            RequestHead(
+                method, self._url, version, self._headers, framing, length,
+                keep_alive, host, tokens, expect,
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        self._sink.on_request_end()
+
+
+class ResponseParser:
+    """Parses responses on one upstream connection, strictly (RFC 9112 6.3).
+
+    The caller sets `request_method` before each response so that a HEAD
+    response is known to carry no body (llhttp cannot be told; see `feed`).
+    """
+
+    __slots__ = (
+        "_sink", "_p", "_headers", "_reason", "_head_bytes", "_in_head",
+        "_max_header", "_max_headers", "request_method", "_skip_rest", "_body_framing",
+    )
+
+    def __init__(self, sink: ResponseSink, max_header_size: int, max_headers: int):
+        self._sink = sink
+        self._p = httptools.HttpResponseParser(self)
+        self._headers: Headers = []
+        self._reason = b""
+        self._head_bytes = 0
+        self._in_head = False
+        self._max_header = max_header_size
+        self._max_headers = max_headers
+        self.request_method = "GET"
+        self._skip_rest = False
+        self._body_framing: Framing | None = None  # set while a final response's body runs
+
+    @property
+    def in_head(self) -> bool:
+        return self._in_head
+
+    def feed(self, data: bytes) -> None:
+        if self._skip_rest:
+            raise UpstreamProtocolError("data after a HEAD response")
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, _HeadDone):
+                return
+            if isinstance(ctx, FerrymanError):
+                raise ctx from None
+            raise UpstreamProtocolError(f"invalid response: {exc}") from None
+        except httptools.HttpParserUpgrade:
+            raise UpstreamProtocolError("unexpected protocol switch from upstream") from None
+        except httptools.HttpParserError as exc:
+            raise UpstreamProtocolError(f"invalid response: {exc}") from None
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_header:
+                raise UpstreamProtocolError("response header section too large")
+
+    def finish(self) -> None:
+        """The upstream sent EOF: end a close-delimited body, or report truncation."""
+        framing = self._body_framing
+        if framing is Framing.CLOSE:
+            self._body_framing = None
+            self._sink.on_response_end()
+        elif framing is not None:
+            raise UpstreamClosed("upstream closed the connection in the middle of the body")
+        elif self._in_head:
+            raise UpstreamProtocolError("upstream closed the connection in the response head")
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._headers = []
+        self._reason = b""
+        self._head_bytes = 0
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_header:
+            raise UpstreamProtocolError("response header section too large")
+        self._headers.append((name, value))
+        if len(self._headers) > self._max_headers:
+            raise UpstreamProtocolError("too many response header fields")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        p = self._p
+        version = p.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise UpstreamProtocolError(f"unsupported HTTP version {version}")
+        status = p.get_status_code()
+        te: list[bytes] = []
+        cl: list[bytes] = []
+        conn: list[bytes] = []
+        for name, value in self._headers:
+            n = name.lower()
+            if n == b"content-length":
+                cl.append(value)
+            elif n == b"transfer-encoding":
+                te.append(value)
+            elif n == b"connection":
+                conn.append(value)
+        framing, length = response_framing(status, self.request_method, te, cl)
+        tokens = connection_tokens(conn) if conn else frozenset()
+        keep_alive = (b"close" not in tokens) if version == "1.1" else (b"keep-alive" in tokens)
+        if framing is Framing.CLOSE:
+            keep_alive = False
+        head = ResponseHead(
+            status, self._reason, version, self._headers, framing, length, keep_alive, tokens
+        )
+        if status >= 200:
+            self._body_framing = framing
+        self._sink.on_response_head(head)
+        if self.request_method == "HEAD" and status >= 200:
+            # llhttp would wait for a body that a HEAD response never has; end the
+            # message here and refuse further bytes (the connection is not reused).
+            self._skip_rest = True
+            self._body_framing = None
+            self._sink.on_response_end()
+            raise _HeadDone()
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._skip_rest:
+            self._body_framing = None
+            self._sink.on_response_end()
+
+
+class _HeadDone(Exception):
+    """Internal: stops llhttp after a HEAD response's header section."""

@@ -1,0 +1,72 @@
+"""Bytes for the wire (pure): heads, chunk framing, synthetic responses."""
+
+from __future__ import annotations
+
+from ferryman.errors import reason
+from ferryman.http1.events import Framing, Headers
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int, reason_phrase: bytes | None = None) -> bytes:
+    if reason_phrase:
+        return b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase)
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode())
+    return line
+
+
+def framing_header(framing: Framing, length: int) -> bytes:
+    if framing is Framing.LENGTH:
+        return b"Content-Length: %d\r\n" % length
+    if framing is Framing.CHUNKED:
+        return b"Transfer-Encoding: chunked\r\n"
+    return b""
+
+
+def request_head(
+    method: str, target: bytes, host: bytes, headers: Headers, framing: Framing, length: int
+) -> bytes:
+    parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), target, host)]
+    for name, value in headers:
+        parts.append(b"%s: %s\r\n" % (name, value))
+    parts.append(framing_header(framing, length))
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def response_head(
+    status: int, reason_phrase: bytes, headers: Headers, extra: bytes
+) -> bytes:
+    parts = [status_line(status, reason_phrase)]
+    for name, value in headers:
+        parts.append(b"%s: %s\r\n" % (name, value))
+    parts.append(extra)
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def simple_response(status: int, text: str, close: bool, extra: Headers = ()) -> bytes:  # type: ignore[assignment]
+    body = (text + "\n").encode("utf-8", "replace")
+    parts = [
+        status_line(status),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Cache-Control: no-store\r\n",
+    ]
+    for name, value in extra:
+        parts.append(b"%s: %s\r\n" % (name, value))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(CRLF)
+    parts.append(body)
+    return b"".join(parts)

@@ -1,0 +1,114 @@
+"""Start-up, reload and drain: the only place with signal handlers and side effects.
+
+Reload builds the new Plan off the event loop (it may read large domain lists),
+binds any new listeners, and only then swaps `engine.plan`; any failure leaves
+the old Plan serving and logs why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from ferryman.config.compile import ListenerPlan, Plan, build_plan
+from ferryman.conn.engine import Engine
+from ferryman.errors import ConfigError
+from ferryman.server.listener import listener_key, start_listener
+
+log = logging.getLogger("ferryman")
+
+
+class Server:
+    def __init__(self, config_path: str | None, plan: Plan) -> None:
+        self.config_path = config_path
+        self.plan = plan
+        self.engine: Engine | None = None
+        self.listeners: dict[tuple[str, int], asyncio.Server] = {}
+        self.stopping: asyncio.Event | None = None
+        self._reloading = False
+
+    async def start(self) -> None:
+        self.engine = Engine(self.plan)
+        self.stopping = asyncio.Event()
+        for lp in self.plan.listeners:
+            await self._bind(lp)
+
+    async def _bind(self, lp: ListenerPlan) -> None:
+        assert self.engine is not None
+        srv = await start_listener(self.engine, lp)
+        self.listeners[listener_key(lp)] = srv
+        log.warning("ferryman: %s proxy listening on %s:%d (%s)", lp.mode, lp.host, lp.port, lp.name)
+
+    async def reload(self) -> bool:
+        if self._reloading or self.engine is None:
+            return False
+        self._reloading = True
+        try:
+            loop = asyncio.get_running_loop()
+            try:
+                plan = await loop.run_in_executor(None, build_plan, self.config_path)
+            except ConfigError as exc:
+                log.error("ferryman: reload refused, old config keeps serving:\n%s", exc.render())
+                return False
+            wanted = {listener_key(lp): lp for lp in plan.listeners}
+            added: list[tuple[str, int]] = []
+            try:
+                for key, lp in wanted.items():
+                    if key not in self.listeners:
+                        await self._bind(lp)
+                        added.append(key)
+            except OSError as exc:
+                for key in added:
+                    self.listeners.pop(key).close()
+                log.error("ferryman: reload refused, cannot bind: %s", exc)
+                return False
+            for key in list(self.listeners):
+                if key not in wanted:
+                    self.listeners.pop(key).close()
+            self.engine.apply(plan)
+            self.plan = plan
+            log.warning("ferryman: configuration reloaded from %s", self.config_path or "<built-in>")
+            return True
+        finally:
+            self._reloading = False
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let requests in flight finish up to ``grace``, then close."""
+        engine = self.engine
+        assert engine is not None
+        for srv in self.listeners.values():
+            srv.close()
+        engine.draining = True
+        for conn in list(engine.connections):
+            conn.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while engine.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(engine.connections):
+            conn.force_close()
+        engine.close()
+
+
+async def serve(config_path: str | None, plan: Plan) -> int:
+    server = Server(config_path, plan)
+    try:
+        await server.start()
+    except OSError as exc:
+        print(f"ferryman: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_hup() -> None:
+        loop.create_task(server.reload())
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    log.warning("ferryman: shutting down (grace %gs)", server.plan.timeouts.shutdown_grace)
+    await server.drain(server.plan.timeouts.shutdown_grace)
+    return 0

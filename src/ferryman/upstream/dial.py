@@ -1,0 +1,110 @@
+"""Name resolution with a small TTL cache, and connecting to the next hop.
+
+`loop.getaddrinfo` runs the system resolver in the default executor, so a
+slow DNS server never blocks the event loop; concurrent lookups of one name
+share a single future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from ferryman.errors import DnsError, UpstreamConnectError, UpstreamTimeout
+
+Addr = tuple[int, tuple[Any, ...]]  # (family, sockaddr)
+
+
+class Resolver:
+    def __init__(self, ttl: float, negative_ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._cache: dict[tuple[str, int], tuple[float, list[Addr] | None]] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Future[list[Addr]]] = {}
+
+    async def resolve(self, host: str, port: int) -> list[Addr]:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+            return [(fam, (host, port))]
+        loop = asyncio.get_running_loop()
+        key = (host, port)
+        now = loop.time()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            if hit[1] is None:
+                raise DnsError(f"cannot resolve {host}")
+            return hit[1]
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = loop.create_future()
+            self._inflight[key] = fut
+            loop.create_task(self._lookup(key, fut))
+        return await asyncio.shield(fut)
+
+    async def _lookup(self, key: tuple[str, int], fut: asyncio.Future[list[Addr]]) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = key
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addrs: list[Addr] = []
+            for fam, _, _, _, sa in infos:
+                if (fam, sa) not in addrs:
+                    addrs.append((fam, sa))
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            self._cache[key] = (loop.time() + self.ttl, addrs)
+            fut.set_result(addrs)
+        except OSError as exc:
+            self._cache[key] = (loop.time() + self.negative_ttl, None)
+            fut.set_exception(DnsError(f"cannot resolve {host}: {exc.strerror or exc}"))
+            fut.exception()  # mark retrieved: no waiter may be left
+        finally:
+            self._inflight.pop(key, None)
+
+    def prune(self, now: float) -> None:
+        for key in [k for k, (exp, _) in self._cache.items() if exp <= now]:
+            del self._cache[key]
+
+
+async def open_connection(
+    addrs: list[Addr],
+    factory: Callable[[], asyncio.Protocol],
+    timeout: float,
+    ssl_ctx: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[asyncio.Transport, asyncio.Protocol]:
+    """Try each address in turn within one overall deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Exception | None = None
+    for fam, sa in addrs:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                tr, proto = await loop.create_connection(
+                    factory, sa[0], sa[1], family=fam,
+                    ssl=ssl_ctx, server_hostname=server_hostname if ssl_ctx else None,
+                )
+            return tr, proto
+        except TimeoutError:
+            last = UpstreamTimeout(f"connect to {sa[0]} port {sa[1]} timed out")
+        except ssl.SSLError as exc:
+            last = UpstreamConnectError(f"TLS handshake with {sa[0]} failed: {exc.reason}")
+        except OSError as exc:
+            last = UpstreamConnectError(
+                f"connect to {sa[0]} port {sa[1]} failed: {exc.strerror or exc}"
+            )
+    if last is None:
+        last = UpstreamTimeout("connect timed out")
+    raise last
