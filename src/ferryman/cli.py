@@ -1,4 +1,8 @@
-"""Command line: `run`, `check`, `forward`, `reload`."""
+"""Command line: `run`, `check`, `forward`, `reload`.
+
+`check` validates in-process; `run` and `forward` validate through the child
+validator (`config/reload.py`) so the serving process never imports pydantic.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,17 @@ import signal
 import sys
 from typing import Any
 
-from ferryman.config.compile import Plan, build_plan, compile_config
-from ferryman.config.load import validate
+from ferryman.config.compile import Plan
+from ferryman.config.reload import ConfigSource, build_plan_sync
 from ferryman.errors import ConfigError
 
 
-def _run(config_path: str | None, plan: Plan, pid_file: str | None) -> int:
+def _serve(source: ConfigSource, pid_file: str | None) -> int:
+    try:
+        plan: Plan = build_plan_sync(source)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
     from ferryman.server.lifecycle import serve
 
     if pid_file:
@@ -28,7 +37,7 @@ def _run(config_path: str | None, plan: Plan, pid_file: str | None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
     try:
-        return int(runner(serve(config_path, plan)))
+        return int(runner(serve(source, plan)))
     finally:
         if pid_file:
             try:
@@ -37,12 +46,37 @@ def _run(config_path: str | None, plan: Plan, pid_file: str | None) -> int:
                 pass
 
 
-def _load(path: str | None) -> Plan:
+def _check(path: str) -> int:
+    from ferryman.config.compile import build_plan
+
     try:
-        return build_plan(path)
+        plan = build_plan(path)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
+    n = len(plan.listeners)
+    print(f"{path}: OK ({n} listener{'s' if n != 1 else ''})")
+    return 0
+
+
+def _forward_source(args: argparse.Namespace) -> ConfigSource:
+    fwd: dict[str, Any] = {}
+    if args.parent:
+        fwd["parent"] = args.parent
+    if args.allow_client:
+        fwd["clients"] = args.allow_client
+    if args.connect_port:
+        fwd["connect_ports"] = args.connect_port
+    data: dict[str, Any] = {
+        "listeners": [{"listen": args.listen, "mode": "forward"}],
+        "forward": fwd,
+        "access_log": {
+            "enabled": args.access_log != "off",
+            "path": args.access_log if args.access_log != "off" else "-",
+            "format": args.log_format,
+        },
+    }
+    return ConfigSource(inline=data, name="command line")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,34 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.cmd in (None, "run"):
         path = getattr(args, "config", None)
-        return _run(path, _load(path), getattr(args, "pid_file", None))
+        source = ConfigSource.file(path) if path else ConfigSource(inline={}, name="<built-in>")
+        return _serve(source, getattr(args, "pid_file", None))
     if args.cmd == "check":
-        plan = _load(args.config)
-        n = len(plan.listeners)
-        print(f"{args.config}: OK ({n} listener{'s' if n != 1 else ''})")
-        return 0
+        return _check(args.config)
     if args.cmd == "forward":
-        data: dict[str, Any] = {
-            "listeners": [{"listen": args.listen, "mode": "forward"}],
-            "forward": {},
-            "access_log": {
-                "enabled": args.access_log != "off",
-                "path": args.access_log if args.access_log != "off" else "-",
-                "format": args.log_format,
-            },
-        }
-        if args.parent:
-            data["forward"]["parent"] = args.parent
-        if args.allow_client:
-            data["forward"]["clients"] = args.allow_client
-        if args.connect_port:
-            data["forward"]["connect_ports"] = args.connect_port
-        try:
-            plan = compile_config(validate(data, "command line"), "command line")
-        except ConfigError as exc:
-            print(exc.render(), file=sys.stderr)
-            return 2
-        return _run(None, plan, args.pid_file)
+        return _serve(_forward_source(args), args.pid_file)
     if args.cmd == "reload":
         try:
             with open(args.pid_file) as fh:

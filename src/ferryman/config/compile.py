@@ -1,8 +1,12 @@
-"""Schema -> immutable runtime `Plan`.
+"""Validated config (a plain dict) -> immutable runtime `Plan`.
 
 Everything a request needs is precomputed here (ACL sets, header bytes,
-timeouts as floats) so the hot path only reads attributes.  Building a Plan may
-read files (domain lists), so reload runs it off the event loop.
+timeouts as floats) so the hot path only reads attributes.
+
+This module deliberately takes the *normalised dict* that `load.py` produces
+(`Config.model_dump(mode="json")`) and never imports pydantic: the serving
+process validates through a short-lived child process (`config/validate.py`)
+and so never pays pydantic's ~15 MiB of resident memory.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from ferryman.config.load import load_file
-from ferryman.config.schema import Config, Limits, Timeouts, split_hostport
+from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
 
@@ -37,13 +42,54 @@ class ForwardPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeoutsPlan:
+    client_header: float
+    client_idle: float
+    client_body: float
+    upstream_connect: float
+    upstream_header: float
+    upstream_idle: float
+    tunnel_idle: float
+    shutdown_grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsPlan:
+    max_header_size: int
+    max_url_length: int
+    max_headers: int
+    max_body_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    max_idle_per_origin: int
+    idle_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class DnsPlan:
+    ttl: float
+    negative_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogPlan:
+    enabled: bool
+    path: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     source: str
-    config: Config
     listeners: tuple[ListenerPlan, ...]
     forward: ForwardPlan
-    timeouts: Timeouts
-    limits: Limits
+    timeouts: TimeoutsPlan
+    limits: LimitsPlan
+    pool: PoolPlan
+    dns: DnsPlan
+    access_log: AccessLogPlan
 
 
 def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
@@ -55,65 +101,74 @@ def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
         raise ValueError(f"{field}: cannot read {full}: {exc.strerror or exc}") from None
 
 
-def compile_config(cfg: Config, source: str = "<built-in>") -> Plan:
+def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
+    """Build a Plan from a dict that already passed `load.validate` (normalised)."""
     base_dir = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else os.getcwd()
     errors: list[str] = []
     rules: list[Rule] = []
-    for i, r in enumerate(cfg.forward.rules):
-        match = r.allow if r.allow is not None else r.deny
-        assert match is not None
-        action = "allow" if r.allow is not None else "deny"
-        entries = list(match.domains)
-        if match.domains_file:
+    fwd_cfg = data["forward"]
+    for i, r in enumerate(fwd_cfg["rules"]):
+        is_allow = r.get("allow") is not None
+        action = "allow" if is_allow else "deny"
+        match = r[action]
+        entries = list(match["domains"])
+        if match.get("domains_file"):
             try:
                 entries += _read_domains_file(
-                    match.domains_file, base_dir, f"forward.rules[{i}].{action}.domains_file"
+                    match["domains_file"], base_dir, f"forward.rules[{i}].{action}.domains_file"
                 )
             except ValueError as exc:
                 errors.append(str(exc))
-        domains = DomainSet.build(entries) if (match.domains or match.domains_file) else None
+        domains = DomainSet.build(entries) if (match["domains"] or match.get("domains_file")) else None
         matcher = Matcher(
             domains=domains,
-            networks=tuple(ipaddress.ip_network(n, strict=False) for n in match.networks),
-            ports=frozenset(match.ports),
-            methods=frozenset(m.upper() for m in match.methods),
+            networks=tuple(ipaddress.ip_network(n, strict=False) for n in match["networks"]),
+            ports=frozenset(match["ports"]),
+            methods=frozenset(m.upper() for m in match["methods"]),
         )
-        rules.append(Rule(name=r.name or f"forward.rules[{i}]", allow=r.allow is not None, matcher=matcher))
+        rules.append(Rule(name=r.get("name") or f"forward.rules[{i}]", allow=is_allow, matcher=matcher))
     if errors:
         raise ConfigError(source, errors)
 
     listeners = []
-    for i, lst in enumerate(cfg.listeners):
-        host, port = split_hostport(lst.listen)
-        listeners.append(ListenerPlan(lst.name or f"listeners[{i}]", host, port, lst.mode, lst.backlog))
+    for i, lst in enumerate(data["listeners"]):
+        host, port = split_hostport(lst["listen"])
+        name = lst.get("name") or f"listeners[{i}]"
+        listeners.append(ListenerPlan(name, host, port, lst["mode"], lst["backlog"]))
 
     parent = None
-    if cfg.forward.parent:
-        parent = split_hostport(cfg.forward.parent[len("http://") :].rstrip("/"), 3128)
+    if fwd_cfg.get("parent"):
+        parent = split_hostport(fwd_cfg["parent"][len("http://") :].rstrip("/"), 3128)
 
     via = None
-    if cfg.forward.via:
+    if fwd_cfg["via"]:
         via = f"1.1 {socket.gethostname()}:{listeners[0].port} (ferryman)".encode("latin-1")
 
     fwd = ForwardPlan(
-        clients=ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in cfg.forward.clients)),
+        clients=ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in fwd_cfg["clients"])),
         acl=DestinationAcl(tuple(rules)),
-        connect_ports=frozenset(cfg.forward.connect_ports),
+        connect_ports=frozenset(fwd_cfg["connect_ports"]),
         parent=parent,
         via=via,
     )
     return Plan(
         source=source,
-        config=cfg,
         listeners=tuple(listeners),
         forward=fwd,
-        timeouts=cfg.timeouts,
-        limits=cfg.limits,
+        timeouts=TimeoutsPlan(**data["timeouts"]),
+        limits=LimitsPlan(**data["limits"]),
+        pool=PoolPlan(**data["pool"]),
+        dns=DnsPlan(**data["dns"]),
+        access_log=AccessLogPlan(**data["access_log"]),
     )
 
 
 def build_plan(path: str | None) -> Plan:
-    """Load, validate and compile; raises `ConfigError` naming file and field."""
+    """Load, validate and compile in this process (imports pydantic); raises `ConfigError`."""
+    from ferryman.config.load import load_file, normalise
+
     if path is None:
-        return compile_config(Config(), "<built-in>")
-    return compile_config(load_file(path), path)
+        from ferryman.config.schema import Config
+
+        return compile_config(normalise(Config()), "<built-in>")
+    return compile_config(normalise(load_file(path)), path)

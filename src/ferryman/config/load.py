@@ -40,6 +40,11 @@ def validate(data: Any, source: str) -> Config:
         raise ConfigError(source, lines) from None
 
 
+def normalise(cfg: Config) -> dict[str, Any]:
+    """The validated config as plain JSON-able data: durations in seconds, sizes in bytes."""
+    return cfg.model_dump(mode="json")
+
+
 def load_file(path: str) -> Config:
     try:
         with open(path, encoding="utf-8") as fh:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import monotonic
 from collections import deque
+from time import monotonic
 from typing import cast
 
 from ferryman.config.compile import ListenerPlan, Plan

@@ -36,10 +36,10 @@ class Engine:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
-        pc = plan.config.pool
+        pc = plan.pool
         self.pool: Pool[UpstreamConnection] = Pool(pc.max_idle_per_origin, pc.idle_timeout)
-        self.resolver = Resolver(plan.config.dns.ttl, plan.config.dns.negative_ttl)
-        self.log = AccessLog(plan.config.access_log)
+        self.resolver = Resolver(plan.dns.ttl, plan.dns.negative_ttl)
+        self.log = AccessLog(plan.access_log)
         self.connections: set[Downstream] = set()
         self.draining = False
         self.local_addrs = _local_addresses()
@@ -51,15 +51,15 @@ class Engine:
         """Adopt a new Plan: later requests use it, requests in flight keep theirs."""
         old = self.plan
         self.plan = plan
-        pc = plan.config.pool
+        pc = plan.pool
         self.pool.max_idle = pc.max_idle_per_origin
         self.pool.idle_timeout = pc.idle_timeout
-        self.resolver.ttl = plan.config.dns.ttl
-        self.resolver.negative_ttl = plan.config.dns.negative_ttl
+        self.resolver.ttl = plan.dns.ttl
+        self.resolver.negative_ttl = plan.dns.negative_ttl
         self.local_ports = {lp.port for lp in plan.listeners}
-        if plan.config.access_log != old.config.access_log:
+        if plan.access_log != old.access_log:
             self.log.close()
-            self.log = AccessLog(plan.config.access_log)
+            self.log = AccessLog(plan.access_log)
 
     @property
     def tls_context(self) -> ssl.SSLContext:

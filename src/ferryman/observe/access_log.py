@@ -13,13 +13,13 @@ import sys
 import time
 from typing import IO
 
-from ferryman.config.schema import AccessLog as AccessLogConfig
+from ferryman.config.compile import AccessLogPlan
 
 
 class AccessLog:
     __slots__ = ("enabled", "_json", "_buf", "_scheduled", "_out", "_own", "_ts_sec", "_ts_str")
 
-    def __init__(self, cfg: AccessLogConfig) -> None:
+    def __init__(self, cfg: AccessLogPlan) -> None:
         self.enabled = cfg.enabled and cfg.path not in ("off", "")
         self._json = cfg.format == "json"
         self._buf: list[str] = []

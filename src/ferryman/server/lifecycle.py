@@ -12,7 +12,8 @@ import logging
 import signal
 import sys
 
-from ferryman.config.compile import ListenerPlan, Plan, build_plan
+from ferryman.config.compile import ListenerPlan, Plan
+from ferryman.config.reload import ConfigSource, build_plan_async
 from ferryman.conn.engine import Engine
 from ferryman.errors import ConfigError
 from ferryman.server.listener import listener_key, start_listener
@@ -21,8 +22,8 @@ log = logging.getLogger("ferryman")
 
 
 class Server:
-    def __init__(self, config_path: str | None, plan: Plan) -> None:
-        self.config_path = config_path
+    def __init__(self, source: ConfigSource, plan: Plan) -> None:
+        self.source = source
         self.plan = plan
         self.engine: Engine | None = None
         self.listeners: dict[tuple[str, int], asyncio.Server] = {}
@@ -46,9 +47,8 @@ class Server:
             return False
         self._reloading = True
         try:
-            loop = asyncio.get_running_loop()
             try:
-                plan = await loop.run_in_executor(None, build_plan, self.config_path)
+                plan = await build_plan_async(self.source)
             except ConfigError as exc:
                 log.error("ferryman: reload refused, old config keeps serving:\n%s", exc.render())
                 return False
@@ -69,7 +69,7 @@ class Server:
                     self.listeners.pop(key).close()
             self.engine.apply(plan)
             self.plan = plan
-            log.warning("ferryman: configuration reloaded from %s", self.config_path or "<built-in>")
+            log.warning("ferryman: configuration reloaded from %s", self.source.name)
             return True
         finally:
             self._reloading = False
@@ -92,8 +92,8 @@ class Server:
         engine.close()
 
 
-async def serve(config_path: str | None, plan: Plan) -> int:
-    server = Server(config_path, plan)
+async def serve(source: ConfigSource, plan: Plan) -> int:
+    server = Server(source, plan)
     try:
         await server.start()
     except OSError as exc:
