@@ -1,0 +1,206 @@
+"""The client Protocol with fake transports: no sockets, responses scripted.
+
+The upstream side is a real `UpstreamConnection` whose transport is fake and
+which is parked in the engine's pool beforehand, so `_start` finds it
+synchronously and everything happens inside the test's calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ferryman.config.compile import build_plan
+from ferryman.conn.downstream import Downstream
+from ferryman.conn.engine import Engine
+from ferryman.upstream.connection import UpstreamConnection
+
+
+class FakeTransport:
+    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 5555)) -> None:
+        self.out = bytearray()
+        self.closed = False
+        self.reading = True
+        self.eof_written = False
+        self.peer = peer
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.out += data
+
+    def writelines(self, parts: Any) -> None:
+        for p in parts:
+            self.write(p)
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = bytes(self.out)
+        self.out.clear()
+        return data
+
+
+ORIGIN = ("http", "origin.test", 80)
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    eng = Engine(build_plan(None))
+    eng.log.enabled = False
+    yield eng
+    eng.close()
+
+
+def park_upstream(engine: Engine) -> tuple[UpstreamConnection, FakeTransport]:
+    conn = UpstreamConnection(ORIGIN, 32768, 100)
+    tr = FakeTransport()
+    conn.connection_made(tr)  # type: ignore[arg-type]
+    assert engine.pool.release(ORIGIN, conn, engine.loop.time())
+    return conn, tr
+
+
+def client(engine: Engine) -> tuple[Downstream, FakeTransport]:
+    ds = Downstream(engine, engine.plan.listeners[0])
+    tr = FakeTransport()
+    ds.connection_made(tr)  # type: ignore[arg-type]
+    return ds, tr
+
+
+GET = b"GET http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+async def test_keepalive_exchange_returns_upstream_to_pool(engine: Engine) -> None:
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET)
+    assert up_tr.take().startswith(b"GET /a HTTP/1.1\r\nHost: origin.test\r\n")
+    up.data_received(OK)
+    resp = tr.take()
+    assert resp.startswith(b"HTTP/1.1 200 OK\r\n") and resp.endswith(b"\r\n\r\nhi")
+    assert not tr.closed
+    assert engine.pool.idle_count(ORIGIN) == 1
+
+
+async def test_pipelined_requests_answered_in_order(engine: Engine) -> None:
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET + GET.replace(b"/a", b"/b"))
+    # Only the first is sent upstream; the second waits and reading pauses.
+    assert up_tr.take().startswith(b"GET /a ")
+    assert not tr.reading
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert up_tr.take().startswith(b"GET /b ")
+    assert tr.reading
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    out = tr.take()
+    assert out.index(b"\r\n\r\n1") < out.index(b"\r\n\r\n2")
+
+
+async def test_interim_103_relayed_to_http11_only(engine: Engine) -> None:
+    for version, expect_103 in ((b"1.1", True), (b"1.0", False)):
+        up, _ = park_upstream(engine)
+        ds, tr = client(engine)
+        ds.data_received(GET.replace(b"HTTP/1.1", b"HTTP/" + version))
+        up.data_received(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n" + OK)
+        out = tr.take()
+        assert (b"103 Early Hints" in out) is expect_103
+        assert b"200 OK" in out
+
+
+async def test_truncated_body_closes_client(engine: Engine) -> None:
+    up, _ = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    up.connection_lost(None)
+    assert tr.closed
+    assert tr.take().endswith(b"abc")  # never padded or "completed"
+
+
+async def test_invalid_response_gives_502_and_nothing_raw(engine: Engine) -> None:
+    up, _ = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi")
+    out = tr.take()
+    assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert b"hi" not in out.split(b"\r\n\r\n", 1)[1]
+    assert tr.closed
+
+
+async def test_client_backpressure_pauses_upstream_reads(engine: Engine) -> None:
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    ds.pause_writing()
+    assert not up_tr.reading
+    ds.resume_writing()
+    assert up_tr.reading
+
+
+async def test_upstream_backpressure_pauses_client_reads(engine: Engine) -> None:
+    up, _ = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(b"POST http://origin.test/u HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 10\r\n\r\n")
+    up.pause_writing()
+    assert not tr.reading
+    up.resume_writing()
+    assert tr.reading
+
+
+async def test_chunked_response_rechunked_for_11_and_raw_for_10(engine: Engine) -> None:
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    up, _ = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET)
+    up.data_received(body)
+    out = tr.take()
+    assert b"Transfer-Encoding: chunked" in out and out.endswith(b"3\r\nabc\r\n0\r\n\r\n")
+    up, _ = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET.replace(b"HTTP/1.1", b"HTTP/1.0"))
+    up.data_received(body)
+    out = tr.take()
+    assert b"Transfer-Encoding" not in out and out.endswith(b"\r\n\r\nabc")
+    assert tr.closed  # close-delimited for HTTP/1.0
+
+
+async def test_forbidden_client_gets_403_naming_rule(engine: Engine) -> None:
+    ds = Downstream(engine, engine.plan.listeners[0])
+    tr = FakeTransport(peer=("192.0.2.7", 4444))
+    ds.connection_made(tr)  # type: ignore[arg-type]
+    ds.data_received(GET)
+    out = tr.take()
+    assert out.startswith(b"HTTP/1.1 403 Forbidden") and b"forward.clients" in out
+    assert tr.closed
+
+
+def test_no_leftover_fixture_state() -> None:
+    # Sanity: the fake transport rejects writes after close (guards the tests above).
+    tr = FakeTransport()
+    tr.close()
+    with pytest.raises(AssertionError):
+        tr.write(b"x")
+
