@@ -11,6 +11,7 @@ from ferryman.errors import (
     FerrymanError,
     HeadersTooLarge,
     NotImplementedByProxy,
+    UpstreamClosed,
     UpstreamProtocolError,
     UriTooLong,
 )
@@ -202,11 +203,12 @@ def test_content_length_body_ends_exactly_at_length() -> None:
     assert sink.kinds() == ["head", "body", "end", "head", "end"]
 
 
-def test_content_length_zero_is_no_body() -> None:
+def test_content_length_zero_ends_at_head_and_keeps_length_framing() -> None:
     p, sink = request_parser()
     p.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
     head = sink.heads()[0]
-    assert head.framing is Framing.NONE
+    # LENGTH (not NONE) so the next hop is told "Content-Length: 0" too.
+    assert head.framing is Framing.LENGTH
     assert head.content_length == 0
     assert sink.kinds() == ["head", "end"]
 
@@ -393,11 +395,6 @@ def test_header_count_limit() -> None:
     assert sink.events == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: RequestParser counts header bytes twice (on_header and feed) when a "
-    "head spans several feeds, so a head well under max_header_size is refused",
-)
 def test_header_section_under_limit_is_accepted_when_segmented() -> None:
     fields = b"".join(b"X-%02d: %s\r\n" % (i, b"v" * 50) for i in range(11))
     data = b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n"  # 665 bytes < 1000
@@ -568,11 +565,6 @@ def test_invalid_chunking_is_rejected_and_never_ends(body: bytes) -> None:
     assert "end" not in sink.kinds()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: trailer fields are appended to the list already delivered as "
-    "RequestHead.headers (on_header appends to the same list object)",
-)
 def test_trailer_fields_do_not_leak_into_delivered_head() -> None:
     p, sink = request_parser()
     p.feed(_CHUNKED_HEAD + b"1\r\na\r\n0\r\nX-Injected: 1\r\n\r\n")
@@ -748,12 +740,6 @@ def test_head_response_with_chunked_te_has_no_body() -> None:
     assert sink.heads()[0].framing is Framing.NONE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UpstreamProtocolError,
-    reason="src bug: after a HEAD response ResponseParser refuses all further bytes, "
-    "yet the ResponseHead still says keep_alive=True, so a pooled connection fails",
-)
 def test_head_response_keep_alive_flag_matches_parser_reusability() -> None:
     p, sink = response_parser(method="HEAD")
     p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
@@ -820,21 +806,15 @@ def test_response_keep_alive_flags(
     assert sink.kinds() == ["head", "body", "end"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: RFC 9112 6.1 says an HTTP/1.0 message with Transfer-Encoding has "
-    "faulty framing and the connection must close; ResponseParser keeps it alive",
-)
-def test_http10_response_with_transfer_encoding_is_not_kept_alive() -> None:
+def test_http10_response_with_transfer_encoding_is_refused() -> None:
+    # RFC 9112 6.1: faulty framing; ferryman answers 502 rather than guess.
     p, sink = response_parser()
-    try:
+    with pytest.raises(UpstreamProtocolError):
         p.feed(
             b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3\r\nabc\r\n0\r\n\r\n"
         )
-    except UpstreamProtocolError:
-        return  # refusing it outright is also acceptable
-    assert sink.heads()[0].keep_alive is False
+    assert sink.heads() == []
 
 
 def test_response_header_too_large() -> None:
@@ -858,11 +838,6 @@ def test_response_header_count_limit() -> None:
         p.feed(b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 4 + b"Content-Length: 0\r\n\r\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: ResponseParser counts header bytes twice (on_header and feed) when a "
-    "head spans several feeds, so a head well under max_header_size is refused",
-)
 def test_response_header_under_limit_is_accepted_when_segmented() -> None:
     fields = b"".join(b"X-%02d: %s\r\n" % (i, b"v" * 50) for i in range(11))
     data = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n"  # 676 < 1000
@@ -872,11 +847,6 @@ def test_response_header_under_limit_is_accepted_when_segmented() -> None:
     assert sink.kinds() == ["head", "end"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: trailer fields are appended to the list already delivered as "
-    "ResponseHead.headers (on_header appends to the same list object)",
-)
 def test_response_trailers_do_not_leak_into_delivered_head() -> None:
     p, sink = response_parser()
     p.feed(
@@ -885,3 +855,72 @@ def test_response_trailers_do_not_leak_into_delivered_head() -> None:
     )
     assert sink.kinds() == ["head", "body", "end"]
     assert sink.heads()[0].headers == [(b"Transfer-Encoding", b"chunked")]
+
+
+# -- finish(): the upstream's EOF ---------------------------------------------
+
+
+def test_finish_ends_close_delimited_body() -> None:
+    p, sink = response_parser()
+    p.feed(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+    assert "end" not in sink.kinds()
+    p.finish()
+    assert sink.kinds() == ["head", "body", "end"]
+    assert sink.bodies() == [b"all of it"]
+
+
+def test_finish_ends_empty_close_delimited_body() -> None:
+    p, sink = response_parser()
+    p.feed(b"HTTP/1.0 200 OK\r\n\r\n")
+    p.finish()
+    assert sink.kinds() == ["head", "end"]
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", id="length"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", id="chunked"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+            id="chunked-before-last-chunk",
+        ),
+    ],
+)
+def test_finish_mid_body_is_truncation(partial: bytes) -> None:
+    p, sink = response_parser()
+    p.feed(partial)
+    with pytest.raises(UpstreamClosed):
+        p.finish()
+    assert "end" not in sink.kinds()
+
+
+def test_finish_mid_head_is_protocol_error() -> None:
+    p, sink = response_parser()
+    p.feed(b"HTTP/1.1 200 OK\r\nContent-Le")
+    with pytest.raises(UpstreamProtocolError):
+        p.finish()
+    assert sink.events == []
+
+
+def test_finish_between_responses_is_quiet() -> None:
+    p, sink = response_parser()
+    p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    p.finish()
+    assert sink.kinds() == ["head", "body", "end"]  # no second end, no error
+
+
+def test_finish_after_no_body_status_is_quiet() -> None:
+    p, sink = response_parser()
+    p.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    p.finish()
+    assert sink.kinds() == ["head", "end"]
+
+
+def test_finish_after_head_response_is_quiet() -> None:
+    p, sink = response_parser(method="HEAD")
+    p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+    p.finish()
+    assert sink.kinds() == ["head", "end"]

@@ -111,7 +111,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         is_allow = r.get("allow") is not None
         action = "allow" if is_allow else "deny"
         match = r[action]
-        entries = list(match["domains"])
+        entries = list(match["domains"] or ())
         if match.get("domains_file"):
             try:
                 entries += _read_domains_file(
@@ -119,7 +119,8 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
                 )
             except ValueError as exc:
                 errors.append(str(exc))
-        domains = DomainSet.build(entries) if (match["domains"] or match.get("domains_file")) else None
+        has_domains = match["domains"] is not None or bool(match.get("domains_file"))
+        domains = DomainSet.build(entries) if has_domains else None
         matcher = Matcher(
             domains=domains,
             networks=tuple(ipaddress.ip_network(n, strict=False) for n in match["networks"]),

@@ -8,6 +8,7 @@ never silently fall back to a default.  Durations accept ``"10s"``, ``"500ms"``,
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, Literal
 
@@ -34,8 +35,8 @@ def _duration(v: object) -> float:
         secs = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
     else:
         raise ValueError(f"expected a duration such as 10s, 500ms or 2m, got {v!r}")
-    if secs <= 0:
-        raise ValueError("a duration must be positive")
+    if not math.isfinite(secs) or secs <= 0:
+        raise ValueError("a duration must be a positive, finite number")
     return secs
 
 
@@ -78,7 +79,7 @@ class Listener(_Model):
 class Match(_Model):
     """Destination matcher: every given condition must hold (an empty one matches all)."""
 
-    domains: list[str] = Field(default_factory=list)
+    domains: list[str] | None = None
     domains_file: str | None = None
     networks: list[str] = Field(default_factory=list)
     ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)

@@ -260,6 +260,8 @@ class Downstream(asyncio.Protocol):
     def on_request_body(self, data: bytes) -> None:
         ex = self.rx
         assert ex is not None
+        if not data:
+            return  # an empty chunk upstream would end a chunked body early
         ex.bytes_in += len(data)
         limit = ex.plan.limits.max_body_size if ex.plan else self.engine.plan.limits.max_body_size
         if limit and ex.bytes_in > limit:
@@ -458,6 +460,8 @@ class Downstream(asyncio.Protocol):
     def on_response_body(self, data: bytes) -> None:
         ex = self.cur
         assert ex is not None and self.transport is not None
+        if not data:
+            return
         ex.bytes_out += len(data)
         if ex.out_mode == _OUT_CHUNK:
             self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))

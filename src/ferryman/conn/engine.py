@@ -50,6 +50,10 @@ class Engine:
     def apply(self, plan: Plan) -> None:
         """Adopt a new Plan: later requests use it, requests in flight keep theirs."""
         old = self.plan
+        if plan.access_log != old.access_log:
+            new_log = AccessLog(plan.access_log)  # may raise OSError: reload refused
+            self.log.close()
+            self.log = new_log
         self.plan = plan
         pc = plan.pool
         self.pool.max_idle = pc.max_idle_per_origin
@@ -57,9 +61,6 @@ class Engine:
         self.resolver.ttl = plan.dns.ttl
         self.resolver.negative_ttl = plan.dns.negative_ttl
         self.local_ports = {lp.port for lp in plan.listeners}
-        if plan.access_log != old.access_log:
-            self.log.close()
-            self.log = AccessLog(plan.access_log)
 
     @property
     def tls_context(self) -> ssl.SSLContext:

@@ -49,7 +49,7 @@ class RequestParser:
     """
 
     __slots__ = (
-        "_sink", "_p", "_url", "_headers", "_head_bytes", "_in_head",
+        "_sink", "_p", "_url", "_headers", "_head_bytes", "_in_head", "_partial",
         "_max_header", "_max_url", "_max_headers",
     )
 
@@ -59,6 +59,7 @@ class RequestParser:
         self._url = b""
         self._headers: Headers = []
         self._head_bytes = 0
+        self._partial = 0
         self._in_head = False
         self._max_header = max_header_size
         self._max_url = max_url
@@ -85,9 +86,10 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             raise ClientProtocolError(f"malformed request: {exc}") from None
         if self._in_head:
-            # llhttp buffers a partial header line internally; bound it here.
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_header + self._max_url:
+            # llhttp buffers a partial header line internally: bound the bytes fed
+            # since the last complete field (complete fields are counted exactly).
+            self._partial += len(data)
+            if self._partial > self._max_header + self._max_url:
                 raise HeadersTooLarge("request header section too large")
         return None
 
@@ -97,6 +99,7 @@ class RequestParser:
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._partial = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -104,6 +107,7 @@ class RequestParser:
             raise UriTooLong("request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._partial = 0
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_header:
             raise HeadersTooLarge("request header section too large")
@@ -152,9 +156,10 @@ class RequestParser:
             keep_alive = b"close" not in tokens
         else:
             keep_alive = b"keep-alive" in tokens
+        headers, self._headers = self._headers, []  # trailers must not join the head
         self._sink.on_request_head(
             RequestHead(
-                method, self._url, version, self._headers, framing, length,
+                method, self._url, version, headers, framing, length,
                 keep_alive, host, tokens, expect,
             )
         )
@@ -176,6 +181,7 @@ class ResponseParser:
     __slots__ = (
         "_sink", "_p", "_headers", "_reason", "_head_bytes", "_in_head",
         "_max_header", "_max_headers", "request_method", "_skip_rest", "_body_framing",
+        "_partial",
     )
 
     def __init__(self, sink: ResponseSink, max_header_size: int, max_headers: int):
@@ -184,6 +190,7 @@ class ResponseParser:
         self._headers: Headers = []
         self._reason = b""
         self._head_bytes = 0
+        self._partial = 0
         self._in_head = False
         self._max_header = max_header_size
         self._max_headers = max_headers
@@ -212,8 +219,8 @@ class ResponseParser:
         except httptools.HttpParserError as exc:
             raise UpstreamProtocolError(f"invalid response: {exc}") from None
         if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._max_header:
+            self._partial += len(data)
+            if self._partial > self._max_header:
                 raise UpstreamProtocolError("response header section too large")
 
     def finish(self) -> None:
@@ -232,11 +239,13 @@ class ResponseParser:
         self._headers = []
         self._reason = b""
         self._head_bytes = 0
+        self._partial = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._partial = 0
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_header:
             raise UpstreamProtocolError("response header section too large")
@@ -262,13 +271,17 @@ class ResponseParser:
                 te.append(value)
             elif n == b"connection":
                 conn.append(value)
+        if te and version == "1.0":
+            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+            raise UpstreamProtocolError("Transfer-Encoding in an HTTP/1.0 response")
         framing, length = response_framing(status, self.request_method, te, cl)
         tokens = connection_tokens(conn) if conn else frozenset()
         keep_alive = (b"close" not in tokens) if version == "1.1" else (b"keep-alive" in tokens)
-        if framing is Framing.CLOSE:
+        if framing is Framing.CLOSE or (self.request_method == "HEAD" and status >= 200):
             keep_alive = False
+        headers, self._headers = self._headers, []  # trailers must not join the head
         head = ResponseHead(
-            status, self._reason, version, self._headers, framing, length, keep_alive, tokens
+            status, self._reason, version, headers, framing, length, keep_alive, tokens
         )
         if status >= 200:
             self._body_framing = framing

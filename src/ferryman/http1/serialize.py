@@ -52,6 +52,8 @@ def response_head(
 
 
 def chunk(data: bytes) -> bytes:
+    if not data:
+        return b""  # an empty chunk would be the last-chunk marker
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 

@@ -67,7 +67,13 @@ class Server:
             for key in list(self.listeners):
                 if key not in wanted:
                     self.listeners.pop(key).close()
-            self.engine.apply(plan)
+            try:
+                self.engine.apply(plan)
+            except OSError as exc:
+                for key in added:
+                    self.listeners.pop(key).close()
+                log.error("ferryman: reload refused, access log: %s", exc)
+                return False
             self.plan = plan
             log.warning("ferryman: configuration reloaded from %s", self.source.name)
             return True
@@ -97,7 +103,7 @@ async def serve(source: ConfigSource, plan: Plan) -> int:
     try:
         await server.start()
     except OSError as exc:
-        print(f"ferryman: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        print(f"ferryman: cannot start: {exc}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

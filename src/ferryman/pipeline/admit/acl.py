@@ -61,7 +61,8 @@ class DomainSet:
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
-    """All given conditions must hold; an empty matcher matches every request."""
+    """Ports and methods must hold when given; domains and networks are alternatives
+    (a destination matches if it is in either); an empty matcher matches every request."""
 
     domains: DomainSet | None
     networks: tuple[IPNetwork, ...]
@@ -87,6 +88,8 @@ def _in_networks(host: str, networks: tuple[IPNetwork, ...]) -> bool:
         addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
     return any(addr in n for n in networks)
 
 
@@ -141,11 +144,11 @@ class ClientAcl:
     def allows(self, ip: str) -> bool:
         if ip.startswith("::ffff:") and "." in ip:
             ip = ip[7:]
-        try:
-            n = int.from_bytes(socket.inet_aton(ip), "big") if "." in ip else -1
-        except OSError:
-            n = -1
-        if n >= 0 and ip.count(".") == 3:
+        if "." in ip:
+            try:
+                n = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+            except OSError:
+                return False
             return any(n & mask == net for net, mask in self._v4)
         try:
             addr = ipaddress.ip_address(ip)

@@ -31,8 +31,10 @@ def _authority(host: str, port: int, default: int) -> bytes:
 
 
 def _check_host(host: str) -> str:
-    host = host.lower()
-    if not host or len(host) > 253:
+    # One trailing dot names the same host ("a.com." is "a.com"): strip it so the
+    # ACL sees one spelling; empty labels are invalid.
+    host = host.lower().removesuffix(".")
+    if not host or len(host) > 253 or ".." in host or host.startswith("."):
         raise ClientProtocolError("invalid host in request target")
     return host
 

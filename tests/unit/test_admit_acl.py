@@ -1,0 +1,327 @@
+"""Destination and client access control (pure matching, no I/O)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+
+import pytest
+
+from ferryman.pipeline.admit.acl import (
+    DEFAULT_ALLOW,
+    ClientAcl,
+    DestinationAcl,
+    DomainSet,
+    Matcher,
+    Rule,
+    Verdict,
+)
+
+
+def net(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def matcher(
+    domains: list[str] | None = None,
+    networks: tuple[str, ...] = (),
+    ports: tuple[int, ...] = (),
+    methods: tuple[str, ...] = (),
+) -> Matcher:
+    return Matcher(
+        domains=DomainSet.build(domains) if domains is not None else None,
+        networks=net(*networks),
+        ports=frozenset(ports),
+        methods=frozenset(methods),
+    )
+
+
+# -- DomainSet forms -------------------------------------------------------------------
+
+
+def test_exact_entry_matches_only_that_host() -> None:
+    ds = DomainSet.build(["example.com"])
+    assert ds.matches("example.com")
+    assert not ds.matches("www.example.com")
+    assert not ds.matches("notexample.com")
+    assert not ds.matches("example.com.evil.net")
+    assert not ds.matches("com")
+
+
+def test_star_dot_entry_matches_subdomains_only() -> None:
+    ds = DomainSet.build(["*.example.com"])
+    assert ds.matches("www.example.com")
+    assert ds.matches("a.b.c.example.com")
+    assert not ds.matches("example.com")
+    assert not ds.matches("badexample.com")
+    assert not ds.matches("www.badexample.com")
+    assert not ds.matches("example.com.evil.net")
+
+
+def test_leading_dot_entry_matches_domain_and_subdomains() -> None:
+    ds = DomainSet.build([".example.com"])
+    assert ds.matches("example.com")
+    assert ds.matches("www.example.com")
+    assert ds.matches("a.b.example.com")
+    assert not ds.matches("badexample.com")
+    assert not ds.matches("example.org")
+
+
+def test_suffix_match_is_on_label_boundaries() -> None:
+    ds = DomainSet.build([".ample.com", "*.le.com"])
+    assert not ds.matches("example.com")
+    assert not ds.matches("www.example.com")
+    assert ds.matches("ample.com")
+    assert ds.matches("x.le.com")
+
+
+def test_tld_wide_entry() -> None:
+    ds = DomainSet.build(["*.test"])
+    assert ds.matches("anything.test")
+    assert ds.matches("a.b.test")
+    assert not ds.matches("test")
+
+
+def test_entries_are_normalised() -> None:
+    ds = DomainSet.build(
+        ["  Example.COM  ", "WWW.Other.Net.", "", "   ", "# a comment", "*.CDN.org", ".Corp.IO."]
+    )
+    assert ds.matches("example.com")
+    assert ds.matches("www.other.net")
+    assert ds.matches("img.cdn.org")
+    assert ds.matches("corp.io")
+    assert ds.matches("x.corp.io")
+    assert not ds.matches("# a comment")
+    assert len(ds) == 5  # 3 exact (example.com, www.other.net, corp.io) + 2 suffixes
+
+
+def test_exact_only_set_with_no_suffixes() -> None:
+    ds = DomainSet.build(["a.com"])
+    assert ds.suffixes == frozenset()
+    assert not ds.matches("x.a.com")
+
+
+def test_empty_set_matches_nothing() -> None:
+    ds = DomainSet.build([])
+    assert len(ds) == 0
+    assert not ds.matches("example.com")
+
+
+def test_large_domain_set_is_correct_and_fast() -> None:
+    n = 100_000
+    entries = (
+        [f"site{i}.com" for i in range(n // 2)]
+        + [f".corp{i}.net" for i in range(n // 4)]
+        + [f"*.cdn{i}.org" for i in range(n // 4)]
+    )
+    ds = DomainSet.build(entries)
+    assert len(ds) == n + n // 4  # ".x" entries are also kept as exact names
+
+    queries: list[tuple[str, bool]] = []
+    for i in range(0, 10_000, 10):
+        queries += [
+            (f"site{i}.com", True),
+            (f"www.site{i}.com", False),
+            (f"corp{i}.net", True),
+            (f"deep.sub.corp{i}.net", True),
+            (f"img.cdn{i}.org", True),
+            (f"cdn{i}.org", False),
+            (f"xcdn{i}.org", False),
+            (f"site{i}.com.evil.example", False),
+            (f"unknown{i}.example", False),
+            (f"a.b.c.d.e.f.g.unlisted{i}.example", False),
+        ]
+    assert len(queries) == 10_000
+
+    start = time.perf_counter()
+    results = [ds.matches(host) for host, _ in queries]
+    elapsed = time.perf_counter() - start
+
+    assert results == [expected for _, expected in queries]
+    assert elapsed < 0.5, f"10,000 lookups took {elapsed:.3f}s"
+
+
+# -- Matcher -------------------------------------------------------------------------------
+
+
+def test_empty_matcher_matches_everything() -> None:
+    m = matcher()
+    assert m.matches("GET", "example.com", 80)
+    assert m.matches("CONNECT", "10.0.0.1", 443)
+
+
+def test_ports_condition() -> None:
+    m = matcher(ports=(80, 8080))
+    assert m.matches("GET", "a.com", 80)
+    assert m.matches("GET", "a.com", 8080)
+    assert not m.matches("GET", "a.com", 443)
+
+
+def test_methods_condition() -> None:
+    m = matcher(methods=("CONNECT",))
+    assert m.matches("CONNECT", "a.com", 443)
+    assert not m.matches("GET", "a.com", 443)
+
+
+def test_networks_condition_ipv4_and_ipv6() -> None:
+    m = matcher(networks=("10.0.0.0/8", "fd00::/8"))
+    assert m.matches("GET", "10.1.2.3", 80)
+    assert m.matches("GET", "fd12::1", 80)
+    assert m.matches("GET", "[fd12::1]", 80)
+    assert not m.matches("GET", "11.0.0.1", 80)
+    assert not m.matches("GET", "2001:db8::1", 80)
+
+
+def test_networks_condition_does_not_match_host_names() -> None:
+    m = matcher(networks=("0.0.0.0/0", "::/0"))
+    assert not m.matches("GET", "example.com", 80)
+
+
+def test_domains_condition() -> None:
+    m = matcher(domains=[".example.com"])
+    assert m.matches("GET", "www.example.com", 80)
+    assert not m.matches("GET", "example.org", 80)
+
+
+def test_domains_or_networks_identify_the_destination() -> None:
+    m = matcher(domains=["intranet.corp"], networks=("192.168.0.0/16",))
+    assert m.matches("GET", "intranet.corp", 80)
+    assert m.matches("GET", "192.168.1.1", 80)
+    assert not m.matches("GET", "example.com", 80)
+    assert not m.matches("GET", "8.8.8.8", 80)
+
+
+def test_all_given_conditions_must_hold() -> None:
+    m = matcher(domains=["*.example.com"], ports=(443,), methods=("CONNECT",))
+    assert m.matches("CONNECT", "www.example.com", 443)
+    assert not m.matches("GET", "www.example.com", 443)
+    assert not m.matches("CONNECT", "www.example.com", 8443)
+    assert not m.matches("CONNECT", "www.example.org", 443)
+
+
+def test_network_rule_matches_ipv4_mapped_ipv6_destination() -> None:
+    m = matcher(networks=("10.0.0.0/8",))
+    assert m.matches("GET", "::ffff:10.0.0.1", 80)
+
+
+# -- DestinationAcl ------------------------------------------------------------------------
+
+
+def test_no_rules_allows_by_default() -> None:
+    assert DestinationAcl(()).check("GET", "example.com", 80) == DEFAULT_ALLOW
+    assert DEFAULT_ALLOW == Verdict(True, "default")
+
+
+def test_first_matching_rule_wins_deny_first() -> None:
+    acl = DestinationAcl(
+        (
+            Rule("block-ads", False, matcher(domains=[".ads.example"])),
+            Rule("allow-example", True, matcher(domains=[".example"])),
+            Rule("deny-rest", False, matcher()),
+        )
+    )
+    assert acl.check("GET", "x.ads.example", 80) == Verdict(False, "block-ads")
+    assert acl.check("GET", "www.example", 80) == Verdict(True, "allow-example")
+    assert acl.check("GET", "other.org", 80) == Verdict(False, "deny-rest")
+
+
+def test_first_matching_rule_wins_allow_first() -> None:
+    acl = DestinationAcl(
+        (
+            Rule("allow-example", True, matcher(domains=[".example"])),
+            Rule("block-ads", False, matcher(domains=[".ads.example"])),
+        )
+    )
+    # Same rules, other order: the earlier allow now decides.
+    assert acl.check("GET", "x.ads.example", 80) == Verdict(True, "allow-example")
+
+
+def test_non_matching_rules_fall_through_to_default_allow() -> None:
+    acl = DestinationAcl((Rule("ssh", False, matcher(ports=(22,))),))
+    assert acl.check("CONNECT", "h", 22) == Verdict(False, "ssh")
+    assert acl.check("CONNECT", "h", 443) == DEFAULT_ALLOW
+
+
+def test_method_and_network_rules() -> None:
+    acl = DestinationAcl(
+        (
+            Rule("no-private", False, matcher(networks=("10.0.0.0/8", "127.0.0.0/8"))),
+            Rule("read-only", False, matcher(methods=("POST", "PUT", "DELETE"))),
+        )
+    )
+    assert not acl.check("GET", "127.0.0.1", 80).allowed
+    assert not acl.check("POST", "example.com", 80).allowed
+    assert acl.check("GET", "example.com", 80).allowed
+
+
+# -- ClientAcl -----------------------------------------------------------------------------
+
+
+def test_client_acl_ipv4() -> None:
+    acl = ClientAcl(net("10.0.0.0/8", "192.168.1.0/24"))
+    assert acl.allows("10.200.0.1")
+    assert acl.allows("192.168.1.254")
+    assert not acl.allows("192.168.2.1")
+    assert not acl.allows("8.8.8.8")
+
+
+def test_client_acl_ipv6() -> None:
+    acl = ClientAcl(net("::1/128", "fd00::/8"))
+    assert acl.allows("::1")
+    assert acl.allows("fd00::abcd")
+    assert not acl.allows("2001:db8::1")
+
+
+def test_client_acl_unmaps_ipv4_mapped_ipv6() -> None:
+    acl = ClientAcl(net("127.0.0.0/8", "::1/128"))
+    assert acl.allows("::ffff:127.0.0.1")
+    assert not acl.allows("::ffff:10.0.0.1")
+
+
+def test_client_acl_mapped_address_does_not_match_its_ipv6_form_only() -> None:
+    # An IPv6-only list does not accidentally admit an IPv4 client via mapping.
+    acl = ClientAcl(net("::ffff:0:0/96"))
+    assert not acl.allows("::ffff:10.0.0.1")
+
+
+@pytest.mark.parametrize("ip", ["", "not-an-ip", "10.0.0.256", "[::1]", "1.2.3"])
+def test_client_acl_rejects_unparseable_addresses(ip: str) -> None:
+    assert not ClientAcl(net("0.0.0.0/0", "::/0")).allows(ip)
+
+
+def test_client_acl_empty_allows_nobody() -> None:
+    assert not ClientAcl(()).allows("127.0.0.1")
+
+
+def test_client_acl_prefix_boundaries() -> None:
+    acl = ClientAcl(net("192.168.1.0/24", "10.1.2.3/32"))
+    assert not acl.allows("192.168.0.255")
+    assert acl.allows("192.168.1.0")
+    assert acl.allows("192.168.1.255")
+    assert not acl.allows("192.168.2.0")
+    assert acl.allows("10.1.2.3")
+    assert not acl.allows("10.1.2.4")
+
+
+def test_client_acl_agrees_with_ipaddress_reference() -> None:
+    networks = net("10.0.0.0/8", "172.16.0.0/12", "192.168.7.0/24", "127.0.0.1/32", "fd00::/8")
+    acl = ClientAcl(networks)
+    rng = random.Random(1234)
+    samples = [
+        ".".join(
+            str(b)
+            for b in (rng.choice([10, 172, 192, 127, 8]), *rng.choices(range(256), k=3))
+        )
+        for _ in range(2000)
+    ] + ["0.0.0.0", "255.255.255.255", "172.15.255.255", "172.31.255.255", "172.32.0.0"]
+    for ip in samples:
+        addr = ipaddress.ip_address(ip)
+        expected = any(addr in n for n in networks)
+        assert acl.allows(ip) is expected, ip
+        assert acl.allows("::ffff:" + ip) is expected, ip
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1 junk", "0x7f.0.0.1"])
+def test_client_acl_rejects_non_canonical_ipv4(ip: str) -> None:
+    assert not ClientAcl(net("127.0.0.0/8")).allows(ip)

@@ -1,0 +1,306 @@
+"""Config -> immutable Plan: ACL sets, listeners, parent, Via, domains files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ferryman.config.compile import (
+    AccessLogPlan,
+    DnsPlan,
+    LimitsPlan,
+    Plan,
+    PoolPlan,
+    TimeoutsPlan,
+    build_plan,
+    compile_config,
+)
+from ferryman.config.load import load_text, normalise
+from ferryman.config.schema import Config
+from ferryman.errors import ConfigError
+from ferryman.pipeline.admit.acl import DEFAULT_ALLOW, Verdict
+
+
+def plan_of(text: str, source: str = "<test>") -> Plan:
+    return compile_config(normalise(load_text(text, source)), source)
+
+
+def write_config(directory: Path, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "ferryman.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- the built-in default ---------------------------------------------------------------------
+
+
+def test_default_plan() -> None:
+    plan = build_plan(None)
+    assert plan.source == "<built-in>"
+    (lst,) = plan.listeners
+    assert (lst.name, lst.host, lst.port, lst.mode, lst.backlog) == (
+        "listeners[0]", "127.0.0.1", 3128, "forward", 1024,
+    )
+    fwd = plan.forward
+    assert fwd.connect_ports == frozenset({443})
+    assert fwd.parent is None
+    assert fwd.acl.rules == ()
+    assert fwd.acl.check("GET", "example.com", 80) == DEFAULT_ALLOW
+    assert plan.timeouts == TimeoutsPlan(
+        client_header=10.0, client_idle=60.0, client_body=60.0, upstream_connect=5.0,
+        upstream_header=60.0, upstream_idle=60.0, tunnel_idle=300.0, shutdown_grace=10.0,
+    )
+    assert plan.limits == LimitsPlan(
+        max_header_size=32768, max_url_length=8192, max_headers=100, max_body_size=0
+    )
+    assert plan.dns == DnsPlan(ttl=30.0, negative_ttl=5.0)
+    assert plan.access_log == AccessLogPlan(enabled=True, path="-", format="combined")
+    assert isinstance(plan.pool, PoolPlan)
+
+
+def test_built_in_default_equals_compiled_empty_file() -> None:
+    assert build_plan(None) == plan_of("", "<built-in>")
+
+
+def test_units_reach_the_plan_as_seconds_and_bytes() -> None:
+    plan = plan_of(
+        "timeouts: {client_header: 500ms, tunnel_idle: 2m}\n"
+        "limits: {max_header_size: 16KiB, max_body_size: 10MB}\n"
+        "pool: {idle_timeout: 1h}\n"
+    )
+    assert plan.timeouts.client_header == 0.5
+    assert plan.timeouts.tunnel_idle == 120.0
+    assert plan.limits.max_header_size == 16384
+    assert plan.limits.max_body_size == 10_000_000
+    assert plan.pool.idle_timeout == 3600.0
+
+
+def test_compile_accepts_plain_json_data() -> None:
+    # The serving process gets this dict from the validator child as JSON.
+    data = json.loads(json.dumps(normalise(Config())))
+    assert compile_config(data, "<built-in>") == build_plan(None)
+
+
+def test_default_clients_are_loopback_only() -> None:
+    clients = build_plan(None).forward.clients
+    assert clients.allows("127.0.0.1")
+    assert clients.allows("127.8.9.10")
+    assert clients.allows("::1")
+    assert clients.allows("::ffff:127.0.0.1")
+    assert not clients.allows("10.0.0.1")
+    assert not clients.allows("192.168.1.1")
+    assert not clients.allows("2001:db8::1")
+
+
+def test_default_via_token_names_host_port_and_product() -> None:
+    via = build_plan(None).forward.via
+    assert via is not None
+    assert via.startswith(b"1.1 ")
+    assert via.endswith(b":3128 (ferryman)")
+    assert len(via.split(b" ")) == 3
+
+
+def test_via_off() -> None:
+    assert plan_of("forward: {via: false}\n").forward.via is None
+
+
+def test_via_uses_first_listener_port() -> None:
+    plan = plan_of("listeners:\n  - {listen: '127.0.0.1:8888'}\n  - {listen: ':9999'}\n")
+    assert plan.forward.via is not None
+    assert b":8888 (ferryman)" in plan.forward.via
+
+
+def test_plan_is_immutable() -> None:
+    plan = build_plan(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.source = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.forward.via = None  # type: ignore[misc]
+
+
+# -- listeners and parent ----------------------------------------------------------------------
+
+
+def test_listeners_are_split_and_named() -> None:
+    plan = plan_of(
+        "listeners:\n  - {name: office, listen: ':3128', backlog: 64}\n"
+        "  - {listen: '[::1]:3129'}\n"
+    )
+    a, b = plan.listeners
+    assert (a.name, a.host, a.port, a.backlog) == ("office", "0.0.0.0", 3128, 64)
+    assert (b.name, b.host, b.port) == ("listeners[1]", "::1", 3129)
+
+
+@pytest.mark.parametrize(
+    ("parent", "expected"),
+    [
+        ("http://10.0.0.1:8080", ("10.0.0.1", 8080)),
+        ("http://10.0.0.1:8080/", ("10.0.0.1", 8080)),
+        ("http://proxy.lan", ("proxy.lan", 3128)),
+        ("http://[fd00::1]:3130", ("fd00::1", 3130)),
+    ],
+)
+def test_parent_is_parsed(parent: str, expected: tuple[str, int]) -> None:
+    assert plan_of(f"forward: {{parent: '{parent}'}}\n").forward.parent == expected
+
+
+def test_connect_ports_and_clients_compiled() -> None:
+    plan = plan_of("forward: {connect_ports: [443, 8443], clients: [10.0.0.0/8]}\n")
+    assert plan.forward.connect_ports == frozenset({443, 8443})
+    assert plan.forward.clients.allows("10.1.1.1")
+    assert not plan.forward.clients.allows("127.0.0.1")
+
+
+# -- rules --------------------------------------------------------------------------------
+
+
+def test_rules_keep_order_names_and_actions() -> None:
+    plan = plan_of(
+        """
+forward:
+  rules:
+    - {name: ads, deny: {domains: [.ads.example]}}
+    - {allow: {domains: ["*.example"]}}
+    - {deny: {}}
+"""
+    )
+    rules = plan.forward.acl.rules
+    assert [(r.name, r.allow) for r in rules] == [
+        ("ads", False), ("forward.rules[1]", True), ("forward.rules[2]", False),
+    ]
+    acl = plan.forward.acl
+    assert acl.check("GET", "x.ads.example", 80) == Verdict(False, "ads")
+    assert acl.check("GET", "ads.example", 80) == Verdict(False, "ads")
+    assert acl.check("GET", "www.example", 80) == Verdict(True, "forward.rules[1]")
+    assert acl.check("GET", "example", 80) == Verdict(False, "forward.rules[2]")
+
+
+def test_rule_methods_are_upper_cased_and_networks_compiled() -> None:
+    plan = plan_of(
+        """
+forward:
+  rules:
+    - {name: lan, deny: {networks: [192.168.0.0/16, "fd00::/8"]}}
+    - {name: ro, deny: {methods: [post, Put]}}
+"""
+    )
+    acl = plan.forward.acl
+    assert acl.check("GET", "192.168.4.4", 80) == Verdict(False, "lan")
+    assert acl.check("GET", "fd00::5", 80) == Verdict(False, "lan")
+    assert acl.check("POST", "example.com", 80) == Verdict(False, "ro")
+    assert acl.check("PUT", "example.com", 80) == Verdict(False, "ro")
+    assert acl.check("GET", "example.com", 80) == DEFAULT_ALLOW
+
+
+def test_rule_ports_compiled() -> None:
+    plan = plan_of("forward:\n  rules:\n    - {name: p, deny: {ports: [25, 465]}}\n")
+    assert plan.forward.acl.check("CONNECT", "mail.example", 25) == Verdict(False, "p")
+    assert plan.forward.acl.check("CONNECT", "mail.example", 443) == DEFAULT_ALLOW
+
+
+# -- domains files --------------------------------------------------------------------------
+
+
+def test_domains_file_is_relative_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    (conf_dir / "block.txt").write_text(
+        "# ads\nads.example\n*.tracker.example\n\n.malware.example\n", encoding="utf-8"
+    )
+    path = write_config(
+        conf_dir, "forward:\n  rules:\n    - {name: bl, deny: {domains_file: block.txt}}\n"
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    acl = build_plan(str(path)).forward.acl
+    for host in ["ads.example", "x.tracker.example", "malware.example", "a.malware.example"]:
+        assert acl.check("GET", host, 80) == Verdict(False, "bl"), host
+    for host in ["tracker.example", "www.ads.example", "ok.example"]:
+        assert acl.check("GET", host, 80) == DEFAULT_ALLOW, host
+
+
+def test_domains_file_absolute_path(tmp_path: Path) -> None:
+    lst = tmp_path / "lists" / "allow.txt"
+    lst.parent.mkdir()
+    lst.write_text("good.example\n", encoding="utf-8")
+    path = write_config(
+        tmp_path / "conf",
+        f"forward:\n  rules:\n    - {{allow: {{domains_file: '{lst}'}}}}\n    - {{deny: {{}}}}\n",
+    )
+    acl = build_plan(str(path)).forward.acl
+    assert acl.check("GET", "good.example", 80).allowed
+    assert not acl.check("GET", "bad.example", 80).allowed
+
+
+def test_inline_domains_and_file_are_merged(tmp_path: Path) -> None:
+    (tmp_path / "more.txt").write_text("b.example\n", encoding="utf-8")
+    path = write_config(
+        tmp_path,
+        "forward:\n  rules:\n    - deny: {domains: [a.example], domains_file: more.txt}\n",
+    )
+    acl = build_plan(str(path)).forward.acl
+    assert not acl.check("GET", "a.example", 80).allowed
+    assert not acl.check("GET", "b.example", 80).allowed
+    assert acl.check("GET", "c.example", 80).allowed
+
+
+def test_empty_domains_file_matches_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    path = write_config(
+        tmp_path, "forward:\n  rules:\n    - deny: {domains_file: empty.txt}\n"
+    )
+    assert build_plan(str(path)).forward.acl.check("GET", "any.example", 80) == DEFAULT_ALLOW
+
+
+def test_missing_domains_file_names_the_field(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        "forward:\n  rules:\n    - {allow: {}}\n    - {deny: {domains_file: nope.txt}}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        build_plan(str(path))
+    assert info.value.source == str(path)
+    (err,) = info.value.errors
+    assert err.startswith("forward.rules[1].deny.domains_file: cannot read ")
+    assert os.path.join(str(tmp_path), "nope.txt") in err
+
+
+def test_every_missing_domains_file_is_reported(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        "forward:\n  rules:\n    - {deny: {domains_file: a.txt}}\n"
+        "    - {allow: {domains_file: b.txt}}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        build_plan(str(path))
+    fields = [e.split(":", 1)[0] for e in info.value.errors]
+    assert fields == ["forward.rules[0].deny.domains_file", "forward.rules[1].allow.domains_file"]
+
+
+def test_build_plan_reports_load_errors_with_the_path(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "forward: [\n")
+    with pytest.raises(ConfigError) as info:
+        build_plan(str(path))
+    assert info.value.source == str(path)
+    assert "invalid YAML" in info.value.errors[0]
+
+
+def test_build_plan_from_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "listeners:\n  - {listen: '127.0.0.1:18080'}\n")
+    plan = build_plan(str(path))
+    assert plan.source == str(path)
+    assert plan.listeners[0].port == 18080
+
+
+def test_explicit_empty_domain_list_matches_nothing() -> None:
+    plan = plan_of("forward:\n  rules:\n    - {allow: {domains: []}}\n    - {deny: {}}\n")
+    assert not plan.forward.acl.check("GET", "anything.example", 80).allowed
