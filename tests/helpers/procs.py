@@ -135,7 +135,10 @@ http {{
     listen 127.0.0.1:{port};
     root {root};
     location = /echo {{ client_max_body_size 0; return 200 "$request_method $request_uri\\n"; }}
-    location = /headers {{ return 200 "host=$http_host via=$http_via conn=$http_connection te=$http_te pc=$http_proxy_connection x=$http_x_secret\\n"; }}
+    location = /headers {{
+      return 200
+        "host=$http_host via=$http_via conn=$http_connection te=$http_te pc=$http_proxy_connection x=$http_x_secret\\n";
+    }}
   }}
 }}
 """
