@@ -212,6 +212,24 @@ def rss_mib(pid: int) -> float | None:
     return total_kib / 1024 if seen else None
 
 
+def cpu_busy(interval: float = 0.5) -> float:
+    """Fraction of all CPU time spent busy over a short interval (0.0 if unreadable)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = total1 - total0
+    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -240,9 +258,9 @@ worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile 16384;
 events {{
-    worker_connections 16384;
+    worker_connections 8192;
 }}
 http {{
     access_log off;
@@ -263,22 +281,8 @@ http {{
 }}
 """)
     (tmp / "nginx-temp").mkdir()
-    proc = Proc(
-        "nginx",
-        pin(
-            cpu,
-            [
-                "nginx",
-                "-p",
-                f"{tmp}/",
-                "-c",
-                str(conf),
-                "-e",
-                f"{tmp}/nginx-error.log",
-            ],
-        ),
-        tmp,
-    )
+    cmd = ["nginx", "-p", f"{tmp}/", "-c", str(conf), "-e", f"{tmp}/nginx-error.log"]
+    proc = Proc("nginx", pin(cpu, cmd), tmp)
     proc.wait_port(port, timeout)
     return proc
 
@@ -677,7 +681,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not plan:
         print("nothing selected", file=sys.stderr)
         return 2
-    # Turn SIGTERM into an exception so the finally clauses below still clean up.
+    if (busy := cpu_busy()) > 0.15:
+        print(
+            f"warning: the CPUs are {busy:.0%} busy before the bench starts; "
+            "results will be noisy (other processes compete with the pinned ones)",
+            file=sys.stderr,
+        )
+    # Turn SIGTERM/SIGINT into exceptions so the finally clauses below still clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -695,9 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: origin did not start: {e}", file=sys.stderr)
             return 2
         procs.append(nginx)
-        print(
-            f"origin: nginx on {HOST}:{origin} (pid {nginx.pid}), temp dir {tmp}", file=sys.stderr
-        )
+        print(f"origin: nginx on {HOST}:{origin} (pid {nginx.pid}), temp dir {tmp}", file=sys.stderr)
         for target, wls in plan:
             label = f"{target.server}-{target.mode}"
             if target.server == "nginx":
@@ -761,4 +770,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        sys.exit(130)
