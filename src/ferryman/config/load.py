@@ -36,7 +36,10 @@ def validate(data: Any, source: str) -> Config:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown setting"
-            lines.append(f"{_path(loc)}: {msg}")
+            if not loc and ": " in msg:
+                lines.extend(msg.split("; "))  # cross-field checks carry their own paths
+            else:
+                lines.append(f"{_path(loc)}: {msg}")
         raise ConfigError(source, lines) from None
 
 

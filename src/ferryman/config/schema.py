@@ -8,55 +8,13 @@ never silently fall back to a default.  Durations accept ``"10s"``, ``"500ms"``,
 from __future__ import annotations
 
 import ipaddress
-import math
-import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ferryman.config.hostport import split_hostport
-
-_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024,
-    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
-}
-
-
-def _duration(v: object) -> float:
-    if isinstance(v, bool):
-        raise ValueError("expected a duration such as 10s, 500ms or 2m")
-    if isinstance(v, int | float):
-        secs = float(v)
-    elif isinstance(v, str) and (m := _DUR.match(v)):
-        unit = m.group(2) or "s"
-        secs = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    else:
-        raise ValueError(f"expected a duration such as 10s, 500ms or 2m, got {v!r}")
-    if not math.isfinite(secs) or secs <= 0:
-        raise ValueError("a duration must be a positive, finite number")
-    return secs
-
-
-def _size(v: object) -> int:
-    if isinstance(v, bool):
-        raise ValueError("expected a size such as 64KiB or 10MB")
-    if isinstance(v, int):
-        n = v
-    elif isinstance(v, str) and (m := _SIZE.match(v)):
-        unit = m.group(2).lower() if m.group(2) else None
-        n = int(m.group(1)) * _SIZE_UNITS[unit]
-    else:
-        raise ValueError(f"expected a size such as 64KiB or 10MB, got {v!r}")
-    if n < 0:
-        raise ValueError("a size cannot be negative")
-    return n
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-Size = Annotated[int, BeforeValidator(_size)]
+from ferryman.config.reverse_schema import ListenerTlsCfg, ReverseCfg, RouteCfg, UpstreamCfg
+from ferryman.config.units import Duration, Size
 
 
 class _Model(BaseModel):
@@ -66,8 +24,9 @@ class _Model(BaseModel):
 class Listener(_Model):
     name: str | None = None
     listen: str = "127.0.0.1:3128"
-    mode: Literal["forward"] = "forward"
+    mode: Literal["forward", "reverse"] = "forward"
     backlog: int = Field(default=1024, ge=1)
+    tls: ListenerTlsCfg | None = None
 
     @field_validator("listen")
     @classmethod
@@ -172,6 +131,22 @@ class Config(_Model):
     pool: Pool = Field(default_factory=Pool)
     dns: Dns = Field(default_factory=Dns)
     access_log: AccessLog = Field(default_factory=AccessLog)
+    routes: list[RouteCfg] = Field(default_factory=list)
+    upstreams: dict[str, UpstreamCfg] = Field(default_factory=dict)
+    reverse: ReverseCfg = Field(default_factory=ReverseCfg)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems = []
+        for i, route in enumerate(self.routes):
+            if route.upstream is not None and route.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams)) or "none defined"
+                problems.append(f"routes[{i}].upstream: unknown upstream {route.upstream!r} (known: {known})")
+        if any(lst.mode == "reverse" for lst in self.listeners) and not self.routes:
+            problems.append("routes: a reverse listener needs at least one route")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> Config:

@@ -50,7 +50,7 @@ class RequestParser:
 
     __slots__ = (
         "_sink", "_p", "_url", "_headers", "_head_bytes", "_in_head", "_partial",
-        "_max_header", "_max_url", "_max_headers",
+        "_max_header", "_max_url", "_max_headers", "_remaining", "_bypass",
     )
 
     def __init__(self, sink: RequestSink, max_header_size: int, max_url: int, max_headers: int):
@@ -63,6 +63,10 @@ class RequestParser:
         self._in_head = False
         self._max_header = max_header_size
         self._max_url = max_url
+        # Content-Length bodies skip llhttp once the head is parsed: the bytes are
+        # counted here and handed on as the same objects (no copy per chunk).
+        self._remaining = -1
+        self._bypass = False
         self._max_headers = max_headers
 
     @property
@@ -70,6 +74,20 @@ class RequestParser:
         return self._in_head
 
     def feed(self, data: bytes) -> int | None:
+        if self._bypass:
+            n = self._remaining
+            if len(data) < n:
+                self._remaining = n - len(data)
+                self._sink.on_request_body(data)
+                return None
+            self._bypass = False
+            self._remaining = -1
+            self._p = httptools.HttpRequestParser(self)
+            self._sink.on_request_body(data if len(data) == n else data[:n])
+            self._sink.on_request_end()
+            if len(data) > n:
+                return self.feed(data[n:])
+            return None
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as up:
@@ -91,6 +109,8 @@ class RequestParser:
             self._partial += len(data)
             if self._partial > self._max_header + self._max_url:
                 raise HeadersTooLarge("request header section too large")
+        elif self._remaining > 0:
+            self._bypass = True
         return None
 
     # -- httptools callbacks ----------------------------------------------
@@ -157,6 +177,7 @@ class RequestParser:
         else:
             keep_alive = b"keep-alive" in tokens
         headers, self._headers = self._headers, []  # trailers must not join the head
+        self._remaining = length if framing is Framing.LENGTH and length > 0 else -1
         self._sink.on_request_head(
             RequestHead(
                 method, self._url, version, headers, framing, length,
@@ -165,9 +186,12 @@ class RequestParser:
         )
 
     def on_body(self, body: bytes) -> None:
+        if self._remaining > 0:
+            self._remaining -= len(body)
         self._sink.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        self._remaining = -1
         self._sink.on_request_end()
 
 
@@ -181,7 +205,7 @@ class ResponseParser:
     __slots__ = (
         "_sink", "_p", "_headers", "_reason", "_head_bytes", "_in_head",
         "_max_header", "_max_headers", "request_method", "_skip_rest", "_body_framing",
-        "_partial",
+        "_partial", "_remaining", "_bypass",
     )
 
     def __init__(self, sink: ResponseSink, max_header_size: int, max_headers: int):
@@ -197,6 +221,8 @@ class ResponseParser:
         self.request_method = "GET"
         self._skip_rest = False
         self._body_framing: Framing | None = None  # set while a final response's body runs
+        self._remaining = -1  # Content-Length bytes still due (bypass as in RequestParser)
+        self._bypass = False
 
     @property
     def in_head(self) -> bool:
@@ -205,6 +231,21 @@ class ResponseParser:
     def feed(self, data: bytes) -> None:
         if self._skip_rest:
             raise UpstreamProtocolError("data after a HEAD response")
+        if self._bypass:
+            n = self._remaining
+            if len(data) < n:
+                self._remaining = n - len(data)
+                self._sink.on_response_body(data)
+                return
+            self._bypass = False
+            self._remaining = -1
+            self._body_framing = None
+            self._p = httptools.HttpResponseParser(self)
+            self._sink.on_response_body(data if len(data) == n else data[:n])
+            self._sink.on_response_end()
+            if len(data) > n:
+                self.feed(data[n:])
+            return
         try:
             self._p.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -222,6 +263,8 @@ class ResponseParser:
             self._partial += len(data)
             if self._partial > self._max_header:
                 raise UpstreamProtocolError("response header section too large")
+        elif self._remaining > 0:
+            self._bypass = True
 
     def finish(self) -> None:
         """The upstream sent EOF: end a close-delimited body, or report truncation."""
@@ -285,6 +328,8 @@ class ResponseParser:
         )
         if status >= 200:
             self._body_framing = framing
+            if framing is Framing.LENGTH and length > 0 and self.request_method != "HEAD":
+                self._remaining = length
         self._sink.on_response_head(head)
         if self.request_method == "HEAD" and status >= 200:
             # llhttp would wait for a body that a HEAD response never has; end the
@@ -295,9 +340,12 @@ class ResponseParser:
             raise _HeadDone()
 
     def on_body(self, body: bytes) -> None:
+        if self._remaining > 0:
+            self._remaining -= len(body)
         self._sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self._remaining = -1
         if not self._skip_rest:
             self._body_framing = None
             self._sink.on_response_end()
