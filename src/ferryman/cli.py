@@ -1,4 +1,4 @@
-"""Command line: `run`, `check`, `forward`, `reload`.
+"""Command line: `run`, `check`, `forward`, `reverse`, `reload`.
 
 `check` validates in-process; `run` and `forward` validate through the child
 validator (`config/reload.py`) so the serving process never imports pydantic.
@@ -59,6 +59,24 @@ def _check(path: str) -> int:
     return 0
 
 
+def _access_log(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "enabled": args.access_log != "off",
+        "path": args.access_log if args.access_log != "off" else "-",
+        "format": args.log_format,
+    }
+
+
+def _reverse_source(args: argparse.Namespace) -> ConfigSource:
+    data: dict[str, Any] = {
+        "listeners": [{"listen": args.listen, "mode": "reverse"}],
+        "routes": [{"name": "default", "upstream": "default"}],
+        "upstreams": {"default": {"balance": args.balance, "servers": [{"url": u} for u in args.to]}},
+        "access_log": _access_log(args),
+    }
+    return ConfigSource(inline=data, name="command line")
+
+
 def _forward_source(args: argparse.Namespace) -> ConfigSource:
     fwd: dict[str, Any] = {}
     if args.parent:
@@ -70,11 +88,7 @@ def _forward_source(args: argparse.Namespace) -> ConfigSource:
     data: dict[str, Any] = {
         "listeners": [{"listen": args.listen, "mode": "forward"}],
         "forward": fwd,
-        "access_log": {
-            "enabled": args.access_log != "off",
-            "path": args.access_log if args.access_log != "off" else "-",
-            "format": args.log_format,
-        },
+        "access_log": _access_log(args),
     }
     return ConfigSource(inline=data, name="command line")
 
@@ -101,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     p_fwd.add_argument("--log-format", choices=["combined", "json"], default="combined")
     p_fwd.add_argument("--pid-file")
 
+    p_rev = sub.add_parser("reverse", help="one-liner reverse proxy / load balancer")
+    p_rev.add_argument("--listen", default="127.0.0.1:8080")
+    p_rev.add_argument("--to", action="append", required=True, metavar="URL",
+                       help="a backend server (repeat for several)")
+    p_rev.add_argument("--balance", default="round_robin",
+                       choices=["round_robin", "least_conn", "random_two", "ewma", "ip_hash"])
+    p_rev.add_argument("--access-log", default="-", help="path, '-' for stdout, or 'off'")
+    p_rev.add_argument("--log-format", choices=["combined", "json"], default="combined")
+    p_rev.add_argument("--pid-file")
+
     p_rel = sub.add_parser("reload", help="ask a running ferryman to reload its config")
     p_rel.add_argument("--pid-file", required=True)
 
@@ -118,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.config)
     if args.cmd == "forward":
         return _serve(_forward_source(args), args.pid_file)
+    if args.cmd == "reverse":
+        return _serve(_reverse_source(args), args.pid_file)
     if args.cmd == "reload":
         try:
             with open(args.pid_file) as fh:

@@ -69,6 +69,11 @@ class LoopDetected(FerrymanError):
     source = "policy"
 
 
+class RouteNotFound(FerrymanError):
+    status = 404
+    source = "policy"
+
+
 # -- upstream side -----------------------------------------------------------
 class UpstreamConnectError(FerrymanError):
     status = 502
@@ -94,6 +99,13 @@ class DnsError(FerrymanError):
 
 class UpstreamTimeout(FerrymanError):
     status = 504
+    source = "upstream"
+
+
+class NoHealthyUpstream(FerrymanError):
+    """Every server of the route's upstream is down or ejected (sent with Retry-After)."""
+
+    status = 503
     source = "upstream"
 
 

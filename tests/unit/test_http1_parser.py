@@ -714,13 +714,24 @@ def test_1xx_to_head_request_is_still_followed_by_final_head() -> None:
     assert sink.kinds() == ["head", "end", "head", "end"]
 
 
-def test_101_from_upstream_is_refused() -> None:
-    p, _ = response_parser()
+def test_101_hands_over_the_bytes_after_its_head() -> None:
+    # The parser reports where the tunnel starts; whether a 101 was asked for is
+    # the engine's decision (an unasked 101 is refused by the sink, see below).
+    p, sink = response_parser()
+    data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nFRAME"
+    off = p.feed(data)
+    assert off is not None and data[off:] == b"FRAME"
+    assert [h.status for h in sink.heads()] == [101]
+
+
+def test_101_refused_by_the_sink_is_an_upstream_error() -> None:
+    class Refusing(Recorder):
+        def on_response_head(self, head: Any) -> None:
+            raise UpstreamProtocolError("unasked")
+
+    p = ResponseParser(Refusing(), 32768, 100)
     with pytest.raises(UpstreamProtocolError):
-        p.feed(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\n\r\n"
-        )
+        p.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
 
 
 def test_head_response_with_content_length_ends_right_after_head() -> None:

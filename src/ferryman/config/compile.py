@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ferryman.config.compile_reverse import ReversePlan, TlsPlan, compile_reverse, compile_tls
 from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
@@ -30,6 +31,7 @@ class ListenerPlan:
     port: int
     mode: str
     backlog: int
+    tls: TlsPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class Plan:
     pool: PoolPlan
     dns: DnsPlan
     access_log: AccessLogPlan
+    reverse: ReversePlan | None = None
 
 
 def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
@@ -135,7 +138,9 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
     for i, lst in enumerate(data["listeners"]):
         host, port = split_hostport(lst["listen"])
         name = lst.get("name") or f"listeners[{i}]"
-        listeners.append(ListenerPlan(name, host, port, lst["mode"], lst["backlog"]))
+        listeners.append(
+            ListenerPlan(name, host, port, lst["mode"], lst["backlog"], compile_tls(lst.get("tls")))
+        )
 
     parent = None
     if fwd_cfg.get("parent"):
@@ -161,6 +166,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         pool=PoolPlan(**data["pool"]),
         dns=DnsPlan(**data["dns"]),
         access_log=AccessLogPlan(**data["access_log"]),
+        reverse=compile_reverse(data, listeners[0].port),
     )
 
 

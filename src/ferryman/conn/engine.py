@@ -10,12 +10,15 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from ferryman.config.compile import Plan
 from ferryman.observe.access_log import AccessLog
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import Resolver
+from ferryman.upstream.group import UpstreamGroup
+from ferryman.upstream.health_check import run_checks
 from ferryman.upstream.pool import Pool
 
 if TYPE_CHECKING:
@@ -45,7 +48,28 @@ class Engine:
         self.local_addrs = _local_addresses()
         self.local_ports = {lp.port for lp in plan.listeners}
         self._tls: ssl.SSLContext | None = None
+        self.groups: dict[str, UpstreamGroup] = {}
+        self._checks: dict[str, asyncio.Task[None]] = {}
+        self._build_groups(plan)
         self._tick: asyncio.TimerHandle | None = self.loop.call_later(1.0, self._on_tick)
+
+    def _build_groups(self, plan: Plan) -> None:
+        """New groups for a new Plan, keeping health verdicts of servers that stay."""
+        now = monotonic()
+        old = self.groups
+        groups: dict[str, UpstreamGroup] = {}
+        if plan.reverse is not None:
+            for name, up in plan.reverse.upstreams.items():
+                g = UpstreamGroup(up, now)
+                if name in old:
+                    g.adopt(old[name])
+                groups[name] = g
+        for task in self._checks.values():
+            task.cancel()
+        self._checks = {
+            name: self.loop.create_task(run_checks(g)) for name, g in groups.items() if g.plan.health
+        }
+        self.groups = groups
 
     def apply(self, plan: Plan) -> None:
         """Adopt a new Plan: later requests use it, requests in flight keep theirs."""
@@ -54,6 +78,7 @@ class Engine:
             new_log = AccessLog(plan.access_log)  # may raise OSError: reload refused
             self.log.close()
             self.log = new_log
+        self._build_groups(plan)
         self.plan = plan
         pc = plan.pool
         self.pool.max_idle = pc.max_idle_per_origin
@@ -85,12 +110,17 @@ class Engine:
         for conn in self.pool.sweep(now):
             conn.close()
         self.resolver.prune(now)
+        mono = monotonic()
+        for g in self.groups.values():
+            g.tick(mono)
         self._tick = self.loop.call_later(1.0, self._on_tick)
 
     def close(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        for task in self._checks.values():
+            task.cancel()
         for conn in self.pool.drain():
             conn.close()
         self.log.close()

@@ -30,10 +30,19 @@ _REQUEST_DROP = HOP_BY_HOP | {b"host"}
 
 
 def forward_request_headers(
-    headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None
+    headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None, keep_upgrade: bool = False
 ) -> tuple[Headers, bool]:
-    """Headers to send upstream, and whether the client's Via showed our own token."""
+    """Headers to send upstream, and whether the client's Via showed our own token.
+
+    With ``keep_upgrade`` the Upgrade field survives and ``Connection: upgrade`` is
+    re-sent: the one hop-by-hop pair a proxy must pass on to tunnel WebSocket.
+    """
     out: Headers = []
+    if keep_upgrade:
+        for name, value in headers:
+            if name.lower() == b"upgrade":
+                out.append((name, value))
+        out.append((b"Connection", b"upgrade"))
     via_seen = False
     drop = _REQUEST_DROP | connection_tokens if connection_tokens else _REQUEST_DROP
     via_values: list[bytes] = []

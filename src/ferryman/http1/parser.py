@@ -147,9 +147,12 @@ class RequestParser:
         hosts: list[bytes] = []
         conn: list[bytes] = []
         expect = False
+        upgrade: bytes | None = None
         for name, value in self._headers:
             n = name.lower()
-            if n == b"host":
+            if n == b"upgrade":
+                upgrade = value
+            elif n == b"host":
                 hosts.append(value)
             elif n == b"content-length":
                 cl.append(value)
@@ -178,10 +181,12 @@ class RequestParser:
             keep_alive = b"keep-alive" in tokens
         headers, self._headers = self._headers, []  # trailers must not join the head
         self._remaining = length if framing is Framing.LENGTH and length > 0 else -1
+        if upgrade is not None and (b"upgrade" not in tokens or version != "1.1" or method == "CONNECT"):
+            upgrade = None
         self._sink.on_request_head(
             RequestHead(
                 method, self._url, version, headers, framing, length,
-                keep_alive, host, tokens, expect,
+                keep_alive, host, tokens, expect, upgrade,
             )
         )
 
@@ -228,7 +233,8 @@ class ResponseParser:
     def in_head(self) -> bool:
         return self._in_head
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int | None:
+        """Returns the offset where a 101's tunnel bytes start, else None."""
         if self._skip_rest:
             raise UpstreamProtocolError("data after a HEAD response")
         if self._bypass:
@@ -236,7 +242,7 @@ class ResponseParser:
             if len(data) < n:
                 self._remaining = n - len(data)
                 self._sink.on_response_body(data)
-                return
+                return None
             self._bypass = False
             self._remaining = -1
             self._body_framing = None
@@ -244,19 +250,20 @@ class ResponseParser:
             self._sink.on_response_body(data if len(data) == n else data[:n])
             self._sink.on_response_end()
             if len(data) > n:
-                self.feed(data[n:])
-            return
+                return self.feed(data[n:])
+            return None
         try:
             self._p.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             ctx = exc.__context__
             if isinstance(ctx, _HeadDone):
-                return
+                return None
             if isinstance(ctx, FerrymanError):
                 raise ctx from None
             raise UpstreamProtocolError(f"invalid response: {exc}") from None
-        except httptools.HttpParserUpgrade:
-            raise UpstreamProtocolError("unexpected protocol switch from upstream") from None
+        except httptools.HttpParserUpgrade as up:
+            # Only reached when the sink accepted the 101 (it raises otherwise).
+            return int(up.args[0])
         except httptools.HttpParserError as exc:
             raise UpstreamProtocolError(f"invalid response: {exc}") from None
         if self._in_head:
@@ -265,6 +272,7 @@ class ResponseParser:
                 raise UpstreamProtocolError("response header section too large")
         elif self._remaining > 0:
             self._bypass = True
+        return None
 
     def finish(self) -> None:
         """The upstream sent EOF: end a close-delimited body, or report truncation."""

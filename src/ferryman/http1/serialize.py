@@ -57,6 +57,16 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def fixed_response(status: int, content_type: bytes, body: bytes) -> bytes:
+    return b"".join(
+        (
+            status_line(status),
+            b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type, len(body)),
+            body,
+        )
+    )
+
+
 def simple_response(status: int, text: str, close: bool, extra: Headers = ()) -> bytes:  # type: ignore[assignment]
     body = (text + "\n").encode("utf-8", "replace")
     parts = [

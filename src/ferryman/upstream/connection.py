@@ -27,6 +27,7 @@ class UpstreamHandler(Protocol):
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self) -> None: ...
     def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None: ...
+    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
 
@@ -92,12 +93,22 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         try:
-            self.parser.feed(data)
+            off = self.parser.feed(data)
         except FerrymanError as exc:
             h = self.handler
             self.abort()
             if h is not None:
                 h.upstream_failed(exc, True)
+            return
+        if off is not None:
+            # 101 Switching Protocols: this socket is a tunnel now, never pooled.
+            h = self.handler
+            self.handler = None
+            self.closed = True
+            if h is not None:
+                h.on_upgrade(self, data[off:])
+        elif self.handler is None and self.parser.in_head:
+            self.close()  # bytes after a complete response: never a valid next response
 
     def eof_received(self) -> bool | None:
         handler = self.handler

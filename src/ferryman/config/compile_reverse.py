@@ -1,0 +1,192 @@
+"""Reverse-proxy part of the Plan: route table, actions, upstream specs, TLS listeners."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ferryman.config.hostport import split_hostport
+from ferryman.pipeline.admit.acl import ClientAcl
+from ferryman.pipeline.route.table import Route, RouteMatch, RouteTable
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPlan:
+    index: int
+    url: str
+    scheme: str
+    host: str
+    port: int
+    weight: int
+    backup: bool
+    max_conns: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def authority(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return (h if self.port == default else f"{h}:{self.port}").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPlan:
+    path: str
+    interval: float
+    timeout: float
+    expect_status: frozenset[int]
+    rise: int
+    fall: int
+
+
+@dataclass(frozen=True, slots=True)
+class PassivePlan:
+    failures: int
+    window: float
+    ejection: float
+    max_ejected_share: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPlan:
+    name: str
+    balance: str
+    hash_header: bytes | None
+    hash_cookie: bytes | None
+    hash_uri: bool
+    servers: tuple[ServerPlan, ...]
+    health: HealthPlan | None
+    passive: PassivePlan
+    slow_start: float
+    retries: int
+    retry_budget: float
+    tls_verify: bool
+    tls_ca_file: str | None
+    tls_sni: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyAction:
+    upstream: str
+    strip_prefix: str | None
+    replace_prefix: str | None
+    host_header: str  # "preserve" | "upstream" | literal
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectAction:
+    to: str
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class RespondAction:
+    status: int
+    body: bytes
+    content_type: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReversePlan:
+    table: RouteTable[ProxyAction | RedirectAction | RespondAction]
+    upstreams: Mapping[str, UpstreamPlan]
+    trusted: ClientAcl | None
+    forwarded_headers: bool
+    via: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CertPlan:
+    cert: str
+    key: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPlan:
+    certificates: tuple[CertPlan, ...]
+    min_version: str
+
+
+def compile_tls(data: Mapping[str, Any] | None) -> TlsPlan | None:
+    if not data:
+        return None
+    certs = tuple(
+        CertPlan(c["cert"], c["key"], tuple(c.get("names") or ())) for c in data["certificates"]
+    )
+    return TlsPlan(certs, data["min_version"])
+
+
+def _server(i: int, s: Mapping[str, Any]) -> ServerPlan:
+    scheme, _, rest = s["url"].partition("://")
+    host, port = split_hostport(rest.rstrip("/"), 443 if scheme == "https" else 80)
+    return ServerPlan(i, s["url"], scheme, host.strip("[]"), port, s["weight"], s["backup"], s["max_conns"])
+
+
+def _upstream(name: str, u: Mapping[str, Any]) -> UpstreamPlan:
+    h = u.get("health")
+    p = u["passive"]
+    hk = u.get("hash_key") or {}
+    return UpstreamPlan(
+        name=name,
+        balance=u["balance"],
+        hash_header=hk["header"].lower().encode() if hk.get("header") else None,
+        hash_cookie=hk["cookie"].encode() if hk.get("cookie") else None,
+        hash_uri=bool(hk.get("uri")),
+        servers=tuple(_server(i, s) for i, s in enumerate(u["servers"])),
+        health=HealthPlan(
+            h["path"], h["interval"], h["timeout"], frozenset(h["expect_status"]), h["rise"], h["fall"]
+        ) if h else None,
+        passive=PassivePlan(p["failures"], p["window"], p["ejection"], p["max_ejected_share"]),
+        slow_start=float(u.get("slow_start") or 0.0),
+        retries=u["retries"]["count"],
+        retry_budget=u["retries"]["budget"],
+        tls_verify=u["tls"]["verify"],
+        tls_ca_file=u["tls"].get("ca_file"),
+        tls_sni=u["tls"].get("sni"),
+    )
+
+
+def _action(r: Mapping[str, Any]) -> ProxyAction | RedirectAction | RespondAction:
+    if r.get("upstream") is not None:
+        rw = r.get("rewrite") or {}
+        return ProxyAction(r["upstream"], rw.get("strip_prefix"), rw.get("replace_prefix"), r["host_header"])
+    if r.get("redirect") is not None:
+        return RedirectAction(r["redirect"]["to"], r["redirect"]["status"])
+    resp = r["respond"]
+    return RespondAction(resp["status"], resp["body"].encode(), resp["content_type"].encode("latin-1"))
+
+
+def compile_reverse(data: Mapping[str, Any], first_port: int) -> ReversePlan | None:
+    if not data.get("routes"):
+        return None
+    routes = []
+    for i, r in enumerate(data["routes"]):
+        m = r["match"]
+        match = RouteMatch(
+            hosts=tuple(m.get("host") or ()),
+            path_prefix=m.get("path_prefix"),
+            path_exact=m.get("path_exact"),
+            path_regex=m.get("path_regex"),
+            methods=frozenset(x.upper() for x in m["methods"]),
+            headers=tuple((k.lower(), v) for k, v in m["headers"].items()),
+        )
+        routes.append(Route(r.get("name") or f"routes[{i}]", match, _action(r)))
+    rev = data["reverse"]
+    trusted = rev["trusted_proxies"]
+    via = None
+    if rev["via"]:
+        via = f"1.1 {socket.gethostname()}:{first_port} (ferryman)".encode("latin-1")
+    return ReversePlan(
+        table=RouteTable(routes),
+        upstreams={name: _upstream(name, u) for name, u in data["upstreams"].items()},
+        trusted=ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in trusted)) if trusted else None,
+        forwarded_headers=rev["forwarded_headers"],
+        via=via,
+    )

@@ -1,0 +1,44 @@
+"""Forward-proxy routing (pure): admit by client and destination, then a Decision."""
+
+from __future__ import annotations
+
+from ferryman.config.compile import ForwardPlan
+from ferryman.errors import Forbidden, LoopDetected
+from ferryman.http1.events import RequestHead
+from ferryman.http1.headers import forward_request_headers
+from ferryman.pipeline.route.router import parse_absolute, parse_authority
+from ferryman.pipeline.stage import Connect, Decision, Proxy
+
+
+def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_allowed: bool) -> Decision:
+    if not client_allowed:
+        raise Forbidden(f"client {client_ip} may not use this proxy (rule: forward.clients)")
+    if head.method == "CONNECT":
+        target = parse_authority(head.target)
+        if target.port not in fwd.connect_ports:
+            raise Forbidden(f"CONNECT to port {target.port} is not allowed (rule: forward.connect_ports)")
+        verdict = fwd.acl.check("CONNECT", target.host, target.port)
+        if not verdict.allowed:
+            raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
+        return Connect(target)
+    target = parse_absolute(head.target)
+    verdict = fwd.acl.check(head.method, target.host, target.port)
+    if not verdict.allowed:
+        raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
+    upgrade = head.upgrade is not None
+    headers, looped = forward_request_headers(
+        head.headers, head.connection_tokens, fwd.via, keep_upgrade=upgrade
+    )
+    if looped:
+        raise LoopDetected("forwarding loop detected (our own Via came back)")
+    if fwd.parent is not None:
+        next_hop = ("parent", fwd.parent[0], fwd.parent[1])
+        req_target = b"%s://%s%s" % (target.scheme.encode(), target.authority, target.path)
+        tls_name = None
+    else:
+        next_hop = (target.scheme, target.host, target.port)
+        req_target = target.path
+        tls_name = target.host if target.scheme == "https" else None
+    return Proxy(
+        head.method, req_target, headers, target.authority, False, next_hop, None, "", upgrade, tls_name
+    )

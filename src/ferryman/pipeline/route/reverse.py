@@ -1,0 +1,68 @@
+"""Reverse-proxy routing (pure): route table lookup, then a Decision.
+
+The upstream server itself is chosen later, at dial time, by the group's
+balancer: a retry must be able to pick again without routing again.
+"""
+
+from __future__ import annotations
+
+from ferryman.config.compile_reverse import ProxyAction, RedirectAction, ReversePlan
+from ferryman.errors import ClientProtocolError, RouteNotFound
+from ferryman.http1 import serialize as ser
+from ferryman.http1.events import RequestHead
+from ferryman.http1.headers import forward_request_headers
+from ferryman.pipeline.route.forwarded import add_forwarded
+from ferryman.pipeline.route.table import rewrite_path
+from ferryman.pipeline.stage import Decision, Proxy, Synthetic
+
+
+def _split_target(target: bytes) -> tuple[bytes, bytes]:
+    if not target.startswith(b"/"):
+        if target == b"*":
+            return b"*", b""
+        raise ClientProtocolError("a reverse proxy takes origin-form request targets")
+    path, sep, query = target.partition(b"?")
+    return path, (b"?" + query if sep else b"")
+
+
+def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool) -> Decision:
+    path, query = _split_target(head.target)
+    route = rev.table.lookup(head.host, head.method, path, head.headers)
+    if route is None:
+        shown = (head.host or b"").decode("latin-1")
+        raise RouteNotFound(f"no route for {shown}{path.decode('latin-1')}")
+    action = route.action
+    scheme = "https" if tls else "http"
+    if isinstance(action, RedirectAction):
+        host_s = (head.host or b"").decode("latin-1")
+        location = action.to.format(
+            scheme=scheme,
+            host=host_s.split(":")[0] if not host_s.startswith("[") else host_s,
+            uri=head.target.decode("latin-1"),
+            path=path.decode("latin-1"),
+        )
+        data = ser.simple_response(
+            action.status, f"moved to {location}", close=False,
+            extra=[(b"Location", location.encode("latin-1"))],
+        )
+        return Synthetic(action.status, data, route.name)
+    if not isinstance(action, ProxyAction):
+        data = ser.fixed_response(action.status, action.content_type, action.body)
+        return Synthetic(action.status, data, route.name)
+    upgrade = head.upgrade is not None
+    headers, _ = forward_request_headers(head.headers, head.connection_tokens, rev.via, keep_upgrade=upgrade)
+    if rev.forwarded_headers:
+        headers = add_forwarded(headers, client_ip, scheme, head.host, rev.trusted)
+    if action.strip_prefix is not None or action.replace_prefix is not None:
+        path = rewrite_path(path, action.strip_prefix, action.replace_prefix, route.match.path_prefix)
+    host_mode = action.host_header
+    if host_mode == "preserve":
+        host = head.host or b""
+    elif host_mode == "upstream":
+        host = b""
+    else:
+        host = host_mode.encode("latin-1")
+    return Proxy(
+        head.method, path + query, headers, host, host_mode == "upstream", None, action.upstream,
+        route.name, upgrade,
+    )

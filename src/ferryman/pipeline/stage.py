@@ -1,0 +1,47 @@
+"""The routing phase's decisions: what the connection must do with a request.
+
+A router returns exactly one of these; `conn/` carries it out and decides
+nothing itself (DESIGN 2.9: an explicit Decision, never an overloaded None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ferryman.http1.events import Headers
+from ferryman.pipeline.route.router import Target
+
+
+@dataclass(slots=True)
+class Proxy:
+    """Send the request to a next hop and relay the answer."""
+
+    method: str
+    target: bytes  # request-target for the next hop
+    headers: Headers  # forwarded fields, without Host and without framing fields
+    host: bytes  # Host for the next hop, unless `host_from_server`
+    host_from_server: bool  # reverse routes with host_header: upstream
+    next_hop: tuple[str, str, int] | None  # forward: (scheme, host, port) of origin or parent
+    group: str | None  # reverse: the upstream group to pick a server from
+    route: str  # route name for the log ("" in forward mode)
+    upgrade: bool  # the client asked for a protocol upgrade (WebSocket)
+    tls_name: str | None = None  # SNI / certificate name when the next hop speaks TLS
+
+
+@dataclass(slots=True)
+class Synthetic:
+    """Answer from ferryman itself (redirects, fixed responses)."""
+
+    status: int
+    data: bytes  # the whole response, head and body
+    route: str
+
+
+@dataclass(slots=True)
+class Connect:
+    """Open a CONNECT tunnel."""
+
+    target: Target
+
+
+Decision = Proxy | Synthetic | Connect

@@ -1,0 +1,146 @@
+"""One upstream group at run time: its servers' state, balancer, health and retry budget.
+
+The pure parts decide (balancer.py picks, health.py counts and ejects); this
+class only wires them to the engine and keeps the mutable state that must
+outlive a single request.  A server is offered to the balancer when its
+active check says UP *and* passive detection has not ejected it.
+"""
+
+from __future__ import annotations
+
+import ssl
+from http.cookies import SimpleCookie
+
+from ferryman.config.compile_reverse import ServerPlan, UpstreamPlan
+from ferryman.http1.events import RequestHead
+from ferryman.pipeline.route.balancer import ServerSpec, ServerState, make_balancer
+from ferryman.pipeline.route.health import ActiveHealth, OutlierDetector
+
+_BUDGET_CAP = 10.0  # retries allowed in a burst before the ratio limits them
+
+
+class UpstreamServer:
+    __slots__ = ("plan", "state", "key", "active", "ejected", "ssl", "tls_name")
+
+    def __init__(self, plan: ServerPlan, ssl_ctx: ssl.SSLContext | None, tls_name: str | None) -> None:
+        self.plan = plan
+        self.state = ServerState(
+            ServerSpec(plan.index, plan.address, plan.weight, plan.backup, plan.max_conns)
+        )
+        self.key = (plan.scheme, plan.host, plan.port)
+        self.active: ActiveHealth | None = None
+        self.ejected = False
+        self.ssl = ssl_ctx
+        self.tls_name = tls_name
+
+
+def _client_ssl(plan: UpstreamPlan) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=plan.tls_ca_file)
+    if not plan.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class UpstreamGroup:
+    def __init__(self, plan: UpstreamPlan, now: float) -> None:
+        self.plan = plan
+        needs_tls = any(s.scheme == "https" for s in plan.servers)
+        ctx = _client_ssl(plan) if needs_tls else None
+        self.servers = [
+            UpstreamServer(s, ctx if s.scheme == "https" else None, plan.tls_sni or s.host)
+            for s in plan.servers
+        ]
+        self.states = [s.state for s in self.servers]
+        self.balancer = make_balancer(
+            plan.balance, [s.state.spec for s in self.servers], slow_start=plan.slow_start
+        )
+        p = plan.passive
+        self.outlier = OutlierDetector(
+            len(self.servers), p.failures, p.window, p.ejection, p.max_ejected_share
+        )
+        if plan.health is not None:
+            for s in self.servers:
+                s.active = ActiveHealth(plan.health.rise, plan.health.fall, now=now)
+        self.tokens = _BUDGET_CAP
+
+    def adopt(self, old: UpstreamGroup) -> None:
+        """Keep what a reload must not forget: health verdicts of the same servers."""
+        by_addr = {s.plan.address: s for s in old.servers}
+        for s in self.servers:
+            prev = by_addr.get(s.plan.address)
+            if prev is not None:
+                if s.active is not None and prev.active is not None:
+                    s.active = prev.active
+                s.state.healthy = prev.state.healthy
+
+    # -- per request -------------------------------------------------------
+    def hash_key(self, client_ip: str, head: RequestHead) -> bytes | None:
+        plan = self.plan
+        if plan.balance == "ip_hash":
+            return client_ip.encode()
+        if plan.balance != "hash":
+            return None
+        if plan.hash_uri:
+            return head.target
+        if plan.hash_header is not None:
+            for name, value in head.headers:
+                if name.lower() == plan.hash_header:
+                    return value
+            return None
+        if plan.hash_cookie is not None:
+            want = plan.hash_cookie.decode("latin-1")
+            for name, value in head.headers:
+                if name.lower() == b"cookie":
+                    jar: SimpleCookie = SimpleCookie()
+                    try:
+                        jar.load(value.decode("latin-1"))
+                    except Exception:  # noqa: BLE001 - a malformed cookie just means no key
+                        continue
+                    if want in jar:
+                        return jar[want].value.encode("latin-1")
+        return None
+
+    def pick(
+        self, client_ip: str, head: RequestHead, now: float, exclude: frozenset[int]
+    ) -> UpstreamServer | None:
+        self.tokens = min(_BUDGET_CAP, self.tokens + self.plan.retry_budget)
+        key = self.hash_key(client_ip, head) if self.plan.balance in ("ip_hash", "hash") else None
+        st = self.balancer.pick(self.states, now, key, exclude)
+        return None if st is None else self.servers[st.spec.index]
+
+    def started(self, server: UpstreamServer, now: float) -> None:
+        self.balancer.on_start(server.state, now)
+
+    def finished(self, server: UpstreamServer, now: float, latency: float | None, ok: bool) -> None:
+        self.balancer.on_done(server.state, now, latency, ok)
+        if self.outlier.record(server.plan.index, ok, now) is not None:
+            server.ejected = True
+            server.state.mark_down()
+
+    def may_retry(self, attempts: int) -> bool:
+        """Retries are bounded per request and by the budget (a share of live traffic)."""
+        if attempts > self.plan.retries or self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    # -- health ------------------------------------------------------------
+    def observe_check(self, server: UpstreamServer, ok: bool, now: float) -> None:
+        if server.active is None:
+            return
+        server.active.observe(ok, now)
+        self._refresh(server, now)
+
+    def tick(self, now: float) -> None:
+        for index in self.outlier.expired(now):
+            server = self.servers[index]
+            server.ejected = False
+            self._refresh(server, now)
+
+    def _refresh(self, server: UpstreamServer, now: float) -> None:
+        up = (server.active is None or server.active.is_up) and not server.ejected
+        if up and not server.state.healthy:
+            server.state.mark_up(now, self.plan.slow_start)
+        elif not up and server.state.healthy:
+            server.state.mark_down()
