@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ferryman.config.load import load_file, normalise, validate
+from ferryman.config.tls_check import check_listener_tls
 from ferryman.errors import ConfigError
 
 
@@ -30,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    json.dump(normalise(cfg), sys.stdout)
+    data = normalise(cfg)
+    source = args.file or args.stdin
+    base_dir = os.path.dirname(os.path.abspath(args.file)) if args.file else os.getcwd()
+    errors = check_listener_tls(data, base_dir)
+    if errors:
+        print(ConfigError(source, errors).render(), file=sys.stderr)
+        return 2
+    json.dump(data, sys.stdout)
     return 0
 
 

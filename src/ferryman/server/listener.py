@@ -8,6 +8,7 @@ import socket
 from ferryman.config.compile import ListenerPlan
 from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
+from ferryman.server.tls import server_context
 
 
 async def start_listener(engine: Engine, lp: ListenerPlan) -> asyncio.Server:
@@ -22,6 +23,7 @@ async def start_listener(engine: Engine, lp: ListenerPlan) -> asyncio.Server:
         family=socket.AF_UNSPEC,
         backlog=lp.backlog,
         reuse_address=True,
+        ssl=server_context(lp.tls) if lp.tls is not None else None,
     )
 
 
