@@ -37,6 +37,14 @@ def _serve(source: ConfigSource, pid_file: str | None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
     try:
+        if plan.workers > 1:
+            from ferryman.server.supervisor import supervise
+
+            return supervise(
+                plan.workers,
+                lambda: int(runner(serve(source, plan, reuse_port=True))),
+                plan.timeouts.shutdown_grace,
+            )
         return int(runner(serve(source, plan)))
     finally:
         if pid_file:

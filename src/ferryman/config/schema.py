@@ -124,6 +124,7 @@ class AccessLog(_Model):
 
 
 class Config(_Model):
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = 1
     listeners: list[Listener] = Field(default_factory=lambda: [Listener()])
     forward: Forward = Field(default_factory=Forward)
     timeouts: Timeouts = Field(default_factory=Timeouts)

@@ -22,8 +22,9 @@ log = logging.getLogger("ferryman")
 
 
 class Server:
-    def __init__(self, source: ConfigSource, plan: Plan) -> None:
+    def __init__(self, source: ConfigSource, plan: Plan, reuse_port: bool = False) -> None:
         self.source = source
+        self.reuse_port = reuse_port
         self.plan = plan
         self.engine: Engine | None = None
         self.listeners: dict[tuple[str, int], asyncio.Server] = {}
@@ -38,7 +39,7 @@ class Server:
 
     async def _bind(self, lp: ListenerPlan) -> None:
         assert self.engine is not None
-        srv = await start_listener(self.engine, lp)
+        srv = await start_listener(self.engine, lp, self.reuse_port)
         self.listeners[listener_key(lp)] = srv
         log.warning("ferryman: %s proxy listening on %s:%d (%s)", lp.mode, lp.host, lp.port, lp.name)
 
@@ -98,8 +99,8 @@ class Server:
         engine.close()
 
 
-async def serve(source: ConfigSource, plan: Plan) -> int:
-    server = Server(source, plan)
+async def serve(source: ConfigSource, plan: Plan, reuse_port: bool = False) -> int:
+    server = Server(source, plan, reuse_port)
     try:
         await server.start()
     except OSError as exc:

@@ -11,7 +11,7 @@ from ferryman.conn.engine import Engine
 from ferryman.server.tls import server_context
 
 
-async def start_listener(engine: Engine, lp: ListenerPlan) -> asyncio.Server:
+async def start_listener(engine: Engine, lp: ListenerPlan, reuse_port: bool = False) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     host: str | None = lp.host
     if host in ("0.0.0.0", "*", ""):
@@ -23,6 +23,7 @@ async def start_listener(engine: Engine, lp: ListenerPlan) -> asyncio.Server:
         family=socket.AF_UNSPEC,
         backlog=lp.backlog,
         reuse_address=True,
+        reuse_port=reuse_port or None,
         ssl=server_context(lp.tls) if lp.tls is not None else None,
     )
 
