@@ -32,6 +32,7 @@ class ListenerPlan:
     mode: str
     backlog: int
     tls: TlsPlan | None = None
+    proxy_protocol: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +141,10 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         host, port = split_hostport(lst["listen"])
         name = lst.get("name") or f"listeners[{i}]"
         listeners.append(
-            ListenerPlan(name, host, port, lst["mode"], lst["backlog"], compile_tls(lst.get("tls")))
+            ListenerPlan(
+                name, host, port, lst["mode"], lst["backlog"], compile_tls(lst.get("tls")),
+                bool(lst.get("proxy_protocol")),
+            )
         )
 
     parent = None

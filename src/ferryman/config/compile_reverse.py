@@ -69,6 +69,7 @@ class UpstreamPlan:
     tls_verify: bool
     tls_ca_file: str | None
     tls_sni: str | None
+    send_proxy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ def _upstream(name: str, u: Mapping[str, Any]) -> UpstreamPlan:
         tls_verify=u["tls"]["verify"],
         tls_ca_file=u["tls"].get("ca_file"),
         tls_sni=u["tls"].get("sni"),
+        send_proxy=u.get("send_proxy_protocol"),
     )
 
 

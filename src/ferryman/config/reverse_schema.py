@@ -143,6 +143,7 @@ class UpstreamCfg(_Model):
     slow_start: Duration | None = None
     retries: RetryCfg = Field(default_factory=RetryCfg)
     tls: UpstreamTlsCfg = Field(default_factory=UpstreamTlsCfg)
+    send_proxy_protocol: Literal["v1", "v2"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> UpstreamCfg:

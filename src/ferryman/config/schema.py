@@ -27,6 +27,7 @@ class Listener(_Model):
     mode: Literal["forward", "reverse"] = "forward"
     backlog: int = Field(default=1024, ge=1)
     tls: ListenerTlsCfg | None = None
+    proxy_protocol: bool = False  # expect a PROXY v1/v2 header from reverse.trusted_proxies
 
     @field_validator("listen")
     @classmethod
@@ -145,6 +146,11 @@ class Config(_Model):
                 problems.append(f"routes[{i}].upstream: unknown upstream {route.upstream!r} (known: {known})")
         if any(lst.mode == "reverse" for lst in self.listeners) and not self.routes:
             problems.append("routes: a reverse listener needs at least one route")
+        for i, lst in enumerate(self.listeners):
+            if lst.proxy_protocol and not self.reverse.trusted_proxies:
+                problems.append(
+                    f"listeners[{i}].proxy_protocol: needs reverse.trusted_proxies (who may send it)"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -39,6 +39,7 @@ from ferryman.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from ferryman.http1 import proxy_protocol
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead, ResponseHead
 from ferryman.http1.headers import forward_response_headers
@@ -83,6 +84,8 @@ class Downstream(asyncio.Protocol):
         self._last = 0.0
         self.tunnel_pending: list[bytes] | None = None
         self.tunnel: Tunnel | None = None
+        self.client_port = 0
+        self._pp_buf: bytes | None = b"" if listener.proxy_protocol else None
 
     # ------------------------------------------------------------------ timers
     def _arm(self, phase: int, timeout: float) -> None:
@@ -141,7 +144,14 @@ class Downstream(asyncio.Protocol):
         peer = tr.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0])
+            self.client_port = int(peer[1])
         plan = self.engine.plan
+        if self._pp_buf is not None:
+            trusted = plan.reverse.trusted if plan.reverse is not None else None
+            if trusted is None or not trusted.allows(self.client_ip):
+                self.closed = True
+                tr.abort()  # PROXY protocol listener: only the trusted balancer may connect
+                return
         self.client_allowed = self.reverse or plan.forward.clients.allows(self.client_ip)
         tr.set_write_buffer_limits(high=256 * 1024)
         self.engine.connections.add(self)
@@ -153,6 +163,10 @@ class Downstream(asyncio.Protocol):
         if self.tunnel_pending is not None:
             self.tunnel_pending.append(data)
             return
+        if self._pp_buf is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
         if self._phase == IDLE and self.cur is None:
             self._arm(HEAD, self.engine.plan.timeouts.client_header)
         try:
@@ -171,6 +185,24 @@ class Downstream(asyncio.Protocol):
                 self.tunnel_pending = [rest] if rest else []
             else:
                 self.fail(ex, UpstreamProtocolError("tunnel request pipelined behind a request"))
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Consume the PROXY header; return what follows it (b"" while incomplete)."""
+        assert self._pp_buf is not None
+        buf = self._pp_buf + data
+        try:
+            used, src = proxy_protocol.parse(buf)
+        except proxy_protocol.NeedMore:
+            self._pp_buf = buf
+            return b""
+        except FerrymanError:
+            self.close()
+            return b""
+        self._pp_buf = None
+        if src is not None:
+            self.client_ip, self.client_port = src
+            self.client_allowed = self.reverse or self.engine.plan.forward.clients.allows(self.client_ip)
+        return buf[used:]
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after a complete request still gets its
@@ -321,7 +353,8 @@ class Downstream(asyncio.Protocol):
         ex.req_bytes = ser.request_head(
             d.method, d.target, host, d.headers, ex.head.framing, ex.head.content_length
         )
-        conn = None if d.upgrade else self.engine.pool.acquire(key)
+        private = d.upgrade or (ex.group is not None and ex.group.plan.send_proxy is not None)
+        conn = None if private else self.engine.pool.acquire(key)
         if conn is not None:
             ex.reused = True
             self._attach(ex, conn)
@@ -361,6 +394,12 @@ class Downstream(asyncio.Protocol):
             return
         ex.task = None
         assert isinstance(proto, UpstreamConnection)
+        if ex.group is not None and ex.group.plan.send_proxy is not None and self.transport is not None:
+            proto.private = True
+            local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
+            src, dst = (self.client_ip, self.client_port), (str(local[0]), int(local[1]))
+            v2 = ex.group.plan.send_proxy == "v2"
+            proto.write(proxy_protocol.build_v2(src, dst) if v2 else proxy_protocol.build_v1(src, dst))
         if ex.t_connect is None:
             ex.t_connect = monotonic() - t0
         if ex is not self.cur or self.closed:
@@ -490,6 +529,7 @@ class Downstream(asyncio.Protocol):
             key = ex.key
             if (
                 ex.resp.keep_alive
+                and not conn.private
                 and ex.req_done
                 and ex.head.method != "HEAD"
                 and not self.engine.draining

@@ -34,7 +34,7 @@ class UpstreamHandler(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "key", "transport", "parser", "handler", "closed", "got_bytes", "requests",
+        "key", "transport", "parser", "handler", "closed", "got_bytes", "requests", "private",
         "_max_header", "_max_headers",
     )
 
@@ -45,6 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.got_bytes = False
         self.requests = 0
+        self.private = False  # carries one client's PROXY header: never pooled
         self._max_header = max_header_size
         self._max_headers = max_headers
         self.parser = ResponseParser(self, max_header_size, max_headers)
