@@ -110,6 +110,8 @@ def _join(ds: Downstream, ex: Exchange, up: RelaySide, idle: float) -> None:
     if up.transport is not None:
         up.transport.resume_reading()
     ds.tunnel.start()
+    if ds.tunnel_eof:
+        client.eof_received()
 
 
 def _closed(ds: Downstream, ex: Exchange, tunnel: Tunnel) -> None:

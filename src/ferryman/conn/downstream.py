@@ -85,6 +85,8 @@ class Downstream(asyncio.Protocol):
         self.tunnel_pending: list[bytes] | None = None
         self.tunnel: Tunnel | None = None
         self.client_port = 0
+        self.tunnel_eof = False
+        self._allowed_for: object = None
         self._pp_buf: bytes | None = b"" if listener.proxy_protocol else None
 
     # ------------------------------------------------------------------ timers
@@ -153,6 +155,7 @@ class Downstream(asyncio.Protocol):
                 tr.abort()  # PROXY protocol listener: only the trusted balancer may connect
                 return
         self.client_allowed = self.reverse or plan.forward.clients.allows(self.client_ip)
+        self._allowed_for = plan
         tr.set_write_buffer_limits(high=256 * 1024)
         self.engine.connections.add(self)
         self._arm(IDLE, plan.timeouts.client_header)
@@ -202,9 +205,13 @@ class Downstream(asyncio.Protocol):
         if src is not None:
             self.client_ip, self.client_port = src
             self.client_allowed = self.reverse or self.engine.plan.forward.clients.allows(self.client_ip)
+            self._allowed_for = self.engine.plan
         return buf[used:]
 
     def eof_received(self) -> bool | None:
+        if self.tunnel_pending is not None:
+            self.tunnel_eof = True  # replayed to the tunnel once it is joined
+            return True
         # A client that half-closes after a complete request still gets its
         # response (RFC 9112 9.6); close once it is written.
         if self.cur is not None and self.rx is self.cur and self.cur.req_done:
@@ -295,6 +302,10 @@ class Downstream(asyncio.Protocol):
         if self.reverse and plan.reverse is not None:
             decision = route_reverse(plan.reverse, ex.head, self.client_ip, self.tls)
         else:
+            if plan is not self._allowed_for:
+                # A reload may have revoked this client: re-check once per Plan.
+                self._allowed_for = plan
+                self.client_allowed = plan.forward.clients.allows(self.client_ip)
             decision = route_forward(plan.forward, ex.head, self.client_ip, self.client_allowed)
         if isinstance(decision, Synthetic):
             self._respond_synthetic(ex, decision)
@@ -303,6 +314,7 @@ class Downstream(asyncio.Protocol):
             self.disarm()
             self._phase = TUNNEL
             self.tunnel_pending = []
+            self._pause(_P_BUFFER)  # nothing more from the client until the tunnel is up
             ex.task = self.loop.create_task(connect.open_connect_tunnel(self, ex, decision.target))
             return
         ex.decision = decision
@@ -449,7 +461,7 @@ class Downstream(asyncio.Protocol):
                     raise UpstreamProtocolError("upstream switched protocols unasked")
                 ex.resp = head
                 ex.status = 101
-                hdrs = forward_response_headers(head.headers, head.connection_tokens, via)
+                hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
                 extra = b"Connection: upgrade\r\n"
                 for name, value in head.headers:
                     if name.lower() == b"upgrade":
@@ -459,7 +471,7 @@ class Downstream(asyncio.Protocol):
                 self.transport.write(data)
                 return
             if ex.head.version == "1.1":
-                hdrs = forward_response_headers(head.headers, head.connection_tokens, via)
+                hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
                 self.transport.write(ser.response_head(status, head.reason, hdrs, b""))
             return
         ex.resp = head
@@ -471,7 +483,7 @@ class Downstream(asyncio.Protocol):
         self._last = now
         if self._timer is None:
             self._timer = self.loop.call_later(self._phase_timeout, self._on_timer)
-        hdrs = forward_response_headers(head.headers, head.connection_tokens, via)
+        hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
         keep = ex.keep_alive and ex.req_done and not self.engine.draining
         if d is not None and d.upgrade:
             keep = False  # the upgrade was refused; bytes after it are not HTTP
@@ -585,8 +597,10 @@ class Downstream(asyncio.Protocol):
         bodyless = not ex.body_sent and ex.body_buffered == 0 and ex.req_done
         if bodyless and not (ex.decision is not None and ex.decision.upgrade and reached):
             may = False
-            if stale_pool and ex.attempts < 3:
-                may = True  # the request never reached a live connection
+            if stale_pool and ex.attempts < 3 and ex.head.method in _IDEMPOTENT:
+                # The pooled socket was dead; the origin may still have read the request,
+                # so only idempotent methods are re-sent (RFC 9112 9.3.1).
+                may = True
             elif ex.group is not None and not got_bytes:
                 never_sent = not reached or isinstance(exc, UpstreamConnectError)
                 if never_sent or ex.head.method in _IDEMPOTENT:

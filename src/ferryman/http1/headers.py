@@ -30,7 +30,11 @@ _REQUEST_DROP = HOP_BY_HOP | {b"host"}
 
 
 def forward_request_headers(
-    headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None, keep_upgrade: bool = False
+    headers: Headers,
+    connection_tokens: frozenset[bytes],
+    via: bytes | None,
+    keep_upgrade: bool = False,
+    version: str = "1.1",
 ) -> tuple[Headers, bool]:
     """Headers to send upstream, and whether the client's Via showed our own token.
 
@@ -61,14 +65,21 @@ def forward_request_headers(
                 fields = part.strip().split()
                 if len(fields) >= 2 and fields[1] == token:
                     via_seen = True
-        via_values.append(via)
+        via_values.append(_received(via, version))
     if via_values:
         out.append((b"Via", b", ".join(via_values)))
     return out, via_seen
 
 
+def _received(via: bytes, version: str) -> bytes:
+    """RFC 9110 7.6.3: Via names the protocol version of the message as received."""
+    if version == "1.1" or not via.startswith(b"1.1 "):
+        return via
+    return version.encode("ascii") + via[3:]
+
+
 def forward_response_headers(
-    headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None
+    headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None, version: str = "1.1"
 ) -> Headers:
     drop = HOP_BY_HOP | connection_tokens if connection_tokens else HOP_BY_HOP
     out: Headers = []
@@ -82,7 +93,7 @@ def forward_response_headers(
             continue
         out.append((name, value))
     if via is not None:
-        via_values.append(via)
+        via_values.append(_received(via, version))
     if via_values:
         out.append((b"Via", b", ".join(via_values)))
     return out

@@ -27,7 +27,7 @@ def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_al
         raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
     upgrade = head.upgrade is not None
     headers, looped = forward_request_headers(
-        head.headers, head.connection_tokens, fwd.via, keep_upgrade=upgrade
+        head.headers, head.connection_tokens, fwd.via, keep_upgrade=upgrade, version=head.version
     )
     if looped:
         raise LoopDetected("forwarding loop detected (our own Via came back)")

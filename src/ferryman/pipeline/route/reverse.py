@@ -50,7 +50,9 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
         data = ser.fixed_response(action.status, action.content_type, action.body)
         return Synthetic(action.status, data, route.name)
     upgrade = head.upgrade is not None
-    headers, _ = forward_request_headers(head.headers, head.connection_tokens, rev.via, keep_upgrade=upgrade)
+    headers, _ = forward_request_headers(
+        head.headers, head.connection_tokens, rev.via, keep_upgrade=upgrade, version=head.version
+    )
     if rev.forwarded_headers:
         headers = add_forwarded(headers, client_ip, scheme, head.host, rev.trusted)
     if action.strip_prefix is not None or action.replace_prefix is not None:
