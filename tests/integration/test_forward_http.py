@@ -175,9 +175,6 @@ def test_stale_pooled_connection_retried_for_get(ferryman: Ferryman) -> None:
         assert o.connections == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-idempotent request (POST without body) is "
-                   "retried on a new connection after the pooled one closed; RFC 9112 9.3.1: "
-                   "a proxy MUST NOT automatically retry non-idempotent requests")
 def test_non_idempotent_request_not_retried_on_stale_pooled_connection(ferryman: Ferryman) -> None:
     with origin_server(drop_second_request) as o, raw_client(ferryman.port) as c:
         assert c.request(get(f"{o.url}/one")).body == b"answered"
@@ -259,8 +256,6 @@ def test_via_added_to_request_and_response(ferryman: Ferryman, nginx: Nginx) -> 
     assert via_req.startswith("1.1 earlier-proxy, 1.1 ") and via_req.endswith("(ferryman)")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Via always says '1.1' even for an HTTP/1.0 message "
-                   "(RFC 9110 7.6.3: received-protocol is the version of the message received)")
 def test_via_names_the_received_protocol_version(ferryman: Ferryman, nginx: Nginx) -> None:
     with raw_client(ferryman.port) as c:
         r = c.request(get(f"{nginx.url}/headers", version="1.0"))

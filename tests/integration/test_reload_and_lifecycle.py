@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.helpers.integ_http import curl, get, poll_until, raw_client, wait_log_entry, wait_text
@@ -68,9 +67,6 @@ def test_sighup_with_invalid_config_keeps_old_config(tmp_path: Path, nginx: Ngin
         assert fm.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: forward.clients is evaluated once per connection "
-                   "(Downstream.connection_made), so a client removed by a reload keeps using the "
-                   "proxy on its open keep-alive connection while rules apply per request")
 def test_sighup_revoking_a_client_applies_to_its_open_connection(tmp_path: Path, nginx: Nginx) -> None:
     with run_ferryman(tmp_path) as fm, raw_client(fm.port) as c:
         assert c.request(get(f"{nginx.url}/small")).status == 200

@@ -69,7 +69,10 @@ def test_normalise_gives_plain_data_in_seconds_and_bytes() -> None:
     assert data["timeouts"]["client_header"] == 90.0
     assert data["limits"]["max_body_size"] == 2048
     assert data["listeners"] == [
-        {"name": None, "listen": "127.0.0.1:3128", "mode": "forward", "backlog": 1024, "tls": None}
+        {
+            "name": None, "listen": "127.0.0.1:3128", "mode": "forward", "backlog": 1024,
+            "tls": None, "proxy_protocol": False,
+        }
     ]
     assert validate(data, "again") == cfg  # the normalised form validates to the same
 
