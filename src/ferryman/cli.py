@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.cmd in (None, "run"):
         path = getattr(args, "config", None)
-        source = ConfigSource.file(path) if path else ConfigSource(inline={}, name="<built-in>")
+        # The built-in default: a loopback forward proxy with its admin page.
+        builtin = {"admin": {"listen": "127.0.0.1:9900"}}
+        source = ConfigSource.file(path) if path else ConfigSource(inline=builtin, name="<built-in>")
         return _serve(source, getattr(args, "pid_file", None))
     if args.cmd == "check":
         return _check(args.config)

@@ -93,6 +93,10 @@ def run_ferryman(tmp: Path, **overrides: object) -> Iterator[Ferryman]:
     log_path = tmp / "access.log"
     cfg_path = tmp / "ferryman.yaml"
     cfg = base_config(port, log_path, **overrides)
+    listeners = cfg.get("listeners")
+    if isinstance(listeners, list) and listeners:
+        # Overridden listeners: readiness is the first one's port.
+        port = int(str(listeners[0]["listen"]).rsplit(":", 1)[1])
     cfg_path.write_text(yaml.safe_dump(cfg))
     stderr_path = tmp / "ferryman.stderr"
     with open(stderr_path, "wb") as err:

@@ -95,6 +95,7 @@ class Plan:
     access_log: AccessLogPlan
     reverse: ReversePlan | None = None
     workers: int = 1
+    admin: tuple[str, int] | None = None
 
 
 def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
@@ -172,6 +173,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         dns=DnsPlan(**data["dns"]),
         access_log=AccessLogPlan(**data["access_log"]),
         reverse=compile_reverse(data, listeners[0].port),
+        admin=split_hostport(data["admin"]["listen"]) if data.get("admin") else None,
         workers=(os.cpu_count() or 1) if data.get("workers") == "auto" else int(data.get("workers") or 1),
     )
 

@@ -124,7 +124,22 @@ class AccessLog(_Model):
     format: Literal["combined", "json"] = "combined"
 
 
+class Admin(_Model):
+    listen: str = "127.0.0.1:9900"
+    allow_remote: bool = False  # the admin API can reload and purge: loopback unless said otherwise
+
+    @model_validator(mode="after")
+    def _loopback(self) -> Admin:
+        host, _ = split_hostport(self.listen)
+        if not self.allow_remote and host not in ("127.0.0.1", "::1", "localhost") and not host.startswith(
+            "127."
+        ):
+            raise ValueError("admin.listen must be a loopback address unless admin.allow_remote is true")
+        return self
+
+
 class Config(_Model):
+    admin: Admin | None = None
     workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = 1
     listeners: list[Listener] = Field(default_factory=lambda: [Listener()])
     forward: Forward = Field(default_factory=Forward)

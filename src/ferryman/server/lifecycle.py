@@ -16,6 +16,7 @@ from ferryman.config.compile import ListenerPlan, Plan
 from ferryman.config.reload import ConfigSource, build_plan_async
 from ferryman.conn.engine import Engine
 from ferryman.errors import ConfigError
+from ferryman.observe.admin import AdminProtocol
 from ferryman.server.listener import listener_key, start_listener
 
 log = logging.getLogger("ferryman")
@@ -30,12 +31,33 @@ class Server:
         self.listeners: dict[tuple[str, int], asyncio.Server] = {}
         self.stopping: asyncio.Event | None = None
         self._reloading = False
+        self.admin: asyncio.Server | None = None
+        self.admin_addr: tuple[str, int] | None = None
 
     async def start(self) -> None:
         self.engine = Engine(self.plan)
         self.stopping = asyncio.Event()
         for lp in self.plan.listeners:
             await self._bind(lp)
+        await self._bind_admin(self.plan.admin)
+
+    async def _bind_admin(self, addr: tuple[str, int] | None) -> None:
+        if addr == self.admin_addr:
+            return
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
+        self.admin_addr = addr
+        if addr is None:
+            return
+        engine = self.engine
+        assert engine is not None
+        loop = asyncio.get_running_loop()
+        self.admin = await loop.create_server(
+            lambda: AdminProtocol(engine, self.reload), addr[0], addr[1],
+            reuse_address=True, reuse_port=self.reuse_port or None,
+        )
+        log.warning("ferryman: admin API on http://%s:%d/status", addr[0], addr[1])
 
     async def _bind(self, lp: ListenerPlan) -> None:
         assert self.engine is not None
@@ -76,6 +98,10 @@ class Server:
                 log.error("ferryman: reload refused, access log: %s", exc)
                 return False
             self.plan = plan
+            try:
+                await self._bind_admin(plan.admin)
+            except OSError as exc:
+                log.error("ferryman: admin listener not moved: %s", exc)
             log.warning("ferryman: configuration reloaded from %s", self.source.name)
             return True
         finally:
@@ -87,6 +113,8 @@ class Server:
         assert engine is not None
         for srv in self.listeners.values():
             srv.close()
+        if self.admin is not None:
+            self.admin.close()
         engine.draining = True
         for conn in list(engine.connections):
             conn.drain()
