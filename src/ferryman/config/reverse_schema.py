@@ -68,6 +68,12 @@ class RespondCfg(_Model):
     content_type: str = "text/plain; charset=utf-8"
 
 
+class RouteCacheCfg(_Model):
+    enabled: bool = True
+    default_ttls: dict[int, Duration] = Field(default_factory=dict)  # status -> TTL if the origin gives none
+    ignore_origin: bool = False  # cache by default_ttls even against no-cache/private/no-store
+
+
 class RouteCfg(_Model):
     name: str | None = None
     match: RouteMatchCfg = Field(default_factory=RouteMatchCfg)
@@ -76,6 +82,7 @@ class RouteCfg(_Model):
     respond: RespondCfg | None = None
     rewrite: RewriteCfg | None = None
     host_header: str = "preserve"  # preserve | upstream | any literal value
+    cache: RouteCacheCfg | None = None
 
     @model_validator(mode="after")
     def _one_action(self) -> RouteCfg:

@@ -124,6 +124,34 @@ class AccessLog(_Model):
     format: Literal["combined", "json"] = "combined"
 
 
+class Cache(_Model):
+    store: Literal["memory", "disk", "redis"] = "memory"
+    path: str | None = None  # directory, for store: disk
+    max_size: Size = 256 * 1024 * 1024
+    max_object_size: Size = 64 * 1024 * 1024
+    forward: bool = True  # cache forward-proxy responses (by target URL)
+    purge_clients: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    range_fill: bool = True  # a Range miss fetches the whole object once in the background
+    coalesce: bool = True  # concurrent misses for one URL share one upstream fetch
+
+    @model_validator(mode="after")
+    def _store_needs(self) -> Cache:
+        if self.store == "disk" and not self.path:
+            raise ValueError("store: disk needs path (a directory)")
+        return self
+
+    @field_validator("purge_clients")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
+
+
+class Shared(_Model):
+    redis: str | None = None  # redis://host:port/db
+
+
 class Admin(_Model):
     listen: str = "127.0.0.1:9900"
     allow_remote: bool = False  # the admin API can reload and purge: loopback unless said otherwise
@@ -140,6 +168,8 @@ class Admin(_Model):
 
 class Config(_Model):
     admin: Admin | None = None
+    cache: Cache | None = None
+    shared: Shared = Field(default_factory=Shared)
     workers: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = 1
     listeners: list[Listener] = Field(default_factory=lambda: [Listener()])
     forward: Forward = Field(default_factory=Forward)
@@ -161,6 +191,8 @@ class Config(_Model):
                 problems.append(f"routes[{i}].upstream: unknown upstream {route.upstream!r} (known: {known})")
         if any(lst.mode == "reverse" for lst in self.listeners) and not self.routes:
             problems.append("routes: a reverse listener needs at least one route")
+        if self.cache is not None and self.cache.store == "redis" and not self.shared.redis:
+            problems.append("cache.store: redis needs shared.redis (a redis:// URL)")
         for i, lst in enumerate(self.listeners):
             if lst.proxy_protocol and not self.reverse.trusted_proxies:
                 problems.append(

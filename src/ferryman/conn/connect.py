@@ -28,7 +28,11 @@ async def _through_parent(ds: Downstream, up: RelaySide, target: Target, timeout
     assert up.transport is not None
     waiter: asyncio.Future[tuple[bytes, bytes]] = ds.loop.create_future()
     up.head_waiter = waiter
-    up.transport.write(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target.authority, target.authority))
+    via = ds.engine.plan.forward.via
+    via_line = b"Via: %s\r\n" % via if via is not None else b""
+    up.transport.write(
+        b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target.authority, target.authority, via_line)
+    )
     try:
         async with asyncio.timeout(timeout):
             head, rest = await waiter
@@ -55,8 +59,9 @@ async def open_connect_tunnel(ds: Downstream, ex: Exchange, target: Target) -> N
     try:
         host, port = parent if parent is not None else (target.host, target.port)
         addrs = await ds.engine.resolver.resolve(host, port)
-        if parent is None and any(ds.engine.is_self(str(a[1][0]), port) for a in addrs):
-            raise LoopDetected(f"CONNECT aimed at ferryman itself ({host}:{port})")
+        if any(ds.engine.is_self(str(a[1][0]), port) for a in addrs):
+            what = "parent proxy is ferryman itself" if parent else "CONNECT aimed at ferryman itself"
+            raise LoopDetected(f"{what} ({host}:{port})")
         _, up = await open_connection(addrs, RelaySide, plan.timeouts.upstream_connect)
         assert isinstance(up, RelaySide)
         ex.upstream_label = f"{host}:{port}"

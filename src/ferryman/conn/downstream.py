@@ -233,7 +233,7 @@ class Downstream(asyncio.Protocol):
                 ex.conn = None
             if not ex.status:
                 ex.status = 499
-                ex.error = ex.error or "client closed the connection"
+            ex.error = ex.error or "client closed the connection before the response completed"
             self.log(ex)
         self.cur = None
         self.queue.clear()
@@ -299,6 +299,9 @@ class Downstream(asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         """Admit and route one request, then carry out the router's decision."""
         plan = ex.plan = self.engine.plan
+        limit = plan.limits.max_body_size
+        if limit and ex.head.content_length > limit:
+            raise BodyTooLarge(f"request body of {ex.head.content_length} bytes is over the {limit} limit")
         if self.reverse and plan.reverse is not None:
             decision = route_reverse(plan.reverse, ex.head, self.client_ip, self.tls)
         else:
@@ -518,6 +521,8 @@ class Downstream(asyncio.Protocol):
     def on_response_body(self, data: bytes) -> None:
         ex = self.cur
         assert ex is not None and self.transport is not None
+        if ex.resp is None:
+            raise UpstreamProtocolError("response body without a response head")
         if not data:
             return
         ex.bytes_out += len(data)

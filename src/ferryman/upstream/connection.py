@@ -142,14 +142,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.handler.upstream_resume_writing()
 
     # -- parser sink: straight through to the handler ----------------------
+    # Anything parsed while no request is outstanding is unsolicited: the
+    # connection can no longer be framed reliably and is closed, never pooled.
     def on_response_head(self, head: ResponseHead) -> None:
         if self.handler is not None:
             self.handler.on_response_head(head)
+        else:
+            self.close()
 
     def on_response_body(self, data: bytes) -> None:
         if self.handler is not None:
             self.handler.on_response_body(data)
+        else:
+            self.close()
 
     def on_response_end(self) -> None:
         if self.handler is not None:
             self.handler.on_response_end()
+        else:
+            self.close()

@@ -14,6 +14,10 @@ def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_al
     if not client_allowed:
         raise Forbidden(f"client {client_ip} may not use this proxy (rule: forward.clients)")
     if head.method == "CONNECT":
+        if fwd.via is not None:
+            _, looped = forward_request_headers(head.headers, head.connection_tokens, fwd.via)
+            if looped:
+                raise LoopDetected("forwarding loop detected (our own Via came back on CONNECT)")
         target = parse_authority(head.target)
         if target.port not in fwd.connect_ports:
             raise Forbidden(f"CONNECT to port {target.port} is not allowed (rule: forward.connect_ports)")

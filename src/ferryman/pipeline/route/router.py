@@ -57,7 +57,9 @@ def parse_absolute(target: bytes) -> Target:
         raise ClientProtocolError("missing host in request target")
     host = _check_host(url.host.decode("ascii", "replace"))
     default = _DEFAULT_PORTS[scheme]
-    port = url.port or default
+    port = default if url.port is None else url.port
+    if not 0 < port < 65536:
+        raise ClientProtocolError("invalid port in request target")
     path = url.path or b"/"
     if url.query is not None:
         path = path + b"?" + url.query

@@ -1,0 +1,785 @@
+"""RFC 9111 shared-cache policy (pure): what may be stored, for how long, and what may be reused.
+
+Values in, decisions out: header lists, statuses and times (epoch seconds, ``now`` passed
+in) become frozen values.  The engine calls ``storable`` + ``make_entry`` on a response,
+``lookup`` on each request, and carries out the ``Lookup`` it gets back.
+
+Rules this module owns
+----------------------
+==================  ===========================================================================
+rule                behaviour
+==================  ===========================================================================
+store (3)           GET only, final status, not 206/304, no ``no-store`` in request or response
+                    (``must-understand`` on an understood status overrides the response's),
+                    no ``private`` (shared), ``Authorization`` only with public / s-maxage /
+                    must-revalidate (3.5), not ``Vary: *``, and some freshness: max-age,
+                    s-maxage, Expires, public, a route default TTL or a heuristic status
+lifetime (4.2.1)    s-maxage > max-age > Expires - Date > route default TTL > 10% of
+                    Date - Last-Modified (heuristic statuses or public, capped at one day)
+age (4.2.3)         corrected initial age (Age + response delay vs apparent age) + resident time
+reuse (4)           fresh when lifetime > age; request no-cache / Pragma (5.4), max-age,
+                    min-fresh and response no-cache force validation; stale entries are
+                    served only within stale-while-revalidate (RFC 5861, with a background
+                    refresh) or the request's max-stale, never under must-revalidate,
+                    proxy-revalidate or s-maxage (shared), nor under response no-cache
+only-if-cached      whatever would go to the origin becomes ``ONLY_IF_CACHED_MISS`` (504)
+request no-store    the response is not stored; a stored one may still answer (5.2.1.5
+                    forbids storing, not reuse)
+stale-if-error      on 500/502/503/504 or no answer, a stale entry within the response's or
+                    request's window may be served (RFC 5861 4), unless the entry forbids stale
+==================  ===========================================================================
+
+Bad input never raises.  Delta-seconds (1.2.2) above 2**31 become 2**31; a malformed or
+conflicting ``max-age`` / ``s-maxage`` makes the response stale (lifetime 0), as 4.2.1
+encourages, rather than being dropped (dropping could let Expires or a heuristic keep
+fresh a response whose origin meant to limit it); other malformed directives are ignored.
+Repeated directives resolve to the most restrictive value; an invalid or conflicting
+Expires means already expired (5.3); a malformed no-cache/private argument means the
+unqualified, stricter form.  ``Rules.ignore_origin`` is the operator's override: the
+origin's Cache-Control and Expires are ignored and the route's TTL table decides, except
+that a request with Authorization still needs ``public`` and Set-Cookie is never stored.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from urllib.parse import urljoin
+
+from ferryman.http1.events import Headers
+from ferryman.pipeline.cache.key import SecondaryKey, same_origin, secondary_key, vary_fields
+
+DELTA_MAX = 2**31  # RFC 9111 1.2.2: the largest delta-seconds a cache must represent
+# RFC 9110 15.1: statuses whose responses may get heuristic freshness
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# statuses whose caching rules ferryman implements (must-understand, 5.2.2.3); no 206: partial
+# content is never stored
+UNDERSTOOD_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
+ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 4: what stale-if-error covers
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
+# RFC 9111 3.2: never taken from a 304 - the stored body and its framing do not change
+_NO_UPDATE = frozenset(
+    {b"content-length", b"content-encoding", b"content-range", b"transfer-encoding", b"connection",
+     b"keep-alive", b"te", b"trailer", b"upgrade", b"proxy-connection", b"proxy-authenticate"}
+)
+# RFC 9110 15.4.5: the fields a 304 carries when the 200 would have had them
+_NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    """Parsed Cache-Control of a request or a response (RFC 9111 5.2); absent values are None.
+
+    ``no_cache`` / ``private`` are the unqualified forms; the qualified forms only fill
+    ``no_cache_fields`` / ``private_fields`` (lower-cased field names).
+    """
+
+    no_store: bool = False
+    no_cache: bool = False
+    no_cache_fields: frozenset[bytes] = frozenset()
+    private: bool = False
+    private_fields: frozenset[bytes] = frozenset()
+    public: bool = False
+    must_revalidate: bool = False
+    proxy_revalidate: bool = False
+    must_understand: bool = False
+    only_if_cached: bool = False
+    max_age: int | None = None
+    s_maxage: int | None = None
+    max_stale: float | None = None  # math.inf for a bare max-stale
+    min_fresh: int | None = None
+    stale_while_revalidate: int | None = None
+    stale_if_error: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Per-route policy, built once per Plan: what the engine passes to every call."""
+
+    shared: bool = True
+    heuristic_statuses: frozenset[int] = HEURISTIC_STATUSES
+    default_ttls: Mapping[int, float] = MappingProxyType({})  # status -> TTL when the origin gives none
+    ignore_origin: bool = False
+    heuristic_fraction: float = 0.1  # of Date - Last-Modified (4.2.2)
+    heuristic_max: float = 86400.0
+
+
+DEFAULT_RULES = Rules()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a response may be stored; ``reason`` says why not, for the log and Cache-Status."""
+
+    store: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.store
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What lookup needs of a stored response, computed once when it is stored or freshened."""
+
+    status: int
+    headers: Headers  # as stored: private="..." fields already removed
+    request_time: float
+    response_time: float
+    initial_age: float  # corrected_initial_age (4.2.3)
+    lifetime: float  # freshness lifetime (4.2.1)
+    vary_fields: tuple[bytes, ...] | None  # None: Vary: * (matches nothing)
+    vary: SecondaryKey  # the storing request's values of vary_fields
+    no_cache: bool = False  # unqualified response no-cache: validate every time
+    no_cache_fields: frozenset[bytes] = frozenset()  # strip unless validated
+    no_stale: bool = False  # must-revalidate, or proxy-revalidate / s-maxage in a shared cache
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+
+    def age(self, now: float) -> float:
+        return self.initial_age + max(0.0, now - self.response_time)
+
+
+class Outcome(StrEnum):
+    FRESH = "fresh"  # serve the entry
+    STALE_OK = "stale-ok"  # serve the stale entry (refresh in the background if ``revalidate``)
+    MUST_VALIDATE = "must-validate"  # forward with ``validation_headers``
+    MISS = "miss"  # forward unchanged; consider storing the answer
+    ONLY_IF_CACHED_MISS = "only-if-cached-miss"  # answer 504 (5.2.1.7)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The cache phase's decision for one request."""
+
+    outcome: Outcome
+    entry: Entry | None = None  # the selected stored response, if any
+    reason: str = ""  # the rule that decided, e.g. "max-stale", "vary-miss"
+    fwd: str | None = None  # RFC 9211 ``fwd`` for Cache-Status; None when not forwarded
+    age: float = 0.0
+    ttl: float = 0.0  # lifetime - age: negative once stale (RFC 9211 ``ttl``)
+    revalidate: bool = False  # stale-while-revalidate: refresh the entry in the background
+    strip: frozenset[bytes] = frozenset()  # qualified no-cache fields to drop when serving
+
+
+# -- Cache-Control -----------------------------------------------------------------------------
+
+
+def parse_cache_control(values: Iterable[bytes]) -> CacheControl:
+    """Parse every Cache-Control field line of a message; never raises (RFC 9111 5.2, 4.2.1)."""
+    flags: set[bytes] = set()
+    nums: dict[bytes, float] = {}
+    lists: dict[bytes, set[bytes]] = {}
+    for value in values:
+        for member in _split_list(value):
+            raw_name, eq, raw_arg = member.partition(b"=")
+            name = raw_name.strip().lower()
+            if not name:
+                continue
+            arg = _unquote(raw_arg.strip()) if eq else None
+            if name in (b"no-cache", b"private"):
+                names = _field_names(arg) if eq else None
+                if names:
+                    lists.setdefault(name, set()).update(names)
+                else:  # bare, empty or malformed argument: the unqualified, stricter form
+                    flags.add(name)
+            elif name in (b"no-store", b"must-revalidate", b"proxy-revalidate", b"only-if-cached"):
+                flags.add(name)  # restrictive: honoured even with a stray argument
+            elif name in (b"public", b"must-understand"):
+                if not eq:  # permissive: only in its exact form
+                    flags.add(name)
+            elif name in (b"max-age", b"s-maxage"):
+                d = _delta(arg)
+                _keep(nums, name, 0 if d is None else d, min)  # invalid freshness -> stale (4.2.1)
+            elif name == b"max-stale":
+                stale = math.inf if not eq else _delta(arg)
+                if stale is not None:
+                    _keep(nums, name, stale, min)
+            elif name in (b"min-fresh", b"stale-while-revalidate", b"stale-if-error"):
+                d = _delta(arg)
+                if d is not None:
+                    _keep(nums, name, d, max if name == b"min-fresh" else min)
+
+    def num(key: bytes) -> int | None:
+        v = nums.get(key)
+        return None if v is None else int(v)
+
+    return CacheControl(
+        no_store=b"no-store" in flags,
+        no_cache=b"no-cache" in flags,
+        no_cache_fields=frozenset(lists.get(b"no-cache", ())),
+        private=b"private" in flags,
+        private_fields=frozenset(lists.get(b"private", ())),
+        public=b"public" in flags,
+        must_revalidate=b"must-revalidate" in flags,
+        proxy_revalidate=b"proxy-revalidate" in flags,
+        must_understand=b"must-understand" in flags,
+        only_if_cached=b"only-if-cached" in flags,
+        max_age=num(b"max-age"),
+        s_maxage=num(b"s-maxage"),
+        max_stale=nums.get(b"max-stale"),
+        min_fresh=num(b"min-fresh"),
+        stale_while_revalidate=num(b"stale-while-revalidate"),
+        stale_if_error=num(b"stale-if-error"),
+    )
+
+
+def request_cache_control(req_headers: Headers) -> CacheControl:
+    """A request's directives; ``Pragma: no-cache`` counts as no-cache only without Cache-Control (5.4)."""
+    values = _values(req_headers, b"cache-control")
+    if values:
+        return parse_cache_control(values)
+    for value in _values(req_headers, b"pragma"):
+        if any(p.strip().lower() == b"no-cache" for p in value.split(b",")):
+            return _PRAGMA_NO_CACHE
+    return _NO_DIRECTIVES
+
+
+_NO_DIRECTIVES = CacheControl()
+_PRAGMA_NO_CACHE = CacheControl(no_cache=True)
+
+
+# -- HTTP dates (RFC 9110 5.6.7) -----------------------------------------------------------------
+
+_MONTHS = (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec")
+_MONTH_NAMES = tuple(m.capitalize() for m in _MONTHS)
+_DAY_NAMES = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+
+
+def http_date(value: bytes) -> float | None:
+    """Epoch seconds of an IMF-fixdate, rfc850-date or asctime-date; ``None`` if it is none of them.
+
+    Tolerant of whitespace, month case and a wrong weekday; a two-digit rfc850 year is
+    19yy from 70 and 20yy below (a fixed pivot: the 50-year rule would need ``now``).
+    """
+    parts = value.split()
+    if len(parts) == 6 and parts[0].endswith(b",") and parts[5] == b"GMT":  # Sun, 06 Nov 1994 08:49:37 GMT
+        day, mon, year, clock = parts[1], parts[2], parts[3], parts[4]
+        if len(year) != 4:
+            return None
+    elif len(parts) == 4 and parts[0].endswith(b",") and parts[3] == b"GMT":  # Sunday, 06-Nov-94 08:49:37 GMT
+        dmy = parts[1].split(b"-")
+        if len(dmy) != 3 or len(dmy[2]) != 2 or not dmy[2].isdigit():
+            return None
+        day, mon, clock = dmy[0], dmy[1], parts[2]
+        year = (b"19" if dmy[2] >= b"70" else b"20") + dmy[2]
+    elif len(parts) == 5:  # Sun Nov  6 08:49:37 1994
+        mon, day, clock, year = parts[1], parts[2], parts[3], parts[4]
+        if len(year) != 4:
+            return None
+    else:
+        return None
+    hms = clock.split(b":")
+    if (
+        len(day) > 2
+        or not day.isdigit()
+        or not year.isdigit()
+        or len(hms) != 3
+        or not all(len(x) == 2 and x.isdigit() for x in hms)
+        or mon.lower() not in _MONTHS
+    ):
+        return None
+    y, m, d = int(year), _MONTHS.index(mon.lower()) + 1, int(day)
+    hh, mm, ss = int(hms[0]), int(hms[1]), int(hms[2])
+    if y < 1 or not 1 <= d <= calendar.monthrange(y, m)[1] or hh > 23 or mm > 59 or ss > 60:
+        return None
+    return float(calendar.timegm((y, m, d, hh, mm, ss)))
+
+
+def format_http_date(t: float) -> bytes:
+    """IMF-fixdate for epoch seconds, the only form a sender may generate (RFC 9110 5.6.7)."""
+    tm = time.gmtime(min(max(t, 0.0), 253402300799.0))
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAY_NAMES[tm.tm_wday], tm.tm_mday, _MONTH_NAMES[tm.tm_mon - 1], tm.tm_year,
+        tm.tm_hour, tm.tm_min, tm.tm_sec,
+    )  # fmt: skip
+
+
+# -- storing, freshness, age -------------------------------------------------------------------
+
+
+def storable(
+    method: str, status: int, req_headers: Headers, resp_headers: Headers, rules: Rules = DEFAULT_RULES
+) -> Verdict:
+    """May this response be stored (RFC 9111 3)?  A falsy ``Verdict`` names the rule that said no.
+
+    Only GET responses are stored: a HEAD response has no body to answer a GET with, and
+    206 partial content is never stored (no range merging), nor a 304 (it only freshens).
+    """
+    if method != "GET":
+        return Verdict(False, "method")
+    if status < 200 or status in (206, 304):
+        return Verdict(False, "status")
+    if request_cache_control(req_headers).no_store:
+        return Verdict(False, "request-no-store")
+    cc = parse_cache_control(_values(resp_headers, b"cache-control"))
+    if cc.must_understand and status not in UNDERSTOOD_STATUSES:
+        return Verdict(False, "must-understand")
+    if vary_fields(_values(resp_headers, b"vary")) is None:
+        return Verdict(False, "vary-star")
+    auth = _has(req_headers, b"authorization")
+    if rules.ignore_origin:
+        if auth and not cc.public:
+            return Verdict(False, "authorization")
+        if _has(resp_headers, b"set-cookie"):
+            return Verdict(False, "set-cookie")
+        return Verdict(True) if status in rules.default_ttls else Verdict(False, "no-ttl")
+    if cc.no_store and not (cc.must_understand and status in UNDERSTOOD_STATUSES):
+        return Verdict(False, "no-store")
+    if rules.shared and cc.private:
+        return Verdict(False, "private")
+    if rules.shared and auth and not (cc.public or cc.must_revalidate or cc.s_maxage is not None):
+        return Verdict(False, "authorization")
+    if (
+        cc.public
+        or cc.max_age is not None
+        or (cc.s_maxage is not None and rules.shared)
+        or (cc.private and not rules.shared)
+        or _has(resp_headers, b"expires")
+        or status in rules.default_ttls
+        or status in rules.heuristic_statuses
+    ):
+        return Verdict(True)
+    return Verdict(False, "no-freshness")
+
+
+def freshness_lifetime(
+    status: int,
+    resp_headers: Headers,
+    response_time: float,
+    rules: Rules = DEFAULT_RULES,
+    cc: CacheControl | None = None,
+) -> float:
+    """Seconds a response stays fresh (RFC 9111 4.2.1, heuristics 4.2.2); ``response_time`` stands in
+    for a missing or invalid Date.  ``cc`` saves a re-parse when the caller has it."""
+    if rules.ignore_origin:
+        return max(0.0, rules.default_ttls.get(status, 0.0))
+    if cc is None:
+        cc = parse_cache_control(_values(resp_headers, b"cache-control"))
+    if rules.shared and cc.s_maxage is not None:
+        return float(cc.s_maxage)
+    if cc.max_age is not None:
+        return float(cc.max_age)
+    date = _date(resp_headers, b"date")
+    if date is None:
+        date = response_time
+    expires = _values(resp_headers, b"expires")
+    if expires:
+        t = http_date(expires[0]) if len(set(expires)) == 1 else None
+        return 0.0 if t is None else max(0.0, t - date)  # invalid / conflicting: already expired
+    ttl = rules.default_ttls.get(status)
+    if ttl is not None:
+        return max(0.0, ttl)
+    if status in rules.heuristic_statuses or cc.public:
+        lm = _date(resp_headers, b"last-modified")
+        if lm is not None and lm < date:
+            return min((date - lm) * rules.heuristic_fraction, rules.heuristic_max)
+    return 0.0
+
+
+def current_age(resp_headers: Headers, request_time: float, response_time: float, now: float) -> float:
+    """Seconds since the origin produced the response (RFC 9111 4.2.3)."""
+    return _initial_age(resp_headers, request_time, response_time) + max(0.0, now - response_time)
+
+
+def make_entry(
+    status: int,
+    req_headers: Headers,
+    resp_headers: Headers,
+    request_time: float,
+    response_time: float,
+    rules: Rules = DEFAULT_RULES,
+) -> Entry:
+    """The stored form of a response ``storable`` accepted; ``*_time`` bracket the exchange."""
+    fields = vary_fields(_values(resp_headers, b"vary"))
+    vary = () if fields is None else secondary_key(fields, req_headers)
+    return _entry(status, resp_headers, fields, vary, request_time, response_time, rules)
+
+
+def _entry(
+    status: int,
+    headers: Headers,
+    fields: tuple[bytes, ...] | None,
+    vary: SecondaryKey,
+    request_time: float,
+    response_time: float,
+    rules: Rules,
+) -> Entry:
+    cc = parse_cache_control(_values(headers, b"cache-control"))
+    if rules.shared and cc.private_fields:  # 5.2.2.7: a shared cache must not store them
+        headers = [(n, v) for n, v in headers if n.lower() not in cc.private_fields]
+    lifetime = freshness_lifetime(status, headers, response_time, rules, cc)
+    initial = _initial_age(headers, request_time, response_time)
+    if rules.ignore_origin:  # the origin's directives are what the operator overrides
+        return Entry(status, headers, request_time, response_time, initial, lifetime, fields, vary)
+    return Entry(
+        status,
+        headers,
+        request_time,
+        response_time,
+        initial,
+        lifetime,
+        fields,
+        vary,
+        no_cache=cc.no_cache,
+        no_cache_fields=cc.no_cache_fields,
+        no_stale=cc.must_revalidate or (rules.shared and (cc.proxy_revalidate or cc.s_maxage is not None)),
+        stale_while_revalidate=float(cc.stale_while_revalidate or 0),
+        stale_if_error=float(cc.stale_if_error or 0),
+    )
+
+
+# -- reuse -------------------------------------------------------------------------------------
+
+
+def lookup(
+    entries: Sequence[Entry], method: str, req_headers: Headers, now: float, rules: Rules = DEFAULT_RULES
+) -> Lookup:
+    """Decide how a request is answered from the entries stored under its key (RFC 9111 4).
+
+    Among entries whose Vary selection matches, the most recently received wins (4.1).
+    """
+    cc = request_cache_control(req_headers)
+    if method != "GET" and method != "HEAD":
+        return Lookup(Outcome.MISS, reason="method", fwd="method")
+    entry = _select(entries, req_headers)
+    if entry is None:
+        fwd = "vary-miss" if entries else "uri-miss"
+        if cc.only_if_cached:
+            return Lookup(Outcome.ONLY_IF_CACHED_MISS, reason=fwd)
+        return Lookup(Outcome.MISS, reason=fwd, fwd=fwd)
+    age = entry.age(now)
+    ttl = entry.lifetime - age
+    fresh = ttl > 0
+
+    def validate(reason: str, by_request: bool) -> Lookup:
+        if cc.only_if_cached:
+            return Lookup(Outcome.ONLY_IF_CACHED_MISS, entry, reason, None, age, ttl)
+        fwd = "request" if by_request and fresh else "stale"
+        return Lookup(Outcome.MUST_VALIDATE, entry, reason, fwd, age, ttl)
+
+    if entry.no_cache:
+        return validate("no-cache", False)
+    if cc.no_cache:
+        return validate("request-no-cache", True)
+    if cc.max_age is not None and age > cc.max_age:
+        return validate("max-age", True)
+    if cc.min_fresh is not None and ttl < cc.min_fresh:
+        return validate("min-fresh", True)
+    if fresh:
+        return Lookup(Outcome.FRESH, entry, "fresh", None, age, ttl, strip=entry.no_cache_fields)
+    if entry.no_stale:
+        return validate("must-revalidate", False)
+    staleness = -ttl
+    if 0 < entry.stale_while_revalidate and staleness <= entry.stale_while_revalidate:
+        reason = "stale-while-revalidate"
+        return Lookup(Outcome.STALE_OK, entry, reason, None, age, ttl, True, entry.no_cache_fields)
+    if cc.max_stale is not None and staleness <= cc.max_stale:
+        return Lookup(Outcome.STALE_OK, entry, "max-stale", None, age, ttl, strip=entry.no_cache_fields)
+    return validate("stale", False)
+
+
+def stale_if_error(entry: Entry, req_headers: Headers, now: float, status: int | None = None) -> bool:
+    """May ``entry`` answer because the origin failed (``status`` 5xx, or ``None``: no answer)?
+
+    RFC 5861 4: within the response's or the request's stale-if-error window.  Never for
+    an entry that forbids stale (must-revalidate: 5.2.2.2 wants a 504 instead) or must
+    always be validated, nor when the client asked for no-cache without allowing it itself.
+    """
+    if (status is not None and status not in ERROR_STATUSES) or entry.no_cache or entry.no_stale:
+        return False
+    cc = request_cache_control(req_headers)
+    if cc.no_cache and cc.stale_if_error is None:
+        return False
+    window = max(entry.stale_if_error, float(cc.stale_if_error or 0))
+    return window > 0 and entry.age(now) - entry.lifetime <= window
+
+
+# -- validation (4.3) ----------------------------------------------------------------------------
+
+
+def conditional_headers(stored_headers: Headers) -> Headers:
+    """The validators to send for a stored response (4.3.1): its ETag and its Last-Modified."""
+    out: Headers = []
+    etag = _first(stored_headers, b"etag")
+    if etag:
+        out.append((b"If-None-Match", etag))
+    lm = _first(stored_headers, b"last-modified")
+    if lm and http_date(lm) is not None:
+        out.append((b"If-Modified-Since", lm))
+    return out
+
+
+def validation_headers(req_headers: Headers, stored_headers: Headers) -> Headers:
+    """The client's request fields with its own If-None-Match / If-Modified-Since replaced by ours.
+
+    A 304 then vouches for the stored response, and ``client_conditional_304`` answers the
+    client's conditionals from it.
+    """
+    out = [(n, v) for n, v in req_headers if n.lower() not in (b"if-none-match", b"if-modified-since")]
+    return out + conditional_headers(stored_headers)
+
+
+def update_from_304(stored_headers: Headers, resp_304_headers: Headers) -> Headers | None:
+    """The stored fields freshened by a 304 (4.3.4, 3.2); ``None`` if it vouches for another response.
+
+    The 304 answers a conditional built from this entry's validators, so one carrying no
+    validator selects it; one whose ETag or Last-Modified differs does not, and the engine
+    should fetch unconditionally.  Content-Length and framing fields are never replaced.
+    """
+    etag = _first(resp_304_headers, b"etag")
+    if etag is not None:
+        mine = _first(stored_headers, b"etag")
+        if mine is None or _opaque(mine) != _opaque(etag):
+            return None
+    else:
+        lm = _first(resp_304_headers, b"last-modified")
+        if lm is not None and lm.strip() != (_first(stored_headers, b"last-modified") or b"").strip():
+            return None
+    new = [(n, v) for n, v in resp_304_headers if n.lower() not in _NO_UPDATE]
+    replaced = {n.lower() for n, _ in new}
+    return [(n, v) for n, v in stored_headers if n.lower() not in replaced] + new
+
+
+def refresh_entry(
+    entry: Entry,
+    resp_304_headers: Headers,
+    request_time: float,
+    response_time: float,
+    rules: Rules = DEFAULT_RULES,
+) -> Entry | None:
+    """``entry`` after a 304 from the exchange at ``request_time``..``response_time``; ``None`` when the
+    304 does not select it or changes Vary (the secondary key would be wrong)."""
+    headers = update_from_304(entry.headers, resp_304_headers)
+    if headers is None:
+        return None
+    fields = vary_fields(_values(headers, b"vary"))
+    if fields != entry.vary_fields:
+        return None
+    return _entry(entry.status, headers, fields, entry.vary, request_time, response_time, rules)
+
+
+def client_conditional_304(
+    method: str, req_headers: Headers, status: int, stored_headers: Headers, received: float | None = None
+) -> bool:
+    """Whether the client's own conditionals let the cache answer 304 (RFC 9110 13.2.2, 9111 4.3.2).
+
+    If-None-Match (weak comparison) wins over If-Modified-Since; If-Match and
+    If-Unmodified-Since are not a cache's to evaluate.  Only GET/HEAD on a 2xx entry.
+    Without Last-Modified the stored Date, then ``received``, stands in (4.3.2).
+    """
+    if (method != "GET" and method != "HEAD") or not 200 <= status < 300:
+        return False
+    inm = _values(req_headers, b"if-none-match")
+    if inm:
+        etag = _first(stored_headers, b"etag")
+        mine = None if etag is None else _opaque(etag)
+        for value in inm:
+            for member in _split_list(value):
+                tag = member.strip()
+                if tag == b"*" or (mine is not None and tag and _opaque(tag) == mine):
+                    return True
+        return False
+    ims = _values(req_headers, b"if-modified-since")
+    since = http_date(ims[0]) if len(ims) == 1 else None
+    if since is None:
+        return False
+    modified = _date(stored_headers, b"last-modified")
+    if modified is None:
+        modified = _date(stored_headers, b"date")
+    if modified is None:
+        modified = received
+    return modified is not None and modified <= since
+
+
+def not_modified_headers(stored_headers: Headers) -> Headers:
+    """The stored fields a 304 to the client must repeat (RFC 9110 15.4.5); Age is added by the caller."""
+    return [(n, v) for n, v in stored_headers if n.lower() in _NOT_MODIFIED_FIELDS]
+
+
+# -- invalidation (4.4) and decoration -----------------------------------------------------------
+
+
+def invalidations(method: str, status: int, target_uri: str, resp_headers: Headers) -> list[str]:
+    """Absolute URIs whose entries an unsafe request's 2xx/3xx answer invalidates (RFC 9111 4.4).
+
+    The target URI always; Location and Content-Location (resolved against it) only when
+    they share its origin, so one origin cannot purge another's entries.  ``key.uri_key``
+    turns each into a cache key.
+    """
+    if method in SAFE_METHODS or not 200 <= status < 400:
+        return []
+    out = [target_uri]
+    for name in (b"location", b"content-location"):
+        for value in _values(resp_headers, name):
+            try:
+                uri = urljoin(target_uri, value.strip().decode("ascii")).partition("#")[0]
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if uri not in out and same_origin(target_uri, uri):
+                out.append(uri)
+    return out
+
+
+def strip_fields(headers: Headers, names: frozenset[bytes]) -> Headers:
+    """``headers`` without the (lower-case) ``names``: a Lookup's ``strip`` set, say."""
+    if not names:
+        return headers
+    return [(n, v) for n, v in headers if n.lower() not in names]
+
+
+def age_header(age: float) -> bytes:
+    """The Age value (5.1): whole seconds, clamped to 0..2**31."""
+    if not age > 0:  # also NaN
+        return b"0"
+    return b"%d" % min(int(age), DELTA_MAX)
+
+
+def cache_status(
+    hit: bool,
+    fwd: str | None = None,
+    stored: bool = False,
+    ttl: float | None = None,
+    detail: str | None = None,
+    *,
+    fwd_status: int | None = None,
+    name: str = "ferryman",
+) -> bytes:
+    """One RFC 9211 Cache-Status member, e.g. ``ferryman; fwd=uri-miss; stored``."""
+    parts = [name]
+    if hit:
+        parts.append("hit")
+    if fwd:
+        parts.append(f"fwd={fwd}")
+    if fwd_status is not None:
+        parts.append(f"fwd-status={fwd_status}")
+    if stored:
+        parts.append("stored")
+    if ttl is not None and math.isfinite(ttl):
+        parts.append(f"ttl={math.floor(ttl)}")
+    if detail:
+        clean = "".join(c for c in detail if " " <= c <= "~").replace("\\", "\\\\").replace('"', '\\"')
+        parts.append(f'detail="{clean}"')
+    return "; ".join(parts).encode("ascii", "replace")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _values(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n.lower() == name]
+
+
+def _first(headers: Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n.lower() == name:
+            return v.strip()
+    return None
+
+
+def _has(headers: Headers, name: bytes) -> bool:
+    return any(n.lower() == name for n, _ in headers)
+
+
+def _date(headers: Headers, name: bytes) -> float | None:
+    value = _first(headers, name)
+    return None if value is None else http_date(value)
+
+
+def _initial_age(headers: Headers, request_time: float, response_time: float) -> float:
+    age_value = 0
+    for value in _values(headers, b"age"):
+        for part in value.split(b","):
+            d = _delta(part.strip())
+            if d is not None:
+                age_value = max(age_value, d)  # repeated Age: the older claim
+    date = _date(headers, b"date")
+    apparent = 0.0 if date is None else max(0.0, response_time - date)
+    return max(apparent, age_value + max(0.0, response_time - request_time))
+
+
+def _delta(arg: bytes | None) -> int | None:
+    if not arg or not arg.isdigit():
+        return None
+    return DELTA_MAX if len(arg) > 10 else min(int(arg), DELTA_MAX)
+
+
+def _keep(nums: dict[bytes, float], key: bytes, value: float, pick: Callable[[float, float], float]) -> None:
+    old = nums.get(key)
+    nums[key] = value if old is None else pick(old, value)
+
+
+def _split_list(value: bytes) -> list[bytes]:
+    """Split on commas outside quoted strings (a quoted no-cache field list or ETag may hold commas)."""
+    if b'"' not in value:
+        return value.split(b",")
+    out: list[bytes] = []
+    start, quoted, escaped = 0, False, False
+    for i, c in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if c == 0x5C:
+                escaped = True
+            elif c == 0x22:
+                quoted = False
+        elif c == 0x22:
+            quoted = True
+        elif c == 0x2C:
+            out.append(value[start:i])
+            start = i + 1
+    out.append(value[start:])
+    return out
+
+
+def _unquote(arg: bytes) -> bytes | None:
+    """The content of a token or quoted-string argument; ``None`` if the quotes are unbalanced."""
+    if not arg.startswith(b'"'):
+        return arg
+    if len(arg) < 2 or not arg.endswith(b'"'):
+        return None
+    inner = arg[1:-1]
+    if b"\\" not in inner:
+        return inner
+    out = bytearray()
+    escaped = False
+    for c in inner:
+        if c == 0x5C and not escaped:
+            escaped = True
+            continue
+        escaped = False
+        out.append(c)
+    return bytes(out)
+
+
+def _field_names(arg: bytes | None) -> set[bytes]:
+    if arg is None:
+        return set()
+    return {n for n in (p.strip().lower() for p in arg.split(b",")) if n}
+
+
+def _opaque(etag: bytes) -> bytes:
+    """The opaque-tag of an entity-tag, weak prefix removed (weak comparison, RFC 9110 8.8.3.2)."""
+    etag = etag.strip()
+    return etag[2:] if etag[:2] == b"W/" else etag
+
+
+def _select(entries: Sequence[Entry], req_headers: Headers) -> Entry | None:
+    best: Entry | None = None
+    keys: dict[tuple[bytes, ...], SecondaryKey] = {}
+    for e in entries:
+        if e.vary_fields is None:
+            continue
+        key = keys.get(e.vary_fields)
+        if key is None:
+            key = keys[e.vary_fields] = secondary_key(e.vary_fields, req_headers)
+        if key == e.vary and (best is None or e.response_time > best.response_time):
+            best = e
+    return best

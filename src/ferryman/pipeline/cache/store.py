@@ -1,0 +1,369 @@
+"""Cache storage tiers: the one interface the cache phase talks to, and the memory LRU.
+
+The cache phase decides (RFC 9111, in ``policy.py``); a store only keeps bytes.
+Every tier offers the same four moves, so the engine never knows which one it has:
+
+    get(key, variant)      -> (EntryMeta, BodyReader) or None (a miss, whatever the reason)
+    begin(meta)            -> Writer or None (won't store: too big, disabled, disk full)
+      writer.write(chunk)     while the body streams to the client; never blocks the loop
+      writer.commit()         publish atomically; only a complete body is ever visible
+      writer.abort()          client gone, upstream truncated, object too big
+    update_meta(...)       after a 304: new headers and times, same body
+    delete(key) / purge_prefix(prefix) / close()
+
+Rules every tier keeps:
+
+* A store never raises into the request path for a storage failure: it reports a
+  miss, refuses to store, or returns ``False`` from ``commit``.  The one exception
+  is a body found corrupt *while it streams* (disk): ``read_range`` raises
+  ``CacheEntryCorrupt`` instead of finishing, so the consumer can tell a cut
+  response from a complete one and close the connection.
+* ``key`` is the primary cache key; ``variant`` is the secondary key computed from
+  the fields a response's ``Vary`` names (``b""`` when it has none).  One key may
+  hold several variants; ``delete`` and ``purge_prefix`` remove all of them.
+* A reader owns what it reads: an entry evicted, replaced or deleted after ``get``
+  still streams to the end for the reader that already holds it.
+* ``max_object_size`` bounds the body; a writer past it aborts itself.  A
+  ``body_size`` in the meta handed to ``begin`` is taken as a hint (a
+  Content-Length): above the limit, ``begin`` refuses at once.  Completeness is
+  the caller's call (it aborts on a truncated upstream body); the store keeps the
+  number of bytes actually written as ``body_size``.
+
+The memory tier is an LRU bounded by bytes: an entry costs its body plus its key,
+variant and header bytes (``entry_cost``); get, put and evict are O(1) on an
+``OrderedDict``.  Bodies being written are not counted until commit (each is
+bounded by ``max_object_size``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
+
+from ferryman.errors import FerrymanError
+
+CHUNK: Final = 256 * 1024  # the largest piece a reader yields
+_FIELD_OVERHEAD: Final = 4  # ": " and CRLF, so a header costs what it would on the wire
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    """What a store keeps beside the body: enough to rebuild and revalidate the response."""
+
+    key: bytes  # primary cache key
+    variant: bytes  # secondary (Vary) key, b"" when none
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    request_headers: tuple[tuple[bytes, bytes], ...]  # the selecting request fields (for Vary)
+    request_time: float  # wall clock, seconds (RFC 9111 4.2.3 age calculation)
+    response_time: float
+    body_size: int  # bytes stored; in begin(): a hint, -1 when unknown
+
+
+class CacheEntryCorrupt(FerrymanError):
+    """A stored body failed its checksum (or was cut short) while it was being served.
+
+    Raised by ``BodyReader.read_range`` before the last bytes are handed out, so a
+    corrupt entry is never delivered as complete.  The head has usually been sent
+    by then: the connection must be closed, not answered.
+    """
+
+    status = 500
+    source = "internal"
+
+
+class BodyReader(Protocol):
+    """A stored body, ready to stream.  Holds what it needs: eviction cannot cut it short."""
+
+    size: int  # body length
+    offset: int  # where the body starts in the file named by path() (0 in memory)
+
+    def read_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield body[start:end] in chunks of at most ``CHUNK`` bytes (an async generator).
+
+        May raise ``CacheEntryCorrupt`` (disk) instead of yielding the last chunk.
+        """
+        ...
+
+    def path(self) -> str | None:
+        """The file holding the body, once its checksum is known good; None otherwise (memory)."""
+        ...
+
+    def fileno(self) -> int | None:
+        """A descriptor of that same file for ``sendfile`` (at ``offset``), or None.
+
+        Prefer it to re-opening ``path()``: another worker may have replaced or
+        evicted the file since ``get``; the descriptor still reads this version.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the descriptor early.  Optional: dropping the reader does it too."""
+        ...
+
+
+class Writer(Protocol):
+    """A body being stored while it streams to the client."""
+
+    def write(self, data: bytes) -> None:
+        """Buffer or hand off ``data``; never blocks.  Past ``max_object_size``: aborts."""
+        ...
+
+    async def commit(self) -> bool:
+        """Publish atomically.  False (never an exception) when nothing was stored."""
+        ...
+
+    def abort(self) -> None:
+        """Discard whatever was written.  Idempotent; a later commit returns False."""
+        ...
+
+
+class Store(Protocol):
+    """One cache tier.  Every method is safe to call at any time; none raises for I/O errors."""
+
+    async def get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None: ...
+
+    def begin(self, meta_without_size: EntryMeta) -> Writer | None: ...
+
+    async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None: ...
+
+    async def delete(self, key: bytes) -> int: ...
+
+    async def purge_prefix(self, prefix: bytes) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def meta_cost(meta: EntryMeta) -> int:
+    """Bytes an entry's meta accounts for: key, variant and every header on the wire."""
+    fields = sum(len(n) + len(v) + _FIELD_OVERHEAD for n, v in meta.headers)
+    fields += sum(len(n) + len(v) + _FIELD_OVERHEAD for n, v in meta.request_headers)
+    return len(meta.key) + len(meta.variant) + fields
+
+
+def entry_cost(meta: EntryMeta) -> int:
+    """What an entry costs in the memory tier: meta plus body."""
+    return meta_cost(meta) + max(meta.body_size, 0)
+
+
+def check_range(start: int, end: int, size: int) -> None:
+    if not 0 <= start <= end <= size:
+        raise ValueError(f"range {start}-{end} outside a body of {size} bytes")
+
+
+class BytesReader:
+    """A body held in memory (the memory tier, and small disk bodies read whole)."""
+
+    __slots__ = ("_body", "size", "offset")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.size = len(body)
+        self.offset = 0
+
+    async def read_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        check_range(start, end, self.size)
+        for pos in range(start, end, CHUNK):
+            yield self._body[pos : min(pos + CHUNK, end)]
+
+    def path(self) -> str | None:
+        return None
+
+    def fileno(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+V = TypeVar("V")
+Slot = tuple[bytes, bytes]  # (key, variant)
+
+
+class LruIndex(Generic[V]):
+    """(key, variant) -> value with a byte cost, least recently used first.
+
+    ``touch``, ``put``, ``pop`` and each eviction are O(1) (``OrderedDict``); the
+    variants of a key are grouped so ``pop_key`` needs no scan.  Both tiers use it:
+    memory for its entries, disk for its index of files.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._items: OrderedDict[Slot, tuple[V, int]] = OrderedDict()
+        self._variants: dict[bytes, set[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Slot]:
+        """Slots, least recently used first."""
+        return iter(list(self._items))
+
+    def get(self, key: bytes, variant: bytes, *, touch: bool = True) -> V | None:
+        item = self._items.get((key, variant))
+        if item is None:
+            return None
+        if touch:
+            self._items.move_to_end((key, variant))
+        return item[0]
+
+    def put(self, key: bytes, variant: bytes, value: V, cost: int) -> list[tuple[Slot, V]]:
+        """Insert as most recent (replacing the slot); return what was evicted to fit."""
+        self.pop(key, variant)
+        self._items[(key, variant)] = (value, cost)
+        self._variants.setdefault(key, set()).add(variant)
+        self.used += cost
+        return self.evict()
+
+    def evict(self) -> list[tuple[Slot, V]]:
+        evicted: list[tuple[Slot, V]] = []
+        while self.used > self.max_bytes and self._items:
+            slot = next(iter(self._items))
+            evicted.append((slot, self._remove(slot)))
+        return evicted
+
+    def pop(self, key: bytes, variant: bytes) -> V | None:
+        if (key, variant) not in self._items:
+            return None
+        return self._remove((key, variant))
+
+    def pop_key(self, key: bytes) -> list[V]:
+        return [self._remove((key, v)) for v in list(self._variants.get(key, ()))]
+
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        return [k for k in self._variants if k.startswith(prefix)]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._variants.clear()
+        self.used = 0
+
+    def _remove(self, slot: Slot) -> V:
+        value, cost = self._items.pop(slot)
+        self.used -= cost
+        variants = self._variants[slot[0]]
+        variants.discard(slot[1])
+        if not variants:
+            del self._variants[slot[0]]
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _MemEntry:
+    meta: EntryMeta
+    body: bytes
+
+
+class MemoryStore:
+    """In-process LRU bounded by bytes (headers + body), with variants per key."""
+
+    def __init__(self, max_bytes: int, max_object_size: int) -> None:
+        self.max_object_size = max_object_size
+        self._lru: LruIndex[_MemEntry] = LruIndex(max_bytes)
+        self._writers: set[_MemoryWriter] = set()
+        self._closed = False
+
+    @property
+    def used_bytes(self) -> int:
+        return self._lru.used
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    async def get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
+        entry = self._lru.get(key, variant)
+        if entry is None:
+            return None
+        return entry.meta, BytesReader(entry.body)
+
+    def begin(self, meta_without_size: EntryMeta) -> Writer | None:
+        meta = meta_without_size
+        if self._closed or meta.body_size > self.max_object_size:
+            return None
+        if meta_cost(meta) > self._lru.max_bytes:
+            return None
+        writer = _MemoryWriter(self, meta)
+        self._writers.add(writer)
+        return writer
+
+    async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
+        entry = self._lru.get(key, variant, touch=False)
+        if entry is None:
+            return
+        meta = replace(meta, key=key, variant=variant, body_size=entry.meta.body_size)
+        self._lru.put(key, variant, _MemEntry(meta, entry.body), entry_cost(meta))
+
+    async def delete(self, key: bytes) -> int:
+        self._abort_writers(lambda k: k == key)
+        return len(self._lru.pop_key(key))
+
+    async def purge_prefix(self, prefix: bytes) -> int:
+        self._abort_writers(lambda k: k.startswith(prefix))
+        return sum(len(self._lru.pop_key(k)) for k in self._lru.keys_with_prefix(prefix))
+
+    async def close(self) -> None:
+        self._closed = True
+        self._abort_writers(lambda k: True)
+        self._lru.clear()
+
+    def _abort_writers(self, match: _KeyMatch) -> None:
+        # A fill that started before a purge must not publish the content purged.
+        for writer in list(self._writers):
+            if match(writer.meta.key):
+                writer.abort()
+
+    def _publish(self, meta: EntryMeta, body: bytes) -> bool:
+        meta = replace(meta, body_size=len(body))
+        cost = entry_cost(meta)
+        if cost > self._lru.max_bytes:
+            return False
+        self._lru.put(meta.key, meta.variant, _MemEntry(meta, body), cost)
+        return True
+
+
+class _KeyMatch(Protocol):
+    def __call__(self, key: bytes, /) -> bool: ...
+
+
+class _MemoryWriter:
+    __slots__ = ("_store", "meta", "_chunks", "_size", "_open")
+
+    def __init__(self, store: MemoryStore, meta: EntryMeta) -> None:
+        self._store = store
+        self.meta = meta
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._open = True
+
+    def write(self, data: bytes) -> None:
+        if not self._open:
+            return
+        self._size += len(data)
+        if self._size > self._store.max_object_size:
+            self.abort()
+            return
+        self._chunks.append(bytes(data))
+
+    async def commit(self) -> bool:
+        if not self._open:
+            return False
+        self._open = False
+        self._store._writers.discard(self)
+        body = b"".join(self._chunks)
+        self._chunks = []
+        return self._store._publish(self.meta, body)
+
+    def abort(self) -> None:
+        self._open = False
+        self._chunks = []
+        self._store._writers.discard(self)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: MemoryStore, reader: BytesReader) -> tuple[Store, BodyReader]:
+        return store, reader
