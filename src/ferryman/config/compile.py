@@ -22,6 +22,7 @@ from ferryman.config.compile_reverse import ReversePlan, TlsPlan, compile_revers
 from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
+from ferryman.pipeline.cache.policy import DEFAULT_RULES, Rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class ForwardPlan:
     connect_ports: frozenset[int]
     parent: tuple[str, int] | None
     via: bytes | None  # the Via received-by token, or None when Via is off
+    cache_rules: Rules | None = None  # set when a cache is configured with cache.forward
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,19 @@ class AccessLogPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class CachePlan:
+    store: str
+    path: str | None
+    max_size: int
+    max_object_size: int
+    forward: bool
+    purge_clients: tuple[str, ...]
+    range_fill: bool
+    coalesce: bool
+    redis: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     source: str
     listeners: tuple[ListenerPlan, ...]
@@ -96,6 +111,7 @@ class Plan:
     reverse: ReversePlan | None = None
     workers: int = 1
     admin: tuple[str, int] | None = None
+    cache: CachePlan | None = None
 
 
 def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
@@ -162,7 +178,19 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         connect_ports=frozenset(fwd_cfg["connect_ports"]),
         parent=parent,
         via=via,
+        cache_rules=DEFAULT_RULES if (data.get("cache") and data["cache"]["forward"]) else None,
     )
+    cache = None
+    if data.get("cache"):
+        c = data["cache"]
+        path = c.get("path")
+        if path and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        cache = CachePlan(
+            c["store"], path, c["max_size"], c["max_object_size"], c["forward"],
+            tuple(c["purge_clients"]), c["range_fill"], c["coalesce"],
+            (data.get("shared") or {}).get("redis"),
+        )
     return Plan(
         source=source,
         listeners=tuple(listeners),
@@ -174,6 +202,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         access_log=AccessLogPlan(**data["access_log"]),
         reverse=compile_reverse(data, listeners[0].port),
         admin=split_hostport(data["admin"]["listen"]) if data.get("admin") else None,
+        cache=cache,
         workers=(os.cpu_count() or 1) if data.get("workers") == "auto" else int(data.get("workers") or 1),
     )
 

@@ -6,10 +6,12 @@ import ipaddress
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ferryman.config.hostport import split_hostport
 from ferryman.pipeline.admit.acl import ClientAcl
+from ferryman.pipeline.cache.policy import Rules
 from ferryman.pipeline.route.table import Route, RouteMatch, RouteTable
 
 
@@ -78,6 +80,7 @@ class ProxyAction:
     strip_prefix: str | None
     replace_prefix: str | None
     host_header: str  # "preserve" | "upstream" | literal
+    cache_rules: Rules | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,16 @@ def _upstream(name: str, u: Mapping[str, Any]) -> UpstreamPlan:
 def _action(r: Mapping[str, Any]) -> ProxyAction | RedirectAction | RespondAction:
     if r.get("upstream") is not None:
         rw = r.get("rewrite") or {}
-        return ProxyAction(r["upstream"], rw.get("strip_prefix"), rw.get("replace_prefix"), r["host_header"])
+        c = r.get("cache")
+        rules = None
+        if c and c["enabled"]:
+            rules = Rules(
+                default_ttls=MappingProxyType({int(k): float(v) for k, v in c["default_ttls"].items()}),
+                ignore_origin=c["ignore_origin"],
+            )
+        return ProxyAction(
+            r["upstream"], rw.get("strip_prefix"), rw.get("replace_prefix"), r["host_header"], rules
+        )
     if r.get("redirect") is not None:
         return RedirectAction(r["redirect"]["to"], r["redirect"]["status"])
     resp = r["respond"]

@@ -191,8 +191,8 @@ class Config(_Model):
                 problems.append(f"routes[{i}].upstream: unknown upstream {route.upstream!r} (known: {known})")
         if any(lst.mode == "reverse" for lst in self.listeners) and not self.routes:
             problems.append("routes: a reverse listener needs at least one route")
-        if self.cache is not None and self.cache.store == "redis" and not self.shared.redis:
-            problems.append("cache.store: redis needs shared.redis (a redis:// URL)")
+        if self.cache is not None and self.cache.store == "redis":
+            problems.append("cache.store: the redis tier is not available yet; use memory or disk")
         for i, lst in enumerate(self.listeners):
             if lst.proxy_protocol and not self.reverse.trusted_proxies:
                 problems.append(

@@ -41,9 +41,10 @@ from ferryman.errors import (
 )
 from ferryman.http1 import proxy_protocol
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, RequestHead, ResponseHead
+from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.http1.parser import RequestParser
+from ferryman.pipeline.cache.store import BodyReader
 from ferryman.pipeline.route.forward import route_forward
 from ferryman.pipeline.route.reverse import route_reverse
 from ferryman.pipeline.stage import Connect, Synthetic
@@ -51,6 +52,10 @@ from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection
 
 log = logging.getLogger("ferryman")
+
+
+def started_resp(ex: Exchange) -> bool:
+    return ex.resp is not None
 
 # timer phases
 IDLE, HEAD, BODY, WAIT, RESP, TUNNEL = range(6)
@@ -86,6 +91,7 @@ class Downstream(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.client_port = 0
         self.tunnel_eof = False
+        self._writable: asyncio.Future[None] | None = None
         self._allowed_for: object = None
         self._pp_buf: bytes | None = b"" if listener.proxy_protocol else None
 
@@ -234,9 +240,12 @@ class Downstream(asyncio.Protocol):
             if not ex.status:
                 ex.status = 499
             ex.error = ex.error or "client closed the connection before the response completed"
+            if ex.cache is not None and self.engine.cache is not None:
+                self.engine.cache.on_abort(ex)
             self.log(ex)
         self.cur = None
         self.queue.clear()
+        self._wake_writable()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -246,6 +255,7 @@ class Downstream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._wake_writable()
         ex = self.cur
         if ex is not None and ex.conn is not None and ex.conn.transport is not None:
             ex.conn.transport.resume_reading()
@@ -326,6 +336,13 @@ class Downstream(asyncio.Protocol):
             self._arm(BODY, plan.timeouts.client_body)
         else:
             self.disarm()
+        cache = self.engine.cache
+        if cache is not None and decision.cache_rules is not None and not decision.upgrade:
+            scheme = ("https" if self.tls else "http") if self.reverse else (
+                decision.next_hop[0] if decision.next_hop and decision.next_hop[0] != "parent" else "http"
+            )
+            if cache.on_request(self, ex, decision, decision.cache_rules, scheme):
+                return
         self._proxy(ex)
 
     def _respond_synthetic(self, ex: Exchange, d: Synthetic) -> None:
@@ -487,6 +504,14 @@ class Downstream(asyncio.Protocol):
         if self._timer is None:
             self._timer = self.loop.call_later(self._phase_timeout, self._on_timer)
         hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
+        cache_extra = b""
+        if ex.cache is not None and self.engine.cache is not None:
+            cache = self.engine.cache
+            if status == 304 and ex.cache.stored is not None and cache.on_not_modified(self, ex, head):
+                ex.cache_takeover = True  # the stored entry is served; this 304 only freshened it
+                return
+            stored = forward_response_headers(head.headers, head.connection_tokens, None)
+            cache_extra = cache.on_response_head(self, ex, head, stored)
         keep = ex.keep_alive and ex.req_done and not self.engine.draining
         if d is not None and d.upgrade:
             keep = False  # the upgrade was refused; bytes after it are not HTTP
@@ -514,7 +539,7 @@ class Downstream(asyncio.Protocol):
         elif ex.head.version == "1.0":
             extra += b"Connection: keep-alive\r\n"
         ex.keep_alive = keep
-        data = ser.response_head(status, head.reason, hdrs, extra)
+        data = ser.response_head(status, head.reason, hdrs, extra + cache_extra)
         ex.bytes_out += len(data)
         self.transport.write(data)
 
@@ -522,9 +547,13 @@ class Downstream(asyncio.Protocol):
         ex = self.cur
         assert ex is not None and self.transport is not None
         if ex.resp is None:
+            if ex.cache_takeover:
+                return
             raise UpstreamProtocolError("response body without a response head")
         if not data:
             return
+        if ex.cache is not None and self.engine.cache is not None:
+            self.engine.cache.on_response_body(ex, data)
         ex.bytes_out += len(data)
         if ex.out_mode == OUT_CHUNK:
             self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
@@ -535,8 +564,22 @@ class Downstream(asyncio.Protocol):
     def on_response_end(self) -> None:
         ex = self.cur
         assert ex is not None and self.transport is not None
+        if ex.cache_takeover and ex.resp is None:
+            # Our validation got its 304: the connection goes back, the cache serves the client.
+            conn, ex.conn = ex.conn, None
+            self._release_server(ex, ok=True)
+            if conn is not None:
+                if ex.key is not None and not conn.private and self.engine.pool.release(
+                    ex.key, conn, self.loop.time()
+                ):
+                    conn.detach()
+                else:
+                    conn.close()
+            return
         if ex.resp is None or ex.status == 101:
             return  # the end of an interim (1xx) response; a 101 goes on as a tunnel
+        if ex.cache is not None and self.engine.cache is not None:
+            self.engine.cache.on_response_end(self, ex)
         if ex.out_mode == OUT_CHUNK:
             self.transport.write(ser.LAST_CHUNK)
         conn = ex.conn
@@ -587,6 +630,8 @@ class Downstream(asyncio.Protocol):
         else:
             # Mid-body: the client must see the truncation, never a "complete" body.
             self._release_server(ex, ok=False)
+            if ex.cache is not None and self.engine.cache is not None:
+                self.engine.cache.on_abort(ex)
             ex.error = exc.detail
             ex.keep_alive = False
             self.log(ex)
@@ -661,6 +706,10 @@ class Downstream(asyncio.Protocol):
                 ex.conn.abort()
                 ex.conn = None
             self._release_server(ex, ok=False)
+            if ex.cache is not None and self.engine.cache is not None:
+                if not started_resp(ex) and self.engine.cache.serve_stale_on_error(self, ex, exc):
+                    return
+                self.engine.cache.on_abort(ex)
         started = ex is not None and ex.resp is not None
         if not started and self.transport is not None:
             body = f"ferryman: {exc.status} {type(exc).__name__}: {exc.detail}"
@@ -712,6 +761,115 @@ class Downstream(asyncio.Protocol):
         lg = self.engine.log
         if lg.enabled:
             lg.log(self.client_ip, "", "-", "-", "1.1", exc.status, 0, 0, 0.0, None, None, "", "", exc.detail)
+
+    # ----------------------------------------------------- answering from cache
+    def send_synthetic(self, ex: Exchange, status: int, text: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        if self.closed or self.transport is None:
+            return
+        if not ex.req_done:
+            ex.keep_alive = False  # the unread body would be parsed as a request
+        data = ser.simple_response(status, f"ferryman: {text}", close=not ex.keep_alive, extra=list(extra))
+        ex.status = status
+        ex.bytes_out += len(data)
+        self.transport.write(data)
+        self.finish(ex)
+
+    def resume_proxy(self, ex: Exchange) -> None:
+        """Continue to the upstream after the cache declined (miss found late, fill unusable)."""
+        if self.closed or ex is not self.cur:
+            return
+        try:
+            self._proxy(ex)
+        except FerrymanError as exc:
+            self.fail(ex, exc)
+
+    def abort_after_partial(self, ex: Exchange, reason: str) -> None:
+        ex.error = reason
+        ex.keep_alive = False
+        self.log(ex)
+        self._abort()
+
+    def begin_stream(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        has_body: bool, length: int | None = None,
+    ) -> None:
+        assert self.transport is not None
+        self.disarm()
+        keep = ex.keep_alive and ex.req_done and not self.engine.draining
+        if not has_body:
+            ex.out_mode = OUT_NONE
+            if length is not None:
+                extra += b"Content-Length: %d\r\n" % length
+        elif length is not None:
+            ex.out_mode = OUT_RAW
+            extra += b"Content-Length: %d\r\n" % length
+        elif ex.head.version == "1.1":
+            ex.out_mode = OUT_CHUNK
+            extra += b"Transfer-Encoding: chunked\r\n"
+        else:
+            ex.out_mode = OUT_RAW
+            keep = False
+        extra += b"Connection: close\r\n" if not keep else (
+            b"Connection: keep-alive\r\n" if ex.head.version == "1.0" else b""
+        )
+        ex.keep_alive = keep
+        ex.status = status
+        ex.resp = ResponseHead(
+            status, reason or b"", "1.1", [], Framing.LENGTH, length or 0, keep, frozenset()
+        )
+        ex.t_first = monotonic() - ex.t0
+        data = ser.response_head(status, reason or b"", hdrs, extra)
+        ex.bytes_out += len(data)
+        self.transport.write(data)
+
+    def stream_chunk(self, ex: Exchange, data: bytes) -> bool:
+        if self.closed or self.transport is None or ex.out_mode == OUT_NONE:
+            return not self.closed
+        ex.bytes_out += len(data)
+        if ex.out_mode == OUT_CHUNK:
+            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+        return True
+
+    def end_stream(self, ex: Exchange) -> None:
+        if self.closed or self.transport is None:
+            return
+        if ex.out_mode == OUT_CHUNK:
+            self.transport.write(ser.LAST_CHUNK)
+        self.finish(ex)
+
+    def write_cached(
+        self, ex: Exchange, status: int, reason: bytes, hdrs: Headers, extra: bytes,
+        body: object, start: int, end: int,
+    ) -> None:
+        self.begin_stream(ex, status, reason, hdrs, extra, has_body=False)
+        self.end_stream(ex)
+
+    async def stream_cached(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        reader: BodyReader | None, start: int, end: int,
+    ) -> None:
+        self.begin_stream(ex, status, reason, hdrs, extra, reader is not None, end - start)
+        if reader is not None and end > start:
+            async for chunk in reader.read_range(start, end):
+                if not self.stream_chunk(ex, chunk):
+                    return
+                if self.write_paused:
+                    await self.wait_writable()
+        self.end_stream(ex)
+
+    async def wait_writable(self) -> None:
+        if not self.write_paused or self.closed:
+            return
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+        await self._writable
+
+    def _wake_writable(self) -> None:
+        w, self._writable = self._writable, None
+        if w is not None and not w.done():
+            w.set_result(None)
 
     # ------------------------------------------------------------- draining
     def drain(self) -> None:

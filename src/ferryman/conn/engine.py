@@ -13,8 +13,11 @@ import ssl
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.config.compile import Plan
+from ferryman.config.compile import CachePlan, Plan
+from ferryman.conn.cache_flow import Cache, purge_acl
 from ferryman.observe.access_log import AccessLog
+from ferryman.pipeline.cache.disk import DiskStore
+from ferryman.pipeline.cache.store import MemoryStore, Store
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import Resolver
 from ferryman.upstream.group import UpstreamGroup
@@ -49,6 +52,8 @@ class Engine:
         self.local_ports = {lp.port for lp in plan.listeners}
         self._tls: ssl.SSLContext | None = None
         self.groups: dict[str, UpstreamGroup] = {}
+        self.cache: Cache | None = None
+        self._cache_plan: CachePlan | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._build_groups(plan)
         self._tick: asyncio.TimerHandle | None = self.loop.call_later(1.0, self._on_tick)
@@ -70,6 +75,36 @@ class Engine:
             name: self.loop.create_task(run_checks(g)) for name, g in groups.items() if g.plan.health
         }
         self.groups = groups
+
+    async def open_cache(self, plan: Plan) -> None:
+        """(Re)build the cache when its settings change; a store that cannot open is left out."""
+        cp = plan.cache
+        if cp == self._cache_plan:
+            return
+        old = self.cache
+        self._cache_plan = cp
+        self.cache = None
+        if old is not None:
+            await old.store.close()
+        if cp is None:
+            return
+        store: Store
+        if cp.store == "disk":
+            assert cp.path is not None
+            disk = DiskStore(cp.path, cp.max_size, cp.max_object_size)
+            await disk.open()
+            store = disk
+        else:
+            store = MemoryStore(cp.max_size, cp.max_object_size)
+        self.cache = Cache(store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce)
+
+    async def purge(self, uri: str, prefix: bool) -> int:
+        if self.cache is None:
+            return 0
+        return await self.cache.purge(uri, prefix)
+
+    def cache_status(self) -> dict[str, object] | None:
+        return None if self.cache is None else self.cache.status()
 
     def apply(self, plan: Plan) -> None:
         """Adopt a new Plan: later requests use it, requests in flight keep theirs."""

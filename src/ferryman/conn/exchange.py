@@ -10,6 +10,7 @@ from ferryman.http1.events import Framing, RequestHead, ResponseHead
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
+    from ferryman.conn.cache_flow import CacheState
     from ferryman.upstream.connection import UpstreamConnection
     from ferryman.upstream.group import UpstreamGroup, UpstreamServer
 
@@ -23,6 +24,7 @@ class Exchange:
         "body_buf", "body_buffered", "body_sent", "req_done", "resp", "out_mode", "status",
         "bytes_in", "bytes_out", "t_connect", "t_first", "keep_alive", "task", "head_sent",
         "upstream_label", "error", "logged", "group", "server", "tried", "t_sent", "route",
+        "cache", "cache_takeover",
     )
 
     def __init__(self, head: RequestHead, now: float) -> None:
@@ -57,3 +59,5 @@ class Exchange:
         self.tried: frozenset[int] = frozenset()
         self.t_sent = 0.0
         self.route = ""
+        self.cache: CacheState | None = None
+        self.cache_takeover = False  # the cache answers; the upstream exchange only validates

@@ -56,7 +56,7 @@ def status_document(engine: Engine) -> dict[str, Any]:
         "draining": engine.draining,
         "config": engine.plan.source,
         "upstreams": groups,
-        "cache": engine.cache_status() if hasattr(engine, "cache_status") else None,
+        "cache": engine.cache_status(),
     }
 
 
@@ -118,9 +118,9 @@ class AdminProtocol(asyncio.Protocol):
         self._send(out)
 
     async def _purge(self, args: dict[str, str]) -> bytes:
-        purge = getattr(self.engine, "purge", None)
-        if purge is None:
+        if self.engine.cache is None:
             return _json(404, {"error": "no cache configured"})
+        purge = self.engine.purge
         if "url" in args:
             n = await purge(args["url"], prefix=False)
         elif "prefix" in args:

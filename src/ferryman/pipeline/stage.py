@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ferryman.http1.events import Headers
+from ferryman.pipeline.cache.policy import Rules
 from ferryman.pipeline.route.router import Target
 
 
@@ -26,6 +27,7 @@ class Proxy:
     route: str  # route name for the log ("" in forward mode)
     upgrade: bool  # the client asked for a protocol upgrade (WebSocket)
     tls_name: str | None = None  # SNI / certificate name when the next hop speaks TLS
+    cache_rules: Rules | None = None  # None: this request does not use the cache
 
 
 @dataclass(slots=True)

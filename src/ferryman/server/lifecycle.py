@@ -36,6 +36,7 @@ class Server:
 
     async def start(self) -> None:
         self.engine = Engine(self.plan)
+        await self.engine.open_cache(self.plan)
         self.stopping = asyncio.Event()
         for lp in self.plan.listeners:
             await self._bind(lp)
@@ -91,6 +92,7 @@ class Server:
                 if key not in wanted:
                     self.listeners.pop(key).close()
             try:
+                await self.engine.open_cache(plan)
                 self.engine.apply(plan)
             except OSError as exc:
                 for key in added:

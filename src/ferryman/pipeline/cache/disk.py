@@ -45,7 +45,10 @@ The size cap is per process and approximate: each worker evicts what it knows,
 so under N workers the directory may run over ``max_bytes`` for a while.
 
 Threads: all file I/O runs in a small dedicated pool; coroutines only await it, and
-``Writer.write`` only queues bytes for it.  Failures never reach the caller:
+``Writer.write`` only queues bytes for it (a fill more than 16 MiB ahead of the disk is
+abandoned rather than held in memory).  ``update_meta`` copies the body into a new
+file under the new meta (checking the old CRC: a bad body is deleted, never re-signed);
+``purge_prefix`` reads every head, as only the heads know the keys.  Failures never reach the caller:
 ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOTDIR turn writes off for 30 s (``begin``
 returns None, fills become pass-through); errors are logged at most once a minute
 per store, with a count of those suppressed.

@@ -2,7 +2,9 @@
 
 Values in, decisions out: header lists, statuses and times (epoch seconds, ``now`` passed
 in) become frozen values.  The engine calls ``storable`` + ``make_entry`` on a response,
-``lookup`` on each request, and carries out the ``Lookup`` it gets back.
+``lookup`` on each request, and carries out the ``Lookup`` it gets back.  Which stored
+response a message is about (keys, Vary, validators, invalidation) and HTTP dates live in
+``key.py``.
 
 Rules this module owns
 ----------------------
@@ -42,17 +44,32 @@ that a request with Authorization still needs ``public`` and Set-Cookie is never
 
 from __future__ import annotations
 
-import calendar
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from urllib.parse import urljoin
 
 from ferryman.http1.events import Headers
-from ferryman.pipeline.cache.key import SecondaryKey, same_origin, secondary_key, vary_fields
+from ferryman.http1.framing import header_values
+
+# the ``x as x`` names are re-exported: the engine imports the whole cache phase from here
+from ferryman.pipeline.cache.key import SAFE_METHODS as SAFE_METHODS
+from ferryman.pipeline.cache.key import SecondaryKey as SecondaryKey
+from ferryman.pipeline.cache.key import client_conditional_304 as client_conditional_304
+from ferryman.pipeline.cache.key import conditional_headers as conditional_headers
+from ferryman.pipeline.cache.key import format_http_date as format_http_date
+from ferryman.pipeline.cache.key import http_date as http_date
+from ferryman.pipeline.cache.key import invalidations as invalidations
+from ferryman.pipeline.cache.key import not_modified_headers as not_modified_headers
+from ferryman.pipeline.cache.key import (
+    secondary_key,
+    split_list,
+    unquote,
+    vary_fields,
+)
+from ferryman.pipeline.cache.key import update_from_304 as update_from_304
+from ferryman.pipeline.cache.key import validation_headers as validation_headers
 
 DELTA_MAX = 2**31  # RFC 9111 1.2.2: the largest delta-seconds a cache must represent
 # RFC 9110 15.1: statuses whose responses may get heuristic freshness
@@ -61,16 +78,6 @@ HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410
 # content is never stored
 UNDERSTOOD_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
 ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 4: what stale-if-error covers
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
-# RFC 9111 3.2: never taken from a 304 - the stored body and its framing do not change
-_NO_UPDATE = frozenset(
-    {b"content-length", b"content-encoding", b"content-range", b"transfer-encoding", b"connection",
-     b"keep-alive", b"te", b"trailer", b"upgrade", b"proxy-connection", b"proxy-authenticate"}
-)
-# RFC 9110 15.4.5: the fields a 304 carries when the 200 would have had them
-_NOT_MODIFIED_FIELDS = frozenset(
-    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +112,14 @@ class Rules:
 
     shared: bool = True
     heuristic_statuses: frozenset[int] = HEURISTIC_STATUSES
-    default_ttls: Mapping[int, float] = MappingProxyType({})  # status -> TTL when the origin gives none
+    default_ttls: Mapping[int, float] = field(default_factory=dict)  # status -> TTL if the origin gives none
     ignore_origin: bool = False
     heuristic_fraction: float = 0.1  # of Date - Last-Modified (4.2.2)
     heuristic_max: float = 86400.0
+
+    def __post_init__(self) -> None:
+        # a private read-only copy: the caller's dict can change, a Plan's rules cannot
+        object.__setattr__(self, "default_ttls", MappingProxyType(dict(self.default_ttls)))
 
 
 DEFAULT_RULES = Rules()
@@ -178,12 +189,12 @@ def parse_cache_control(values: Iterable[bytes]) -> CacheControl:
     nums: dict[bytes, float] = {}
     lists: dict[bytes, set[bytes]] = {}
     for value in values:
-        for member in _split_list(value):
+        for member in split_list(value):
             raw_name, eq, raw_arg = member.partition(b"=")
             name = raw_name.strip().lower()
             if not name:
                 continue
-            arg = _unquote(raw_arg.strip()) if eq else None
+            arg = unquote(raw_arg.strip()) if eq else None
             if name in (b"no-cache", b"private"):
                 names = _field_names(arg) if eq else None
                 if names:
@@ -233,10 +244,10 @@ def parse_cache_control(values: Iterable[bytes]) -> CacheControl:
 
 def request_cache_control(req_headers: Headers) -> CacheControl:
     """A request's directives; ``Pragma: no-cache`` counts as no-cache only without Cache-Control (5.4)."""
-    values = _values(req_headers, b"cache-control")
+    values = header_values(req_headers, b"cache-control")
     if values:
         return parse_cache_control(values)
-    for value in _values(req_headers, b"pragma"):
+    for value in header_values(req_headers, b"pragma"):
         if any(p.strip().lower() == b"no-cache" for p in value.split(b",")):
             return _PRAGMA_NO_CACHE
     return _NO_DIRECTIVES
@@ -244,62 +255,6 @@ def request_cache_control(req_headers: Headers) -> CacheControl:
 
 _NO_DIRECTIVES = CacheControl()
 _PRAGMA_NO_CACHE = CacheControl(no_cache=True)
-
-
-# -- HTTP dates (RFC 9110 5.6.7) -----------------------------------------------------------------
-
-_MONTHS = (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec")
-_MONTH_NAMES = tuple(m.capitalize() for m in _MONTHS)
-_DAY_NAMES = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
-
-
-def http_date(value: bytes) -> float | None:
-    """Epoch seconds of an IMF-fixdate, rfc850-date or asctime-date; ``None`` if it is none of them.
-
-    Tolerant of whitespace, month case and a wrong weekday; a two-digit rfc850 year is
-    19yy from 70 and 20yy below (a fixed pivot: the 50-year rule would need ``now``).
-    """
-    parts = value.split()
-    if len(parts) == 6 and parts[0].endswith(b",") and parts[5] == b"GMT":  # Sun, 06 Nov 1994 08:49:37 GMT
-        day, mon, year, clock = parts[1], parts[2], parts[3], parts[4]
-        if len(year) != 4:
-            return None
-    elif len(parts) == 4 and parts[0].endswith(b",") and parts[3] == b"GMT":  # Sunday, 06-Nov-94 08:49:37 GMT
-        dmy = parts[1].split(b"-")
-        if len(dmy) != 3 or len(dmy[2]) != 2 or not dmy[2].isdigit():
-            return None
-        day, mon, clock = dmy[0], dmy[1], parts[2]
-        year = (b"19" if dmy[2] >= b"70" else b"20") + dmy[2]
-    elif len(parts) == 5:  # Sun Nov  6 08:49:37 1994
-        mon, day, clock, year = parts[1], parts[2], parts[3], parts[4]
-        if len(year) != 4:
-            return None
-    else:
-        return None
-    hms = clock.split(b":")
-    if (
-        len(day) > 2
-        or not day.isdigit()
-        or not year.isdigit()
-        or len(hms) != 3
-        or not all(len(x) == 2 and x.isdigit() for x in hms)
-        or mon.lower() not in _MONTHS
-    ):
-        return None
-    y, m, d = int(year), _MONTHS.index(mon.lower()) + 1, int(day)
-    hh, mm, ss = int(hms[0]), int(hms[1]), int(hms[2])
-    if y < 1 or not 1 <= d <= calendar.monthrange(y, m)[1] or hh > 23 or mm > 59 or ss > 60:
-        return None
-    return float(calendar.timegm((y, m, d, hh, mm, ss)))
-
-
-def format_http_date(t: float) -> bytes:
-    """IMF-fixdate for epoch seconds, the only form a sender may generate (RFC 9110 5.6.7)."""
-    tm = time.gmtime(min(max(t, 0.0), 253402300799.0))
-    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
-        _DAY_NAMES[tm.tm_wday], tm.tm_mday, _MONTH_NAMES[tm.tm_mon - 1], tm.tm_year,
-        tm.tm_hour, tm.tm_min, tm.tm_sec,
-    )  # fmt: skip
 
 
 # -- storing, freshness, age -------------------------------------------------------------------
@@ -319,10 +274,10 @@ def storable(
         return Verdict(False, "status")
     if request_cache_control(req_headers).no_store:
         return Verdict(False, "request-no-store")
-    cc = parse_cache_control(_values(resp_headers, b"cache-control"))
+    cc = parse_cache_control(header_values(resp_headers, b"cache-control"))
     if cc.must_understand and status not in UNDERSTOOD_STATUSES:
         return Verdict(False, "must-understand")
-    if vary_fields(_values(resp_headers, b"vary")) is None:
+    if vary_fields(header_values(resp_headers, b"vary")) is None:
         return Verdict(False, "vary-star")
     auth = _has(req_headers, b"authorization")
     if rules.ignore_origin:
@@ -362,7 +317,7 @@ def freshness_lifetime(
     if rules.ignore_origin:
         return max(0.0, rules.default_ttls.get(status, 0.0))
     if cc is None:
-        cc = parse_cache_control(_values(resp_headers, b"cache-control"))
+        cc = parse_cache_control(header_values(resp_headers, b"cache-control"))
     if rules.shared and cc.s_maxage is not None:
         return float(cc.s_maxage)
     if cc.max_age is not None:
@@ -370,7 +325,7 @@ def freshness_lifetime(
     date = _date(resp_headers, b"date")
     if date is None:
         date = response_time
-    expires = _values(resp_headers, b"expires")
+    expires = header_values(resp_headers, b"expires")
     if expires:
         t = http_date(expires[0]) if len(set(expires)) == 1 else None
         return 0.0 if t is None else max(0.0, t - date)  # invalid / conflicting: already expired
@@ -398,7 +353,7 @@ def make_entry(
     rules: Rules = DEFAULT_RULES,
 ) -> Entry:
     """The stored form of a response ``storable`` accepted; ``*_time`` bracket the exchange."""
-    fields = vary_fields(_values(resp_headers, b"vary"))
+    fields = vary_fields(header_values(resp_headers, b"vary"))
     vary = () if fields is None else secondary_key(fields, req_headers)
     return _entry(status, resp_headers, fields, vary, request_time, response_time, rules)
 
@@ -412,7 +367,7 @@ def _entry(
     response_time: float,
     rules: Rules,
 ) -> Entry:
-    cc = parse_cache_control(_values(headers, b"cache-control"))
+    cc = parse_cache_control(header_values(headers, b"cache-control"))
     if rules.shared and cc.private_fields:  # 5.2.2.7: a shared cache must not store them
         headers = [(n, v) for n, v in headers if n.lower() not in cc.private_fields]
     lifetime = freshness_lifetime(status, headers, response_time, rules, cc)
@@ -502,52 +457,6 @@ def stale_if_error(entry: Entry, req_headers: Headers, now: float, status: int |
     return window > 0 and entry.age(now) - entry.lifetime <= window
 
 
-# -- validation (4.3) ----------------------------------------------------------------------------
-
-
-def conditional_headers(stored_headers: Headers) -> Headers:
-    """The validators to send for a stored response (4.3.1): its ETag and its Last-Modified."""
-    out: Headers = []
-    etag = _first(stored_headers, b"etag")
-    if etag:
-        out.append((b"If-None-Match", etag))
-    lm = _first(stored_headers, b"last-modified")
-    if lm and http_date(lm) is not None:
-        out.append((b"If-Modified-Since", lm))
-    return out
-
-
-def validation_headers(req_headers: Headers, stored_headers: Headers) -> Headers:
-    """The client's request fields with its own If-None-Match / If-Modified-Since replaced by ours.
-
-    A 304 then vouches for the stored response, and ``client_conditional_304`` answers the
-    client's conditionals from it.
-    """
-    out = [(n, v) for n, v in req_headers if n.lower() not in (b"if-none-match", b"if-modified-since")]
-    return out + conditional_headers(stored_headers)
-
-
-def update_from_304(stored_headers: Headers, resp_304_headers: Headers) -> Headers | None:
-    """The stored fields freshened by a 304 (4.3.4, 3.2); ``None`` if it vouches for another response.
-
-    The 304 answers a conditional built from this entry's validators, so one carrying no
-    validator selects it; one whose ETag or Last-Modified differs does not, and the engine
-    should fetch unconditionally.  Content-Length and framing fields are never replaced.
-    """
-    etag = _first(resp_304_headers, b"etag")
-    if etag is not None:
-        mine = _first(stored_headers, b"etag")
-        if mine is None or _opaque(mine) != _opaque(etag):
-            return None
-    else:
-        lm = _first(resp_304_headers, b"last-modified")
-        if lm is not None and lm.strip() != (_first(stored_headers, b"last-modified") or b"").strip():
-            return None
-    new = [(n, v) for n, v in resp_304_headers if n.lower() not in _NO_UPDATE]
-    replaced = {n.lower() for n, _ in new}
-    return [(n, v) for n, v in stored_headers if n.lower() not in replaced] + new
-
-
 def refresh_entry(
     entry: Entry,
     resp_304_headers: Headers,
@@ -560,72 +469,13 @@ def refresh_entry(
     headers = update_from_304(entry.headers, resp_304_headers)
     if headers is None:
         return None
-    fields = vary_fields(_values(headers, b"vary"))
+    fields = vary_fields(header_values(headers, b"vary"))
     if fields != entry.vary_fields:
         return None
     return _entry(entry.status, headers, fields, entry.vary, request_time, response_time, rules)
 
 
-def client_conditional_304(
-    method: str, req_headers: Headers, status: int, stored_headers: Headers, received: float | None = None
-) -> bool:
-    """Whether the client's own conditionals let the cache answer 304 (RFC 9110 13.2.2, 9111 4.3.2).
-
-    If-None-Match (weak comparison) wins over If-Modified-Since; If-Match and
-    If-Unmodified-Since are not a cache's to evaluate.  Only GET/HEAD on a 2xx entry.
-    Without Last-Modified the stored Date, then ``received``, stands in (4.3.2).
-    """
-    if (method != "GET" and method != "HEAD") or not 200 <= status < 300:
-        return False
-    inm = _values(req_headers, b"if-none-match")
-    if inm:
-        etag = _first(stored_headers, b"etag")
-        mine = None if etag is None else _opaque(etag)
-        for value in inm:
-            for member in _split_list(value):
-                tag = member.strip()
-                if tag == b"*" or (mine is not None and tag and _opaque(tag) == mine):
-                    return True
-        return False
-    ims = _values(req_headers, b"if-modified-since")
-    since = http_date(ims[0]) if len(ims) == 1 else None
-    if since is None:
-        return False
-    modified = _date(stored_headers, b"last-modified")
-    if modified is None:
-        modified = _date(stored_headers, b"date")
-    if modified is None:
-        modified = received
-    return modified is not None and modified <= since
-
-
-def not_modified_headers(stored_headers: Headers) -> Headers:
-    """The stored fields a 304 to the client must repeat (RFC 9110 15.4.5); Age is added by the caller."""
-    return [(n, v) for n, v in stored_headers if n.lower() in _NOT_MODIFIED_FIELDS]
-
-
-# -- invalidation (4.4) and decoration -----------------------------------------------------------
-
-
-def invalidations(method: str, status: int, target_uri: str, resp_headers: Headers) -> list[str]:
-    """Absolute URIs whose entries an unsafe request's 2xx/3xx answer invalidates (RFC 9111 4.4).
-
-    The target URI always; Location and Content-Location (resolved against it) only when
-    they share its origin, so one origin cannot purge another's entries.  ``key.uri_key``
-    turns each into a cache key.
-    """
-    if method in SAFE_METHODS or not 200 <= status < 400:
-        return []
-    out = [target_uri]
-    for name in (b"location", b"content-location"):
-        for value in _values(resp_headers, name):
-            try:
-                uri = urljoin(target_uri, value.strip().decode("ascii")).partition("#")[0]
-            except (UnicodeDecodeError, ValueError):
-                continue
-            if uri not in out and same_origin(target_uri, uri):
-                out.append(uri)
-    return out
+# -- decoration ---------------------------------------------------------------------------------
 
 
 def strip_fields(headers: Headers, names: frozenset[bytes]) -> Headers:
@@ -673,10 +523,6 @@ def cache_status(
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _values(headers: Headers, name: bytes) -> list[bytes]:
-    return [v for n, v in headers if n.lower() == name]
-
-
 def _first(headers: Headers, name: bytes) -> bytes | None:
     for n, v in headers:
         if n.lower() == name:
@@ -695,7 +541,7 @@ def _date(headers: Headers, name: bytes) -> float | None:
 
 def _initial_age(headers: Headers, request_time: float, response_time: float) -> float:
     age_value = 0
-    for value in _values(headers, b"age"):
+    for value in header_values(headers, b"age"):
         for part in value.split(b","):
             d = _delta(part.strip())
             if d is not None:
@@ -716,59 +562,10 @@ def _keep(nums: dict[bytes, float], key: bytes, value: float, pick: Callable[[fl
     nums[key] = value if old is None else pick(old, value)
 
 
-def _split_list(value: bytes) -> list[bytes]:
-    """Split on commas outside quoted strings (a quoted no-cache field list or ETag may hold commas)."""
-    if b'"' not in value:
-        return value.split(b",")
-    out: list[bytes] = []
-    start, quoted, escaped = 0, False, False
-    for i, c in enumerate(value):
-        if escaped:
-            escaped = False
-        elif quoted:
-            if c == 0x5C:
-                escaped = True
-            elif c == 0x22:
-                quoted = False
-        elif c == 0x22:
-            quoted = True
-        elif c == 0x2C:
-            out.append(value[start:i])
-            start = i + 1
-    out.append(value[start:])
-    return out
-
-
-def _unquote(arg: bytes) -> bytes | None:
-    """The content of a token or quoted-string argument; ``None`` if the quotes are unbalanced."""
-    if not arg.startswith(b'"'):
-        return arg
-    if len(arg) < 2 or not arg.endswith(b'"'):
-        return None
-    inner = arg[1:-1]
-    if b"\\" not in inner:
-        return inner
-    out = bytearray()
-    escaped = False
-    for c in inner:
-        if c == 0x5C and not escaped:
-            escaped = True
-            continue
-        escaped = False
-        out.append(c)
-    return bytes(out)
-
-
 def _field_names(arg: bytes | None) -> set[bytes]:
     if arg is None:
         return set()
     return {n for n in (p.strip().lower() for p in arg.split(b",")) if n}
-
-
-def _opaque(etag: bytes) -> bytes:
-    """The opaque-tag of an entity-tag, weak prefix removed (weak comparison, RFC 9110 8.8.3.2)."""
-    etag = etag.strip()
-    return etag[2:] if etag[:2] == b"W/" else etag
 
 
 def _select(entries: Sequence[Entry], req_headers: Headers) -> Entry | None:

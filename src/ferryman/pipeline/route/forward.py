@@ -44,5 +44,6 @@ def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_al
         req_target = target.path
         tls_name = target.host if target.scheme == "https" else None
     return Proxy(
-        head.method, req_target, headers, target.authority, False, next_hop, None, "", upgrade, tls_name
+        head.method, req_target, headers, target.authority, False, next_hop, None, "", upgrade, tls_name,
+        fwd.cache_rules,
     )

@@ -66,5 +66,5 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
         host = host_mode.encode("latin-1")
     return Proxy(
         head.method, path + query, headers, host, host_mode == "upstream", None, action.upstream,
-        route.name, upgrade,
+        route.name, upgrade, None, action.cache_rules,
     )

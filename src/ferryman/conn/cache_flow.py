@@ -1,0 +1,484 @@
+"""The CACHE phase at the connection edge: look up, serve, validate, fill, coalesce.
+
+`pipeline/cache/policy.py` decides (RFC 9111, pure); the stores keep bytes;
+this module carries the decisions out for one client connection.
+
+Rules it owns:
+- an entry is only ever served from a complete, committed body (stores publish
+  atomically; a body found corrupt mid-stream closes the client connection);
+- N concurrent misses for one key make one upstream fetch (the *fill*); the
+  followers stream the fill's chunks as they arrive, from memory, each at its
+  own pace, and fall back to their own fetch if the fill turns out uncacheable;
+- a store failure never fails the request: it becomes a pass-through miss.
+
+Per-request index: `Cache.index` maps a primary key to the entries stored under
+it (one per Vary variant) as policy `Entry` values, so a lookup costs no I/O;
+the body is fetched from the store only to serve it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ferryman.conn.exchange import Exchange
+from ferryman.errors import FerrymanError
+from ferryman.http1.events import Headers, ResponseHead
+from ferryman.http1.headers import forward_response_headers
+from ferryman.pipeline.admit.acl import ClientAcl
+from ferryman.pipeline.cache import policy
+from ferryman.pipeline.cache.key import cache_key, uri_key
+from ferryman.pipeline.cache.store import BodyReader, CacheEntryCorrupt, EntryMeta, Store
+from ferryman.pipeline.stage import Proxy
+
+if TYPE_CHECKING:
+    from ferryman.conn.downstream import Downstream
+
+log = logging.getLogger("ferryman")
+
+_NO_STORE_HEADERS = frozenset({b"age", b"cache-status", b"via", b"set-cookie", b"date"})
+
+
+def variant_bytes(vary: policy.SecondaryKey) -> bytes:
+    return b"\x00".join(n + b"=" + (v if v is not None else b"\x01") for n, v in vary)
+
+
+@dataclass(slots=True)
+class Stored:
+    entry: policy.Entry
+    variant: bytes
+
+
+class Fill:
+    """One upstream fetch that several clients wait on (request coalescing)."""
+
+    __slots__ = ("key", "head", "chunks", "done", "failed", "_wake", "followers", "size", "limit")
+
+    def __init__(self, key: bytes, limit: int) -> None:
+        self.key = key
+        self.head: tuple[int, bytes, Headers] | None = None  # status, reason, stored headers
+        self.chunks: list[bytes] = []
+        self.done = False
+        self.failed = False  # uncacheable, too big or broken: followers fetch for themselves
+        self._wake: asyncio.Future[None] | None = None
+        self.followers = 0
+        self.size = 0
+        self.limit = limit
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+        self._wake = None
+
+    async def wait(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().create_future()
+        await self._wake
+
+    def publish_head(self, status: int, reason: bytes, headers: Headers) -> None:
+        self.head = (status, reason, headers)
+        self._notify()
+
+    def append(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.fail()
+            return
+        self.chunks.append(data)
+        self._notify()
+
+    def finish(self) -> None:
+        self.done = True
+        self._notify()
+
+    def fail(self) -> None:
+        self.failed = True
+        self.chunks = []
+        self._notify()
+
+
+@dataclass(slots=True)
+class CacheState:
+    """What the cache phase remembers about one exchange."""
+
+    key: bytes
+    rules: policy.Rules
+    lookup: policy.Lookup | None = None
+    stored: Stored | None = None  # the entry being validated
+    fill: Fill | None = None
+    writer: object | None = None
+    request_time: float = 0.0
+    status_detail: bytes = b""
+
+
+class Cache:
+    """Per-process cache front: the entry index, fills in flight, and the store."""
+
+    def __init__(self, store: Store, max_object_size: int, purge_clients: ClientAcl, coalesce: bool) -> None:
+        self.store = store
+        self.max_object_size = max_object_size
+        self.purge_clients = purge_clients
+        self.coalesce = coalesce
+        self.index: dict[bytes, list[Stored]] = {}
+        self.fills: dict[bytes, Fill] = {}
+        self.hits = 0
+        self.misses = 0
+
+    # -- index ----------------------------------------------------------------
+    def entries(self, key: bytes) -> list[policy.Entry]:
+        return [s.entry for s in self.index.get(key, ())]
+
+    def remember(self, key: bytes, stored: Stored) -> None:
+        lst = self.index.setdefault(key, [])
+        for i, s in enumerate(lst):
+            if s.variant == stored.variant:
+                lst[i] = stored
+                return
+        lst.append(stored)
+
+    def forget(self, key: bytes) -> None:
+        self.index.pop(key, None)
+
+    async def purge(self, uri_or_prefix: str, prefix: bool) -> int:
+        if prefix:
+            raw = uri_or_prefix.encode("latin-1")
+            for k in [k for k in self.index if k.startswith(raw)]:
+                del self.index[k]
+            return await self.store.purge_prefix(raw)
+        key = uri_key(uri_or_prefix)
+        if key is None:
+            return 0
+        self.forget(key)
+        return await self.store.delete(key)
+
+    def status(self) -> dict[str, object]:
+        return {"keys": len(self.index), "hits": self.hits, "misses": self.misses, "fills": len(self.fills)}
+
+    # -- request side ---------------------------------------------------------
+    def on_request(self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, scheme: str) -> bool:
+        """True when the cache took the exchange over (hit, follower, purge, 504)."""
+        head = ex.head
+        method = head.method
+        authority = d.host if d.host else (head.host or b"")
+        key = cache_key("GET", scheme, authority, d.target if d.group is None else head.target)
+        if method == "PURGE":
+            ds.loop.create_task(self._purge_request(ds, ex, key))
+            return True
+        if method not in ("GET", "HEAD"):
+            ex.cache = CacheState(key, rules)  # for invalidation once the answer is known
+            return False
+        now = time.time()
+        look = policy.lookup(self.entries(key), method, head.headers, now, rules)
+        state = ex.cache = CacheState(key, rules, look, request_time=now)
+        out = look.outcome
+        if out is policy.Outcome.FRESH or out is policy.Outcome.STALE_OK:
+            stored = self._stored_for(key, look.entry)
+            if stored is not None:
+                self.hits += 1
+                state.stored = stored
+                if look.revalidate:
+                    pass  # stale-while-revalidate: the next miss refreshes; served stale now
+                ds.loop.create_task(self.serve(ds, ex, stored, look, hit=True))
+                return True
+        if out is policy.Outcome.ONLY_IF_CACHED_MISS:
+            ds.send_synthetic(ex, 504, "only-if-cached and nothing stored")
+            return True
+        self.misses += 1
+        if out is policy.Outcome.MUST_VALIDATE and look.entry is not None:
+            stored = self._stored_for(key, look.entry)
+            if stored is not None:
+                state.stored = stored
+                d.headers = d.headers + policy.validation_headers(head.headers, look.entry.headers)
+                return False
+        if _has_range(head.headers) or method == "HEAD":
+            return False  # pass-through; a full GET fills the cache
+        fill = self.fills.get(key)
+        if fill is not None and self.coalesce and not fill.failed:
+            fill.followers += 1
+            ds.loop.create_task(self.follow(ds, ex, fill))
+            return True
+        fill = Fill(key, self.max_object_size)
+        self.fills[key] = fill
+        state.fill = fill
+        return False
+
+    def _stored_for(self, key: bytes, entry: policy.Entry | None) -> Stored | None:
+        for s in self.index.get(key, ()):
+            if s.entry is entry:
+                return s
+        return None
+
+    async def _purge_request(self, ds: Downstream, ex: Exchange, key: bytes) -> None:
+        if not self.purge_clients.allows(ds.client_ip):
+            ds.send_synthetic(ex, 403, "PURGE is not allowed from this client (rule: cache.purge_clients)")
+            return
+        self.forget(key)
+        n = await self.store.delete(key)
+        ds.send_synthetic(ex, 200 if n else 404, f"purged {n} entr{'y' if n == 1 else 'ies'}")
+
+    # -- response side --------------------------------------------------------
+    def on_response_head(
+        self, ds: Downstream, ex: Exchange, head: ResponseHead, stored_headers: Headers
+    ) -> bytes:
+        """Store/fill bookkeeping for a final response; returns Cache-Status bytes to add."""
+        state = ex.cache
+        assert state is not None
+        now = time.time()
+        req = ex.head
+        if req.method not in ("GET", "HEAD"):
+            target = state.key.decode("latin-1")
+            for uri in policy.invalidations(req.method, head.status, target, head.headers):
+                k = uri_key(uri)
+                if k is not None:
+                    self.forget(k)
+                    ds.loop.create_task(self.store.delete(k))
+            return b""
+        fwd = state.lookup.fwd if state.lookup is not None else "uri-miss"
+        verdict = policy.storable(req.method, head.status, req.headers, head.headers, state.rules)
+        if not verdict or ex.decision is None:
+            self._drop_fill(state)
+            return _status(False, fwd or "uri-miss", False, detail=verdict.reason or None)
+        entry = policy.make_entry(
+            head.status, req.headers, stored_headers, state.request_time, now, state.rules
+        )
+        variant = variant_bytes(entry.vary)
+        meta = EntryMeta(
+            state.key, variant, head.status, tuple(stored_headers), tuple(req.headers),
+            state.request_time, now, head.content_length if head.content_length > 0 else 0,
+        )
+        writer = self.store.begin(meta)
+        if writer is None:
+            self._drop_fill(state)
+            return _status(False, fwd or "uri-miss", False, detail="not-stored")
+        state.writer = writer
+        state.stored = Stored(entry, variant)
+        if state.fill is not None:
+            state.fill.publish_head(head.status, head.reason, stored_headers)
+        return _status(False, fwd or "uri-miss", True, ttl=entry.lifetime)
+
+    def on_response_body(self, ex: Exchange, data: bytes) -> None:
+        state = ex.cache
+        if state is None:
+            return
+        if state.writer is not None:
+            state.writer.write(data)  # type: ignore[attr-defined]
+        if state.fill is not None and not state.fill.failed:
+            state.fill.append(data)
+
+    def on_response_end(self, ds: Downstream, ex: Exchange) -> None:
+        state = ex.cache
+        if state is None:
+            return
+        writer, state.writer = state.writer, None
+        fill, state.fill = state.fill, None
+        if fill is not None:
+            fill.finish()
+            if self.fills.get(state.key) is fill:
+                del self.fills[state.key]
+        if writer is not None and state.stored is not None:
+            ds.loop.create_task(self._commit(state.key, state.stored, writer))
+
+    async def _commit(self, key: bytes, stored: Stored, writer: object) -> None:
+        try:
+            ok = await writer.commit()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a store failure is a miss, never an error
+            log.exception("ferryman: cache commit failed")
+            ok = False
+        if ok:
+            self.remember(key, stored)
+
+    def on_abort(self, ex: Exchange) -> None:
+        state = ex.cache
+        if state is None:
+            return
+        if state.writer is not None:
+            state.writer.abort()  # type: ignore[attr-defined]
+            state.writer = None
+        self._drop_fill(state)
+
+    def _drop_fill(self, state: CacheState) -> None:
+        fill, state.fill = state.fill, None
+        if fill is not None:
+            fill.fail()
+            if self.fills.get(state.key) is fill:
+                del self.fills[state.key]
+
+    def on_not_modified(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:
+        """A 304 to our own validation: freshen the entry and serve it.  False if it cannot."""
+        state = ex.cache
+        if state is None or state.stored is None or state.lookup is None:
+            return False
+        now = time.time()
+        entry = policy.refresh_entry(state.stored.entry, head.headers, state.request_time, now, state.rules)
+        if entry is None:
+            self.forget(state.key)
+            return False
+        stored = Stored(entry, state.stored.variant)
+        self.remember(state.key, stored)
+        ds.loop.create_task(self._update_meta(state.key, stored, ex))
+        look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
+        ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
+        return True
+
+    async def _update_meta(self, key: bytes, stored: Stored, ex: Exchange) -> None:
+        got = await self.store.get(key, stored.variant)
+        if got is None:
+            return
+        meta, reader = got
+        reader.close()
+        e = stored.entry
+        new = EntryMeta(key, stored.variant, e.status, tuple(e.headers), meta.request_headers,
+                        e.request_time, e.response_time, meta.body_size)
+        await self.store.update_meta(key, stored.variant, new)
+
+    async def follow(self, ds: Downstream, ex: Exchange, fill: Fill) -> None:
+        """Serve a coalesced request from another client's fill, as it arrives."""
+        try:
+            while fill.head is None and not fill.failed and not fill.done:
+                await fill.wait()
+            if fill.failed or fill.head is None:
+                ex.cache = None
+                ds.resume_proxy(ex)  # the fill could not be shared: fetch for ourselves
+                return
+            status, reason, headers = fill.head
+            plan = ex.plan or ds.engine.plan
+            via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
+            hdrs = forward_response_headers(list(headers), frozenset(), via)
+            extra = b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
+            ds.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD")
+            i = 0
+            while True:
+                while i < len(fill.chunks):
+                    if not ds.stream_chunk(ex, fill.chunks[i]):
+                        return
+                    i += 1
+                    if ds.write_paused:
+                        await ds.wait_writable()
+                if fill.failed:
+                    ds.abort_after_partial(ex, "coalesced fetch failed")
+                    return
+                if fill.done:
+                    break
+                await fill.wait()
+            ds.end_stream(ex)
+        finally:
+            fill.followers -= 1
+
+    def serve_stale_on_error(self, ds: Downstream, ex: Exchange, exc: FerrymanError) -> bool:
+        """RFC 5861 stale-if-error: the origin failed, a stale entry may still answer."""
+        state = ex.cache
+        if state is None or state.stored is None or exc.status < 500:
+            return False
+        entry = state.stored.entry
+        now = time.time()
+        if not policy.stale_if_error(entry, ex.head.headers, now, exc.status):
+            return False
+        ex.error = exc.detail
+        age = entry.age(now)
+        look = policy.Lookup(policy.Outcome.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age)
+        ds.loop.create_task(self.serve(ds, ex, state.stored, look, hit=True))
+        return True
+
+    # -- serving --------------------------------------------------------------
+    async def serve(
+        self, ds: Downstream, ex: Exchange, stored: Stored, look: policy.Lookup, hit: bool,
+        validated: bool = False,
+    ) -> None:
+        got = await self.store.get(ex.cache.key if ex.cache else b"", stored.variant)
+        if got is None:
+            # Evicted or vanished between index and read: treat as a miss.
+            self.forget(ex.cache.key if ex.cache else b"")
+            ex.cache = None
+            ds.resume_proxy(ex)
+            return
+        meta, reader = got
+        try:
+            await self._send_entry(ds, ex, stored.entry, reader, look, hit, validated)
+        except CacheEntryCorrupt:
+            self.forget(meta.key)
+            await self.store.delete(meta.key)
+            ds.abort_after_partial(ex, "cached body corrupt")
+        finally:
+            reader.close()
+
+    async def _send_entry(
+        self, ds: Downstream, ex: Exchange, entry: policy.Entry, reader: BodyReader, look: policy.Lookup,
+        hit: bool, validated: bool,
+    ) -> None:
+        head = ex.head
+        now = time.time()
+        size = reader.size
+        headers = policy.strip_fields(entry.headers, look.strip) if look.strip else entry.headers
+        age = int(entry.age(now))
+        status_member = policy.cache_status(hit, None if hit else "stale", False, ttl=entry.lifetime - age)
+        plan = ex.plan or ds.engine.plan
+        via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
+        hdrs = forward_response_headers(list(headers), frozenset(), via)
+        extra = b"Age: %d\r\nCache-Status: %s\r\n" % (age, status_member)
+        if policy.client_conditional_304(
+            head.method, head.headers, entry.status, entry.headers, entry.response_time
+        ):
+            ds.write_cached(ex, 304, b"Not Modified", policy.not_modified_headers(hdrs), extra, None, 0, 0)
+            return
+        start, end, status = 0, size, entry.status
+        rng = _range(head.headers, size) if entry.status == 200 else None
+        if rng == "bad":
+            ds.send_synthetic(ex, 416, "range not satisfiable", [(b"Content-Range", b"bytes */%d" % size)])
+            return
+        if isinstance(rng, tuple):
+            start, end = rng
+            status = 206
+            extra += b"Content-Range: bytes %d-%d/%d\r\n" % (start, end - 1, size)
+        body = None if head.method == "HEAD" else reader
+        reason = b"Partial Content" if status == 206 else None
+        await ds.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
+
+
+def _status(
+    hit: bool, fwd: str | None, stored: bool, ttl: float | None = None, detail: str | None = None
+) -> bytes:
+    return b"Cache-Status: " + policy.cache_status(hit, fwd, stored, ttl=ttl, detail=detail) + b"\r\n"
+
+
+def _has_range(headers: Headers) -> bool:
+    return any(n.lower() == b"range" for n, _ in headers)
+
+
+def _range(headers: Headers, size: int) -> tuple[int, int] | str | None:
+    """A single byte range (RFC 9110 14.1.2); multiple ranges are answered in full."""
+    for name, value in headers:
+        if name.lower() != b"range":
+            continue
+        unit, _, spec = value.strip().partition(b"=")
+        if unit.strip().lower() != b"bytes" or b"," in spec:
+            return None
+        first, dash, last = spec.strip().partition(b"-")
+        if not dash:
+            return None
+        try:
+            if not first:
+                n = int(last)
+                if n <= 0:
+                    return "bad"
+                return (max(0, size - n), size)
+            a = int(first)
+            b = int(last) + 1 if last else size
+        except ValueError:
+            return None
+        if a >= size:
+            return "bad"
+        return (a, min(b, size)) if b > a else None
+    return None
+
+
+def purge_acl(nets: list[str]) -> ClientAcl:
+    return ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in nets))
+
+
+def _unused() -> Iterator[FerrymanError]:  # pragma: no cover - keeps the import for typing users
+    yield from ()
