@@ -75,13 +75,27 @@ def _access_log(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _cache(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.cache_dir:
+        return {"store": "disk", "path": os.path.abspath(args.cache_dir)}
+    if args.cache:
+        return {"store": "memory"}
+    return None
+
+
 def _reverse_source(args: argparse.Namespace) -> ConfigSource:
+    cache = _cache(args)
+    route: dict[str, Any] = {"name": "default", "upstream": "default"}
+    if cache is not None:
+        route["cache"] = {"enabled": True}
     data: dict[str, Any] = {
         "listeners": [{"listen": args.listen, "mode": "reverse"}],
-        "routes": [{"name": "default", "upstream": "default"}],
+        "routes": [route],
         "upstreams": {"default": {"balance": args.balance, "servers": [{"url": u} for u in args.to]}},
         "access_log": _access_log(args),
     }
+    if cache is not None:
+        data["cache"] = cache
     return ConfigSource(inline=data, name="command line")
 
 
@@ -98,6 +112,9 @@ def _forward_source(args: argparse.Namespace) -> ConfigSource:
         "forward": fwd,
         "access_log": _access_log(args),
     }
+    cache = _cache(args)
+    if cache is not None:
+        data["cache"] = cache
     return ConfigSource(inline=data, name="command line")
 
 
@@ -122,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p_fwd.add_argument("--access-log", default="-", help="path, '-' for stdout, or 'off'")
     p_fwd.add_argument("--log-format", choices=["combined", "json"], default="combined")
     p_fwd.add_argument("--pid-file")
+    p_fwd.add_argument("--cache", action="store_true", help="cache responses in memory")
+    p_fwd.add_argument("--cache-dir", help="cache responses on disk in this directory")
 
     p_rev = sub.add_parser("reverse", help="one-liner reverse proxy / load balancer")
     p_rev.add_argument("--listen", default="127.0.0.1:8080")
@@ -132,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p_rev.add_argument("--access-log", default="-", help="path, '-' for stdout, or 'off'")
     p_rev.add_argument("--log-format", choices=["combined", "json"], default="combined")
     p_rev.add_argument("--pid-file")
+    p_rev.add_argument("--cache", action="store_true", help="cache responses in memory")
+    p_rev.add_argument("--cache-dir", help="cache responses on disk in this directory")
 
     p_rel = sub.add_parser("reload", help="ask a running ferryman to reload its config")
     p_rel.add_argument("--pid-file", required=True)

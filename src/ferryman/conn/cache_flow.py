@@ -33,7 +33,7 @@ from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.key import cache_key, uri_key
-from ferryman.pipeline.cache.store import BodyReader, CacheEntryCorrupt, EntryMeta, Store
+from ferryman.pipeline.cache.store import BodyReader, CacheEntryCorrupt, EntryMeta, MemoryStore, Store
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
@@ -125,6 +125,8 @@ class Cache:
         self.purge_clients = purge_clients
         self.coalesce = coalesce
         self.index: dict[bytes, list[Stored]] = {}
+        self.persistent = not isinstance(store, MemoryStore)
+        self.checked: set[bytes] = set()  # keys already looked for in a persistent store
         self.fills: dict[bytes, Fill] = {}
         self.hits = 0
         self.misses = 0
@@ -143,6 +145,7 @@ class Cache:
 
     def forget(self, key: bytes) -> None:
         self.index.pop(key, None)
+        self.checked.discard(key)
 
     async def purge(self, uri_or_prefix: str, prefix: bool) -> int:
         if prefix:
@@ -172,6 +175,35 @@ class Cache:
         if method not in ("GET", "HEAD"):
             ex.cache = CacheState(key, rules)  # for invalidation once the answer is known
             return False
+        if self.persistent and key not in self.index and key not in self.checked:
+            # A disk entry from before a restart (or another worker): load its meta once.
+            ds.loop.create_task(self._load_then_decide(ds, ex, d, rules, key))
+            return True
+        return self._decide(ds, ex, d, rules, key)
+
+    async def _load_then_decide(
+        self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
+    ) -> None:
+        if len(self.checked) > 100_000:
+            self.checked.clear()
+        self.checked.add(key)
+        got = await self.store.get(key, b"")
+        if got is not None:
+            meta, reader = got
+            reader.close()
+            entry = policy.make_entry(
+                meta.status, list(meta.request_headers), list(meta.headers),
+                meta.request_time, meta.response_time, rules,
+            )
+            self.remember(key, Stored(entry, meta.variant))
+        if ds.closed or ex is not ds.cur:
+            return
+        if not self._decide(ds, ex, d, rules, key):
+            ds.resume_proxy(ex)
+
+    def _decide(self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes) -> bool:
+        head = ex.head
+        method = head.method
         now = time.time()
         look = policy.lookup(self.entries(key), method, head.headers, now, rules)
         state = ex.cache = CacheState(key, rules, look, request_time=now)

@@ -34,7 +34,8 @@ stale-if-error      on 500/502/503/504 or no answer, a stale entry within the re
 Bad input never raises.  Delta-seconds (1.2.2) above 2**31 become 2**31; a malformed or
 conflicting ``max-age`` / ``s-maxage`` makes the response stale (lifetime 0), as 4.2.1
 encourages, rather than being dropped (dropping could let Expires or a heuristic keep
-fresh a response whose origin meant to limit it); other malformed directives are ignored.
+fresh a response whose origin meant to limit it; in a request it reads as ``max-age=0``,
+validate); other malformed directives are ignored.
 Repeated directives resolve to the most restrictive value; an invalid or conflicting
 Expires means already expired (5.3); a malformed no-cache/private argument means the
 unqualified, stricter form.  ``Rules.ignore_origin`` is the operator's override: the
@@ -400,6 +401,8 @@ def lookup(
     """Decide how a request is answered from the entries stored under its key (RFC 9111 4).
 
     Among entries whose Vary selection matches, the most recently received wins (4.1).
+    ``rules`` changes nothing today: what a route's Rules decide is baked into each Entry
+    by ``make_entry``; it is accepted so that request-side route options need no new API.
     """
     cc = request_cache_control(req_headers)
     if method != "GET" and method != "HEAD":
