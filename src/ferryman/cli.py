@@ -55,10 +55,8 @@ def _serve(source: ConfigSource, pid_file: str | None) -> int:
 
 
 def _check(path: str) -> int:
-    from ferryman.config.compile import build_plan
-
     try:
-        plan = build_plan(path)
+        plan = build_plan_sync(ConfigSource.file(path))  # the same validation `run` does
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2

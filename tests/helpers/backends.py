@@ -188,7 +188,8 @@ class Backend:
                 if seen.target == "/health":
                     self.health_checks += 1
                     status = "200 OK" if self.healthy else "503 Service Unavailable"
-                    writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+                    head = f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    writer.write(head.encode())
                     await writer.drain()
                     return
                 with self._lock:
@@ -232,7 +233,7 @@ def backends(*names: str) -> Iterator[list[Backend]]:
 @dataclass
 class WsBackend:
     port: int
-    handshakes: list[str]
+    handshakes: list[tuple[str, dict[str, str]]]  # (path, lower-cased headers) per connection
 
     @property
     def url(self) -> str:
@@ -241,11 +242,13 @@ class WsBackend:
 
 @contextmanager
 def ws_echo_backend() -> Iterator[WsBackend]:
-    """A `websockets` server that echoes every message, prefixed with nothing."""
+    """A `websockets` server that echoes every message back unchanged."""
     state = WsBackend(0, [])
 
     def echo(ws: ServerConnection) -> None:
-        state.handshakes.append(ws.request.path if ws.request is not None else "")
+        req = ws.request
+        if req is not None:
+            state.handshakes.append((req.path, {k.lower(): v for k, v in req.headers.raw_items()}))
         try:
             for message in ws:
                 ws.send(message)

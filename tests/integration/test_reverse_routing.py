@@ -3,6 +3,7 @@ redirect, fixed responses, 404, and the `ferryman reverse` one-liner."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -70,7 +71,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, api: Backend) -> Iterator[Fe
 
 @pytest.fixture
 def client(proxy: Ferryman) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=proxy.proxy, trust_env=False, timeout=10) as c:
+    # One connection per request: keep-alive after a synthetic answer is its own test below.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=proxy.proxy, trust_env=False, timeout=10, limits=limits) as c:
         yield c
 
 
@@ -178,6 +181,35 @@ def test_fixed_respond(client: httpx.Client, api: Backend) -> None:
     r = client.get("/gone", headers={"Host": "api.test"})
     assert (r.status_code, r.text) == (410, "gone")
     assert api.count() == before  # answered by ferryman itself
+
+
+def _exchange(sock: socket.socket, host: str, path: str) -> tuple[int, bytes]:
+    """One GET on an open socket; the status and the body (Content-Length framed)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before the response to {path} (had {buf!r})"
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(ln.lower().partition(":")[::2] for ln in lines[1:])
+    length = int(fields["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        body += chunk
+    return int(lines[0].split()[1]), body
+
+
+def test_keep_alive_survives_synthetic_answers(proxy: Ferryman) -> None:
+    # A raw socket: httpx would quietly reconnect and hide a closed connection.
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        for _ in range(3):  # respond, redirect, then a proxied request, all on one connection
+            assert _exchange(s, "api.test", "/ping") == (200, b"pong")
+            assert _exchange(s, "old.test", "/x")[0] == 301
+            assert _exchange(s, "api.test", "/x") == (200, b"api")
+    assert "Traceback" not in proxy.stderr()
 
 
 @pytest.mark.parametrize("host", ["nothing.example", "test", "eu.test.example"])

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ferryman.conn.background_fill import fill_whole_object
 from ferryman.conn.exchange import Exchange
 from ferryman.errors import FerrymanError
 from ferryman.http1.events import Headers, ResponseHead
@@ -119,8 +120,12 @@ class CacheState:
 class Cache:
     """Per-process cache front: the entry index, fills in flight, and the store."""
 
-    def __init__(self, store: Store, max_object_size: int, purge_clients: ClientAcl, coalesce: bool) -> None:
+    def __init__(
+        self, store: Store, max_object_size: int, purge_clients: ClientAcl, coalesce: bool,
+        range_fill: bool = True,
+    ) -> None:
         self.store = store
+        self.range_fill = range_fill
         self.max_object_size = max_object_size
         self.purge_clients = purge_clients
         self.coalesce = coalesce
@@ -228,7 +233,13 @@ class Cache:
                 d.headers = d.headers + policy.validation_headers(head.headers, look.entry.headers)
                 return False
         if _has_range(head.headers) or method == "HEAD":
-            return False  # pass-through; a full GET fills the cache
+            if method == "GET" and self.range_fill and key not in self.fills and not self.entries(key):
+                # Pass this Range through, and fetch the whole object once for the next ones.
+                self.fills[key] = Fill(key, self.max_object_size)  # marks the key as being filled
+                ds.loop.create_task(
+                    fill_whole_object(ds.engine, self, d, head, key, rules, ds.client_ip)
+                )
+            return False
         fill = self.fills.get(key)
         if fill is not None and self.coalesce and not fill.failed:
             fill.followers += 1

@@ -273,7 +273,8 @@ class Downstream(asyncio.Protocol):
 
     def on_request_body(self, data: bytes) -> None:
         ex = self.rx
-        assert ex is not None
+        if ex is None:
+            return  # already answered (synthetic/cache) and finished: the body is discarded
         if not data:
             return  # an empty chunk upstream would end a chunked body early
         ex.bytes_in += len(data)
@@ -297,7 +298,8 @@ class Downstream(asyncio.Protocol):
 
     def on_request_end(self) -> None:
         ex = self.rx
-        assert ex is not None
+        if ex is None:
+            return  # answered before its message ended (synthetic response, cache)
         ex.req_done = True
         if ex is self.cur and ex.conn is not None and ex.head_sent:
             if ex.head.framing is Framing.CHUNKED:
@@ -661,8 +663,12 @@ class Downstream(asyncio.Protocol):
                 ex.head_sent = False
                 try:
                     self._proxy(ex)
+                except NoHealthyUpstream:
+                    # Every server was tried: report what actually went wrong (502/504);
+                    # 503 is kept for "nothing healthy before trying".
+                    self.fail(ex, exc)
                 except FerrymanError as exc2:
-                    self.fail(ex, exc if isinstance(exc2, NoHealthyUpstream) and ex.attempts > 1 else exc2)
+                    self.fail(ex, exc2)
                 return
         self.fail(ex, exc)
 

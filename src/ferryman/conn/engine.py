@@ -96,7 +96,9 @@ class Engine:
             store = disk
         else:
             store = MemoryStore(cp.max_size, cp.max_object_size)
-        self.cache = Cache(store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce)
+        self.cache = Cache(
+            store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce, cp.range_fill
+        )
 
     async def purge(self, uri: str, prefix: bool) -> int:
         if self.cache is None:
