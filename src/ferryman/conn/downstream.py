@@ -27,6 +27,7 @@ from ferryman.config.compile import ListenerPlan
 from ferryman.conn import connect
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import OUT_CHUNK, OUT_NONE, OUT_RAW, Exchange
+from ferryman.conn.responder import Responder
 from ferryman.conn.tunnel import Tunnel
 from ferryman.errors import (
     BodyTooLarge,
@@ -41,10 +42,9 @@ from ferryman.errors import (
 )
 from ferryman.http1 import proxy_protocol
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
+from ferryman.http1.events import Framing, RequestHead, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.http1.parser import RequestParser
-from ferryman.pipeline.cache.store import BodyReader
 from ferryman.pipeline.route.forward import route_forward
 from ferryman.pipeline.route.reverse import route_reverse
 from ferryman.pipeline.stage import Connect, Synthetic
@@ -65,7 +65,7 @@ _BUFFER_HIGH = 256 * 1024
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-class Downstream(asyncio.Protocol):
+class Downstream(Responder, asyncio.Protocol):
     def __init__(self, engine: Engine, listener: ListenerPlan) -> None:
         self.engine = engine
         self.listener = listener
@@ -767,115 +767,6 @@ class Downstream(asyncio.Protocol):
         lg = self.engine.log
         if lg.enabled:
             lg.log(self.client_ip, "", "-", "-", "1.1", exc.status, 0, 0, 0.0, None, None, "", "", exc.detail)
-
-    # ----------------------------------------------------- answering from cache
-    def send_synthetic(self, ex: Exchange, status: int, text: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
-        if self.closed or self.transport is None:
-            return
-        if not ex.req_done:
-            ex.keep_alive = False  # the unread body would be parsed as a request
-        data = ser.simple_response(status, f"ferryman: {text}", close=not ex.keep_alive, extra=list(extra))
-        ex.status = status
-        ex.bytes_out += len(data)
-        self.transport.write(data)
-        self.finish(ex)
-
-    def resume_proxy(self, ex: Exchange) -> None:
-        """Continue to the upstream after the cache declined (miss found late, fill unusable)."""
-        if self.closed or ex is not self.cur:
-            return
-        try:
-            self._proxy(ex)
-        except FerrymanError as exc:
-            self.fail(ex, exc)
-
-    def abort_after_partial(self, ex: Exchange, reason: str) -> None:
-        ex.error = reason
-        ex.keep_alive = False
-        self.log(ex)
-        self._abort()
-
-    def begin_stream(
-        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
-        has_body: bool, length: int | None = None,
-    ) -> None:
-        assert self.transport is not None
-        self.disarm()
-        keep = ex.keep_alive and ex.req_done and not self.engine.draining
-        if not has_body:
-            ex.out_mode = OUT_NONE
-            if length is not None:
-                extra += b"Content-Length: %d\r\n" % length
-        elif length is not None:
-            ex.out_mode = OUT_RAW
-            extra += b"Content-Length: %d\r\n" % length
-        elif ex.head.version == "1.1":
-            ex.out_mode = OUT_CHUNK
-            extra += b"Transfer-Encoding: chunked\r\n"
-        else:
-            ex.out_mode = OUT_RAW
-            keep = False
-        extra += b"Connection: close\r\n" if not keep else (
-            b"Connection: keep-alive\r\n" if ex.head.version == "1.0" else b""
-        )
-        ex.keep_alive = keep
-        ex.status = status
-        ex.resp = ResponseHead(
-            status, reason or b"", "1.1", [], Framing.LENGTH, length or 0, keep, frozenset()
-        )
-        ex.t_first = monotonic() - ex.t0
-        data = ser.response_head(status, reason or b"", hdrs, extra)
-        ex.bytes_out += len(data)
-        self.transport.write(data)
-
-    def stream_chunk(self, ex: Exchange, data: bytes) -> bool:
-        if self.closed or self.transport is None or ex.out_mode == OUT_NONE:
-            return not self.closed
-        ex.bytes_out += len(data)
-        if ex.out_mode == OUT_CHUNK:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            self.transport.write(data)
-        return True
-
-    def end_stream(self, ex: Exchange) -> None:
-        if self.closed or self.transport is None:
-            return
-        if ex.out_mode == OUT_CHUNK:
-            self.transport.write(ser.LAST_CHUNK)
-        self.finish(ex)
-
-    def write_cached(
-        self, ex: Exchange, status: int, reason: bytes, hdrs: Headers, extra: bytes,
-        body: object, start: int, end: int,
-    ) -> None:
-        self.begin_stream(ex, status, reason, hdrs, extra, has_body=False)
-        self.end_stream(ex)
-
-    async def stream_cached(
-        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
-        reader: BodyReader | None, start: int, end: int,
-    ) -> None:
-        self.begin_stream(ex, status, reason, hdrs, extra, reader is not None, end - start)
-        if reader is not None and end > start:
-            async for chunk in reader.read_range(start, end):
-                if not self.stream_chunk(ex, chunk):
-                    return
-                if self.write_paused:
-                    await self.wait_writable()
-        self.end_stream(ex)
-
-    async def wait_writable(self) -> None:
-        if not self.write_paused or self.closed:
-            return
-        if self._writable is None:
-            self._writable = self.loop.create_future()
-        await self._writable
-
-    def _wake_writable(self) -> None:
-        w, self._writable = self._writable, None
-        if w is not None and not w.done():
-            w.set_result(None)
 
     # ------------------------------------------------------------- draining
     def drain(self) -> None:
