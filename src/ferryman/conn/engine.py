@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from ferryman.config.compile import CachePlan, Plan
 from ferryman.conn.cache_flow import Cache, purge_acl
 from ferryman.observe.access_log import AccessLog
-from ferryman.pipeline.cache.disk import DiskStore
 from ferryman.pipeline.cache.store import MemoryStore, Store
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import Resolver
@@ -90,6 +89,8 @@ class Engine:
             return
         store: Store
         if cp.store == "disk":
+            from ferryman.pipeline.cache.disk import DiskStore  # only processes that use it pay for it
+
             assert cp.path is not None
             disk = DiskStore(cp.path, cp.max_size, cp.max_object_size)
             await disk.open()
