@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from ferryman.config.compile import ListenerPlan, Plan
@@ -17,7 +18,8 @@ from ferryman.config.reload import ConfigSource, build_plan_async
 from ferryman.conn.engine import Engine
 from ferryman.errors import ConfigError
 from ferryman.observe.admin import AdminProtocol
-from ferryman.server.listener import listener_key, start_listener
+from ferryman.server.listener import Bound, listener_key, start_listener
+from ferryman.server.tls import ServerTls
 
 log = logging.getLogger("ferryman")
 
@@ -28,7 +30,7 @@ class Server:
         self.reuse_port = reuse_port
         self.plan = plan
         self.engine: Engine | None = None
-        self.listeners: dict[tuple[str, int], asyncio.Server] = {}
+        self.listeners: dict[tuple[str, int, bool], Bound] = {}
         self.stopping: asyncio.Event | None = None
         self._reloading = False
         self.admin: asyncio.Server | None = None
@@ -62,8 +64,9 @@ class Server:
 
     async def _bind(self, lp: ListenerPlan) -> None:
         assert self.engine is not None
-        srv = await start_listener(self.engine, lp, self.reuse_port)
-        self.listeners[listener_key(lp)] = srv
+        bound = Bound(lp)
+        await start_listener(self.engine, bound, self.reuse_port)
+        self.listeners[listener_key(lp)] = bound
         log.warning("ferryman: %s proxy listening on %s:%d (%s)", lp.mode, lp.host, lp.port, lp.name)
 
     async def reload(self) -> bool:
@@ -77,28 +80,33 @@ class Server:
                 log.error("ferryman: reload refused, old config keeps serving:\n%s", exc.render())
                 return False
             wanted = {listener_key(lp): lp for lp in plan.listeners}
-            added: list[tuple[str, int]] = []
+            added: list[tuple[str, int, bool]] = []
+
+            def undo() -> None:
+                for key in added:
+                    self.listeners.pop(key).close()
+
             try:
                 for key, lp in wanted.items():
                     if key not in self.listeners:
                         await self._bind(lp)
                         added.append(key)
-            except OSError as exc:
-                for key in added:
-                    self.listeners.pop(key).close()
-                log.error("ferryman: reload refused, cannot bind: %s", exc)
+                # Validate every certificate before anything changes (Bound.update raises).
+                for key, lp in wanted.items():
+                    if key in self.listeners and key not in added and lp.tls is not None:
+                        ServerTls(lp.tls)
+                await self.engine.open_cache(plan)
+                self.engine.apply(plan)
+            except (OSError, ssl.SSLError) as exc:
+                undo()
+                log.error("ferryman: reload refused, old config keeps serving: %s", exc)
                 return False
+            for key, lp in wanted.items():
+                if key not in added:
+                    self.listeners[key].update(lp)  # certificates checked above
             for key in list(self.listeners):
                 if key not in wanted:
                     self.listeners.pop(key).close()
-            try:
-                await self.engine.open_cache(plan)
-                self.engine.apply(plan)
-            except OSError as exc:
-                for key in added:
-                    self.listeners.pop(key).close()
-                log.error("ferryman: reload refused, access log: %s", exc)
-                return False
             self.plan = plan
             try:
                 await self._bind_admin(plan.admin)
@@ -113,8 +121,8 @@ class Server:
         """Stop accepting, let requests in flight finish up to ``grace``, then close."""
         engine = self.engine
         assert engine is not None
-        for srv in self.listeners.values():
-            srv.close()
+        for bound in self.listeners.values():
+            bound.close()
         if self.admin is not None:
             self.admin.close()
         engine.draining = True
