@@ -7,14 +7,13 @@ that names the route's field path).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ferryman.config.hostport import split_hostport
-from ferryman.config.units import Duration
+from ferryman.config.units import Duration, Networks
 
 
 class _Model(BaseModel):
@@ -162,16 +161,9 @@ class UpstreamCfg(_Model):
 
 
 class ReverseCfg(_Model):
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: Networks = Field(default_factory=list)
     forwarded_headers: bool = True
     via: bool = False
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _nets(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
 
 class CertCfg(_Model):

@@ -7,14 +7,13 @@ never silently fall back to a default.  Durations accept ``"10s"``, ``"500ms"``,
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ferryman.config.hostport import split_hostport
 from ferryman.config.reverse_schema import ListenerTlsCfg, ReverseCfg, RouteCfg, UpstreamCfg
-from ferryman.config.units import Duration, Size
+from ferryman.config.units import Duration, Networks, Size
 
 
 class _Model(BaseModel):
@@ -41,16 +40,9 @@ class Match(_Model):
 
     domains: list[str] | None = None
     domains_file: str | None = None
-    networks: list[str] = Field(default_factory=list)
+    networks: Networks = Field(default_factory=list)
     ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=list)
-
-    @field_validator("networks")
-    @classmethod
-    def _check_networks(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
 
 class Rule(_Model):
@@ -66,18 +58,11 @@ class Rule(_Model):
 
 
 class Forward(_Model):
-    clients: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    clients: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: [443])
     rules: list[Rule] = Field(default_factory=list)
     parent: str | None = None
     via: bool = True
-
-    @field_validator("clients")
-    @classmethod
-    def _check_clients(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
     @field_validator("parent")
     @classmethod
@@ -130,7 +115,7 @@ class Cache(_Model):
     max_size: Size = 256 * 1024 * 1024
     max_object_size: Size = 64 * 1024 * 1024
     forward: bool = True  # cache forward-proxy responses (by target URL)
-    purge_clients: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    purge_clients: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     range_fill: bool = True  # a Range miss fetches the whole object once in the background
     coalesce: bool = True  # concurrent misses for one URL share one upstream fetch
 
@@ -139,13 +124,6 @@ class Cache(_Model):
         if self.store == "disk" and not self.path:
             raise ValueError("store: disk needs path (a directory)")
         return self
-
-    @field_validator("purge_clients")
-    @classmethod
-    def _nets(cls, v: list[str]) -> list[str]:
-        for n in v:
-            ipaddress.ip_network(n, strict=False)
-        return v
 
 
 class Shared(_Model):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
@@ -49,3 +50,15 @@ def _size(v: object) -> int:
 
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
+
+
+def _networks(v: list[str]) -> list[str]:
+    for n in v:
+        try:
+            ipaddress.ip_network(n, strict=False)
+        except ValueError:
+            raise ValueError(f"{n!r} is not an IP network such as 10.0.0.0/8 or ::1/128") from None
+    return v
+
+
+Networks = Annotated[list[str], AfterValidator(_networks)]
