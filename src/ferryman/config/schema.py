@@ -8,6 +8,7 @@ never silently fall back to a default.  Durations accept ``"10s"``, ``"500ms"``,
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -144,6 +145,19 @@ class Admin(_Model):
         return self
 
 
+def _redis_url(url: str | None) -> bool:
+    """A URL redis-py can open: redis://HOST[:PORT][/DB], rediss:// (TLS) or unix://PATH."""
+    if not url:
+        return False
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return bool(parts.path)
+        return parts.scheme in ("redis", "rediss") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, or out of range
+        return False
+
+
 class Config(_Model):
     admin: Admin | None = None
     cache: Cache | None = None
@@ -169,8 +183,8 @@ class Config(_Model):
                 problems.append(f"routes[{i}].upstream: unknown upstream {route.upstream!r} (known: {known})")
         if any(lst.mode == "reverse" for lst in self.listeners) and not self.routes:
             problems.append("routes: a reverse listener needs at least one route")
-        if self.cache is not None and self.cache.store == "redis":
-            problems.append("cache.store: the redis tier is not available yet; use memory or disk")
+        if self.cache is not None and self.cache.store == "redis" and not _redis_url(self.shared.redis):
+            problems.append("cache.store: redis needs shared.redis (a redis:// URL)")
         for i, lst in enumerate(self.listeners):
             if lst.proxy_protocol and not self.reverse.trusted_proxies:
                 problems.append(

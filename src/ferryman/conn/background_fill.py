@@ -127,7 +127,7 @@ async def fill_whole_object(
             _, host, port = d.next_hop
             ssl_ctx = engine.tls_context if d.tls_name else None
             sni, authority = d.tls_name, d.host
-        headers: Headers = [(n, v) for n, v in d.headers if n.lower() not in _DROP]
+        headers: Headers = [(n, v) for n, v in d.fields() if n.lower() not in _DROP]
         headers.append((b"Connection", b"close"))
         addrs = await engine.resolver.resolve(host, port)
         _, proto = await open_connection(

@@ -34,7 +34,14 @@ from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.key import cache_key, uri_key
-from ferryman.pipeline.cache.store import BodyReader, CacheEntryCorrupt, EntryMeta, MemoryStore, Store
+from ferryman.pipeline.cache.store import (
+    BodyReader,
+    BytesReader,
+    CacheEntryCorrupt,
+    EntryMeta,
+    MemoryStore,
+    Store,
+)
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
@@ -131,6 +138,7 @@ class Cache:
         self.coalesce = coalesce
         self.index: dict[bytes, list[Stored]] = {}
         self.persistent = not isinstance(store, MemoryStore)
+        self.inline = store if isinstance(store, MemoryStore) else None  # hits without a task
         self.checked: set[bytes] = set()  # keys already looked for in a persistent store
         self.fills: dict[bytes, Fill] = {}
         self.hits = 0
@@ -218,8 +226,12 @@ class Cache:
             if stored is not None:
                 self.hits += 1
                 state.stored = stored
-                if look.revalidate:
-                    pass  # stale-while-revalidate: the next miss refreshes; served stale now
+                ex.cache_result = "hit" if out is policy.Outcome.FRESH else "stale"
+                if self.inline is not None:
+                    got = self.inline.get_nowait(key, stored.variant)
+                    if got is not None:
+                        self._send_inline(ds, ex, stored.entry, got[1], look)
+                        return True
                 ds.loop.create_task(self.serve(ds, ex, stored, look, hit=True))
                 return True
         if out is policy.Outcome.ONLY_IF_CACHED_MISS:
@@ -230,7 +242,11 @@ class Cache:
             stored = self._stored_for(key, look.entry)
             if stored is not None:
                 state.stored = stored
-                d.headers = d.headers + policy.validation_headers(head.headers, look.entry.headers)
+                # Our own validators replace any the client sent (RFC 9111 4.3.1).
+                d.headers = [
+                    (n, v) for n, v in d.fields() if n.lower() not in (b"if-none-match", b"if-modified-since")
+                ] + policy.conditional_headers(look.entry.headers)
+                ex.cache_result = "revalidate"
                 return False
         if _has_range(head.headers) or method == "HEAD":
             if method == "GET" and self.range_fill and key not in self.fills and not self.entries(key):
@@ -243,11 +259,13 @@ class Cache:
         fill = self.fills.get(key)
         if fill is not None and self.coalesce and not fill.failed:
             fill.followers += 1
+            ex.cache_result = "collapsed"
             ds.loop.create_task(self.follow(ds, ex, fill))
             return True
         fill = Fill(key, self.max_object_size)
         self.fills[key] = fill
         state.fill = fill
+        ex.cache_result = "miss"
         return False
 
     def _stored_for(self, key: bytes, entry: policy.Entry | None) -> Stored | None:
@@ -365,6 +383,7 @@ class Cache:
         self.remember(state.key, stored)
         ds.loop.create_task(self._update_meta(state.key, stored, ex))
         look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
+        ex.cache_result = "revalidated"
         ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
         return True
 
@@ -422,6 +441,7 @@ class Cache:
         if not policy.stale_if_error(entry, ex.head.headers, now, exc.status):
             return False
         ex.error = exc.detail
+        ex.cache_result = "stale-if-error"
         age = entry.age(now)
         look = policy.Lookup(policy.Outcome.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age)
         ds.loop.create_task(self.serve(ds, ex, state.stored, look, hit=True))
@@ -449,13 +469,31 @@ class Cache:
         finally:
             reader.close()
 
-    async def _send_entry(
-        self, ds: Downstream, ex: Exchange, entry: policy.Entry, reader: BodyReader, look: policy.Lookup,
-        hit: bool, validated: bool,
+    def _send_inline(
+        self, ds: Downstream, ex: Exchange, entry: policy.Entry, reader: BytesReader, look: policy.Lookup
     ) -> None:
+        """A memory hit answered inside the request callback: no task, no coroutine."""
+        hdrs, extra, status, start, end = self._prepare(ds, ex, entry, reader.size, look, True)
+        if status == 304:
+            ds.write_cached(ex, 304, b"Not Modified", hdrs, extra, None, 0, 0)
+        elif status == 416:
+            ds.send_synthetic(
+                ex, 416, "range not satisfiable", [(b"Content-Range", b"bytes */%d" % reader.size)]
+            )
+        else:
+            body = reader.slice(start, end) if ex.head.method != "HEAD" else None
+            ds.begin_stream(ex, status, b"Partial Content" if status == 206 else None, hdrs, extra,
+                            body is not None, end - start)
+            if body:
+                ds.stream_chunk(ex, body)
+            ds.end_stream(ex)
+
+    def _prepare(
+        self, ds: Downstream, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool
+    ) -> tuple[Headers, bytes, int, int, int]:
+        """Headers, extra bytes, status and byte range for answering from ``entry``."""
         head = ex.head
         now = time.time()
-        size = reader.size
         headers = policy.strip_fields(entry.headers, look.strip) if look.strip else entry.headers
         age = int(entry.age(now))
         status_member = policy.cache_status(hit, None if hit else "stale", False, ttl=entry.lifetime - age)
@@ -466,21 +504,30 @@ class Cache:
         if policy.client_conditional_304(
             head.method, head.headers, entry.status, entry.headers, entry.response_time
         ):
-            ds.write_cached(ex, 304, b"Not Modified", policy.not_modified_headers(hdrs), extra, None, 0, 0)
-            return
-        start, end, status = 0, size, entry.status
+            return policy.not_modified_headers(hdrs), extra, 304, 0, 0
         rng = _range(head.headers, size) if entry.status == 200 else None
         if rng == "bad":
-            ds.send_synthetic(ex, 416, "range not satisfiable", [(b"Content-Range", b"bytes */%d" % size)])
-            return
+            return hdrs, extra, 416, 0, 0
         if isinstance(rng, tuple):
             start, end = rng
-            status = 206
             extra += b"Content-Range: bytes %d-%d/%d\r\n" % (start, end - 1, size)
-        body = None if head.method == "HEAD" else reader
-        reason = b"Partial Content" if status == 206 else None
-        await ds.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
+            return hdrs, extra, 206, start, end
+        return hdrs, extra, entry.status, 0, size
 
+    async def _send_entry(
+        self, ds: Downstream, ex: Exchange, entry: policy.Entry, reader: BodyReader, look: policy.Lookup,
+        hit: bool, validated: bool,
+    ) -> None:
+        size = reader.size
+        hdrs, extra, status, start, end = self._prepare(ds, ex, entry, size, look, hit)
+        if status == 304:
+            ds.write_cached(ex, 304, b"Not Modified", hdrs, extra, None, 0, 0)
+        elif status == 416:
+            ds.send_synthetic(ex, 416, "range not satisfiable", [(b"Content-Range", b"bytes */%d" % size)])
+        else:
+            body = None if ex.head.method == "HEAD" else reader
+            reason = b"Partial Content" if status == 206 else None
+            await ds.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
 
 def _status(
     hit: bool, fwd: str | None, stored: bool, ttl: float | None = None, detail: str | None = None

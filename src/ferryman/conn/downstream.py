@@ -385,7 +385,7 @@ class Downstream(Responder, asyncio.Protocol):
         ex.key = key
         ex.upstream_label = f"{key[1]}:{key[2]}"
         ex.req_bytes = ser.request_head(
-            d.method, d.target, host, d.headers, ex.head.framing, ex.head.content_length
+            d.method, d.target, host, d.fields(), ex.head.framing, ex.head.content_length
         )
         private = d.upgrade or (ex.group is not None and ex.group.plan.send_proxy is not None)
         conn = None if private else self.engine.pool.acquire(key)
@@ -760,7 +760,7 @@ class Downstream(Responder, asyncio.Protocol):
         lg.log(
             self.client_ip, "", head.method, head.target.decode("latin-1"), head.version,
             ex.status, ex.bytes_in, ex.bytes_out, monotonic() - ex.t0,
-            ex.t_connect, ex.t_first, "", ex.upstream_label, ex.error,
+            ex.t_connect, ex.t_first, ex.cache_result, ex.upstream_label, ex.error,
         )
 
     def _log_bare(self, exc: FerrymanError) -> None:

@@ -95,6 +95,11 @@ class Engine:
             disk = DiskStore(cp.path, cp.max_size, cp.max_object_size)
             await disk.open()
             store = disk
+        elif cp.store == "redis":
+            from ferryman.pipeline.cache.redis_store import RedisStore  # redis-py only where it is used
+
+            assert cp.redis is not None
+            store = RedisStore(cp.redis, cp.max_object_size)
         else:
             store = MemoryStore(cp.max_size, cp.max_object_size)
         self.cache = Cache(

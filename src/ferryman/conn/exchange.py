@@ -24,7 +24,7 @@ class Exchange:
         "body_buf", "body_buffered", "body_sent", "req_done", "resp", "out_mode", "status",
         "bytes_in", "bytes_out", "t_connect", "t_first", "keep_alive", "task", "head_sent",
         "upstream_label", "error", "logged", "group", "server", "tried", "t_sent", "route",
-        "cache", "cache_takeover",
+        "cache", "cache_takeover", "cache_result",
     )
 
     def __init__(self, head: RequestHead, now: float) -> None:
@@ -61,3 +61,4 @@ class Exchange:
         self.route = ""
         self.cache: CacheState | None = None
         self.cache_takeover = False  # the cache answers; the upstream exchange only validates
+        self.cache_result = ""  # for the access log: hit, miss, stale, revalidated, collapsed...

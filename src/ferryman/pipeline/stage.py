@@ -6,6 +6,7 @@ nothing itself (DESIGN 2.9: an explicit Decision, never an overloaded None).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferryman.http1.events import Headers
@@ -28,6 +29,14 @@ class Proxy:
     upgrade: bool  # the client asked for a protocol upgrade (WebSocket)
     tls_name: str | None = None  # SNI / certificate name when the next hop speaks TLS
     cache_rules: Rules | None = None  # None: this request does not use the cache
+    build: Callable[[], Headers] | None = None  # computes `headers` when first needed
+
+    def fields(self) -> Headers:
+        """The forwarded header fields, built on first use: a cache hit never needs them."""
+        if self.build is not None:
+            self.headers = self.build()
+            self.build = None
+        return self.headers
 
 
 @dataclass(slots=True)

@@ -163,6 +163,10 @@ class BytesReader:
         self.size = len(body)
         self.offset = 0
 
+    def slice(self, start: int, end: int) -> bytes:
+        check_range(start, end, self.size)
+        return self._body if start == 0 and end == self.size else self._body[start:end]
+
     async def read_range(self, start: int, end: int) -> AsyncIterator[bytes]:
         check_range(start, end, self.size)
         for pos in range(start, end, CHUNK):
@@ -275,6 +279,10 @@ class MemoryStore:
         return len(self._lru)
 
     async def get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
+        return self.get_nowait(key, variant)
+
+    def get_nowait(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BytesReader] | None:
+        """The same as `get` without a coroutine: memory hits are answered inline."""
         entry = self._lru.get(key, variant)
         if entry is None:
             return None

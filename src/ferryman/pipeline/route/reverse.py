@@ -9,7 +9,7 @@ from __future__ import annotations
 from ferryman.config.compile_reverse import ProxyAction, RedirectAction, ReversePlan
 from ferryman.errors import ClientProtocolError, RouteNotFound
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import RequestHead
+from ferryman.http1.events import Headers, RequestHead
 from ferryman.http1.headers import forward_request_headers
 from ferryman.pipeline.route.forwarded import add_forwarded
 from ferryman.pipeline.route.table import rewrite_path
@@ -50,11 +50,15 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
         data = ser.fixed_response(action.status, action.content_type, action.body)
         return Synthetic(action.status, data, route.name)
     upgrade = head.upgrade is not None
-    headers, _ = forward_request_headers(
-        head.headers, head.connection_tokens, rev.via, keep_upgrade=upgrade, version=head.version
-    )
-    if rev.forwarded_headers:
-        headers = add_forwarded(headers, client_ip, scheme, head.host, rev.trusted)
+
+    def build() -> Headers:
+        headers, _ = forward_request_headers(
+            head.headers, head.connection_tokens, rev.via, keep_upgrade=upgrade, version=head.version
+        )
+        if rev.forwarded_headers:
+            headers = add_forwarded(headers, client_ip, scheme, head.host, rev.trusted)
+        return headers
+
     if action.strip_prefix is not None or action.replace_prefix is not None:
         path = rewrite_path(path, action.strip_prefix, action.replace_prefix, route.match.path_prefix)
     host_mode = action.host_header
@@ -65,6 +69,6 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
     else:
         host = host_mode.encode("latin-1")
     return Proxy(
-        head.method, path + query, headers, host, host_mode == "upstream", None, action.upstream,
-        route.name, upgrade, None, action.cache_rules,
+        head.method, path + query, [], host, host_mode == "upstream", None, action.upstream,
+        route.name, upgrade, None, action.cache_rules, build,
     )

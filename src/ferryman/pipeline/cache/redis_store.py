@@ -1,0 +1,623 @@
+"""Redis cache tier: one cache shared by every ferryman process and machine that names the same Redis.
+
+Failure policy (DESIGN.md 4: what Redis cannot reach degrades, never to a 500)
+------------------------------------------------------------------------------
+
+* Every Redis round trip is bounded by ``op_timeout`` (``asyncio.timeout``; a round
+  trip that carries a body gets a transfer allowance on top: ``size / 32 MiB/s``).
+  redis-py's own retries are off: one attempt, then the answer below.
+* On an error or a timeout the operation is a miss (``get`` -> None), not stored
+  (``begin`` -> None, ``commit`` -> False) or a no-op (``update_meta``, ``delete`` and
+  ``purge_prefix`` -> 0).  Nothing is raised into the caller, not even
+  ``CacheEntryCorrupt``: a body is checked before ``get`` returns it, so a corrupt
+  entry is deleted and reported as a miss.
+* A circuit breaker: after a failure, Redis is not asked anything for 5 s
+  (``breaker_seconds``); then one operation probes it while the others keep
+  skipping; its success closes the breaker, its failure opens it for another 5 s.
+  A dead or hung Redis therefore costs one timeout per 5 s per process, not one per
+  request.  "Not an error" answers do not trip it: a missing key, a lost WATCH race,
+  a value of the wrong type (someone else's key, or garbage: treated as corrupt).
+* Failures are logged at most once a minute per store, with the number suppressed.
+
+Layout (``P`` = ``prefix``, ``H`` = blake2b-128(key) hex, ``V`` = blake2b-64(variant) hex)
+------------------------------------------------------------------------------------
+
+    P e:H:V     a hash, one per entry: field ``m`` = head + meta (+ the body when it is
+                at most 1 MiB, "inline"); field ``b`` = the body when it is larger
+    P v:KEY     a set per primary key (KEY raw, so SCAN MATCH can filter on its
+                prefix): the ``V`` of every variant stored under it
+
+``m`` (integers big-endian)::
+
+    head  32 B  magic b"FRYREDIS" | u16 version=1 | u16 flags (1: body inline) | u32 meta_len
+                | u64 body_len | u32 CRC32(meta) | u32 CRC32(body)
+    meta        compact JSON {"k","v","s","h","q","t0","t1"}, byte strings as latin-1 text
+    body        body_len bytes, only when inline
+
+Atomicity: a commit is one MULTI/EXEC (DEL the hash, HSET ``m`` [and ``b``], EXPIRE,
+SADD the variant, EXPIRE the set), so other clients see the old entry or the new
+one, never a mix.  Every read checks the meta's CRC and the body against the
+length and CRC the meta names, so a body that does not belong to its meta (or was
+damaged) is never served.  An inline entry is read in one round trip (a MULTI of
+HGET ``m`` and SISMEMBER); a larger body in a second round trip (HGET ``b``), with
+the time allowance its size calls for; if it fails its CRC and ``m`` has changed
+meanwhile, a concurrent replacement is assumed (a miss); otherwise the entry is
+deleted as corrupt.  An entry is served only while its variant is listed in its
+key's set: an entry the set lost (evicted, or raced with a delete) is an orphan,
+deleted when found, so ``delete`` and ``purge_prefix`` cannot miss a live entry.
+
+Expiry: entries and sets carry an EXPIRE of ``ttl`` (default 24 h), set at commit
+and renewed by ``update_meta`` (a 304).  The store does not derive it from the
+response: freshness depends on the route's rules (``default_ttls``,
+``ignore_origin``), which the engine does not pass, and a stale entry stays useful
+for revalidation and stale-if-error.  Whether an entry is fresh is decided by the
+cache policy from its headers, as with the other tiers.  ``ttl`` bounds how long
+Redis keeps it; configure Redis with ``maxmemory`` and an LRU ``maxmemory-policy``
+(``volatile-lru`` or ``allkeys-lru``) to bound the space.
+
+Costs:
+* ``delete(key)``: two round trips (SMEMBERS, then one MULTI of DELs and SREM).
+* ``purge_prefix``: SCAN MATCH ``P v:<prefix>*`` COUNT 1000 walks the *whole* keyspace
+  of the database (O(all keys), in round trips of 1000 keys each; Redis stays
+  responsive in between), plus a ``delete`` per primary key found.  Admin use.
+* Memory: a writer buffers the body in this process until commit (at most
+  ``max_object_size``); a reader holds the whole body while it streams.  Bodies
+  above ~8 MiB are allowed up to ``max_object_size``, but each concurrent fill or
+  hit of one costs its full size here (and a similar transient amount in redis-py
+  while it is sent or parsed), and it blocks Redis' single thread for the copy.
+
+Across processes, a delete or purge aborts the fills in progress *in this process*
+only; a fill another process started before the purge may still publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import struct
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError, WatchError
+
+from ferryman.pipeline.cache.store import BodyReader, BytesReader, EntryMeta
+
+if TYPE_CHECKING:
+    from redis.asyncio.client import Pipeline
+
+    from ferryman.pipeline.cache.store import Store
+
+log = logging.getLogger("ferryman")
+T = TypeVar("T")
+
+_MAGIC: Final = b"FRYREDIS"
+_VERSION: Final = 1
+_FLAG_INLINE: Final = 1
+_HEAD: Final = struct.Struct(">8sHHIQII")
+_INLINE_MAX: Final = 1 << 20  # bodies up to this live in the meta field: one round trip per hit
+_TRANSFER_RATE: Final = 32 << 20  # bytes/s assumed for a body's time allowance
+_SCAN_COUNT: Final = 1000
+BREAKER_SECONDS: Final = 5.0
+_LOG_EVERY: Final = 60.0
+_F_META: Final = b"m"
+_F_BODY: Final = b"b"
+
+
+class _Corrupt(Exception):
+    """Not a complete, well-formed entry."""
+
+
+class _Skip(Exception):
+    """Redis is unavailable (this operation failed, or the breaker is open)."""
+
+
+# -- names and format (pure) -------------------------------------------------------------
+
+
+def key_hash(key: bytes) -> bytes:
+    return hashlib.blake2b(key, digest_size=16).hexdigest().encode("ascii")
+
+
+def variant_hash(variant: bytes) -> bytes:
+    return hashlib.blake2b(variant, digest_size=8).hexdigest().encode("ascii")
+
+
+def glob_escape(raw: bytes) -> bytes:
+    """``raw`` as a literal in a Redis glob pattern (SCAN MATCH)."""
+    out = bytearray()
+    for c in raw:
+        if c in b"\\*?[]^":
+            out += b"\\"
+        out.append(c)
+    return bytes(out)
+
+
+def _encode_meta(meta: EntryMeta) -> bytes:
+    def text(pairs: tuple[tuple[bytes, bytes], ...]) -> list[list[str]]:
+        return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in pairs]
+
+    doc = {
+        "k": meta.key.decode("latin-1"),
+        "v": meta.variant.decode("latin-1"),
+        "s": meta.status,
+        "h": text(meta.headers),
+        "q": text(meta.request_headers),
+        "t0": meta.request_time,
+        "t1": meta.response_time,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+
+def _decode_meta(data: bytes, body_len: int) -> EntryMeta:
+    def pairs(items: Any) -> tuple[tuple[bytes, bytes], ...]:
+        return tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in items)
+
+    try:
+        doc = json.loads(data)
+        return EntryMeta(
+            key=doc["k"].encode("latin-1"),
+            variant=doc["v"].encode("latin-1"),
+            status=int(doc["s"]),
+            headers=pairs(doc["h"]),
+            request_headers=pairs(doc["q"]),
+            request_time=float(doc["t0"]),
+            response_time=float(doc["t1"]),
+            body_size=body_len,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeError is a ValueError
+        raise _Corrupt(f"bad meta: {exc!r}") from None
+
+
+def encode_entry(meta: EntryMeta, body_len: int, body_crc: int, inline: bytes | None) -> bytes:
+    """The ``m`` field: head + meta, and the body itself when ``inline`` is given."""
+    meta_bytes = _encode_meta(meta)
+    flags = _FLAG_INLINE if inline is not None else 0
+    head = _HEAD.pack(_MAGIC, _VERSION, flags, len(meta_bytes), body_len, zlib.crc32(meta_bytes), body_crc)
+    return head + meta_bytes + (inline or b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    meta: EntryMeta
+    body_crc: int
+    body: bytes | None  # inline and checked; None: in the ``b`` field
+
+
+def parse_entry(raw: object) -> Parsed:
+    """Check and decode an ``m`` field (an inline body against its CRC too)."""
+    if not isinstance(raw, bytes) or len(raw) < _HEAD.size:
+        raise _Corrupt("short head")
+    magic, version, flags, meta_len, body_len, meta_crc, body_crc = _HEAD.unpack_from(raw)
+    if magic != _MAGIC or version != _VERSION or flags & ~_FLAG_INLINE:
+        raise _Corrupt("bad head")
+    inline = bool(flags & _FLAG_INLINE)
+    if len(raw) != _HEAD.size + meta_len + (body_len if inline else 0):
+        raise _Corrupt("length does not match the head")
+    meta_bytes = raw[_HEAD.size : _HEAD.size + meta_len]
+    if zlib.crc32(meta_bytes) != meta_crc:
+        raise _Corrupt("meta checksum mismatch")
+    meta = _decode_meta(meta_bytes, body_len)
+    body = None
+    if inline:
+        body = raw[_HEAD.size + meta_len :]
+        check_body(body, body_len, body_crc)
+    return Parsed(meta, body_crc, body)
+
+
+def check_body(body: object, body_len: int, body_crc: int) -> bytes:
+    if not isinstance(body, bytes) or len(body) != body_len or zlib.crc32(body) != body_crc:
+        raise _Corrupt("body does not match its meta (length or checksum)")
+    return body
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _wrongtype(value: object) -> bool:
+    return isinstance(value, ResponseError) and "WRONGTYPE" in str(value)
+
+
+# -- the store ----------------------------------------------------------------------------
+
+
+class RedisStore:
+    """The Store protocol on ``redis.asyncio`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        max_object_size: int,
+        *,
+        prefix: bytes = b"ferryman:",
+        op_timeout: float = 0.25,
+        ttl: float = 86400.0,
+    ) -> None:
+        self.url = _redacted(url)
+        self.max_object_size = max_object_size
+        self.prefix = prefix
+        self.op_timeout = op_timeout
+        self.ttl = max(1, int(ttl))
+        self.breaker_seconds = BREAKER_SECONDS
+        self._writers: set[RedisWriter] = set()
+        self._open_until = 0.0  # breaker: 0 closed, else monotonic time it may be probed again
+        self._probing = False
+        self._next_log = 0.0
+        self._suppressed = 0
+        self._closed = False
+        self._redis: Redis | None = None
+        try:
+            self._redis = Redis.from_url(
+                url,
+                retry=Retry(NoBackoff(), 0),  # one attempt: the breaker decides when to try again
+                socket_connect_timeout=op_timeout,
+                socket_timeout=self._deadline(max_object_size),  # a backstop: asyncio.timeout rules
+            )
+        except ValueError as exc:  # a URL the config check let through (e.g. ?db=x): never raise
+            self._closed = True
+            self._log(f"unusable URL ({exc}); the cache passes everything through")
+
+    # -- names ----------------------------------------------------------------------------
+
+    def entry_name(self, key: bytes, variant: bytes) -> bytes:
+        return self.prefix + b"e:" + key_hash(key) + b":" + variant_hash(variant)
+
+    def set_name(self, key: bytes) -> bytes:
+        return self.prefix + b"v:" + key
+
+    @property
+    def _client(self) -> Redis:
+        assert self._redis is not None  # None only if closed from the start, and _io checks that first
+        return self._redis
+
+    @property
+    def available(self) -> bool:
+        """False while closed or while the breaker keeps Redis out."""
+        return not self._closed and (not self._open_until or time.monotonic() >= self._open_until)
+
+    # -- the Store protocol ------------------------------------------------------------------
+
+    async def get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
+        try:
+            return await self._get(key, variant)
+        except _Skip:
+            return None
+        except Exception as exc:  # noqa: BLE001 - the last line of "never raise into the caller"
+            self._log(f"get: unexpected {exc!r}")
+            return None
+
+    def begin(self, meta_without_size: EntryMeta) -> RedisWriter | None:
+        meta = meta_without_size
+        if not self.available or meta.body_size > self.max_object_size:
+            return None
+        writer = RedisWriter(self, meta)
+        self._writers.add(writer)
+        return writer
+
+    async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
+        try:
+            await self._update_meta(key, variant, meta)
+        except _Skip:
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._log(f"update_meta: unexpected {exc!r}")
+
+    async def delete(self, key: bytes) -> int:
+        self._abort_writers(lambda k: k == key)
+        try:
+            return await self._delete(key)
+        except _Skip:
+            return 0
+        except Exception as exc:  # noqa: BLE001
+            self._log(f"delete: unexpected {exc!r}")
+            return 0
+
+    async def purge_prefix(self, prefix: bytes) -> int:
+        """Delete every entry whose key starts with ``prefix``: a SCAN of the whole keyspace."""
+        self._abort_writers(lambda k: k.startswith(prefix))
+        purged = 0
+        try:
+            pattern = glob_escape(self.set_name(prefix)) + b"*"
+            skip = len(self.set_name(b""))
+            cursor = 0
+            while True:
+
+                def scan(p: Pipeline, c: int = cursor) -> None:
+                    p.scan(c, match=pattern, count=_SCAN_COUNT)
+
+                (cursor, names), = await self._pipe("scanning", scan, transaction=False)
+                for name in names:
+                    purged += await self._delete(bytes(name)[skip:])
+                if not cursor:
+                    return purged
+        except _Skip:
+            return purged
+        except Exception as exc:  # noqa: BLE001
+            self._log(f"purge_prefix: unexpected {exc!r}")
+            return purged
+
+    async def close(self) -> None:
+        """Abort fills in progress and close the connection pool."""
+        if self._closed:
+            return
+        self._closed = True
+        self._abort_writers(lambda k: True)
+        try:
+            if self._redis is not None:
+                await self._redis.aclose()
+        except Exception as exc:  # noqa: BLE001
+            self._log(f"closing: {exc!r}")
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def _get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
+        name, vh = self.entry_name(key, variant), variant_hash(variant)
+
+        def first(p: Pipeline) -> None:
+            p.hget(name, _F_META)
+            p.sismember(self.set_name(key), vh.decode("ascii"))  # hex: str and bytes alike
+
+        raw, member = await self._pipe("reading", first, size=_INLINE_MAX)
+        if _wrongtype(raw) or _wrongtype(member):
+            await self._drop(key, variant, "a value of the wrong type", whole_key=_wrongtype(member))
+            return None
+        if raw is None:
+            return None
+        if not member:  # the set lost it: an orphan no delete could reach
+            await self._pipe("deleting an orphan", lambda p: p.delete(name))
+            return None
+        try:
+            parsed = parse_entry(raw)
+        except _Corrupt as exc:
+            await self._drop(key, variant, str(exc))
+            return None
+        meta = parsed.meta
+        if (meta.key, meta.variant) != (key, variant):
+            return None  # a hash collision: another key's entry, not ours to judge
+        if parsed.body is not None:
+            return meta, BytesReader(parsed.body)
+        body, = await self._pipe("reading a body", lambda p: p.hget(name, _F_BODY), size=meta.body_size)
+        try:
+            return meta, BytesReader(check_body(body, meta.body_size, parsed.body_crc))
+        except _Corrupt as exc:
+            now, = await self._pipe("re-reading", lambda p: p.hget(name, _F_META))
+            if now == raw:  # the same entry: its body is bad
+                await self._drop(key, variant, str(exc))
+            return None  # else: replaced between our two reads
+
+    async def _publish(self, meta: EntryMeta, body: bytes) -> bool:
+        meta = replace(meta, body_size=len(body))
+        crc = zlib.crc32(body)
+        inline = len(body) <= _INLINE_MAX
+        fields = {_F_META: encode_entry(meta, len(body), crc, body if inline else None)}
+        if not inline:
+            fields[_F_BODY] = body
+        name, sname = self.entry_name(meta.key, meta.variant), self.set_name(meta.key)
+
+        def publish(p: Pipeline) -> None:
+            p.delete(name)  # a large body left by the entry this one replaces must go too
+            p.hset(name, mapping=fields)  # type: ignore[arg-type]  # bytes keys are fine
+            p.expire(name, self.ttl)
+            p.sadd(sname, variant_hash(meta.variant))
+            p.expire(sname, self.ttl)
+
+        results = await self._pipe("storing", publish, size=len(body))
+        if any(_wrongtype(r) for r in results):  # the set's name holds something else
+            await self._drop(meta.key, meta.variant, "a value of the wrong type", whole_key=True)
+            return False
+        return True
+
+    async def _update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
+        name = self.entry_name(key, variant)
+
+        async def cas(pipe: Pipeline) -> None:
+            await pipe.watch(name)
+            raw = await pipe.hget(name, _F_META)  # immediate mode after WATCH
+            if raw is None:
+                return
+            parsed = parse_entry(raw)  # an inline body is checked here: never re-signed if bad
+            old = parsed.meta
+            if (old.key, old.variant) != (key, variant):
+                return
+            new = replace(meta, key=key, variant=variant, body_size=old.body_size)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(name, _F_META, encode_entry(new, old.body_size, parsed.body_crc, parsed.body))
+            pipe.expire(name, self.ttl)
+            pipe.expire(self.set_name(key), self.ttl)
+            await pipe.execute()
+
+        try:
+            await self._io("updating meta", self._with_pipeline(cas))
+        except WatchError:
+            return  # replaced or deleted meanwhile: that newer state wins
+        except _Corrupt as exc:
+            await self._drop(key, variant, str(exc))
+
+    async def _delete(self, key: bytes) -> int:
+        sname = self.set_name(key)
+        members, = await self._pipe("deleting", lambda p: p.smembers(sname))
+        if _wrongtype(members):
+            await self._pipe("deleting", lambda p: p.delete(sname))
+            return 0
+        if not members:
+            return 0
+        variants = sorted(bytes(m) for m in members)
+        h = key_hash(key)
+
+        def remove(p: Pipeline) -> None:
+            for v in variants:
+                p.delete(self.prefix + b"e:" + h + b":" + v)
+            p.srem(sname, *variants)  # only these: a variant added meanwhile stays reachable
+
+        results = await self._pipe("deleting", remove)
+        return sum(int(r) for r in results[:-1])
+
+    async def _drop(self, key: bytes, variant: bytes, why: str, whole_key: bool = False) -> None:
+        """Delete a corrupt entry (and, with ``whole_key``, its key's set)."""
+        self._log(f"deleted corrupt entry {key!r} [{variant!r}]: {why}")
+        name, sname = self.entry_name(key, variant), self.set_name(key)
+
+        def drop(p: Pipeline) -> None:
+            p.delete(name)
+            if whole_key:
+                p.delete(sname)
+            else:
+                p.srem(sname, variant_hash(variant))
+
+        try:
+            await self._pipe("deleting a corrupt entry", drop)
+        except _Skip:
+            pass
+
+    # -- I/O under the failure policy --------------------------------------------------------
+
+    def _deadline(self, size: int) -> float:
+        return self.op_timeout + max(size, 0) / _TRANSFER_RATE
+
+    async def _pipe(
+        self, what: str, fill: Callable[[Pipeline], object], *, size: int = 0, transaction: bool = True
+    ) -> list[Any]:
+        """One round trip: the commands ``fill`` queues, in MULTI/EXEC unless ``transaction`` is False.
+
+        A WRONGTYPE reply is returned in its command's place (the data is bad, Redis is
+        fine: the caller decides); any other error is a failure of Redis.
+        """
+
+        async def run() -> list[Any]:
+            async with self._client.pipeline(transaction=transaction) as p:
+                fill(p)
+                results: list[Any] = await p.execute(raise_on_error=False)
+            for r in results:
+                if isinstance(r, Exception) and not _wrongtype(r):
+                    raise r
+            return results
+
+        return await self._io(what, run(), size)
+
+    def _with_pipeline(self, body: Callable[[Pipeline], Awaitable[None]]) -> Awaitable[None]:
+        async def run() -> None:
+            async with self._client.pipeline(transaction=True) as p:
+                await body(p)
+
+        return run()
+
+    async def _io(self, what: str, op: Awaitable[T], size: int = 0) -> T:
+        """Await ``op`` within its deadline, under the breaker; ``_Skip`` when Redis is out."""
+        if self._closed:
+            _close_unawaited(op)
+            raise _Skip
+        probe = False
+        if self._open_until:
+            if time.monotonic() < self._open_until or self._probing:
+                _close_unawaited(op)
+                raise _Skip
+            self._probing = probe = True
+        try:
+            async with asyncio.timeout(self._deadline(size)):
+                result = await op
+        except (WatchError, _Corrupt):
+            self._recovered(probe)  # Redis answered: these are about the data
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the client is "Redis is out"
+            self._trip(what, exc)
+            raise _Skip from None
+        finally:
+            if probe:
+                self._probing = False
+        self._recovered(probe)
+        return result
+
+    def _trip(self, what: str, exc: BaseException) -> None:
+        detail = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+        self._open_until = time.monotonic() + self.breaker_seconds
+        self._log(f"{what}: {detail}; not asking Redis for {self.breaker_seconds:g} s")
+
+    def _recovered(self, probe: bool) -> None:
+        if probe:
+            log.warning("redis cache %s: reachable again", self.url)
+        self._open_until = 0.0
+
+    def _abort_writers(self, match: Callable[[bytes], bool]) -> None:
+        for writer in list(self._writers):  # a fill begun before a purge must not publish
+            if match(writer.meta.key):
+                writer.abort()
+
+    def _log(self, message: str) -> None:
+        now = time.monotonic()
+        if now < self._next_log:
+            self._suppressed += 1
+            return
+        self._next_log = now + _LOG_EVERY
+        if self._suppressed:
+            message += f" ({self._suppressed} similar errors suppressed)"
+            self._suppressed = 0
+        log.error("redis cache %s: %s", self.url, message)
+
+
+def _close_unawaited(op: Awaitable[object]) -> None:
+    close = getattr(op, "close", None)  # a coroutine never started: no "never awaited" warning
+    if close is not None:
+        close()
+
+
+class RedisWriter:
+    """A fill: the body is buffered here (at most ``max_object_size``) and sent by ``commit``."""
+
+    __slots__ = ("_store", "meta", "_chunks", "_size", "_open")
+
+    def __init__(self, store: RedisStore, meta: EntryMeta) -> None:
+        self._store = store
+        self.meta = meta
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._open = True
+
+    def write(self, data: bytes) -> None:
+        if not self._open:
+            return
+        self._size += len(data)
+        if self._size > self._store.max_object_size:
+            self.abort()
+            return
+        self._chunks.append(bytes(data))
+
+    async def commit(self) -> bool:
+        if not self._open:
+            return False
+        self._open = False
+        store = self._store
+        store._writers.discard(self)
+        body = b"".join(self._chunks)
+        self._chunks = []
+        try:
+            return await store._publish(self.meta, body)
+        except _Skip:
+            return False
+        except Exception as exc:  # noqa: BLE001
+            store._log(f"commit: unexpected {exc!r}")
+            return False
+
+    def abort(self) -> None:
+        self._open = False
+        self._chunks = []
+        self._store._writers.discard(self)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: RedisStore, reader: BytesReader) -> tuple[Store, BodyReader]:
+        return store, reader
