@@ -2,8 +2,9 @@
 """Loopback benchmarks: wrk through ferryman, next to nginx (and haproxy) in the same run.
 
 Layout of one run (2 cores):
-  core 0 (--proxy-cpu): the proxy under test (ferryman, or haproxy as a reference)
+  core 0 (--proxy-cpu): the proxy under test (ferryman, or haproxy / a caching nginx as references)
   core 1 (--load-cpu):  the nginx origin and wrk
+The `reverse-*-w2` scenario (ferryman with `workers: 2`) is not pinned and uses both cores.
 
 Every process is started in its own session and killed (by process group) at the end.
 All traffic stays on 127.0.0.1. Stdlib only. See bench/README.md.
@@ -13,6 +14,7 @@ import argparse
 import csv
 import datetime
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -45,8 +47,14 @@ CSV_COLUMNS = (
 )
 PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
+# The origin serves the same files under /cache/ with `expires 1h` (cacheable for an hour)
+# and an access log of its own, used to count cache misses during the load.
+CACHE_PREFIX = "/cache"
+SCALE_WORKERS = 2  # workers: N of the reverse-*-w2 scenario
+
 # Targets for ferryman (one core); the 1m target is in wrk's GB (GiB) per second.
 TARGET_REQ_S = {"small-keepalive": 10_000.0, "small-newconn": 6_000.0}
+TARGET_CACHE_SMALL_REQ_S = 20_000.0
 TARGET_1M_GB_S = 1.0
 TARGET_RSS_MIB = 30.0
 
@@ -54,6 +62,7 @@ TARGET_RSS_MIB = 30.0
 @dataclass(frozen=True, slots=True)
 class Workload:
     name: str
+    short: str  # name inside cache scenario names (cache-small-memory)
     path: str
     connections: int
     close: bool
@@ -61,31 +70,87 @@ class Workload:
 
 
 WORKLOADS = (
-    Workload("small-keepalive", "/small", 50, False, SMALL_SIZE),
-    Workload("small-newconn", "/small", 50, True, SMALL_SIZE),
-    Workload("1m", "/1m", 10, False, ONE_MIB),
+    Workload("small-keepalive", "small", "/small", 50, False, SMALL_SIZE),
+    Workload("small-newconn", "small-newconn", "/small", 50, True, SMALL_SIZE),
+    Workload("1m", "1m", "/1m", 10, False, ONE_MIB),
 )
+ALL_WORKLOADS = tuple(w.name for w in WORKLOADS)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    mode: str  # direct | forward | reverse
-    server: str  # nginx | ferryman | haproxy
+    key: str  # group name for --scenarios, and the "<key>-idle" CSV row
+    mode: str  # how requests are sent: direct | forward | reverse (origin-form)
+    server: str  # nginx | ferryman | haproxy | nginx-proxy_cache
     optional: bool  # a server that fails to start is skipped, not failed
+    workloads: tuple[str, ...] = ALL_WORKLOADS
+    scenario: str = "{key}-{name}"  # format: key, name (workload), short (workload)
+    cache: str = ""  # "" | ferryman | nginx: the hit check and miss counting apply
+    cache_store: str = ""  # memory | disk (ferryman)
+    workers: int = 1  # > 1: ferryman `run -c` with `workers: N`, not pinned
+    ref: str = "direct"  # the key of the row the "vs nginx" column compares with
+
+    def scenario_name(self, wl: Workload) -> str:
+        return self.scenario.format(key=self.key, name=wl.name, short=wl.short)
+
+    @property
+    def path_prefix(self) -> str:
+        return CACHE_PREFIX if self.cache else ""
 
 
+CACHE_WORKLOADS = ("small-keepalive", "1m")
 TARGETS = (
-    Target("direct", "nginx", False),
-    Target("forward", "ferryman", False),
-    Target("reverse", "ferryman", True),
-    Target("reverse", "haproxy", True),
+    Target("direct", "direct", "nginx", False),
+    Target("forward", "forward", "ferryman", False),
+    Target("reverse", "reverse", "ferryman", True),
+    Target(
+        f"reverse-w{SCALE_WORKERS}",
+        "reverse",
+        "ferryman",
+        True,
+        workloads=("small-keepalive",),
+        scenario=f"reverse-{{name}}-w{SCALE_WORKERS}",
+        workers=SCALE_WORKERS,
+    ),
+    Target("reverse", "reverse", "haproxy", True),
+    Target(
+        "cache-memory",
+        "reverse",
+        "ferryman",
+        True,
+        workloads=CACHE_WORKLOADS,
+        scenario="cache-{short}-memory",
+        cache="ferryman",
+        cache_store="memory",
+        ref="nginx-cache",
+    ),
+    Target(
+        "cache-disk",
+        "reverse",
+        "ferryman",
+        True,
+        workloads=("1m",),
+        scenario="cache-{short}-disk",
+        cache="ferryman",
+        cache_store="disk",
+        ref="nginx-cache",
+    ),
+    Target(
+        "nginx-cache",
+        "reverse",
+        "nginx-proxy_cache",
+        True,
+        workloads=CACHE_WORKLOADS,
+        scenario="nginx-cache-{short}",
+        cache="nginx",
+    ),
 )
+SERVERS = ("nginx", "ferryman", "haproxy", "nginx-proxy_cache")
 
 
 @dataclass(slots=True)
 class Result:
-    scenario: str
-    server: str
+    target: Target
     workload: Workload
     status: str  # ok | warn | failed | skipped
     note: str = ""
@@ -95,6 +160,14 @@ class Result:
     p99_ms: float | None = None
     rss_idle: float | None = None
     rss_after: float | None = None
+
+    @property
+    def scenario(self) -> str:
+        return self.target.scenario_name(self.workload)
+
+    @property
+    def server(self) -> str:
+        return self.target.server
 
 
 class StartError(Exception):
@@ -113,7 +186,7 @@ def child_env(**extra: str) -> dict[str, str]:
 class Proc:
     """A process started in its own session; stopped by signalling its process group."""
 
-    def __init__(self, name: str, cmd: list[str], logdir: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], logdir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.cmd = cmd
         self.log = logdir / f"{name}.out"
@@ -125,7 +198,7 @@ class Proc:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=child_env(),
+                env=child_env(**(env or {})),
                 cwd=logdir,
             )
 
@@ -143,8 +216,9 @@ class Proc:
             return ""
         return " | ".join(text[-lines:])
 
-    def wait_port(self, port: int, timeout: float) -> None:
-        """Poll until the port accepts a connection; on failure stop the process and raise."""
+    def wait_port(self, port: int, timeout: float, sockets: int = 1) -> None:
+        """Poll until the port accepts a connection and has `sockets` listening sockets
+        (SO_REUSEPORT workers each bind their own); on failure stop the process and raise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -153,11 +227,16 @@ class Proc:
                 raise StartError(f"{self.name} exited with {self.popen.returncode}: {output}")
             try:
                 with socket.create_connection((HOST, port), timeout=0.2):
+                    pass
+                if sockets <= 1 or listening_sockets(port) >= sockets:
                     return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
-        raise StartError(f"{self.name} not listening on {HOST}:{port} after {timeout:.0f}s")
+        raise StartError(
+            f"{self.name} not listening on {HOST}:{port} ({sockets} socket(s)) after {timeout:.0f}s"
+        )
 
     def stop(self) -> None:
         if self.stopped:
@@ -230,6 +309,20 @@ def cpu_busy(interval: float = 0.5) -> float:
     return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
 
 
+def listening_sockets(port: int) -> int:
+    """How many IPv4 TCP sockets are in LISTEN on the port (from /proc/net/tcp)."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    count = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and fields[1].endswith(f":{port:04X}"):
+            count += 1
+    return count
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -243,21 +336,18 @@ def pin(cpu: int | None, cmd: list[str]) -> list[str]:
 # ---------------------------------------------------------------- servers
 
 
-def start_nginx(tmp: Path, port: int, cpu: int | None, timeout: float) -> Proc:
-    www = tmp / "www"
-    www.mkdir()
-    (www / "small").write_bytes((b"ferryman bench small body " * 4)[: SMALL_SIZE - 1] + b"\n")
-    (www / "1m").write_bytes(os.urandom(ONE_MIB))
+def nginx_conf(prefix: Path, http: str) -> str:
+    """A complete nginx.conf for one worker, everything (pid, logs, temp paths) under prefix."""
     temps = "\n".join(
-        f"    {kind}_temp_path {tmp}/nginx-temp/{kind};"
+        f"    {kind}_temp_path {prefix}/nginx-temp/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    conf = tmp / "nginx.conf"
-    conf.write_text(f"""\
+    (prefix / "nginx-temp").mkdir()
+    return f"""\
 worker_processes 1;
 daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
+pid {prefix}/nginx.pid;
+error_log {prefix}/nginx-error.log warn;
 worker_rlimit_nofile 16384;
 events {{
     worker_connections 8192;
@@ -270,21 +360,74 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 65s;
     keepalive_requests 100000;
+{temps}
+{http}
+}}
+"""
+
+
+def run_nginx(name: str, prefix: Path, conf: str, port: int, cpu: int | None, timeout: float) -> Proc:
+    path = prefix / "nginx.conf"
+    path.write_text(conf)
+    cmd = ["nginx", "-p", f"{prefix}/", "-c", str(path), "-e", f"{prefix}/nginx-error.log"]
+    proc = Proc(name, pin(cpu, cmd), prefix)
+    proc.wait_port(port, timeout)
+    return proc
+
+
+def origin_cache_log(tmp: Path) -> Path:
+    return tmp / "origin-cache-access.log"
+
+
+def start_nginx(tmp: Path, port: int, cpu: int | None, timeout: float) -> Proc:
+    www = tmp / "www"
+    www.mkdir()
+    (www / "small").write_bytes((b"ferryman bench small body " * 4)[: SMALL_SIZE - 1] + b"\n")
+    (www / "1m").write_bytes(os.urandom(ONE_MIB))
+    # /cache/*: the same files, cacheable for an hour (Expires + Cache-Control: max-age=3600),
+    # logged so that the harness can count how many requests reached the origin.
+    http = f"""\
     open_file_cache max=16 inactive=60s;
     open_file_cache_valid 60s;
-{temps}
     server {{
         listen {HOST}:{port} backlog=4096;
         root {www};
         location / {{ }}
+        location {CACHE_PREFIX}/ {{
+            alias {www}/;
+            expires 1h;
+            access_log {origin_cache_log(tmp)};
+        }}
+    }}"""
+    return run_nginx("nginx", tmp, nginx_conf(tmp, http), port, cpu, timeout)
+
+
+def start_nginx_cache(tmp: Path, port: int, origin: int, cpu: int | None, timeout: float) -> Proc:
+    """nginx as a caching reverse proxy (proxy_cache) in front of the origin, one worker."""
+    prefix = tmp / "nginx-proxy_cache"
+    prefix.mkdir()
+    # Access log on (to a file), like ferryman's and haproxy's.
+    http = f"""\
+    proxy_cache_path {prefix}/cache levels=1:2 keys_zone=bench:10m max_size=1g inactive=1h
+                     use_temp_path=off;
+    upstream origin {{
+        server {HOST}:{origin};
+        keepalive 32;
     }}
-}}
-""")
-    (tmp / "nginx-temp").mkdir()
-    cmd = ["nginx", "-p", f"{tmp}/", "-c", str(conf), "-e", f"{tmp}/nginx-error.log"]
-    proc = Proc("nginx", pin(cpu, cmd), tmp)
-    proc.wait_port(port, timeout)
-    return proc
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        access_log {prefix}/access.log combined;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }}
+    }}"""
+    return run_nginx("nginx-proxy_cache", prefix, nginx_conf(prefix, http), port, cpu, timeout)
 
 
 def start_haproxy(tmp: Path, port: int, origin: int, cpu: int | None, timeout: float) -> Proc:
@@ -314,51 +457,148 @@ backend origin
     return proc
 
 
-def start_ferryman(args: argparse.Namespace, tmp: Path, mode: str, port: int, origin: int) -> Proc:
-    cmd = [str(args.ferryman), mode, "--listen", f"{HOST}:{port}"]
-    if mode == "reverse":
+def ferryman_base(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The command prefix that runs ferryman, and the extra environment it needs."""
+    if args.ferryman is not None:
+        return [str(args.ferryman)], {}
+    pythonpath = str(ROOT / "src")
+    if old := os.environ.get("PYTHONPATH"):
+        pythonpath += os.pathsep + old
+    return [args.ferryman_python, "-m", "ferryman"], {"PYTHONPATH": pythonpath}
+
+
+def ferryman_origin(args: argparse.Namespace) -> str:
+    """Where the ferryman package that will run is imported from (raises StartError)."""
+    base, env = ferryman_base(args)
+    if args.ferryman is not None:
+        return str(args.ferryman)
+    code = "import ferryman, sys; print(ferryman.__file__)"
+    try:
+        out = subprocess.run(
+            [base[0], "-c", code], capture_output=True, text=True, timeout=30, env=child_env(**env)
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise StartError(f"{base[0]}: {e}") from e
+    if out.returncode != 0:
+        raise StartError(f"{base[0]} cannot import ferryman: {out.stderr.strip()[-300:]}")
+    return f"{base[0]} -m ferryman ({out.stdout.strip()})"
+
+
+def start_ferryman(args: argparse.Namespace, tmp: Path, target: Target, port: int, origin: int) -> Proc:
+    base, env = ferryman_base(args)
+    name = f"ferryman-{target.key}"
+    access_log = str(tmp / f"{name}-access.log")
+    if target.workers > 1:
+        # `run -c` with a config file (JSON is YAML); not pinned: the workers share both cores.
+        config = {
+            "workers": target.workers,
+            "listeners": [{"name": "bench", "listen": f"{HOST}:{port}", "mode": target.mode}],
+            "routes": [{"name": "default", "upstream": "default"}],
+            "upstreams": {"default": {"servers": [{"url": f"http://{HOST}:{origin}"}]}},
+            "access_log": {"enabled": True, "path": access_log, "format": args.log_format},
+        }
+        conf = tmp / f"{name}.yaml"
+        conf.write_text(json.dumps(config, indent=2) + "\n")
+        proc = Proc(name, [*base, "run", "-c", str(conf)], tmp, env)
+        proc.wait_port(port, args.ready_timeout, sockets=target.workers)
+        return proc
+    cmd = [*base, target.mode, "--listen", f"{HOST}:{port}"]
+    if target.mode == "reverse":
         cmd += ["--to", f"http://{HOST}:{origin}"]
-    cmd += ["--access-log", str(tmp / f"ferryman-{mode}-access.log")]
+    if target.cache_store == "memory":
+        cmd += ["--cache"]
+    elif target.cache_store == "disk":
+        cache_dir = tmp / f"{name}-store"
+        cache_dir.mkdir()
+        cmd += ["--cache-dir", str(cache_dir)]
+    cmd += ["--access-log", access_log]
     cmd += ["--log-format", args.log_format]
-    proc = Proc(f"ferryman-{mode}", pin(args.proxy_cpu, cmd), tmp)
+    proc = Proc(name, pin(args.proxy_cpu, cmd), tmp, env)
     proc.wait_port(port, args.ready_timeout)
     return proc
+
+
+def start_target(args: argparse.Namespace, tmp: Path, target: Target, port: int, origin: int) -> Proc:
+    if target.server == "haproxy":
+        if not shutil.which("haproxy"):
+            raise StartError("haproxy not found on PATH")
+        return start_haproxy(tmp, port, origin, args.proxy_cpu, args.ready_timeout)
+    if target.server == "nginx-proxy_cache":
+        return start_nginx_cache(tmp, port, origin, args.proxy_cpu, args.ready_timeout)
+    return start_ferryman(args, tmp, target, port, origin)
 
 
 # ---------------------------------------------------------------- load
 
 
-def check_once(mode: str, port: int, origin: int, wl: Workload) -> str | None:
-    """One curl request like the load will send; returns an error text or None."""
+def curl_once(mode: str, port: int, origin: int, wl: Workload, path: str) -> tuple[str | None, str]:
+    """One curl request like the load will send: (error text or None, response head)."""
     cmd = [
         "curl",
         "-sS",
         "-o",
         "/dev/null",
+        "-D",
+        "-",
         "-w",
-        "%{http_code} %{size_download}",
+        "\n%{http_code} %{size_download}",
         "--max-time",
         "5",
     ]
     if wl.close:
         cmd += ["-H", "Connection: close"]
     if mode == "forward":
-        cmd += ["-x", f"http://{HOST}:{port}", f"http://{HOST}:{origin}{wl.path}"]
+        cmd += ["-x", f"http://{HOST}:{port}", f"http://{HOST}:{origin}{path}"]
     else:
-        cmd += ["--noproxy", "*", f"http://{HOST}:{port}{wl.path}"]
+        cmd += ["--noproxy", "*", f"http://{HOST}:{port}{path}"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=15, env=child_env())
     except subprocess.TimeoutExpired:
-        return "check request timed out"
-    got = out.stdout.strip()
+        return "check request timed out", ""
+    head, _, got = out.stdout.strip().rpartition("\n")
     if out.returncode != 0 or got != f"200 {wl.body_size}":
         err = out.stderr.strip().splitlines()[-1:] or [""]
-        return f"check request got '{got}' (curl rc={out.returncode}) {err[0]}".strip()
-    return None
+        return f"check request got '{got}' (curl rc={out.returncode}) {err[0]}".strip(), head
+    return None, head
+
+
+# How a cache hit shows in the response head: ferryman's RFC 9211 Cache-Status, and the
+# X-Cache-Status header that the proxy_cache config adds from $upstream_cache_status.
+HIT_HEADER = {
+    "ferryman": ("Cache-Status", re.compile(r"^cache-status:[ \t]*ferryman;[ \t]*hit\b.*$", re.I | re.M)),
+    "nginx": ("X-Cache-Status", re.compile(r"^x-cache-status:[ \t]*HIT\b.*$", re.I | re.M)),
+}
+
+
+def check_hit(target: Target, port: int, origin: int, wl: Workload, tries: int = 20) -> str | None:
+    """Warm the cache with one request, then expect a hit (a disk store may publish the
+    entry a moment after the first response ends, so retry for up to ~2 s)."""
+    path = target.path_prefix + wl.path
+    if err := curl_once(target.mode, port, origin, wl, path)[0]:
+        return f"warm-up {err}"
+    name, hit = HIT_HEADER[target.cache]
+    head = ""
+    for _ in range(tries):
+        err, head = curl_once(target.mode, port, origin, wl, path)
+        if err:
+            return f"hit check: {err}"
+        if hit.search(head):
+            return None
+        time.sleep(0.1)
+    seen = [ln.strip() for ln in head.splitlines() if ln.lower().startswith(name.lower() + ":")]
+    return f"no cache hit after warming: {name} is {seen[-1] if seen else 'missing'!r}"
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
 def wrk_cmd(
-    args: argparse.Namespace, mode: str, port: int, origin: int, wl: Workload, duration: float
+    args: argparse.Namespace, mode: str, port: int, origin: int, wl: Workload, path: str, duration: float
 ) -> tuple[list[str], dict[str, str]]:
     cmd = [
         "wrk",
@@ -374,9 +614,9 @@ def wrk_cmd(
         cmd += ["-H", "Connection: close"]
     if mode == "forward":
         cmd += ["-s", str(FORWARD_LUA), f"http://{HOST}:{port}/"]
-        env["FERRYMAN_BENCH_TARGET"] = f"http://{HOST}:{origin}{wl.path}"
+        env["FERRYMAN_BENCH_TARGET"] = f"http://{HOST}:{origin}{path}"
     else:
-        cmd += [f"http://{HOST}:{port}{wl.path}"]
+        cmd += [f"http://{HOST}:{port}{path}"]
     return pin(args.load_cpu, cmd), env
 
 
@@ -433,19 +673,28 @@ def run_load(
     wl: Workload,
     proc: Proc,
     rss_idle: float | None,
+    tmp: Path,
 ) -> Result:
-    res = Result(f"{target.mode}-{wl.name}", target.server, wl, "failed", rss_idle=rss_idle)
+    res = Result(target, wl, "failed", rss_idle=rss_idle)
     if not proc.alive():
         res.note = f"{proc.name} is not running: {proc.tail()}"
         return res
-    if err := check_once(target.mode, port, origin, wl):
+    path = target.path_prefix + wl.path
+    err = (
+        check_hit(target, port, origin, wl)
+        if target.cache
+        else curl_once(target.mode, port, origin, wl, path)[0]
+    )
+    if err:
         res.note = err
         return res
     if args.warmup > 0:
-        cmd, env = wrk_cmd(args, target.mode, port, origin, wl, args.warmup)
+        cmd, env = wrk_cmd(args, target.mode, port, origin, wl, path, args.warmup)
         run_bounded(cmd, env, args.warmup + 30)
-    cmd, env = wrk_cmd(args, target.mode, port, origin, wl, args.duration)
+    origin_before = count_lines(origin_cache_log(tmp))
+    cmd, env = wrk_cmd(args, target.mode, port, origin, wl, path, args.duration)
     rc, out = run_bounded(cmd, env, args.duration + 30)
+    misses = count_lines(origin_cache_log(tmp)) - origin_before
     res.rss_after = rss_mib(proc.pid)
     if args.verbose:
         print(out, file=sys.stderr)
@@ -462,6 +711,10 @@ def run_load(
     if non2xx:
         notes.append(f"{non2xx} non-2xx")
     bad = non2xx + sum(errors.values())
+    if target.cache and misses:
+        # Requests that reached the origin during the load were not served from the cache.
+        notes.append(f"{misses} of {int(requests)} requests reached the origin (cache misses)")
+        bad += misses
     res.status = "ok" if bad == 0 else ("warn" if bad <= 0.01 * requests else "failed")
     if not proc.alive():
         res.status, notes = "failed", [*notes, f"{proc.name} died during load: {proc.tail()}"]
@@ -514,19 +767,19 @@ def append_csv(path: Path, rows: list[dict[str, str]]) -> None:
 def csv_rows(
     results: list[Result], date: str, commit: str, idle_done: set[tuple[str, str]]
 ) -> list[dict[str, str]]:
-    """Rows for results that ran; an "<mode>-idle" row (RSS only) before a server's first."""
+    """Rows for results that ran; a "<key>-idle" row (RSS only) before a server's first."""
     rows: list[dict[str, str]] = []
     for r in results:
         if r.status not in ("ok", "warn"):
             continue
-        mode = r.scenario.split("-", 1)[0]
-        if r.rss_idle is not None and (mode, r.server) not in idle_done:
-            idle_done.add((mode, r.server))
+        key = r.target.key
+        if r.rss_idle is not None and (key, r.server) not in idle_done:
+            idle_done.add((key, r.server))
             rows.append(
                 {
                     "date": date,
                     "commit": commit,
-                    "scenario": f"{mode}-idle",
+                    "scenario": f"{key}-idle",
                     "server": r.server,
                     "req_s": "",
                     "mb_s": "",
@@ -551,19 +804,28 @@ def csv_rows(
     return rows
 
 
-def target_check(r: Result) -> str:
+def target_check(r: Result, single: dict[str, float | None]) -> str:
     if r.server != "ferryman" or r.req_s is None:
         return ""
-    if r.workload.name in TARGET_REQ_S:
-        ok = r.req_s >= TARGET_REQ_S[r.workload.name]
-    else:
+    if r.target.workers > 1:
+        # No target: shown as a factor of the single-worker row of the same run.
+        base = single.get(r.workload.name)
+        return f"{r.req_s / base:.2f}x w1" if base else ""
+    if r.workload.body_size >= ONE_MIB:
         ok = (r.mb_s or 0.0) / 1024 >= TARGET_1M_GB_S
+    elif r.target.cache:
+        ok = r.req_s >= TARGET_CACHE_SMALL_REQ_S
+    else:
+        ok = r.req_s >= TARGET_REQ_S[r.workload.name]
     ok_rss = r.rss_after is not None and r.rss_after <= TARGET_RSS_MIB
     return ("PASS" if ok else "MISS") + ("" if ok_rss else " rss:MISS")
 
 
 def print_table(results: list[Result]) -> None:
-    direct = {r.workload.name: r.req_s for r in results if r.scenario.startswith("direct-")}
+    by_key = {(r.target.key, r.server, r.workload.name): r.req_s for r in results}
+    single = {
+        r.workload.name: r.req_s for r in results if r.target.key == "reverse" and r.server == "ferryman"
+    }
     header = (
         "scenario",
         "server",
@@ -586,8 +848,9 @@ def print_table(results: list[Result]) -> None:
             xfer = f"{r.mb_s / 1024:.2f} GB/s"
         else:
             xfer = f"{r.mb_s:.1f} MB/s"
-        base = direct.get(r.workload.name)
-        ratio = f"{r.req_s / base:.0%}" if r.req_s and base and r.server != "nginx" else ""
+        ref_server = "nginx-proxy_cache" if r.target.ref == "nginx-cache" else "nginx"
+        base = by_key.get((r.target.ref, ref_server, r.workload.name))
+        ratio = f"{r.req_s / base:.0%}" if r.req_s and base and r.target is not TARGETS[0] else ""
         rss = f"{fmt(r.rss_idle, '.1f') or '-'} > {fmt(r.rss_after, '.1f') or '-'}"
         note = r.status
         if r.note:
@@ -604,7 +867,7 @@ def print_table(results: list[Result]) -> None:
                 fmt(r.p99_ms, ".2f"),
                 rss,
                 ratio,
-                target_check(r),
+                target_check(r, single),
                 note,
             )
         )
@@ -623,11 +886,20 @@ def print_table(results: list[Result]) -> None:
 
 
 def selected(args: argparse.Namespace, target: Target) -> list[Workload]:
+    """Patterns match the scenario name or the target's key (direct, forward, reverse,
+    reverse-w2, cache-memory, cache-disk, nginx-cache); `cache` selects every cache target;
+    a workload name (small-keepalive, ...) selects only the plain direct/forward/reverse ones."""
     if target.server not in args.servers:
         return []
     out = []
     for wl in WORKLOADS:
-        names = (f"{target.mode}-{wl.name}", target.mode, wl.name)
+        if wl.name not in target.workloads:
+            continue
+        names = [target.scenario_name(wl), target.key]
+        if target.cache:
+            names.append("cache")
+        if target.key == target.mode:
+            names.append(wl.name)
         if any(fnmatch.fnmatch(n, pat) for pat in args.scenarios for n in names):
             out.append(wl)
     return out
@@ -642,14 +914,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=["*"],
         metavar="PATTERN",
-        help="scenario names or globs, e.g. direct forward-1m 'reverse-*' small-newconn",
+        help="scenario names or globs, e.g. direct forward-1m 'reverse-*' small-newconn cache "
+        "'cache-*' nginx-cache reverse-small-keepalive-w2",
     )
     p.add_argument(
         "--servers",
-        default="nginx,ferryman,haproxy",
-        help="comma-separated servers to run (nginx = direct reference)",
+        default=",".join(SERVERS),
+        help="comma-separated servers to run (nginx = direct reference, "
+        "nginx-proxy_cache = caching reference); default: all",
     )
-    p.add_argument("--ferryman", type=Path, default=ROOT / ".venv" / "bin" / "ferryman")
+    p.add_argument(
+        "--ferryman-python",
+        default=sys.executable,
+        help="python that runs `-m ferryman` with PYTHONPATH=<repo>/src (default: this python)",
+    )
+    p.add_argument(
+        "--ferryman", type=Path, default=None, help="run this ferryman executable instead (no PYTHONPATH)"
+    )
     p.add_argument("--log-format", choices=("combined", "json"), default="combined")
     p.add_argument("--proxy-cpu", type=int, default=0, help="core for the proxy under test")
     p.add_argument("--load-cpu", type=int, default=1, help="core for nginx origin and wrk")
@@ -661,6 +942,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="store_true", help="print raw wrk output")
     args = p.parse_args(argv)
     args.servers = {s.strip() for s in args.servers.split(",") if s.strip()}
+    if unknown := args.servers - set(SERVERS):
+        p.error(f"unknown server(s) {', '.join(sorted(unknown))} (known: {', '.join(SERVERS)})")
     if args.no_pin or not shutil.which("taskset"):
         args.proxy_cpu = args.load_cpu = None
     else:
@@ -681,6 +964,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not plan:
         print("nothing selected", file=sys.stderr)
         return 2
+    if any(t.server == "ferryman" for t, _ in plan):
+        try:
+            print(f"ferryman: {ferryman_origin(args)}", file=sys.stderr)
+        except StartError as e:
+            print(f"error: cannot run ferryman: {e}", file=sys.stderr)
+            return 2
     if (busy := cpu_busy()) > 0.15:
         print(
             f"warning: the CPUs are {busy:.0%} busy before the bench starts; "
@@ -708,42 +997,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs.append(nginx)
         print(f"origin: nginx on {HOST}:{origin} (pid {nginx.pid}), temp dir {tmp}", file=sys.stderr)
         for target, wls in plan:
-            label = f"{target.server}-{target.mode}"
-            if target.server == "nginx":
+            label = f"{target.server} ({target.key})"
+            if target is TARGETS[0]:
                 proc, port = nginx, origin
             else:
                 port = free_port()
                 try:
-                    if target.server == "haproxy":
-                        if not shutil.which("haproxy"):
-                            raise StartError("haproxy not found on PATH")
-                        proc = start_haproxy(tmp, port, origin, args.proxy_cpu, args.ready_timeout)
-                    else:
-                        proc = start_ferryman(args, tmp, target.mode, port, origin)
+                    proc = start_target(args, tmp, target, port, origin)
                 except StartError as e:
                     status = "skipped" if target.optional else "failed"
                     print(f"note: {label} {status}: {e}", file=sys.stderr)
-                    results += [
-                        Result(
-                            f"{target.mode}-{w.name}",
-                            target.server,
-                            w,
-                            status,
-                            note=f"did not start: {e}",
-                        )
-                        for w in wls
-                    ]
+                    results += [Result(target, w, status, note=f"did not start: {e}") for w in wls]
                     continue
                 procs.append(proc)
             rss_idle = rss_mib(proc.pid)
             try:
                 for wl in wls:
                     print(
-                        f"running {target.mode}-{wl.name} on {target.server} "
+                        f"running {target.scenario_name(wl)} on {target.server} "
                         f"({args.duration:.0f}s, -c{wl.connections})...",
                         file=sys.stderr,
                     )
-                    r = run_load(args, target, port, origin, wl, proc, rss_idle)
+                    r = run_load(args, target, port, origin, wl, proc, rss_idle, tmp)
                     results.append(r)
                     if not args.no_csv:
                         append_csv(args.results, csv_rows([r], date, commit, idle_done))
