@@ -33,7 +33,7 @@ from ferryman.http1.events import Headers, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
-from ferryman.pipeline.cache.key import cache_key, uri_key
+from ferryman.pipeline.cache.key import cache_key, secondary_key, uri_key
 from ferryman.pipeline.cache.store import (
     BodyReader,
     BytesReader,
@@ -65,7 +65,10 @@ class Stored:
 class Fill:
     """One upstream fetch that several clients wait on (request coalescing)."""
 
-    __slots__ = ("key", "head", "chunks", "done", "failed", "_wake", "followers", "size", "limit")
+    __slots__ = (
+        "key", "head", "chunks", "done", "failed", "_wake", "followers", "size", "limit",
+        "vary_fields", "vary",
+    )
 
     def __init__(self, key: bytes, limit: int) -> None:
         self.key = key
@@ -77,6 +80,8 @@ class Fill:
         self.followers = 0
         self.size = 0
         self.limit = limit
+        self.vary_fields: tuple[bytes, ...] | None = ()  # the stored response's Vary (None: Vary: *)
+        self.vary: policy.SecondaryKey = ()
 
     def _notify(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -319,6 +324,7 @@ class Cache:
         state.writer = writer
         state.stored = Stored(entry, variant)
         if state.fill is not None:
+            state.fill.vary_fields, state.fill.vary = entry.vary_fields, entry.vary
             state.fill.publish_head(head.status, head.reason, stored_headers)
         return _status(False, fwd or "uri-miss", True, ttl=entry.lifetime)
 
@@ -369,6 +375,38 @@ class Cache:
             if self.fills.get(state.key) is fill:
                 del self.fills[state.key]
 
+    def takeover(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:
+        """Answer a validated request from the entry: on 304, or on 5xx with stale-if-error."""
+        if head.status == 304:
+            return self.on_not_modified(ds, ex, head)
+        state = ex.cache
+        if head.status in policy.ERROR_STATUSES and state is not None and state.stored is not None:
+            entry = state.stored.entry
+            now = time.time()
+            if policy.stale_if_error(entry, ex.head.headers, now, head.status):
+                ex.error = f"upstream answered {head.status}; served stale"
+                ex.cache_result = "stale-if-error"
+                age = entry.age(now)
+                look = policy.Lookup(
+                    policy.Outcome.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age
+                )
+                ds.loop.create_task(self.serve(ds, ex, state.stored, look, hit=True))
+                return True
+        return False
+
+    def continue_without_client(self, ex: Exchange) -> bool:
+        """The leader's client left mid-fill: keep reading the upstream for the followers."""
+        state = ex.cache
+        conn = ex.conn
+        if state is None or state.fill is None or state.fill.followers == 0 or conn is None:
+            return False
+        if ex.resp is None or state.writer is None:
+            return False
+        conn.handler = _Headless(self, ex)
+        if conn.transport is not None:
+            conn.transport.resume_reading()
+        return True
+
     def on_not_modified(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:
         """A 304 to our own validation: freshen the entry and serve it.  False if it cannot."""
         state = ex.cache
@@ -403,9 +441,10 @@ class Cache:
         try:
             while fill.head is None and not fill.failed and not fill.done:
                 await fill.wait()
-            if fill.failed or fill.head is None:
+            if fill.failed or fill.head is None or not _same_variant(fill, ex.head.headers):
                 ex.cache = None
-                ds.resume_proxy(ex)  # the fill could not be shared: fetch for ourselves
+                ex.cache_result = "miss"
+                ds.resume_proxy(ex)  # the fill cannot be shared (or is another variant): fetch
                 return
             status, reason, headers = fill.head
             plan = ex.plan or ds.engine.plan
@@ -505,7 +544,9 @@ class Cache:
             head.method, head.headers, entry.status, entry.headers, entry.response_time
         ):
             return policy.not_modified_headers(hdrs), extra, 304, 0, 0
-        rng = _range(head.headers, size) if entry.status == 200 else None
+        rng = None
+        if entry.status == 200 and _if_range_holds(head.headers, entry.headers):
+            rng = _range(head.headers, size)
         if rng == "bad":
             return hdrs, extra, 416, 0, 0
         if isinstance(rng, tuple):
@@ -528,6 +569,70 @@ class Cache:
             body = None if ex.head.method == "HEAD" else reader
             reason = b"Partial Content" if status == 206 else None
             await ds.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
+
+class _Headless:
+    """Upstream handler for a fill whose client is gone: the body goes to the store and followers."""
+
+    def __init__(self, cache: Cache, ex: Exchange) -> None:
+        self.cache = cache
+        self.ex = ex
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.upstream_failed(FerrymanError("unexpected second response head"), True)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.cache.on_response_body(self.ex, data)
+
+    def on_response_end(self) -> None:
+        conn = self.ex.conn
+        state = self.ex.cache
+        if state is not None:
+            writer, state.writer = state.writer, None
+            fill, state.fill = state.fill, None
+            if fill is not None:
+                fill.finish()
+                if self.cache.fills.get(state.key) is fill:
+                    del self.cache.fills[state.key]
+            if writer is not None and state.stored is not None:
+                asyncio.get_running_loop().create_task(self.cache._commit(state.key, state.stored, writer))
+        if conn is not None:
+            conn.close()
+
+    def on_upgrade(self, conn: object, rest: bytes) -> None:
+        self.upstream_failed(FerrymanError("unexpected upgrade"), True)
+
+    def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
+        self.cache.on_abort(self.ex)
+
+    def upstream_pause_writing(self) -> None:
+        pass
+
+    def upstream_resume_writing(self) -> None:
+        pass
+
+
+def _same_variant(fill: Fill, req_headers: Headers) -> bool:
+    if fill.vary_fields is None:
+        return False  # Vary: * never matches another request
+    if not fill.vary_fields:
+        return True
+    return secondary_key(fill.vary_fields, req_headers) == fill.vary
+
+
+def _if_range_holds(req_headers: Headers, stored: Headers) -> bool:
+    """RFC 9110 13.1.5: a Range with If-Range applies only if the validator matches strongly."""
+    values = [v.strip() for n, v in req_headers if n.lower() == b"if-range"]
+    if not values:
+        return True
+    want = values[0]
+    for n, v in stored:
+        name = n.lower()
+        if name == b"etag" and want.startswith((b'"', b"W/")):
+            return not want.startswith(b"W/") and not v.strip().startswith(b"W/") and v.strip() == want
+        if name == b"last-modified" and not want.startswith((b'"', b"W/")):
+            return v.strip() == want
+    return False
+
 
 def _status(
     hit: bool, fwd: str | None, stored: bool, ttl: float | None = None, detail: str | None = None

@@ -233,6 +233,11 @@ class Downstream(Responder, asyncio.Protocol):
         if ex is not None and self.tunnel is None:
             if ex.task is not None:
                 ex.task.cancel()
+            if (
+                ex.conn is not None and ex.cache is not None and self.engine.cache is not None
+                and self.engine.cache.continue_without_client(ex)
+            ):
+                ex.conn = None  # the fill goes on for the followers; the cache owns the socket now
             if ex.conn is not None:
                 self._release_server(ex, ok=True)
                 ex.conn.abort()
@@ -496,6 +501,13 @@ class Downstream(Responder, asyncio.Protocol):
                 hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
                 self.transport.write(ser.response_head(status, head.reason, hdrs, b""))
             return
+        if ex.cache is not None and ex.cache.stored is not None and self.engine.cache is not None:
+            # Our validation was answered: a 304 freshens the entry, a 5xx may let it be
+            # served stale (stale-if-error); either way the client gets the stored entry and
+            # this response is only read to its end so the connection can be reused.
+            if self.engine.cache.takeover(self, ex, head):
+                ex.cache_takeover = True
+                return
         ex.resp = head
         ex.status = status
         now = self.loop.time()
@@ -508,12 +520,8 @@ class Downstream(Responder, asyncio.Protocol):
         hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
         cache_extra = b""
         if ex.cache is not None and self.engine.cache is not None:
-            cache = self.engine.cache
-            if status == 304 and ex.cache.stored is not None and cache.on_not_modified(self, ex, head):
-                ex.cache_takeover = True  # the stored entry is served; this 304 only freshened it
-                return
             stored = forward_response_headers(head.headers, head.connection_tokens, None)
-            cache_extra = cache.on_response_head(self, ex, head, stored)
+            cache_extra = self.engine.cache.on_response_head(self, ex, head, stored)
         keep = ex.keep_alive and ex.req_done and not self.engine.draining
         if d is not None and d.upgrade:
             keep = False  # the upgrade was refused; bytes after it are not HTTP
