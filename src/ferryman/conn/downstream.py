@@ -91,6 +91,7 @@ class Downstream(Responder, asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.client_port = 0
         self.tunnel_eof = False
+        self._fresh = True  # no byte received yet: the timer armed at accept is the head timer
         self._writable: asyncio.Future[None] | None = None
         self._allowed_for: object = None
         self._pp_buf: bytes | None = b"" if listener.proxy_protocol else None
@@ -177,7 +178,12 @@ class Downstream(Responder, asyncio.Protocol):
             if not data:
                 return
         if self._phase == IDLE and self.cur is None:
-            self._arm(HEAD, self.engine.plan.timeouts.client_header)
+            t = self.engine.plan.timeouts.client_header
+            if self._fresh:
+                self._phase = HEAD  # the accept-time timer already counts client_header
+            else:
+                self._arm(HEAD, t)
+        self._fresh = False
         try:
             off = self.parser.feed(data)
         except FerrymanError as exc:
