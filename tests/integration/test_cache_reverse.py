@@ -403,11 +403,6 @@ def test_coalescing_respects_vary(site: Site) -> None:
     assert r_ident.status_code == 200 and r_ident.content.startswith(b"variant identity #")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the client that leads a coalesced fill resets, its upstream fetch is aborted "
-    "and every follower's response is cut off mid-body",
-)
 def test_followers_get_the_whole_body_when_the_leader_resets(site: Site) -> None:
     path = "/gated/leader"
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{site.fm.port}\r\n\r\n".encode()

@@ -46,6 +46,7 @@ from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
     from ferryman.conn.downstream import Downstream
+    from ferryman.upstream.connection import UpstreamConnection
 
 log = logging.getLogger("ferryman")
 
@@ -232,6 +233,10 @@ class Cache:
                 self.hits += 1
                 state.stored = stored
                 ex.cache_result = "hit" if out is policy.Outcome.FRESH else "stale"
+                if look.revalidate and key not in self.fills and ex.head.method == "GET":
+                    # stale-while-revalidate (RFC 5861): answer stale now, refresh once behind it.
+                    self.fills[key] = Fill(key, self.max_object_size)
+                    ds.loop.create_task(fill_whole_object(ds.engine, self, d, head, key, rules, ds.client_ip))
                 if self.inline is not None:
                     got = self.inline.get_nowait(key, stored.variant)
                     if got is not None:
@@ -402,7 +407,7 @@ class Cache:
             return False
         if ex.resp is None or state.writer is None:
             return False
-        conn.handler = _Headless(self, ex)
+        conn.handler = _Headless(self, ex, conn)
         if conn.transport is not None:
             conn.transport.resume_reading()
         return True
@@ -573,9 +578,10 @@ class Cache:
 class _Headless:
     """Upstream handler for a fill whose client is gone: the body goes to the store and followers."""
 
-    def __init__(self, cache: Cache, ex: Exchange) -> None:
+    def __init__(self, cache: Cache, ex: Exchange, conn: UpstreamConnection) -> None:
         self.cache = cache
         self.ex = ex
+        self.conn = conn
 
     def on_response_head(self, head: ResponseHead) -> None:
         self.upstream_failed(FerrymanError("unexpected second response head"), True)
@@ -584,7 +590,7 @@ class _Headless:
         self.cache.on_response_body(self.ex, data)
 
     def on_response_end(self) -> None:
-        conn = self.ex.conn
+        conn = self.conn
         state = self.ex.cache
         if state is not None:
             writer, state.writer = state.writer, None
@@ -603,6 +609,7 @@ class _Headless:
 
     def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
         self.cache.on_abort(self.ex)
+        self.conn.close()
 
     def upstream_pause_writing(self) -> None:
         pass

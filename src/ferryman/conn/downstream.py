@@ -239,10 +239,11 @@ class Downstream(Responder, asyncio.Protocol):
         if ex is not None and self.tunnel is None:
             if ex.task is not None:
                 ex.task.cancel()
-            if (
+            handed = (
                 ex.conn is not None and ex.cache is not None and self.engine.cache is not None
                 and self.engine.cache.continue_without_client(ex)
-            ):
+            )
+            if handed:
                 ex.conn = None  # the fill goes on for the followers; the cache owns the socket now
             if ex.conn is not None:
                 self._release_server(ex, ok=True)
@@ -251,7 +252,7 @@ class Downstream(Responder, asyncio.Protocol):
             if not ex.status:
                 ex.status = 499
             ex.error = ex.error or "client closed the connection before the response completed"
-            if ex.cache is not None and self.engine.cache is not None:
+            if ex.cache is not None and self.engine.cache is not None and not handed:
                 self.engine.cache.on_abort(ex)
             self.log(ex)
         self.cur = None
