@@ -120,11 +120,6 @@ def test_disk_entry_survives_a_restart(tmp_path: Path) -> None:
         assert count(origin, "/persist") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a new process looks a key up on disk under the empty variant only, so entries "
-    "stored with Vary are never found after a restart (or by another worker)",
-)
 def test_vary_variants_on_disk_survive_a_restart(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     variants = {"gzip": b"variant gzip #1", "identity": b"variant identity #2"}

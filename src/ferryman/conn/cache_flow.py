@@ -206,8 +206,11 @@ class Cache:
         if len(self.checked) > 100_000:
             self.checked.clear()
         self.checked.add(key)
-        got = await self.store.get(key, b"")
-        if got is not None:
+        known = getattr(self.store, "variants", None)
+        for variant in known(key) if known is not None else [b""]:
+            got = await self.store.get(key, variant)
+            if got is None:
+                continue
             meta, reader = got
             reader.close()
             entry = policy.make_entry(

@@ -568,6 +568,10 @@ class DiskStore:
         else:
             self._track(key, variant, ident)
 
+    def variants(self, key: bytes) -> list[bytes]:
+        """Variants of ``key`` this process knows on disk (from the start-up scan and its own fills)."""
+        return [b""] if self._closed else (self._index.variants(key) or [b""])
+
     async def delete(self, key: bytes) -> int:
         if self._closed:
             return 0

@@ -238,6 +238,9 @@ class LruIndex(Generic[V]):
     def pop_key(self, key: bytes) -> list[V]:
         return [self._remove((key, v)) for v in list(self._variants.get(key, ()))]
 
+    def variants(self, key: bytes) -> list[bytes]:
+        return list(self._variants.get(key, ()))
+
     def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
         return [k for k in self._variants if k.startswith(prefix)]
 
