@@ -59,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -71,10 +70,11 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from ferryman.pipeline.cache.store import (
     CHUNK,
+    BadMeta,
     BodyReader,
     BytesReader,
     CacheEntryCorrupt,
@@ -82,7 +82,9 @@ from ferryman.pipeline.cache.store import (
     LruIndex,
     Slot,
     check_range,
+    encode_meta,
 )
+from ferryman.pipeline.cache.store import decode_meta as decode_meta_shared
 
 if TYPE_CHECKING:
     from ferryman.pipeline.cache.store import Store
@@ -124,40 +126,11 @@ def entry_name(key: bytes, variant: bytes) -> tuple[str, str]:
     return os.path.join(h[:2], h[2:4]), f"{h}-{v}"
 
 
-def encode_meta(meta: EntryMeta) -> bytes:
-    def text(pairs: tuple[tuple[bytes, bytes], ...]) -> list[list[str]]:
-        return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in pairs]
-
-    doc = {
-        "k": meta.key.decode("latin-1"),
-        "v": meta.variant.decode("latin-1"),
-        "s": meta.status,
-        "h": text(meta.headers),
-        "q": text(meta.request_headers),
-        "t0": meta.request_time,
-        "t1": meta.response_time,
-    }
-    return json.dumps(doc, separators=(",", ":")).encode("ascii")
-
-
 def decode_meta(data: bytes, body_len: int) -> EntryMeta:
-    def pairs(items: Any) -> tuple[tuple[bytes, bytes], ...]:
-        return tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in items)
-
     try:
-        doc = json.loads(data)
-        return EntryMeta(
-            key=doc["k"].encode("latin-1"),
-            variant=doc["v"].encode("latin-1"),
-            status=int(doc["s"]),
-            headers=pairs(doc["h"]),
-            request_headers=pairs(doc["q"]),
-            request_time=float(doc["t0"]),
-            response_time=float(doc["t1"]),
-            body_size=body_len,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeError is a ValueError
-        raise _Corrupt(f"bad meta: {exc!r}") from None
+        return decode_meta_shared(data, body_len)
+    except BadMeta as exc:
+        raise _Corrupt(str(exc)) from None
 
 
 def _parse_head(buf: bytes, file_size: int) -> tuple[int, int]:

@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import struct
 import time
@@ -89,7 +88,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError, WatchError
 
-from ferryman.pipeline.cache.store import BodyReader, BytesReader, EntryMeta
+from ferryman.pipeline.cache.store import BadMeta, BodyReader, BytesReader, EntryMeta, encode_meta
+from ferryman.pipeline.cache.store import decode_meta as decode_meta_shared
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -141,45 +141,16 @@ def glob_escape(raw: bytes) -> bytes:
     return bytes(out)
 
 
-def _encode_meta(meta: EntryMeta) -> bytes:
-    def text(pairs: tuple[tuple[bytes, bytes], ...]) -> list[list[str]]:
-        return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in pairs]
-
-    doc = {
-        "k": meta.key.decode("latin-1"),
-        "v": meta.variant.decode("latin-1"),
-        "s": meta.status,
-        "h": text(meta.headers),
-        "q": text(meta.request_headers),
-        "t0": meta.request_time,
-        "t1": meta.response_time,
-    }
-    return json.dumps(doc, separators=(",", ":")).encode("ascii")
-
-
 def _decode_meta(data: bytes, body_len: int) -> EntryMeta:
-    def pairs(items: Any) -> tuple[tuple[bytes, bytes], ...]:
-        return tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in items)
-
     try:
-        doc = json.loads(data)
-        return EntryMeta(
-            key=doc["k"].encode("latin-1"),
-            variant=doc["v"].encode("latin-1"),
-            status=int(doc["s"]),
-            headers=pairs(doc["h"]),
-            request_headers=pairs(doc["q"]),
-            request_time=float(doc["t0"]),
-            response_time=float(doc["t1"]),
-            body_size=body_len,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeError is a ValueError
-        raise _Corrupt(f"bad meta: {exc!r}") from None
+        return decode_meta_shared(data, body_len)
+    except BadMeta as exc:
+        raise _Corrupt(str(exc)) from None
 
 
 def encode_entry(meta: EntryMeta, body_len: int, body_crc: int, inline: bytes | None) -> bytes:
     """The ``m`` field: head + meta, and the body itself when ``inline`` is given."""
-    meta_bytes = _encode_meta(meta)
+    meta_bytes = encode_meta(meta)
     flags = _FLAG_INLINE if inline is not None else 0
     head = _HEAD.pack(_MAGIC, _VERSION, flags, len(meta_bytes), body_len, zlib.crc32(meta_bytes), body_crc)
     return head + meta_bytes + (inline or b"")

@@ -37,10 +37,11 @@ bounded by ``max_object_size``).
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from ferryman.errors import FerrymanError
 
@@ -134,6 +135,48 @@ class Store(Protocol):
     async def purge_prefix(self, prefix: bytes) -> int: ...
 
     async def close(self) -> None: ...
+
+
+class BadMeta(ValueError):
+    """Stored meta that does not decode: the entry is corrupt."""
+
+
+def encode_meta(meta: EntryMeta) -> bytes:
+    """The meta as compact JSON (byte strings as latin-1 text), shared by the disk and redis tiers."""
+
+    def text(pairs: tuple[tuple[bytes, bytes], ...]) -> list[list[str]]:
+        return [[n.decode("latin-1"), v.decode("latin-1")] for n, v in pairs]
+
+    doc = {
+        "k": meta.key.decode("latin-1"),
+        "v": meta.variant.decode("latin-1"),
+        "s": meta.status,
+        "h": text(meta.headers),
+        "q": text(meta.request_headers),
+        "t0": meta.request_time,
+        "t1": meta.response_time,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+
+def decode_meta(data: bytes, body_len: int) -> EntryMeta:
+    def pairs(items: Any) -> tuple[tuple[bytes, bytes], ...]:
+        return tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in items)
+
+    try:
+        doc = json.loads(data)
+        return EntryMeta(
+            key=doc["k"].encode("latin-1"),
+            variant=doc["v"].encode("latin-1"),
+            status=int(doc["s"]),
+            headers=pairs(doc["h"]),
+            request_headers=pairs(doc["q"]),
+            request_time=float(doc["t0"]),
+            response_time=float(doc["t1"]),
+            body_size=body_len,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeError is a ValueError
+        raise BadMeta(f"bad meta: {exc!r}") from None
 
 
 def meta_cost(meta: EntryMeta) -> int:
