@@ -26,8 +26,10 @@ from typing import cast
 from ferryman.config.compile import ListenerPlan
 from ferryman.conn import connect
 from ferryman.conn.engine import Engine
-from ferryman.conn.exchange import OUT_CHUNK, OUT_NONE, OUT_RAW, Exchange
+from ferryman.conn.exchange import Exchange
+from ferryman.conn.relay import UpstreamRelay
 from ferryman.conn.responder import Responder
+from ferryman.conn.timeouts import BODY, HEAD, IDLE, P_BUFFER, P_PIPELINE, RESP, TUNNEL, WAIT
 from ferryman.conn.tunnel import Tunnel
 from ferryman.errors import (
     BodyTooLarge,
@@ -35,15 +37,12 @@ from ferryman.errors import (
     FerrymanError,
     LoopDetected,
     NoHealthyUpstream,
-    UpstreamClosed,
-    UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
 from ferryman.http1 import proxy_protocol
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, RequestHead, ResponseHead
-from ferryman.http1.headers import forward_response_headers
+from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline.route.forward import route_forward
 from ferryman.pipeline.route.reverse import route_reverse
@@ -57,15 +56,10 @@ log = logging.getLogger("ferryman")
 def started_resp(ex: Exchange) -> bool:
     return ex.resp is not None
 
-# timer phases
-IDLE, HEAD, BODY, WAIT, RESP, TUNNEL = range(6)
-# reasons to stop reading from the client
-_P_BUFFER, _P_UPSTREAM, _P_PIPELINE = 1, 2, 4
 _BUFFER_HIGH = 256 * 1024
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-class Downstream(Responder, asyncio.Protocol):
+class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
     def __init__(self, engine: Engine, listener: ListenerPlan) -> None:
         self.engine = engine
         self.listener = listener
@@ -281,7 +275,7 @@ class Downstream(Responder, asyncio.Protocol):
             self._start(ex)
         else:
             self.queue.append(ex)
-            self._pause(_P_PIPELINE)
+            self._pause(P_PIPELINE)
 
     def on_request_body(self, data: bytes) -> None:
         ex = self.rx
@@ -306,7 +300,7 @@ class Downstream(Responder, asyncio.Protocol):
             ex.body_buf.append(data)
             ex.body_buffered += len(data)
             if ex.body_buffered > _BUFFER_HIGH:
-                self._pause(_P_BUFFER)
+                self._pause(P_BUFFER)
 
     def on_request_end(self) -> None:
         ex = self.rx
@@ -341,7 +335,7 @@ class Downstream(Responder, asyncio.Protocol):
             self.disarm()
             self._phase = TUNNEL
             self.tunnel_pending = []
-            self._pause(_P_BUFFER)  # nothing more from the client until the tunnel is up
+            self._pause(P_BUFFER)  # nothing more from the client until the tunnel is up
             ex.task = self.loop.create_task(connect.open_connect_tunnel(self, ex, decision.target))
             return
         ex.decision = decision
@@ -475,223 +469,12 @@ class Downstream(Responder, asyncio.Protocol):
                     conn.write(data)
             ex.body_buf = []
             ex.body_buffered = 0
-            self._resume(_P_BUFFER)
+            self._resume(P_BUFFER)
         if ex.req_done:
             if ex.head.framing is Framing.CHUNKED:
                 conn.write(ser.LAST_CHUNK)
             assert ex.plan is not None
             self._arm(WAIT, ex.plan.timeouts.upstream_header)
-
-    # --------------------------------------------------- upstream handler side
-    def on_response_head(self, head: ResponseHead) -> None:
-        ex = self.cur
-        assert ex is not None and ex.plan is not None and self.transport is not None
-        d = ex.decision
-        via = ex.plan.reverse.via if (self.reverse and ex.plan.reverse) else ex.plan.forward.via
-        status = head.status
-        if status < 200:
-            if status == 101:
-                if d is None or not d.upgrade:
-                    raise UpstreamProtocolError("upstream switched protocols unasked")
-                ex.resp = head
-                ex.status = 101
-                hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
-                extra = b"Connection: upgrade\r\n"
-                for name, value in head.headers:
-                    if name.lower() == b"upgrade":
-                        extra += b"Upgrade: %s\r\n" % value
-                data = ser.response_head(101, head.reason, hdrs, extra)
-                ex.bytes_out += len(data)
-                self.transport.write(data)
-                return
-            if ex.head.version == "1.1":
-                hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
-                self.transport.write(ser.response_head(status, head.reason, hdrs, b""))
-            return
-        if ex.cache is not None and ex.cache.stored is not None and self.engine.cache is not None:
-            # Our validation was answered: a 304 freshens the entry, a 5xx may let it be
-            # served stale (stale-if-error); either way the client gets the stored entry and
-            # this response is only read to its end so the connection can be reused.
-            if self.engine.cache.takeover(self, ex, head):
-                ex.cache_takeover = True
-                return
-        ex.resp = head
-        ex.status = status
-        now = self.loop.time()
-        ex.t_first = monotonic() - ex.t0
-        self._phase = RESP
-        self._phase_timeout = ex.plan.timeouts.upstream_idle
-        self._last = now
-        if self._timer is None:
-            self._timer = self.loop.call_later(self._phase_timeout, self._on_timer)
-        hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
-        cache_extra = b""
-        if ex.cache is not None and self.engine.cache is not None:
-            stored = forward_response_headers(head.headers, head.connection_tokens, None)
-            cache_extra = self.engine.cache.on_response_head(self, ex, head, stored)
-        keep = ex.keep_alive and ex.req_done and not self.engine.draining
-        if d is not None and d.upgrade:
-            keep = False  # the upgrade was refused; bytes after it are not HTTP
-            self.tunnel_pending = None
-        framing = head.framing
-        if framing is Framing.LENGTH:
-            extra = b"Content-Length: %d\r\n" % head.content_length
-            ex.out_mode = OUT_RAW if head.content_length else OUT_NONE
-        elif framing is Framing.NONE:
-            # HEAD and 304 keep the representation's length as metadata.
-            if status != 204 and head.content_length > 0:
-                extra = b"Content-Length: %d\r\n" % head.content_length
-            else:
-                extra = b""
-            ex.out_mode = OUT_NONE
-        elif ex.head.version == "1.1":
-            extra = b"Transfer-Encoding: chunked\r\n"
-            ex.out_mode = OUT_CHUNK
-        else:
-            extra = b""
-            ex.out_mode = OUT_RAW
-            keep = False
-        if not keep:
-            extra += b"Connection: close\r\n"
-        elif ex.head.version == "1.0":
-            extra += b"Connection: keep-alive\r\n"
-        ex.keep_alive = keep
-        data = ser.response_head(status, head.reason, hdrs, extra + cache_extra)
-        ex.bytes_out += len(data)
-        self.transport.write(data)
-
-    def on_response_body(self, data: bytes) -> None:
-        ex = self.cur
-        assert ex is not None and self.transport is not None
-        if ex.resp is None:
-            if ex.cache_takeover:
-                return
-            raise UpstreamProtocolError("response body without a response head")
-        if not data:
-            return
-        if ex.cache is not None and self.engine.cache is not None:
-            self.engine.cache.on_response_body(ex, data)
-        ex.bytes_out += len(data)
-        if ex.out_mode == OUT_CHUNK:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            self.transport.write(data)
-        self._last = self.loop.time()
-
-    def on_response_end(self) -> None:
-        ex = self.cur
-        assert ex is not None and self.transport is not None
-        if ex.cache_takeover and ex.resp is None:
-            # Our validation got its 304: the connection goes back, the cache serves the client.
-            conn, ex.conn = ex.conn, None
-            self._release_server(ex, ok=True)
-            if conn is not None:
-                if ex.key is not None and not conn.private and self.engine.pool.release(
-                    ex.key, conn, self.loop.time()
-                ):
-                    conn.detach()
-                else:
-                    conn.close()
-            return
-        if ex.resp is None or ex.status == 101:
-            return  # the end of an interim (1xx) response; a 101 goes on as a tunnel
-        if ex.cache is not None and self.engine.cache is not None:
-            self.engine.cache.on_response_end(self, ex)
-        if ex.out_mode == OUT_CHUNK:
-            self.transport.write(ser.LAST_CHUNK)
-        conn = ex.conn
-        ex.conn = None
-        self._release_server(ex, ok=ex.status < 500)
-        if conn is not None:
-            key = ex.key
-            if (
-                ex.resp.keep_alive
-                and not conn.private
-                and ex.req_done
-                and ex.head.method != "HEAD"
-                and not self.engine.draining
-                and key is not None
-            ):
-                conn.detach()
-                if not self.engine.pool.release(key, conn, self.loop.time()):
-                    conn.close()
-            else:
-                conn.close()
-        self.finish(ex)
-
-    def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
-        """The upstream accepted the Upgrade (101): both sides become a tunnel."""
-        ex = self.cur
-        assert ex is not None
-        ex.conn = None
-        self._release_server(ex, ok=True)
-        conn.detach()
-        connect.join_upgrade(self, ex, conn, rest)
-
-    def _release_server(self, ex: Exchange, ok: bool) -> None:
-        if ex.group is not None and ex.server is not None:
-            latency = monotonic() - ex.t_sent if ex.t_sent else None
-            ex.group.finished(ex.server, monotonic(), latency, ok)
-            ex.server = None
-
-    def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
-        ex = self.cur
-        if ex is None or self.closed:
-            return
-        conn = ex.conn
-        ex.conn = None
-        if conn is not None:
-            conn.close()
-        if ex.resp is None:
-            self._upstream_error(ex, exc, reached=True, got_bytes=got_bytes)
-        else:
-            # Mid-body: the client must see the truncation, never a "complete" body.
-            self._release_server(ex, ok=False)
-            if ex.cache is not None and self.engine.cache is not None:
-                self.engine.cache.on_abort(ex)
-            ex.error = exc.detail
-            ex.keep_alive = False
-            self.log(ex)
-            self._abort()
-
-    def _upstream_error(
-        self, ex: Exchange, exc: FerrymanError, reached: bool, got_bytes: bool = False
-    ) -> None:
-        """Before any response byte: retry when provably safe, else answer with the error."""
-        stale_pool = reached and ex.reused and not got_bytes and isinstance(exc, UpstreamClosed)
-        last = ex.server.plan.index if ex.server is not None else None
-        self._release_server(ex, ok=stale_pool)  # a stale pooled socket is not the server's fault
-        bodyless = not ex.body_sent and ex.body_buffered == 0 and ex.req_done
-        if bodyless and not (ex.decision is not None and ex.decision.upgrade and reached):
-            may = False
-            if stale_pool and ex.attempts < 3 and ex.head.method in _IDEMPOTENT:
-                # The pooled socket was dead; the origin may still have read the request,
-                # so only idempotent methods are re-sent (RFC 9112 9.3.1).
-                may = True
-            elif ex.group is not None and not got_bytes:
-                never_sent = not reached or isinstance(exc, UpstreamConnectError)
-                if never_sent or ex.head.method in _IDEMPOTENT:
-                    may = ex.group.may_retry(ex.attempts)
-            if may:
-                if stale_pool and last is not None:
-                    ex.tried = ex.tried - {last}  # the same server may be tried again
-                ex.head_sent = False
-                try:
-                    self._proxy(ex)
-                except NoHealthyUpstream:
-                    # Every server was tried: report what actually went wrong (502/504);
-                    # 503 is kept for "nothing healthy before trying".
-                    self.fail(ex, exc)
-                except FerrymanError as exc2:
-                    self.fail(ex, exc2)
-                return
-        self.fail(ex, exc)
-
-    def upstream_pause_writing(self) -> None:
-        self._pause(_P_UPSTREAM)
-
-    def upstream_resume_writing(self) -> None:
-        self._resume(_P_UPSTREAM)
 
     # ------------------------------------------------------------- endings
     def finish(self, ex: Exchange) -> None:
@@ -705,7 +488,7 @@ class Downstream(Responder, asyncio.Protocol):
         if self.queue:
             nxt = self.cur = self.queue.popleft()
             if not self.queue:
-                self._resume(_P_PIPELINE)
+                self._resume(P_PIPELINE)
             try:
                 self._start(nxt)
             except FerrymanError as exc:
