@@ -146,6 +146,7 @@ class Cache:
         self.persistent = not isinstance(store, MemoryStore)
         self.inline = store if isinstance(store, MemoryStore) else None  # hits without a task
         self.checked: set[bytes] = set()  # keys already looked for in a persistent store
+        self._keys: dict[tuple[str, bytes, bytes], bytes] = {}  # (scheme, authority, target) -> key
         self.fills: dict[bytes, Fill] = {}
         self.hits = 0
         self.misses = 0
@@ -187,7 +188,13 @@ class Cache:
         head = ex.head
         method = head.method
         authority = d.host if d.host else (head.host or b"")
-        key = cache_key("GET", scheme, authority, d.target if d.group is None else head.target)
+        target = d.target if d.group is None else head.target
+        memo = (scheme, authority, target)
+        key = self._keys.get(memo)
+        if key is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()  # a bounded memo of hot URLs, not an index
+            key = self._keys[memo] = cache_key("GET", scheme, authority, target)
         if method == "PURGE":
             ds.loop.create_task(self._purge_request(ds, ex, key))
             return True
