@@ -192,6 +192,19 @@ async def test_variants_are_kept_apart_and_replaced_in_place(store: RedisStore) 
     assert await read_all(got[1]) == b"small again"
 
 
+async def test_metas_lists_every_variant_for_other_instances(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    for v in (b"gzip", b"br"):
+        assert await put(store, meta(b"http://a/m", v), b"body " + v)
+    other = RedisStore(redis_server.url, 64 << 20)  # a second instance: knows nothing locally
+    try:
+        assert sorted(m.variant for m in await other.metas(b"http://a/m")) == [b"br", b"gzip"]
+        assert await other.metas(b"http://a/none") == []
+    finally:
+        await other.close()
+
+
 async def test_delete_removes_every_variant(store: RedisStore, raw: Redis) -> None:
     for v in (b"", b"gzip", b"br"):
         assert await put(store, meta(b"http://a/d", v), b"body " + v)

@@ -213,6 +213,20 @@ class Cache:
         if len(self.checked) > 100_000:
             self.checked.clear()
         self.checked.add(key)
+        listing = getattr(self.store, "metas", None)
+        if listing is not None:
+            # Redis: every instance's variants, from the shared per-key set.
+            for meta in await listing(key):
+                entry = policy.make_entry(
+                    meta.status, list(meta.request_headers), list(meta.headers),
+                    meta.request_time, meta.response_time, rules,
+                )
+                self.remember(key, Stored(entry, meta.variant))
+            if ds.closed or ex is not ds.cur:
+                return
+            if not self._decide(ds, ex, d, rules, key):
+                ds.resume_proxy(ex)
+            return
         known = getattr(self.store, "variants", None)
         for variant in known(key) if known is not None else [b""]:
             got = await self.store.get(key, variant)

@@ -335,6 +335,39 @@ class RedisStore:
 
     # -- operations ------------------------------------------------------------------------
 
+    async def metas(self, key: bytes) -> list[EntryMeta]:
+        """The metas of every variant stored under ``key`` (by any instance); [] on any failure."""
+        try:
+            return await self._metas(key)
+        except _Skip:
+            return []
+        except Exception as exc:  # noqa: BLE001 - never raise into the caller
+            self._log(f"metas: unexpected {exc!r}")
+            return []
+
+    async def _metas(self, key: bytes) -> list[EntryMeta]:
+        members, = await self._pipe("listing variants", lambda p: p.smembers(self.set_name(key)))
+        if _wrongtype(members) or not members:
+            return []
+        kh = key_hash(key)
+        names = [self.prefix + b"e:" + kh + b":" + bytes(m) for m in sorted(members)]
+
+        def read(p: Pipeline) -> None:
+            for n in names:
+                p.hget(n, _F_META)
+
+        out: list[EntryMeta] = []
+        for raw in await self._pipe("reading variants", read, size=_INLINE_MAX * len(names)):
+            if raw is None or _wrongtype(raw):
+                continue
+            try:
+                meta = parse_entry(raw).meta
+            except _Corrupt:
+                continue
+            if meta.key == key:
+                out.append(meta)
+        return out
+
     async def _get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
         name, vh = self.entry_name(key, variant), variant_hash(variant)
 
