@@ -61,6 +61,8 @@ def variant_bytes(vary: policy.SecondaryKey) -> bytes:
 class Stored:
     entry: policy.Entry
     variant: bytes
+    block: bytes | None = None  # the stored fields as wire bytes for `block_via`, built on first hit
+    block_via: bytes | None = None
 
 
 class Fill:
@@ -264,7 +266,7 @@ class Cache:
                 if self.inline is not None:
                     got = self.inline.get_nowait(key, stored.variant)
                     if got is not None:
-                        self._send_inline(ds, ex, stored.entry, got[1], look)
+                        self._send_inline(ds, ex, stored, got[1], look)
                         return True
                 ds.loop.create_task(self.serve(ds, ex, stored, look, hit=True))
                 return True
@@ -538,9 +540,28 @@ class Cache:
             reader.close()
 
     def _send_inline(
-        self, ds: Downstream, ex: Exchange, entry: policy.Entry, reader: BytesReader, look: policy.Lookup
+        self, ds: Downstream, ex: Exchange, stored: Stored, reader: BytesReader, look: policy.Lookup
     ) -> None:
-        """A memory hit answered inside the request callback: no task, no coroutine."""
+        """A memory hit answered inside the request callback: no task, no coroutine.
+
+        The common case (a plain GET, nothing to strip) reuses the entry's header block
+        built on its first hit, so a hit only formats Age and Cache-Status.
+        """
+        entry = stored.entry
+        if not look.strip and ex.head.method == "GET" and not _conditional(ex.head.headers):
+            plan = ex.plan or ds.engine.plan
+            via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
+            if stored.block is None or stored.block_via != via:
+                hdrs = forward_response_headers(list(entry.headers), frozenset(), via)
+                stored.block = b"".join(b"%s: %s\r\n" % (n, v) for n, v in hdrs)
+                stored.block_via = via
+            age = int(entry.age(time.time()))
+            member = policy.cache_status(True, None, False, ttl=entry.lifetime - age)
+            extra = b"%sAge: %d\r\nCache-Status: %s\r\n" % (stored.block, age, member)
+            ds.begin_stream(ex, entry.status, None, [], extra, True, reader.size)
+            ds.stream_chunk(ex, reader.slice(0, reader.size))
+            ds.end_stream(ex)
+            return
         hdrs, extra, status, start, end = self._prepare(ds, ex, entry, reader.size, look, True)
         if status == 304:
             ds.write_cached(ex, 304, b"Not Modified", hdrs, extra, None, 0, 0)
@@ -669,6 +690,14 @@ def _status(
     hit: bool, fwd: str | None, stored: bool, ttl: float | None = None, detail: str | None = None
 ) -> bytes:
     return b"Cache-Status: " + policy.cache_status(hit, fwd, stored, ttl=ttl, detail=detail) + b"\r\n"
+
+
+_CONDITIONAL = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since"})
+
+
+def _conditional(headers: Headers) -> bool:
+    """Does the request need more than the plain stored response (ranges, client validators)?"""
+    return any(n.lower() in _CONDITIONAL for n, _ in headers)
 
 
 def _has_range(headers: Headers) -> bool:
