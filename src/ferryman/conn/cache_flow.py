@@ -22,7 +22,6 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -733,7 +732,3 @@ def _range(headers: Headers, size: int) -> tuple[int, int] | str | None:
 
 def purge_acl(nets: list[str]) -> ClientAcl:
     return ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in nets))
-
-
-def _unused() -> Iterator[FerrymanError]:  # pragma: no cover - keeps the import for typing users
-    yield from ()
