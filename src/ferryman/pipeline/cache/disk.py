@@ -79,6 +79,7 @@ from ferryman.pipeline.cache.store import (
     BytesReader,
     CacheEntryCorrupt,
     EntryMeta,
+    ErrorLog,
     LruIndex,
     Slot,
     check_range,
@@ -105,7 +106,6 @@ _COPY: Final = 1 << 20  # piece size of checking passes and meta rewrites
 _MAX_BACKLOG: Final = 16 << 20  # queued body bytes before a fill the disk can't follow gives up
 _STALE_TEMP: Final = 3600.0
 _WRITES_OFF: Final = 30.0
-_LOG_EVERY: Final = 60.0
 _TMP: Final = ".tmp-"
 _DISABLING: Final = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
@@ -461,8 +461,7 @@ class DiskStore:
         self._index: LruIndex[_Slot] = LruIndex(max_bytes)
         self._writers: set[DiskWriter] = set()
         self._writes_off_until = 0.0
-        self._next_log = 0.0
-        self._suppressed = 0
+        self._log = ErrorLog(f"disk cache {self.root}")
         self._closed = False
 
     @property
@@ -629,16 +628,6 @@ class DiskStore:
         else:
             self._log(f"{what}: {exc}")
 
-    def _log(self, message: str) -> None:
-        now = time.monotonic()
-        if now < self._next_log:
-            self._suppressed += 1
-            return
-        self._next_log = now + _LOG_EVERY
-        if self._suppressed:
-            message += f" ({self._suppressed} similar errors suppressed)"
-            self._suppressed = 0
-        log.error("disk cache %s: %s", self.root, message)
 
 
 def _temp_for(final: str) -> str:

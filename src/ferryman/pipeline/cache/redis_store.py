@@ -88,7 +88,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError, WatchError
 
-from ferryman.pipeline.cache.store import BadMeta, BodyReader, BytesReader, EntryMeta, encode_meta
+from ferryman.pipeline.cache.store import (
+    BadMeta,
+    BodyReader,
+    BufferedWriter,
+    BytesReader,
+    EntryMeta,
+    ErrorLog,
+    encode_meta,
+)
 from ferryman.pipeline.cache.store import decode_meta as decode_meta_shared
 
 if TYPE_CHECKING:
@@ -107,7 +115,6 @@ _INLINE_MAX: Final = 1 << 20  # bodies up to this live in the meta field: one ro
 _TRANSFER_RATE: Final = 32 << 20  # bytes/s assumed for a body's time allowance
 _SCAN_COUNT: Final = 1000
 BREAKER_SECONDS: Final = 5.0
-_LOG_EVERY: Final = 60.0
 _F_META: Final = b"m"
 _F_BODY: Final = b"b"
 
@@ -227,8 +234,7 @@ class RedisStore:
         self._writers: set[RedisWriter] = set()
         self._open_until = 0.0  # breaker: 0 closed, else monotonic time it may be probed again
         self._probing = False
-        self._next_log = 0.0
-        self._suppressed = 0
+        self._log = ErrorLog(f"redis cache {self.url}")
         self._closed = False
         self._redis: Redis | None = None
         try:
@@ -560,16 +566,6 @@ class RedisStore:
             if match(writer.meta.key):
                 writer.abort()
 
-    def _log(self, message: str) -> None:
-        now = time.monotonic()
-        if now < self._next_log:
-            self._suppressed += 1
-            return
-        self._next_log = now + _LOG_EVERY
-        if self._suppressed:
-            message += f" ({self._suppressed} similar errors suppressed)"
-            self._suppressed = 0
-        log.error("redis cache %s: %s", self.url, message)
 
 
 def _close_unawaited(op: Awaitable[object]) -> None:
@@ -578,35 +574,20 @@ def _close_unawaited(op: Awaitable[object]) -> None:
         close()
 
 
-class RedisWriter:
-    """A fill: the body is buffered here (at most ``max_object_size``) and sent by ``commit``."""
+class RedisWriter(BufferedWriter):
+    """A fill: the body is buffered (at most ``max_object_size``) and sent by ``commit``."""
 
-    __slots__ = ("_store", "meta", "_chunks", "_size", "_open")
+    __slots__ = ("_store",)
 
     def __init__(self, store: RedisStore, meta: EntryMeta) -> None:
+        super().__init__(store._writers, store.max_object_size, meta)
         self._store = store
-        self.meta = meta
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._open = True
-
-    def write(self, data: bytes) -> None:
-        if not self._open:
-            return
-        self._size += len(data)
-        if self._size > self._store.max_object_size:
-            self.abort()
-            return
-        self._chunks.append(bytes(data))
 
     async def commit(self) -> bool:
-        if not self._open:
+        body = self._take()
+        if body is None:
             return False
-        self._open = False
         store = self._store
-        store._writers.discard(self)
-        body = b"".join(self._chunks)
-        self._chunks = []
         try:
             return await store._publish(self.meta, body)
         except _Skip:
@@ -614,12 +595,6 @@ class RedisWriter:
         except Exception as exc:  # noqa: BLE001
             store._log(f"commit: unexpected {exc!r}")
             return False
-
-    def abort(self) -> None:
-        self._open = False
-        self._chunks = []
-        self._store._writers.discard(self)
-
 
 if TYPE_CHECKING:
 

@@ -38,6 +38,8 @@ bounded by ``max_object_size``).
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -45,7 +47,10 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from ferryman.errors import FerrymanError
 
-CHUNK: Final = 256 * 1024  # the largest piece a reader yields
+log = logging.getLogger("ferryman")
+
+CHUNK: Final = 256 * 1024
+LOG_EVERY: Final = 60.0  # seconds between two logged errors of one store  # the largest piece a reader yields
 _FIELD_OVERHEAD: Final = 4  # ": " and CRLF, so a header costs what it would on the wire
 
 
@@ -383,11 +388,17 @@ class _KeyMatch(Protocol):
     def __call__(self, key: bytes, /) -> bool: ...
 
 
-class _MemoryWriter:
-    __slots__ = ("_store", "meta", "_chunks", "_size", "_open")
+class BufferedWriter:
+    """A fill held in memory until commit (the memory and redis tiers; disk streams to a file).
 
-    def __init__(self, store: MemoryStore, meta: EntryMeta) -> None:
-        self._store = store
+    Past ``limit`` bytes it aborts itself; ``_take`` closes it and hands over the body.
+    """
+
+    __slots__ = ("_writers", "_limit", "meta", "_chunks", "_size", "_open")
+
+    def __init__(self, writers: set[Any], limit: int, meta: EntryMeta) -> None:
+        self._writers = writers  # the store's fills in flight, so a purge can abort this one
+        self._limit = limit
         self.meta = meta
         self._chunks: list[bytes] = []
         self._size = 0
@@ -397,25 +408,60 @@ class _MemoryWriter:
         if not self._open:
             return
         self._size += len(data)
-        if self._size > self._store.max_object_size:
+        if self._size > self._limit:
             self.abort()
             return
         self._chunks.append(bytes(data))
 
-    async def commit(self) -> bool:
-        if not self._open:
-            return False
-        self._open = False
-        self._store._writers.discard(self)
-        body = b"".join(self._chunks)
-        self._chunks = []
-        return self._store._publish(self.meta, body)
-
     def abort(self) -> None:
         self._open = False
         self._chunks = []
-        self._store._writers.discard(self)
+        self._writers.discard(self)
 
+    def _take(self) -> bytes | None:
+        """Close the writer; the whole body, or None if it was aborted or already committed."""
+        if not self._open:
+            return None
+        self._open = False
+        self._writers.discard(self)
+        body = b"".join(self._chunks)
+        self._chunks = []
+        return body
+
+
+class _MemoryWriter(BufferedWriter):
+    __slots__ = ("_store",)
+
+    def __init__(self, store: MemoryStore, meta: EntryMeta) -> None:
+        super().__init__(store._writers, store.max_object_size, meta)
+        self._store = store
+
+    async def commit(self) -> bool:
+        body = self._take()
+        return body is not None and self._store._publish(self.meta, body)
+
+
+class ErrorLog:
+    """Store errors, logged at most once a minute with a count of those held back: a broken
+    disk or an unreachable Redis must not write one line per request."""
+
+    __slots__ = ("label", "_next", "_suppressed")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._next = 0.0
+        self._suppressed = 0
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + LOG_EVERY
+        if self._suppressed:
+            message += f" ({self._suppressed} similar errors suppressed)"
+            self._suppressed = 0
+        log.error("%s: %s", self.label, message)
 
 if TYPE_CHECKING:
 
