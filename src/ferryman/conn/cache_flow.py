@@ -214,27 +214,7 @@ class Cache:
         if len(self.checked) > 100_000:
             self.checked.clear()
         self.checked.add(key)
-        listing = getattr(self.store, "metas", None)
-        if listing is not None:
-            # Redis: every instance's variants, from the shared per-key set.
-            for meta in await listing(key):
-                entry = policy.make_entry(
-                    meta.status, list(meta.request_headers), list(meta.headers),
-                    meta.request_time, meta.response_time, rules,
-                )
-                self.remember(key, Stored(entry, meta.variant))
-            if ds.closed or ex is not ds.cur:
-                return
-            if not self._decide(ds, ex, d, rules, key):
-                ds.resume_proxy(ex)
-            return
-        known = getattr(self.store, "variants", None)
-        for variant in known(key) if known is not None else [b""]:
-            got = await self.store.get(key, variant)
-            if got is None:
-                continue
-            meta, reader = got
-            reader.close()
+        for meta in await self._stored_metas(key):
             entry = policy.make_entry(
                 meta.status, list(meta.request_headers), list(meta.headers),
                 meta.request_time, meta.response_time, rules,
@@ -244,6 +224,20 @@ class Cache:
             return
         if not self._decide(ds, ex, d, rules, key):
             ds.resume_proxy(ex)
+
+    async def _stored_metas(self, key: bytes) -> list[EntryMeta]:
+        """Every variant's meta the persistent store holds for ``key``."""
+        listing = getattr(self.store, "metas", None)
+        if listing is not None:
+            return list(await listing(key))  # redis: every instance's variants, from the shared set
+        known = getattr(self.store, "variants", None)  # disk: the variants this process indexed
+        metas: list[EntryMeta] = []
+        for variant in known(key) if known is not None else [b""]:
+            got = await self.store.get(key, variant)
+            if got is not None:
+                got[1].close()
+                metas.append(got[0])
+        return metas
 
     def _decide(self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes) -> bool:
         head = ex.head
