@@ -113,6 +113,8 @@ TARGETS = (
         workers=SCALE_WORKERS,
     ),
     Target("reverse", "reverse", "haproxy", True),
+    Target("forward", "forward", "pyceiling", True),
+    Target("reverse", "reverse", "pyceiling", True),
     Target(
         "cache-memory",
         "reverse",
@@ -145,7 +147,13 @@ TARGETS = (
         cache="nginx",
     ),
 )
-SERVERS = ("nginx", "ferryman", "haproxy", "nginx-proxy_cache")
+SERVERS = ("nginx", "ferryman", "pyceiling", "haproxy", "nginx-proxy_cache")
+# The yardstick: a featureless uvloop + httptools proxy, kept beside the repository in shared/.
+_CEILING_REL = Path("shared", "bench", "pyceiling.py")
+PYCEILING = next(
+    (d / _CEILING_REL for d in ROOT.parents if (d / _CEILING_REL).is_file()), ROOT.parent / _CEILING_REL
+)
+PYCEILING_FACTOR = 1.3  # ferryman, every feature on, is to beat pyceiling by this factor
 
 
 @dataclass(slots=True)
@@ -392,7 +400,9 @@ def start_nginx(tmp: Path, port: int, cpu: int | None, timeout: float) -> Proc:
     server {{
         listen {HOST}:{port} backlog=4096;
         root {www};
-        location / {{ }}
+        # Proxied rows must be proxied even with the cache on (forward mode caches by default):
+        # no-store keeps every proxy's cache lookup in the path but never turns them into hits.
+        location / {{ add_header Cache-Control no-store; }}
         location {CACHE_PREFIX}/ {{
             alias {www}/;
             expires 1h;
@@ -454,6 +464,17 @@ backend origin
     # Access log on (stdout -> file in the temp dir), like ferryman's.
     proc = Proc("haproxy-reverse", pin(cpu, ["haproxy", "-db", "-f", str(conf)]), tmp)
     proc.wait_port(port, timeout)
+    return proc
+
+
+def start_pyceiling(args: argparse.Namespace, tmp: Path, port: int, origin: int) -> Proc:
+    """The featureless reference proxy, run by the same python as ferryman (it needs httptools)."""
+    path = args.pyceiling
+    if not path.is_file():
+        raise StartError(f"{path} not found (use --pyceiling PATH)")
+    cmd = [args.ferryman_python, str(path), "--listen", f"{HOST}:{port}", "--upstream", f"{HOST}:{origin}"]
+    proc = Proc("pyceiling", pin(args.proxy_cpu, cmd), tmp)
+    proc.wait_port(port, args.ready_timeout)
     return proc
 
 
@@ -523,6 +544,8 @@ def start_target(args: argparse.Namespace, tmp: Path, target: Target, port: int,
         if not shutil.which("haproxy"):
             raise StartError("haproxy not found on PATH")
         return start_haproxy(tmp, port, origin, args.proxy_cpu, args.ready_timeout)
+    if target.server == "pyceiling":
+        return start_pyceiling(args, tmp, port, origin)
     if target.server == "nginx-proxy_cache":
         return start_nginx_cache(tmp, port, origin, args.proxy_cpu, args.ready_timeout)
     return start_ferryman(args, tmp, target, port, origin)
@@ -835,6 +858,7 @@ def print_table(results: list[Result]) -> None:
         "p99 ms",
         "RSS MiB idle>after",
         "vs nginx",
+        "vs pyceiling",
         "target",
         "status",
     )
@@ -851,6 +875,11 @@ def print_table(results: list[Result]) -> None:
         ref_server = "nginx-proxy_cache" if r.target.ref == "nginx-cache" else "nginx"
         base = by_key.get((r.target.ref, ref_server, r.workload.name))
         ratio = f"{r.req_s / base:.0%}" if r.req_s and base and r.target is not TARGETS[0] else ""
+        ceiling = by_key.get((r.target.key, "pyceiling", r.workload.name))
+        vs_ceiling = ""
+        if r.server == "ferryman" and r.req_s and ceiling and r.target.workers == 1:
+            mark = "ok" if r.req_s >= PYCEILING_FACTOR * ceiling else "under"
+            vs_ceiling = f"{r.req_s / ceiling:.2f}x {mark}"
         rss = f"{fmt(r.rss_idle, '.1f') or '-'} > {fmt(r.rss_after, '.1f') or '-'}"
         note = r.status
         if r.note:
@@ -867,6 +896,7 @@ def print_table(results: list[Result]) -> None:
                 fmt(r.p99_ms, ".2f"),
                 rss,
                 ratio,
+                vs_ceiling,
                 target_check(r, single),
                 note,
             )
@@ -874,7 +904,7 @@ def print_table(results: list[Result]) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         cells = [
-            c.rjust(w) if i in (2, 3, 4, 5, 7) else c.ljust(w)
+            c.rjust(w) if i in (2, 3, 4, 5, 7, 8) else c.ljust(w)
             for i, (c, w) in enumerate(zip(row[:-1], widths, strict=True))
         ]
         print("  ".join([*cells, row[-1]]))
@@ -930,6 +960,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--ferryman", type=Path, default=None, help="run this ferryman executable instead (no PYTHONPATH)"
+    )
+    p.add_argument(
+        "--pyceiling", type=Path, default=PYCEILING, help="the reference proxy script (default: %(default)s)"
     )
     p.add_argument("--log-format", choices=("combined", "json"), default="combined")
     p.add_argument("--proxy-cpu", type=int, default=0, help="core for the proxy under test")
