@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run deps test lint typecheck bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/ferryman run
 
-test: $(STAMP)
+# The Debian packages the tests run (scripts/system-packages.txt): installed when run as root
+# with apt-get, otherwise the one command that installs them is printed and make stops.
+deps:
+	@scripts/system-deps
+
+# deps first, before the venv or anything else is made.
+test: deps
+	@$(MAKE) --no-print-directory $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
