@@ -121,6 +121,22 @@ def test_rule_needs_exactly_one_action() -> None:
     ]
 
 
+def test_upgrade_protocols_default_and_h2c_refused() -> None:
+    ups = "upstreams: {a: {servers: [{url: 'http://127.0.0.1:1'}]}}\n"
+    cfg = load_text("routes: [{upstream: a}]\n" + ups, "t")
+    assert cfg.forward.upgrade_protocols == ["websocket"]
+    assert cfg.routes[0].upgrade_protocols == ["websocket"]
+    assert load_text("forward: {upgrade_protocols: [WebSocket, foo]}", "t").forward.upgrade_protocols == [
+        "websocket", "foo",
+    ]
+    [err] = errors_of("forward: {upgrade_protocols: [websocket, H2C]}")
+    assert err.startswith("forward.upgrade_protocols: ") and "h2c is never forwarded" in err
+    [err] = errors_of("routes: [{upstream: a, upgrade_protocols: [h2c]}]\n" + ups)
+    assert err.startswith("routes[0].upgrade_protocols: "), err
+    [err] = errors_of("forward: {upgrade_protocols: ['web socket']}")
+    assert "not a protocol name" in err
+
+
 # -- durations ----------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from ferryman.http1.headers import (
     HOP_BY_HOP,
     forward_request_headers,
     forward_response_headers,
+    upgrade_offer,
 )
 
 VIA = b"1.1 proxy.local:3128 (ferryman)"
@@ -193,3 +194,42 @@ def test_response_host_field_is_not_special() -> None:
     # Only requests get Host rewritten; a (strange) Host in a response passes.
     out = forward_response_headers([(b"Host", b"h")], frozenset(), None)
     assert out == [(b"Host", b"h")]
+
+
+# -- Upgrade allow-list (h2c smuggling) ------------------------------------------------
+
+WS = frozenset({b"websocket"})
+
+
+@pytest.mark.parametrize(
+    ("offer", "allowed", "sent"),
+    [
+        (b"websocket", WS, b"websocket"),
+        (b"WebSocket", WS, b"WebSocket"),
+        (b"h2c", WS, None),
+        (b"h2c", frozenset({b"h2c", b"websocket"}), None),  # never, whatever the list says
+        (b"H2C", frozenset({b"h2c"}), None),
+        (b"h2c, websocket", WS, b"websocket"),
+        (b"websocket, h2c", WS, b"websocket"),
+        (b"foo/2, websocket", frozenset({b"foo", b"websocket"}), b"foo/2, websocket"),
+        (b"foo/2", WS, None),
+        (b"websocket", frozenset(), None),
+        (b" , ,", WS, None),
+    ],
+)
+def test_upgrade_offer(offer: bytes, allowed: frozenset[bytes], sent: bytes | None) -> None:
+    assert upgrade_offer(offer, allowed) == sent
+
+
+def test_request_always_drops_http2_settings() -> None:
+    headers = [(b"HTTP2-Settings", b"AAMA"), (b"Upgrade", b"h2c"), (b"Accept", b"*/*")]
+    out, _ = forward_request_headers(headers, frozenset({b"upgrade", b"http2-settings"}), None)
+    assert out == [(b"Accept", b"*/*")]
+    out, _ = forward_request_headers([(b"http2-settings", b"x")], frozenset(), None)
+    assert out == []
+
+
+def test_request_sends_only_the_allowed_upgrade() -> None:
+    headers = [(b"Upgrade", b"websocket"), (b"Upgrade", b"h2c"), (b"HTTP2-Settings", b"x"), (b"A", b"1")]
+    out, _ = forward_request_headers(headers, frozenset({b"upgrade"}), None, upgrade=b"websocket")
+    assert out == [(b"Upgrade", b"websocket"), (b"Connection", b"upgrade"), (b"A", b"1")]

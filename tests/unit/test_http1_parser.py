@@ -275,6 +275,13 @@ def test_upgrade_request_returns_offset() -> None:
     assert sink.heads()[0].connection_tokens == frozenset({b"upgrade"})
 
 
+def test_every_upgrade_line_is_kept() -> None:
+    # The router filters the whole offer: a second line must not hide behind the first.
+    p, sink = request_parser()
+    p.feed(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+    assert sink.heads()[0].upgrade == b"websocket, h2c"
+
+
 # -- keep-alive, Connection, Expect ------------------------------------------
 
 

@@ -44,6 +44,7 @@ class ForwardPlan:
     parent: tuple[str, int] | None
     via: bytes | None  # the Via received-by token, or None when Via is off
     cache_rules: Rules | None = None  # set when a cache is configured with cache.forward
+    upgrades: frozenset[bytes] = frozenset({b"websocket"})  # Upgrade protocols passed on
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         parent=parent,
         via=via,
         cache_rules=DEFAULT_RULES if (data.get("cache") and data["cache"]["forward"]) else None,
+        upgrades=frozenset(p.encode("ascii") for p in fwd_cfg["upgrade_protocols"]),
     )
     cache = None
     if data.get("cache"):

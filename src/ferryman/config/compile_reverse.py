@@ -81,6 +81,7 @@ class ProxyAction:
     replace_prefix: str | None
     host_header: str  # "preserve" | "upstream" | literal
     cache_rules: Rules | None = None
+    upgrades: frozenset[bytes] = frozenset({b"websocket"})  # Upgrade protocols passed on
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,8 @@ def _action(r: Mapping[str, Any]) -> ProxyAction | RedirectAction | RespondActio
                 ignore_origin=c["ignore_origin"],
             )
         return ProxyAction(
-            r["upstream"], rw.get("strip_prefix"), rw.get("replace_prefix"), r["host_header"], rules
+            r["upstream"], rw.get("strip_prefix"), rw.get("replace_prefix"), r["host_header"], rules,
+            frozenset(p.encode("ascii") for p in r["upgrade_protocols"]),
         )
     if r.get("redirect") is not None:
         return RedirectAction(r["redirect"]["to"], r["redirect"]["status"])

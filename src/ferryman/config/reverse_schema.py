@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ferryman.config.hostport import split_hostport
-from ferryman.config.units import Duration, Networks
+from ferryman.config.units import Duration, Networks, UpgradeProtocols
 
 
 class _Model(BaseModel):
@@ -82,6 +82,7 @@ class RouteCfg(_Model):
     rewrite: RewriteCfg | None = None
     host_header: str = "preserve"  # preserve | upstream | any literal value
     cache: RouteCacheCfg | None = None
+    upgrade_protocols: UpgradeProtocols = Field(default_factory=lambda: ["websocket"])
 
     @model_validator(mode="after")
     def _one_action(self) -> RouteCfg:

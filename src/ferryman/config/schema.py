@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ferryman.config.hostport import split_hostport
 from ferryman.config.reverse_schema import ListenerTlsCfg, ReverseCfg, RouteCfg, UpstreamCfg
-from ferryman.config.units import Duration, Networks, Size
+from ferryman.config.units import Duration, Networks, Size, UpgradeProtocols
 
 
 class _Model(BaseModel):
@@ -64,6 +64,7 @@ class Forward(_Model):
     rules: list[Rule] = Field(default_factory=list)
     parent: str | None = None
     via: bool = True
+    upgrade_protocols: UpgradeProtocols = Field(default_factory=lambda: ["websocket"])
 
     @field_validator("parent")
     @classmethod

@@ -1,4 +1,4 @@
-"""Durations and sizes as the YAML file writes them ("10s", "32KiB")."""
+"""Durations and sizes as the YAML file writes them ("10s", "32KiB"); networks; upgrade protocols."""
 
 from __future__ import annotations
 
@@ -62,3 +62,22 @@ def _networks(v: list[str]) -> list[str]:
 
 
 Networks = Annotated[list[str], AfterValidator(_networks)]
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _upgrades(v: list[str]) -> list[str]:
+    out = []
+    for p in v:
+        name = p.strip().lower()
+        if not _TOKEN.match(name):
+            raise ValueError(f"{p!r} is not a protocol name such as websocket")
+        if name == "h2c":
+            raise ValueError("h2c is never forwarded (h2c smuggling): remove it from the list")
+        out.append(name)
+    return out
+
+
+# Protocols a client's Upgrade may ask the next hop for (lower-cased names).
+UpgradeProtocols = Annotated[list[str], AfterValidator(_upgrades)]

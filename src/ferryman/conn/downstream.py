@@ -46,7 +46,7 @@ from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline.route.forward import route_forward
 from ferryman.pipeline.route.reverse import route_reverse
-from ferryman.pipeline.stage import Connect, Synthetic
+from ferryman.pipeline.stage import Connect, Proxy, Synthetic
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection
 
@@ -328,6 +328,10 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                 self._allowed_for = plan
                 self.client_allowed = plan.forward.clients.allows(self.client_ip)
             decision = route_forward(plan.forward, ex.head, self.client_ip, self.client_allowed)
+        if ex.head.upgrade is not None and not (isinstance(decision, Proxy) and decision.upgrade):
+            # A refused upgrade (or one answered here): the parser handed what follows this
+            # head to a tunnel that will not exist, so the connection ends with this exchange.
+            ex.keep_alive = False
         if isinstance(decision, Synthetic):
             self._respond_synthetic(ex, decision)
             return

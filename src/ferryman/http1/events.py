@@ -29,7 +29,7 @@ class RequestHead:
     host: bytes | None  # the single Host value (None when absent, HTTP/1.0)
     connection_tokens: frozenset[bytes]  # lower-cased tokens of Connection (+Proxy-Connection)
     expect_continue: bool
-    upgrade: bytes | None = None  # the Upgrade value when Connection lists "upgrade"
+    upgrade: bytes | None = None  # the Upgrade lines, comma-joined, when Connection lists "upgrade"
 
 
 @dataclass(slots=True)

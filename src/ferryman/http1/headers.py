@@ -3,6 +3,11 @@
 Both directions drop the fixed hop-by-hop set plus whatever the Connection
 field lists, and ferryman re-frames every body itself, so Content-Length and
 Transfer-Encoding are always written by `serialize.py`, never copied.
+
+Upgrade is passed on only for the protocols of an allow-list (`upgrade_offer`);
+``h2c`` never (a backend that switches to cleartext HTTP/2 behind the proxy
+would take every later request on that connection past routing and access
+control: "h2c smuggling"), and ``HTTP2-Settings`` is always dropped.
 """
 
 from __future__ import annotations
@@ -25,27 +30,44 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# Never passed on, whatever the allow-list says.
+NEVER_UPGRADE = frozenset({b"h2c"})
+
 # Fields that must not be forwarded but are not listed above for one direction.
-_REQUEST_DROP = HOP_BY_HOP | {b"host"}
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"http2-settings"}
+
+
+def upgrade_offer(value: bytes, allowed: frozenset[bytes]) -> bytes | None:
+    """The protocols of a client's Upgrade field that may be passed on, or None if none may.
+
+    ``value`` is the comma-joined Upgrade field; each entry is ``name[/version]`` and is
+    kept when its name (case-insensitive) is in ``allowed`` and is not ``h2c``.
+    """
+    kept = []
+    for part in value.split(b","):
+        proto = part.strip()
+        name = proto.partition(b"/")[0].rstrip().lower()
+        if name in allowed and name not in NEVER_UPGRADE:
+            kept.append(proto)
+    return b", ".join(kept) if kept else None
 
 
 def forward_request_headers(
     headers: Headers,
     connection_tokens: frozenset[bytes],
     via: bytes | None,
-    keep_upgrade: bool = False,
+    upgrade: bytes | None = None,
     version: str = "1.1",
 ) -> tuple[Headers, bool]:
     """Headers to send upstream, and whether the client's Via showed our own token.
 
-    With ``keep_upgrade`` the Upgrade field survives and ``Connection: upgrade`` is
-    re-sent: the one hop-by-hop pair a proxy must pass on to tunnel WebSocket.
+    ``upgrade`` is the allowed part of the client's Upgrade field (`upgrade_offer`):
+    it is sent as the one Upgrade field with ``Connection: upgrade``, the hop-by-hop
+    pair a proxy must pass on to tunnel WebSocket. Without it neither is sent.
     """
     out: Headers = []
-    if keep_upgrade:
-        for name, value in headers:
-            if name.lower() == b"upgrade":
-                out.append((name, value))
+    if upgrade is not None:
+        out.append((b"Upgrade", upgrade))
         out.append((b"Connection", b"upgrade"))
     via_seen = False
     drop = _REQUEST_DROP | connection_tokens if connection_tokens else _REQUEST_DROP

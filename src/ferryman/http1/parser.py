@@ -151,7 +151,8 @@ class RequestParser:
         for name, value in self._headers:
             n = name.lower()
             if n == b"upgrade":
-                upgrade = value
+                # Every Upgrade line counts: the router filters the joined list.
+                upgrade = value if upgrade is None else upgrade + b", " + value
             elif n == b"host":
                 hosts.append(value)
             elif n == b"content-length":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ferryman.config.compile import ForwardPlan
 from ferryman.errors import Forbidden, LoopDetected
 from ferryman.http1.events import RequestHead
-from ferryman.http1.headers import forward_request_headers
+from ferryman.http1.headers import forward_request_headers, upgrade_offer
 from ferryman.pipeline.route.router import parse_absolute, parse_authority
 from ferryman.pipeline.stage import Connect, Decision, Proxy
 
@@ -29,9 +29,9 @@ def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_al
     verdict = fwd.acl.check(head.method, target.host, target.port)
     if not verdict.allowed:
         raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
-    upgrade = head.upgrade is not None
+    upgrade = None if head.upgrade is None else upgrade_offer(head.upgrade, fwd.upgrades)
     headers, looped = forward_request_headers(
-        head.headers, head.connection_tokens, fwd.via, keep_upgrade=upgrade, version=head.version
+        head.headers, head.connection_tokens, fwd.via, upgrade=upgrade, version=head.version
     )
     if looped:
         raise LoopDetected("forwarding loop detected (our own Via came back)")
@@ -44,6 +44,7 @@ def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_al
         req_target = target.path
         tls_name = target.host if target.scheme == "https" else None
     return Proxy(
-        head.method, req_target, headers, target.authority, False, next_hop, None, "", upgrade, tls_name,
+        head.method, req_target, headers, target.authority, False, next_hop, None, "", upgrade is not None,
+        tls_name,
         fwd.cache_rules,
     )

@@ -10,7 +10,7 @@ from ferryman.config.compile_reverse import ProxyAction, RedirectAction, Reverse
 from ferryman.errors import ClientProtocolError, RouteNotFound
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Headers, RequestHead
-from ferryman.http1.headers import forward_request_headers
+from ferryman.http1.headers import forward_request_headers, upgrade_offer
 from ferryman.pipeline.route.forwarded import add_forwarded
 from ferryman.pipeline.route.table import rewrite_path
 from ferryman.pipeline.stage import Decision, Proxy, Synthetic
@@ -49,11 +49,11 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
     if not isinstance(action, ProxyAction):
         data = ser.fixed_response(action.status, action.content_type, action.body)
         return Synthetic(action.status, data, route.name)
-    upgrade = head.upgrade is not None
+    upgrade = None if head.upgrade is None else upgrade_offer(head.upgrade, action.upgrades)
 
     def build() -> Headers:
         headers, _ = forward_request_headers(
-            head.headers, head.connection_tokens, rev.via, keep_upgrade=upgrade, version=head.version
+            head.headers, head.connection_tokens, rev.via, upgrade=upgrade, version=head.version
         )
         if rev.forwarded_headers:
             headers = add_forwarded(headers, client_ip, scheme, head.host, rev.trusted)
@@ -70,5 +70,5 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
         host = host_mode.encode("latin-1")
     return Proxy(
         head.method, path + query, [], host, host_mode == "upstream", None, action.upstream,
-        route.name, upgrade, None, action.cache_rules, build,
+        route.name, upgrade is not None, None, action.cache_rules, build,
     )
