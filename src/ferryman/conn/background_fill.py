@@ -19,7 +19,7 @@ from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.http1.parser import ResponseParser
 from ferryman.pipeline.cache import policy
-from ferryman.pipeline.cache.store import EntryMeta
+from ferryman.pipeline.cache.store import EntryMeta, Writer
 from ferryman.pipeline.stage import Proxy
 from ferryman.upstream.dial import open_connection
 
@@ -35,7 +35,7 @@ class _FillClient(asyncio.Protocol):
     def __init__(self, cache: Cache, key: bytes, req: RequestHead, rules: policy.Rules) -> None:
         self.cache, self.key, self.req, self.rules = cache, key, req, rules
         self.parser = ResponseParser(self, 65536, 200)
-        self.writer: object | None = None
+        self.writer: Writer | None = None
         self.entry: policy.Entry | None = None
         self.variant = b""
         self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -83,7 +83,12 @@ class _FillClient(asyncio.Protocol):
 
     def on_response_body(self, data: bytes) -> None:
         if self.writer is not None:
-            self.writer.write(data)  # type: ignore[attr-defined]
+            self.writer.write(data)
+            wait = self.writer.ready()
+            transport = self.transport
+            if wait is not None and transport is not None:
+                transport.pause_reading()  # the store is behind: let it catch up
+                wait.add_done_callback(lambda _: _resume(transport))
 
     def on_response_end(self) -> None:
         if self.writer is not None and self.entry is not None:
@@ -93,7 +98,7 @@ class _FillClient(asyncio.Protocol):
 
     async def _commit(self) -> None:
         writer, self.writer = self.writer, None
-        ok = writer is not None and bool(await writer.commit())  # type: ignore[attr-defined]
+        ok = writer is not None and await writer.commit()
         if ok and self.entry is not None:
             from ferryman.conn.cache_flow import Stored
 
@@ -102,12 +107,17 @@ class _FillClient(asyncio.Protocol):
 
     def _finish(self, ok: bool) -> None:
         if self.writer is not None:
-            self.writer.abort()  # type: ignore[attr-defined]
+            self.writer.abort()
             self.writer = None
         if not self.done.done():
             self.done.set_result(ok)
         if self.transport is not None:
             self.transport.close()
+
+
+def _resume(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
 
 
 async def fill_whole_object(

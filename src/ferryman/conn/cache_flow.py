@@ -40,6 +40,7 @@ from ferryman.pipeline.cache.store import (
     EntryMeta,
     MemoryStore,
     Store,
+    Writer,
 )
 from ferryman.pipeline.stage import Proxy
 
@@ -126,7 +127,7 @@ class CacheState:
     lookup: policy.Lookup | None = None
     stored: Stored | None = None  # the entry being validated
     fill: Fill | None = None
-    writer: object | None = None
+    writer: Writer | None = None
     request_time: float = 0.0
     status_detail: bytes = b""
 
@@ -352,12 +353,18 @@ class Cache:
             state.fill.publish_head(head.status, head.reason, stored_headers)
         return _status(False, fwd or "uri-miss", True, ttl=entry.lifetime)
 
-    def on_response_body(self, ex: Exchange, data: bytes) -> None:
+    def on_response_body(self, ex: Exchange, data: bytes, conn: UpstreamConnection | None = None) -> None:
         state = ex.cache
         if state is None:
             return
-        if state.writer is not None:
-            state.writer.write(data)  # type: ignore[attr-defined]
+        writer = state.writer
+        if writer is not None:
+            writer.write(data)
+            wait = writer.ready()
+            if wait is not None:
+                # The store is behind (a disk slower than the client): stop reading the
+                # upstream until it catches up, so the fill completes whatever the speeds.
+                _hold(conn if conn is not None else ex.conn, wait)
         if state.fill is not None and not state.fill.failed:
             state.fill.append(data)
 
@@ -374,22 +381,27 @@ class Cache:
         if writer is not None and state.stored is not None:
             ds.loop.create_task(self._commit(state.key, state.stored, writer))
 
-    async def _commit(self, key: bytes, stored: Stored, writer: object) -> None:
+    async def _commit(self, key: bytes, stored: Stored, writer: Writer) -> None:
         try:
-            ok = await writer.commit()  # type: ignore[attr-defined]
+            ok = await writer.commit()
         except Exception:  # noqa: BLE001 - a store failure is a miss, never an error
             log.exception("ferryman: cache commit failed")
             ok = False
+        if not ok:
+            log.info("ferryman: cache fill of %s not stored: the store refused or lost it (see its log)",
+                     key.decode("latin-1"))
         if ok:
             self.remember(key, stored)
 
-    def on_abort(self, ex: Exchange) -> None:
+    def on_abort(self, ex: Exchange, why: str = "") -> None:
         state = ex.cache
         if state is None:
             return
         if state.writer is not None:
-            state.writer.abort()  # type: ignore[attr-defined]
+            state.writer.abort()
             state.writer = None
+            log.info("ferryman: cache fill of %s abandoned: %s", state.key.decode("latin-1"),
+                     why or ex.error or "the exchange failed")
         self._drop_fill(state)
 
     def _drop_fill(self, state: CacheState) -> None:
@@ -625,7 +637,7 @@ class _Headless:
         self.upstream_failed(FerrymanError("unexpected second response head"), True)
 
     def on_response_body(self, data: bytes) -> None:
-        self.cache.on_response_body(self.ex, data)
+        self.cache.on_response_body(self.ex, data, self.conn)
 
     def on_response_end(self) -> None:
         conn = self.conn
@@ -646,7 +658,7 @@ class _Headless:
         self.upstream_failed(FerrymanError("unexpected upgrade"), True)
 
     def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
-        self.cache.on_abort(self.ex)
+        self.cache.on_abort(self.ex, f"upstream failed: {exc.detail}")
         self.conn.close()
 
     def upstream_pause_writing(self) -> None:
@@ -654,6 +666,21 @@ class _Headless:
 
     def upstream_resume_writing(self) -> None:
         pass
+
+
+def _hold(conn: UpstreamConnection | None, wait: asyncio.Future[None]) -> None:
+    """Pause reading ``conn`` until ``wait`` is done (unless its client is paused too)."""
+    transport = conn.transport if conn is not None else None
+    if conn is None or transport is None or transport.is_closing():
+        return
+    transport.pause_reading()
+
+    def resume(_: object) -> None:
+        if conn.transport is transport and not transport.is_closing():
+            if not getattr(conn.handler, "write_paused", False):
+                transport.resume_reading()
+
+    wait.add_done_callback(resume)
 
 
 def _same_variant(fill: Fill, req_headers: Headers) -> bool:

@@ -247,7 +247,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                 ex.status = 499
             ex.error = ex.error or "client closed the connection before the response completed"
             if ex.cache is not None and self.engine.cache is not None and not handed:
-                self.engine.cache.on_abort(ex)
+                self.engine.cache.on_abort(ex, "the client left and no other client waits for the fill")
             self.log(ex)
         self.cur = None
         self.queue.clear()

@@ -227,7 +227,7 @@ class UpstreamRelay:
             # Mid-body: the client must see the truncation, never a "complete" body.
             self._release_server(ex, ok=False)
             if ex.cache is not None and self.engine.cache is not None:
-                self.engine.cache.on_abort(ex)
+                self.engine.cache.on_abort(ex, f"upstream failed mid-body: {exc.detail}")
             ex.error = exc.detail
             ex.keep_alive = False
             self.log(ex)

@@ -45,8 +45,10 @@ The size cap is per process and approximate: each worker evicts what it knows,
 so under N workers the directory may run over ``max_bytes`` for a while.
 
 Threads: all file I/O runs in a small dedicated pool; coroutines only await it, and
-``Writer.write`` only queues bytes for it (a fill more than 16 MiB ahead of the disk is
-abandoned rather than held in memory).  ``update_meta`` copies the body into a new
+``Writer.write`` only queues bytes for it.  Past 4 MiB queued, ``Writer.ready`` hands the
+fill a future to wait on, and the fill stops reading its upstream until the disk has
+caught up; a fill that ignores it and runs 64 MiB ahead is abandoned (and logged)
+rather than held in memory.  ``update_meta`` copies the body into a new
 file under the new meta (checking the old CRC: a bad body is deleted, never re-signed);
 ``purge_prefix`` reads every head, as only the heads know the keys.  Failures never reach the caller:
 ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOTDIR turn writes off for 30 s (``begin``
@@ -103,7 +105,8 @@ _MAX_META: Final = 1 << 20  # a head announcing more is garbage
 _PEEK: Final = 16 * 1024  # first read of a file: head + meta of almost every entry
 _SMALL: Final = 1 << 20  # bodies up to this are read whole and checked by get()
 _COPY: Final = 1 << 20  # piece size of checking passes and meta rewrites
-_MAX_BACKLOG: Final = 16 << 20  # queued body bytes before a fill the disk can't follow gives up
+_HIGH_WATER: Final = 4 << 20  # queued body bytes past which ``ready`` asks the fill to wait
+_MAX_BACKLOG: Final = 64 << 20  # queued body bytes before a fill the disk can't follow gives up
 _STALE_TEMP: Final = 3600.0
 _WRITES_OFF: Final = 30.0
 _TMP: Final = ".tmp-"
@@ -630,6 +633,11 @@ class DiskStore:
 
 
 
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _temp_for(final: str) -> str:
     directory, name = os.path.split(final)
     return os.path.join(directory, f"{_TMP}{name}-{os.getpid()}-{secrets.token_hex(4)}")
@@ -726,6 +734,7 @@ class DiskWriter:
         self._error: OSError | None = None
         self._state = "open"  # open -> committing -> done | aborted
         self._job: Future[None] | None = None
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
     def file_size(self, body_len: int) -> int:
         return _HEAD.size + len(self._meta_bytes) + body_len + _TAIL.size
@@ -742,9 +751,35 @@ class DiskWriter:
             self._queued += len(data)
             backlog = self._queued
         if backlog > _MAX_BACKLOG:
-            self.abort()  # the disk can't keep up: lose the entry rather than hold the body in memory
+            # The fill ignored ``ready``: lose the entry rather than hold the body in memory.
+            log.warning("ferryman: disk cache fill of %s abandoned: %d bytes queued, the disk can't keep up",
+                        self.meta.key.decode("latin-1"), backlog)
+            self.abort()
         elif backlog >= CHUNK and (self._job is None or self._job.done()):
             self._job = self._store._submit(self._drain)
+
+    def ready(self) -> asyncio.Future[None] | None:
+        """None while the disk keeps up; else a future done once the queue has drained."""
+        if self._state != "open" or self._queued < _HIGH_WATER:
+            return None
+        with self._qlock:
+            if self._waiter is None:
+                loop = asyncio.get_running_loop()
+                self._waiter = (loop, loop.create_future())
+            fut = self._waiter[1]
+        self._job = self._store._submit(self._drain)  # one more pass, in case the last one is ending
+        return fut
+
+    def _wake(self) -> None:
+        """Release a fill waiting in ``ready`` (from any thread)."""
+        with self._qlock:
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, fut = waiter
+            try:
+                loop.call_soon_threadsafe(_set_done, fut)
+            except RuntimeError:  # the loop is closed
+                pass
 
     async def commit(self) -> bool:
         if self._state != "open":
@@ -774,15 +809,16 @@ class DiskWriter:
         self._store._writers.discard(self)
         with self._qlock:
             self._queue, self._queued = [], 0
+        self._wake()
         self._store._submit(self._cleanup)
         if self._error is not None:
             self._store._failed(f"storing {self._final}", self._error)
 
     def _drain(self) -> None:
         with self._io:
-            if self._state == "aborted" or self._error is not None:
-                return
             try:
+                if self._state == "aborted" or self._error is not None:
+                    return
                 if self._fd < 0:
                     self._fd = _create_temp(self._tmp, self._meta_bytes)
                 while True:
@@ -795,6 +831,9 @@ class DiskWriter:
                         _write_all(self._fd, chunk)
             except OSError as exc:
                 self._error = exc
+            finally:
+                if self._waiter is not None:
+                    self._wake()  # caught up (or failed): the fill may read on
 
     def _finish(self) -> Ident:
         self._drain()

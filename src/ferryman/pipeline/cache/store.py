@@ -6,6 +6,7 @@ Every tier offers the same four moves, so the engine never knows which one it ha
     get(key, variant)      -> (EntryMeta, BodyReader) or None (a miss, whatever the reason)
     begin(meta)            -> Writer or None (won't store: too big, disabled, disk full)
       writer.write(chunk)     while the body streams to the client; never blocks the loop
+      writer.ready()          None, or a future to await before reading more of the body
       writer.commit()         publish atomically; only a complete body is ever visible
       writer.abort()          client gone, upstream truncated, object too big
     update_meta(...)       after a 304: new headers and times, same body
@@ -37,6 +38,7 @@ bounded by ``max_object_size``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -115,6 +117,12 @@ class Writer(Protocol):
 
     def write(self, data: bytes) -> None:
         """Buffer or hand off ``data``; never blocks.  Past ``max_object_size``: aborts."""
+        ...
+
+    def ready(self) -> asyncio.Future[None] | None:
+        """Flow control: None when the writer can take more now, else a future that is done
+        once it can.  The fill stops reading its upstream until then, so a store slower than
+        the client slows the fill down instead of losing the entry."""
         ...
 
     async def commit(self) -> bool:
@@ -412,6 +420,9 @@ class BufferedWriter:
             self.abort()
             return
         self._chunks.append(bytes(data))
+
+    def ready(self) -> None:
+        return None  # held in memory: never behind
 
     def abort(self) -> None:
         self._open = False
