@@ -90,7 +90,7 @@ async def test_round_trip_and_the_file_format(store: DiskStore, root: Path) -> N
     hit = await store.get(b"GET http://a/x", b"")
     assert hit is not None
     m, reader = hit
-    assert m == replace(meta(b"GET http://a/x"), body_size=5000)
+    assert m == replace(meta(b"GET http://a/x"), body_size=5000, version=m.version) and m.version > 0
     assert (
         reader.size == 5000
         and await read_all(reader) == data
@@ -101,7 +101,7 @@ async def test_round_trip_and_the_file_format(store: DiskStore, root: Path) -> N
     assert files(root) == [path] and path.parent.parent.parent == root
     raw = path.read_bytes()
     magic, version, flags, meta_len, body_len = struct.unpack(">8sHHIQ", raw[:HEAD])
-    assert (magic, version, flags, body_len) == (b"FRYCACHE", 1, 0, 5000)
+    assert (magic, version, flags, body_len) == (b"FRYCACHE", 2, 0, 5000)
     meta_bytes = raw[HEAD : HEAD + meta_len]
     assert json.loads(meta_bytes)["k"] == "GET http://a/x"
     assert raw[HEAD + meta_len : -TAIL] == data
@@ -144,7 +144,7 @@ async def test_entries_persist_across_a_new_store_on_the_same_directory(root: Pa
     try:
         assert len(second) == 3 and second.used_bytes == used
         hit = await second.get(b"k", b"br")
-        assert hit is not None and hit[0] == replace(meta(b"k", b"br"), body_size=6)
+        assert hit is not None and hit[0] == replace(meta(b"k", b"br"), body_size=6, version=hit[0].version)
         assert await read_all(hit[1]) == b"brotli"
         assert await body(second, b"big") == pattern(BIG)
     finally:
@@ -311,7 +311,7 @@ async def test_update_meta_rewrites_the_head_and_keeps_the_body(store: DiskStore
     fresh = replace(meta(b"k"), headers=((b"etag", b'"v2"'),), response_time=1800000000.0, body_size=0)
     await store.update_meta(b"k", b"", fresh)
     hit = await store.get(b"k", b"")
-    assert hit is not None and hit[0] == replace(fresh, body_size=BIG)
+    assert hit is not None and hit[0] == replace(fresh, body_size=BIG, version=hit[0].version)
     assert await read_all(hit[1]) == data
     assert files(root) == [file_of(root, b"k")] and files(root, temp=True) == []
     await store.update_meta(b"missing", b"", fresh)  # nothing to update: no entry appears

@@ -60,7 +60,7 @@ async def test_round_trip_stores_meta_with_the_written_size() -> None:
     hit = await store.get(b"k", b"")
     assert hit is not None
     m, reader = hit
-    assert m == replace(meta(b"k", headers=1), body_size=11)
+    assert m == replace(meta(b"k", headers=1), body_size=11, version=m.version) and m.version > 0
     assert reader.size == 11 and reader.offset == 0 and reader.path() is None and reader.fileno() is None
     assert await body_of(reader) == b"hello world"
     assert await body_of(reader, 6, 9) == b"wor"
@@ -207,7 +207,7 @@ async def test_update_meta_after_304_keeps_the_body_and_refreshes_recency() -> N
     await store.update_meta(b"k", b"", fresh)
     hit = await store.get(b"k", b"")
     assert hit is not None
-    assert hit[0] == replace(fresh, body_size=4) and await body_of(hit[1]) == b"body"
+    assert hit[0] == replace(fresh, body_size=4, version=hit[0].version) and await body_of(hit[1]) == b"body"
     assert store.used_bytes == entry_cost(hit[0]) + entry_cost(replace(meta(b"other"), body_size=1))
     await store.update_meta(b"missing", b"", fresh)  # nothing to update: no entry appears
     assert await store.get(b"missing", b"") is None
@@ -234,3 +234,21 @@ def test_lru_index_is_ordered_by_use_and_groups_variants() -> None:
     assert lru.get(b"b", b"2", touch=False) == "b2" and list(lru)[0] == (b"b", b"2")
     assert lru.pop_key(b"b") == ["b2"] and lru.used == 7
     assert lru.keys_with_prefix(b"") == [b"a", b"c"]
+
+
+async def test_each_fill_is_a_new_version_and_update_meta_only_refreshes_its_own() -> None:
+    store = MemoryStore(1 << 20, 1 << 20)
+    assert await put(store, meta(b"k"), b"one")
+    first = store.get_nowait(b"k", b"")
+    assert first is not None and first[0].version > 0
+    assert await put(store, meta(b"k"), b"two")  # another fill replaces it: a new version
+    second = store.get_nowait(b"k", b"")
+    assert second is not None and second[0].version not in (0, first[0].version)
+    # A 304 for the replaced version must not re-head the new body.
+    await store.update_meta(b"k", b"", replace(meta(b"k", headers=2), version=first[0].version))
+    now = store.get_nowait(b"k", b"")
+    assert now is not None and now[0] == second[0]
+    await store.update_meta(b"k", b"", replace(meta(b"k", headers=2), version=second[0].version))
+    now = store.get_nowait(b"k", b"")
+    assert now is not None and now[0].headers == meta(b"k", headers=2).headers
+    assert now[0].version == second[0].version and now[1].slice(0, 3) == b"two"

@@ -99,10 +99,11 @@ class _FillClient(asyncio.Protocol):
     async def _commit(self) -> None:
         writer, self.writer = self.writer, None
         ok = writer is not None and await writer.commit()
-        if ok and self.entry is not None:
+        if ok and writer is not None and self.entry is not None:
             from ferryman.conn.cache_flow import Stored
 
-            self.cache.remember(self.key, Stored(self.entry, self.variant))
+            version = writer.meta.version
+            self.cache.remember(self.key, Stored(self.entry, self.variant, version))
         self._finish(ok)
 
     def _finish(self, ok: bool) -> None:

@@ -61,6 +61,7 @@ def variant_bytes(vary: policy.SecondaryKey) -> bytes:
 class Stored:
     entry: policy.Entry
     variant: bytes
+    version: int = 0  # the store's record version this entry was read from or filled as
     block: bytes | None = None  # the stored fields as wire bytes for `block_via`, built on first hit
     block_via: bytes | None = None
 
@@ -220,7 +221,7 @@ class Cache:
                 meta.status, list(meta.request_headers), list(meta.headers),
                 meta.request_time, meta.response_time, rules,
             )
-            self.remember(key, Stored(entry, meta.variant))
+            self.remember(key, Stored(entry, meta.variant, meta.version))
         if ds.closed or ex is not ds.cur:
             return
         if not self._decide(ds, ex, d, rules, key):
@@ -259,7 +260,7 @@ class Cache:
                     ds.loop.create_task(fill_whole_object(ds.engine, self, d, head, key, rules, ds.client_ip))
                 if self.inline is not None:
                     got = self.inline.get_nowait(key, stored.variant)
-                    if got is not None:
+                    if got is not None and got[0].version == stored.version:
                         self._send_inline(ds, ex, stored, got[1], look)
                         return True
                 ds.loop.create_task(self.serve(ds, ex, stored, look, hit=True))
@@ -347,7 +348,7 @@ class Cache:
             self._drop_fill(state)
             return _status(False, fwd or "uri-miss", False, detail="not-stored")
         state.writer = writer
-        state.stored = Stored(entry, variant)
+        state.stored = Stored(entry, variant, writer.meta.version)
         if state.fill is not None:
             state.fill.vary_fields, state.fill.vary = entry.vary_fields, entry.vary
             state.fill.publish_head(head.status, head.reason, stored_headers)
@@ -453,7 +454,7 @@ class Cache:
         if entry is None:
             self.forget(state.key)
             return False
-        stored = Stored(entry, state.stored.variant)
+        stored = Stored(entry, state.stored.variant, state.stored.version)
         self.remember(state.key, stored)
         ds.loop.create_task(self._update_meta(state.key, stored, ex))
         look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
@@ -467,9 +468,11 @@ class Cache:
             return
         meta, reader = got
         reader.close()
+        if meta.version != stored.version:
+            return  # replaced by a newer fill (another process): not this 304's to refresh
         e = stored.entry
         new = EntryMeta(key, stored.variant, e.status, tuple(e.headers), meta.request_headers,
-                        e.request_time, e.response_time, meta.body_size)
+                        e.request_time, e.response_time, meta.body_size, stored.version)
         await self.store.update_meta(key, stored.variant, new)
 
     async def follow(self, ds: Downstream, ex: Exchange, fill: Fill) -> None:
@@ -528,6 +531,11 @@ class Cache:
         validated: bool = False,
     ) -> None:
         got = await self.store.get(ex.cache.key if ex.cache else b"", stored.variant)
+        if got is not None and got[0].version != stored.version:
+            # Another process replaced the entry since it was indexed here: its body belongs
+            # to other headers.  A miss; the next request loads the new version's head.
+            got[1].close()
+            got = None
         if got is None:
             # Evicted or vanished between index and read: treat as a miss.
             self.forget(ex.cache.key if ex.cache else b"")

@@ -86,6 +86,7 @@ from ferryman.pipeline.cache.store import (
     Slot,
     check_range,
     encode_meta,
+    new_version,
 )
 from ferryman.pipeline.cache.store import decode_meta as decode_meta_shared
 
@@ -97,7 +98,7 @@ T = TypeVar("T")
 Ident = tuple[int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_size
 
 _MAGIC: Final = b"FRYCACHE"
-_VERSION: Final = 1
+_VERSION: Final = 2
 _END: Final = b"FEND"
 _HEAD: Final = struct.Struct(">8sHHIQ")
 _TAIL: Final = struct.Struct(">IQ4s")
@@ -315,8 +316,11 @@ def _seal(fd: int, tmp: str, final: str, meta_len: int, body_len: int, crc: int,
     return _ident(st)
 
 
-def _rewrite(path: str, tmp: str, key: bytes, variant: bytes, new_meta: bytes, sync: bool) -> Ident | None:
-    """Copy an entry's body under new meta (after a 304), checking the old CRC on the way."""
+def _rewrite(path: str, tmp: str, update: EntryMeta, sync: bool) -> Ident | None:
+    """Copy an entry's body under new meta (after a 304), checking the old CRC on the way.
+
+    Only while the file still holds ``update.version`` (when given): a newer fill wins.
+    """
     src = _open_ro(path)
     if src is None:
         return None
@@ -325,8 +329,11 @@ def _rewrite(path: str, tmp: str, key: bytes, variant: bytes, new_meta: bytes, s
         st = os.fstat(src)
         try:
             old_meta, meta, _ = _load_head(src, st.st_size)
-            if (meta.key, meta.variant) != (key, variant):
+            if (meta.key, meta.variant) != (update.key, update.variant):
                 return None
+            if update.version and update.version != meta.version:
+                return _ident(st)
+            new_meta = encode_meta(replace(update, version=meta.version))
             off, size = _HEAD.size + len(old_meta), meta.body_size
             out = _create_temp(tmp, new_meta)
             old_crc, crc, pos = zlib.crc32(old_meta), zlib.crc32(new_meta), 0
@@ -518,6 +525,7 @@ class DiskStore:
             return None
         if time.monotonic() < self._writes_off_until:
             return None
+        meta = replace(meta, version=new_version())
         writer = DiskWriter(self, meta, self._final(meta.key, meta.variant))
         if writer.file_size(0) > self.max_bytes:
             return None
@@ -528,9 +536,9 @@ class DiskStore:
         if self._closed or time.monotonic() < self._writes_off_until:
             return
         final = self._final(key, variant)
-        data = encode_meta(replace(meta, key=key, variant=variant))
         try:
-            ident = await self._run(_rewrite, final, _temp_for(final), key, variant, data, self.fsync)
+            update = replace(meta, key=key, variant=variant)
+            ident = await self._run(_rewrite, final, _temp_for(final), update, self.fsync)
         except _Corrupt as exc:
             self._index.pop(key, variant)
             self._log(f"deleted corrupt {final}: {exc}")

@@ -96,6 +96,7 @@ from ferryman.pipeline.cache.store import (
     EntryMeta,
     ErrorLog,
     encode_meta,
+    new_version,
 )
 from ferryman.pipeline.cache.store import decode_meta as decode_meta_shared
 
@@ -108,7 +109,7 @@ log = logging.getLogger("ferryman")
 T = TypeVar("T")
 
 _MAGIC: Final = b"FRYREDIS"
-_VERSION: Final = 1
+_VERSION: Final = 2
 _FLAG_INLINE: Final = 1
 _HEAD: Final = struct.Struct(">8sHHIQII")
 _INLINE_MAX: Final = 1 << 20  # bodies up to this live in the meta field: one round trip per hit
@@ -281,7 +282,7 @@ class RedisStore:
         meta = meta_without_size
         if not self.available or meta.body_size > self.max_object_size:
             return None
-        writer = RedisWriter(self, meta)
+        writer = RedisWriter(self, replace(meta, version=new_version()))
         self._writers.add(writer)
         return writer
 
@@ -441,9 +442,9 @@ class RedisStore:
                 return
             parsed = parse_entry(raw)  # an inline body is checked here: never re-signed if bad
             old = parsed.meta
-            if (old.key, old.variant) != (key, variant):
-                return
-            new = replace(meta, key=key, variant=variant, body_size=old.body_size)
+            if (old.key, old.variant) != (key, variant) or (meta.version and meta.version != old.version):
+                return  # another key's, or replaced by a newer fill since: that one wins
+            new = replace(meta, key=key, variant=variant, body_size=old.body_size, version=old.version)
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.hset(name, _F_META, encode_entry(new, old.body_size, parsed.body_crc, parsed.body))
             pipe.expire(name, self.ttl)

@@ -9,7 +9,7 @@ Every tier offers the same four moves, so the engine never knows which one it ha
       writer.ready()          None, or a future to await before reading more of the body
       writer.commit()         publish atomically; only a complete body is ever visible
       writer.abort()          client gone, upstream truncated, object too big
-    update_meta(...)       after a 304: new headers and times, same body
+    update_meta(...)       after a 304: new headers and times, same body (and version)
     delete(key) / purge_prefix(prefix) / close()
 
 Rules every tier keeps:
@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
@@ -68,6 +69,17 @@ class EntryMeta:
     request_time: float  # wall clock, seconds (RFC 9111 4.2.3 age calculation)
     response_time: float
     body_size: int  # bytes stored; in begin(): a hint, -1 when unknown
+    # The stored record's identity (head and body are one versioned record): a random
+    # number given by ``begin`` to each fill and kept by ``update_meta`` (the body is the
+    # same).  A reader that built its view of an entry from one version and is handed
+    # another by ``get`` must treat it as a miss.  0: not assigned yet / any version.
+    version: int = 0
+
+
+def new_version() -> int:
+    """A fresh record version: random, so processes sharing a store never hand out the same one
+    (and always 19 digits, so an entry's stored size does not depend on it)."""
+    return secrets.randbits(62) | 1 << 62
 
 
 class CacheEntryCorrupt(FerrymanError):
@@ -115,6 +127,8 @@ class BodyReader(Protocol):
 class Writer(Protocol):
     """A body being stored while it streams to the client."""
 
+    meta: EntryMeta  # what commit publishes, with the version ``begin`` gave it
+
     def write(self, data: bytes) -> None:
         """Buffer or hand off ``data``; never blocks.  Past ``max_object_size``: aborts."""
         ...
@@ -141,7 +155,10 @@ class Store(Protocol):
 
     def begin(self, meta_without_size: EntryMeta) -> Writer | None: ...
 
-    async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None: ...
+    async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
+        """New head for the stored body (after a 304), only if ``meta.version`` (when not 0)
+        is still the stored version: a newer fill by another process wins."""
+        ...
 
     async def delete(self, key: bytes) -> int: ...
 
@@ -168,6 +185,7 @@ def encode_meta(meta: EntryMeta) -> bytes:
         "q": text(meta.request_headers),
         "t0": meta.request_time,
         "t1": meta.response_time,
+        "n": meta.version,
     }
     return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
@@ -187,6 +205,7 @@ def decode_meta(data: bytes, body_len: int) -> EntryMeta:
             request_time=float(doc["t0"]),
             response_time=float(doc["t1"]),
             body_size=body_len,
+            version=int(doc["n"]),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeError is a ValueError
         raise BadMeta(f"bad meta: {exc!r}") from None
@@ -353,15 +372,16 @@ class MemoryStore:
             return None
         if meta_cost(meta) > self._lru.max_bytes:
             return None
-        writer = _MemoryWriter(self, meta)
+        writer = _MemoryWriter(self, replace(meta, version=new_version()))
         self._writers.add(writer)
         return writer
 
     async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
         entry = self._lru.get(key, variant, touch=False)
-        if entry is None:
+        if entry is None or (meta.version and meta.version != entry.meta.version):
             return
-        meta = replace(meta, key=key, variant=variant, body_size=entry.meta.body_size)
+        old = entry.meta
+        meta = replace(meta, key=key, variant=variant, body_size=old.body_size, version=old.version)
         self._lru.put(key, variant, _MemEntry(meta, entry.body), entry_cost(meta))
 
     async def delete(self, key: bytes) -> int:
