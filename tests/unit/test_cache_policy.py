@@ -240,7 +240,7 @@ def test_5_2_2_7_qualified_private_stored_without_those_fields() -> None:
 @pytest.mark.parametrize("directive", ["public", "s-maxage=60", "must-revalidate, max-age=60"])
 def test_3_5_authorization_needs_an_explicit_shared_directive(directive: str) -> None:
     auth = h("Authorization: Bearer x")
-    assert store(h(f"Cache-Control: {directive}"), auth)
+    assert store(h(f"Cache-Control: {directive}", 'ETag: "v1"'), auth)
 
 
 def test_3_5_authorization_refused_without_it() -> None:
@@ -255,11 +255,24 @@ def test_4_1_vary_star_not_stored() -> None:
 
 @pytest.mark.parametrize(
     ("status", "resp"),
-    [(200, ()), (404, ()), (301, ()), (302, ("Cache-Control: max-age=5",)), (302, (f"Expires: {IMF}",)),
-     (302, ("Expires: 0",)), (500, ("Cache-Control: s-maxage=5",)), (307, ("Cache-Control: public",))],
+    [(200, (f"Last-Modified: {IMF}",)), (404, ('ETag: "a"',)), (301, (f"Last-Modified: {IMF}",)),
+     (302, ("Cache-Control: max-age=5",)), (302, (f"Expires: {IMF}",)), (302, ("Expires: 0",)),
+     (500, ("Cache-Control: s-maxage=5",)), (307, ("Cache-Control: public", 'ETag: "a"')),
+     (200, ("Cache-Control: stale-if-error=60",))],
 )  # fmt: skip
 def test_3_needs_explicit_freshness_or_heuristic_status(status: int, resp: tuple[str, ...]) -> None:
     assert store(h(*resp), status=status)
+
+
+@pytest.mark.parametrize(
+    ("status", "resp"),
+    [(200, ()), (404, ()), (301, ()), (200, ("Cache-Control: public",)), (200, ("Cache-Control: no-cache",)),
+     (200, ("Content-Type: text/plain",))],
+)  # fmt: skip
+def test_3_nothing_stored_that_can_never_be_served_nor_revalidated(status: int, resp: tuple[str, ...]) -> None:
+    # 4.2.2 heuristic freshness needs Last-Modified and 4.3 validation needs a validator: a
+    # response with neither would be stored with lifetime 0 on every pass, and never used
+    assert store(h(*resp), status=status) == Verdict(False, "no-freshness")
 
 
 @pytest.mark.parametrize("status", [302, 303, 307, 500, 503])
@@ -273,7 +286,7 @@ def test_4_2_2_heuristic_statuses_and_default_ttls_are_configurable() -> None:
 
 
 def test_5_2_2_4_no_cache_response_is_storable() -> None:
-    assert store(h("Cache-Control: no-cache"))
+    assert store(h("Cache-Control: no-cache", 'ETag: "v1"'))
 
 
 # -- ignore_origin (operator override) ------------------------------------------------------------
@@ -287,6 +300,59 @@ def test_3_ignore_origin_stores_despite_origin_directives(directives: str) -> No
     e = entry(f"Cache-Control: {directives}", rules=IGNORE)
     assert e.lifetime == 300.0
     assert look(e, now=T0 + 10).outcome is Outcome.FRESH
+
+
+LM_OLD = f"Last-Modified: {date(T0 - 10**6)}"  # heuristic freshness: a day
+
+
+def test_3_set_cookie_never_stored_on_heuristic_freshness() -> None:
+    # the shared cache would replay one user's session cookie to the next (RFC 9111 7.3 / 3)
+    assert store(h(LM_OLD, "Set-Cookie: session=alice")) == Verdict(False, "set-cookie")
+    assert store(h(LM_OLD, 'ETag: "a"', "Set-Cookie: s=1", "Cache-Control: public")) == Verdict(
+        False, "set-cookie"
+    )
+    assert store(h(LM_OLD)) == Verdict(True)  # the same response without the cookie: heuristic
+
+
+def test_3_set_cookie_never_stored_on_a_route_default_ttl_alone() -> None:
+    rules = Rules(default_ttls={200: 60.0})
+    assert store(h("Set-Cookie: s=1"), rules=rules) == Verdict(False, "set-cookie")
+    assert store(h(), rules=rules)
+
+
+@pytest.mark.parametrize(
+    "fresh", ["Cache-Control: max-age=60", "Cache-Control: s-maxage=60", f"Expires: {IMF}"]
+)
+def test_3_set_cookie_stored_on_explicit_freshness(fresh: str) -> None:
+    assert store(h(LM_OLD, fresh, "Set-Cookie: s=1"))
+
+
+def test_3_set_cookie_stored_when_the_route_says_so() -> None:
+    rules = Rules(store_set_cookie=True)
+    assert store(h(LM_OLD, "Set-Cookie: s=1"), rules=rules)
+    assert store(h("Set-Cookie: s=1"), rules=Rules(default_ttls={200: 60.0}, store_set_cookie=True))
+
+
+def test_5_2_2_7_set_cookie_named_private_is_stored_without_it() -> None:
+    resp = (LM_OLD, 'Cache-Control: private="Set-Cookie"', "Set-Cookie: s=1")
+    assert store(h(*resp))
+    assert b"set-cookie" not in {n.lower() for n, _ in entry(*resp).headers}
+
+
+@pytest.mark.parametrize(
+    ("resp", "stored"),
+    [(("Set-Cookie: s=1",), False), (("Set-Cookie: s=1", LM_OLD), False),
+     (("Set-Cookie: s=1", "Cache-Control: max-age=60"), True), (("Set-Cookie: s=1", f"Expires: {IMF}"), True)],
+)  # fmt: skip
+def test_3_set_cookie_rule_is_the_same_with_and_without_ignore_origin(
+    resp: tuple[str, ...], stored: bool
+) -> None:
+    normal = Rules(default_ttls={200: 300.0})
+    assert bool(store(h(*resp), rules=normal)) is stored
+    assert bool(store(h(*resp), rules=IGNORE)) is stored
+    both = (Rules(default_ttls={200: 300.0}, store_set_cookie=True),
+            Rules(default_ttls={200: 300.0}, ignore_origin=True, store_set_cookie=True))  # fmt: skip
+    assert all(store(h(*resp), rules=r) for r in both)
 
 
 def test_3_ignore_origin_still_guards_auth_cookies_and_client_no_store() -> None:
@@ -324,6 +390,34 @@ def test_5_3_invalid_expires_means_already_expired(value: str) -> None:
     assert life(f"Expires: {value}", "Last-Modified: " + IMF) == 0
 
 
+FUTURE = 4102444800.0  # Fri, 01 Jan 2100 00:00:00 GMT
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Fri,  01 Jan 2100 00:00:00 GMT", "Fri, 01  Jan 2100 00:00:00 GMT", "Fri, 01 Jan 2100  00:00:00 GMT",
+     "Fri, 01 Jan 2100 00:00:00  GMT", "Fri, 01 jan 2100 00:00:00 GMT", "Fri, 01 Jan 2100 00:00:00 gmt",
+     "Fri, 01 Jan 2100 00:00:00 UTC", "Fri, 1 Jan 2100 00:00:00 GMT", "fri, 01 Jan 2100 00:00:00 GMT",
+     "Fri,01 Jan 2100 00:00:00 GMT", "Friday,  01-Jan-00 00:00:00 GMT", "Fri Jan 1 00:00:00 2100",
+     "Fri\t01 Jan 2100 00:00:00 GMT"],
+)  # fmt: skip
+def test_5_3_expires_near_miss_of_the_date_grammar_is_already_expired(value: str) -> None:
+    # 5.3: "A cache recipient MUST interpret invalid date formats ... as representing a time
+    # in the past"; RFC 9110 5.6.7: HTTP-date is case-sensitive, one space between parts
+    assert life(f"Date: {date(T0)}", f"Expires: {value}") == 0
+
+
+@pytest.mark.parametrize(
+    "value", ["Fri, 01 Jan 2100 00:00:00 GMT", "Friday, 01-Jan-00 00:00:00 GMT", "Fri Jan  1 00:00:00 2100",
+              " Fri, 01 Jan 2100 00:00:00 GMT "],
+)  # fmt: skip
+def test_5_3_expires_in_each_http_date_format(value: str) -> None:
+    t0 = FUTURE - 600
+    if "-00 " in value:  # rfc850's two-digit year: 2000, not 2100
+        t0 = 946684800.0 - 600
+    assert life(f"Date: {date(t0)}", f"Expires: {value}") == 600
+
+
 def test_4_2_1_conflicting_expires_lines_mean_stale_identical_ones_do_not() -> None:
     assert life(f"Expires: {date(T0 + 60)}", f"Expires: {date(T0 + 90)}") == 0
     assert life(f"Expires: {date(T0 + 60)}", f"Expires: {date(T0 + 60)}") == 60
@@ -342,6 +436,8 @@ def test_4_2_2_heuristic_is_ten_percent_of_age_since_last_modified_capped() -> N
     assert life(dated, f"Last-Modified: {date(T0 - 1000)}") == pytest.approx(100)
     assert life(dated, f"Last-Modified: {date(T0 - 10**8)}") == 86400
     assert life(dated, f"Last-Modified: {date(T0 - 1000)}", rules=Rules(heuristic_fraction=0.5)) == 500
+    assert life(dated, f"Last-Modified: {date(T0 - 10**6)}", rules=Rules(heuristic_max=3600)) == 3600
+    assert life(dated, f"Last-Modified: {date(T0 - 10**4)}", rules=Rules(heuristic_max=3600)) == 1000
     assert life(dated, f"Last-Modified: {date(T0 + 1000)}") == 0  # in the future
     assert life(dated, "Last-Modified: nonsense") == 0
     assert life(dated) == 0
@@ -392,9 +488,30 @@ def test_5_1_invalid_age_ignored(age: str) -> None:
     assert current_age(h(f"Age: {age}"), T0, T0, T0) == 0
 
 
-def test_5_1_huge_age_clamped_and_repeated_age_takes_the_larger() -> None:
+def test_5_1_huge_age_clamped_and_of_several_age_values_the_first_counts() -> None:
     assert current_age(h("Age: 99999999999999"), T0, T0, T0) == DELTA_MAX
-    assert current_age(h("Age: 5", "Age: 9, 7"), T0, T0, T0) == 9
+    # 5.1: "a cache encountering a message with a list-based Age field value SHOULD use the
+    # first member of the field value, discarding subsequent ones" - lines join into one list
+    assert current_age(h("Age: 5", "Age: 9, 7"), T0, T0, T0) == 5
+    assert current_age(h("Age: 30, 33"), T0, T0, T0) == 30
+    assert current_age(h("Age: 7, 300"), T0, T0, T0) == 7
+    assert current_age(h("Age: x, 300"), T0, T0, T0) == 0  # an invalid first member: ignored
+
+
+def test_4_2_3_entry_age_from_the_first_age_value() -> None:
+    e = entry("Cache-Control: max-age=100", "Age: 30", "Age: 90")
+    r = look(e, now=T0 + 10)
+    assert (r.outcome, r.age) == (Outcome.FRESH, 40)
+    assert age_header(r.age) == b"40"
+
+
+def test_4_2_3_serving_drops_the_stored_age_for_the_current_one() -> None:
+    # one Age on a hit: the stored upstream value is dropped, the caller adds age_header()
+    assert DEFAULT_RULES.serve_drop == {b"age"}
+    e = entry("Cache-Control: max-age=100", "Age: 30")
+    assert strip_fields(e.headers, DEFAULT_RULES.serve_drop) == [(b"Date", date(T0).encode()),
+                                                               (b"Cache-Control", b"max-age=100")]
+    assert Rules(hidden=frozenset({b"x-own"})).serve_drop == {b"age", b"x-own"}
 
 
 # -- reuse (4, 4.2.4, 5.2.1) --------------------------------------------------------------------------

@@ -304,3 +304,28 @@ def test_build_plan_from_file(tmp_path: Path) -> None:
 def test_explicit_empty_domain_list_matches_nothing() -> None:
     plan = plan_of("forward:\n  rules:\n    - {allow: {domains: []}}\n    - {deny: {}}\n")
     assert not plan.forward.acl.check("GET", "anything.example", 80).allowed
+
+
+# -- cache policy settings ----------------------------------------------------------------------
+
+
+def test_cache_heuristic_max_and_route_store_set_cookie_reach_the_rules() -> None:
+    plan = plan_of(
+        "cache: {store: memory, heuristic_max: 1h}\n"
+        "listeners: [{listen: '127.0.0.1:8080', mode: reverse}]\n"
+        "upstreams: {o: {servers: [{url: 'http://127.0.0.1:9'}]}}\n"
+        "routes:\n"
+        "  - {match: {path_prefix: /a}, upstream: o, cache: {enabled: true, store_set_cookie: true}}\n"
+        "  - {upstream: o, cache: {enabled: true, default_ttls: {200: 60s}}}\n"
+    )
+    assert plan.forward.cache_rules is not None and plan.forward.cache_rules.heuristic_max == 3600
+    assert plan.reverse is not None
+    rules = [r.action.cache_rules for r in plan.reverse.table.routes]  # type: ignore[union-attr]
+    assert [(r.heuristic_max, r.store_set_cookie, dict(r.default_ttls)) for r in rules] == [
+        (3600, True, {}), (3600, False, {200: 60.0}),
+    ]
+
+
+def test_cache_heuristic_max_defaults_to_one_day() -> None:
+    plan = plan_of("cache: {store: memory}\n")
+    assert plan.forward.cache_rules is not None and plan.forward.cache_rules.heuristic_max == 86400

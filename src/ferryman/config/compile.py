@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ferryman.config.compile_reverse import ReversePlan, TlsPlan, compile_reverse, compile_tls
+from ferryman.config.compile_reverse import ReversePlan, TlsPlan, cache_rules, compile_reverse, compile_tls
 from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
-from ferryman.pipeline.cache.policy import DEFAULT_RULES, Rules
+from ferryman.pipeline.cache.policy import Rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +179,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         connect_ports=frozenset(fwd_cfg["connect_ports"]),
         parent=parent,
         via=via,
-        cache_rules=DEFAULT_RULES if (data.get("cache") and data["cache"]["forward"]) else None,
+        cache_rules=cache_rules(data, {}) if (data.get("cache") and data["cache"]["forward"]) else None,
         upgrades=frozenset(p.encode("ascii") for p in fwd_cfg["upgrade_protocols"]),
     )
     cache = None

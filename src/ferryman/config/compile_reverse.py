@@ -159,16 +159,25 @@ def _upstream(name: str, u: Mapping[str, Any]) -> UpstreamPlan:
     )
 
 
-def _action(r: Mapping[str, Any]) -> ProxyAction | RedirectAction | RespondAction:
+def cache_rules(data: Mapping[str, Any], route_cache: Mapping[str, Any]) -> Rules:
+    """The cache policy of a route (or of forward traffic, with an empty ``route_cache``)."""
+    c = data.get("cache") or {}
+    ttls = route_cache.get("default_ttls") or {}
+    return Rules(
+        default_ttls=MappingProxyType({int(k): float(v) for k, v in ttls.items()}),
+        ignore_origin=bool(route_cache.get("ignore_origin")),
+        store_set_cookie=bool(route_cache.get("store_set_cookie")),
+        heuristic_max=float(c.get("heuristic_max", 86400.0)),
+    )
+
+
+def _action(r: Mapping[str, Any], data: Mapping[str, Any]) -> ProxyAction | RedirectAction | RespondAction:
     if r.get("upstream") is not None:
         rw = r.get("rewrite") or {}
         c = r.get("cache")
         rules = None
         if c and c["enabled"]:
-            rules = Rules(
-                default_ttls=MappingProxyType({int(k): float(v) for k, v in c["default_ttls"].items()}),
-                ignore_origin=c["ignore_origin"],
-            )
+            rules = cache_rules(data, c)
         return ProxyAction(
             r["upstream"], rw.get("strip_prefix"), rw.get("replace_prefix"), r["host_header"], rules,
             frozenset(p.encode("ascii") for p in r["upgrade_protocols"]),
@@ -193,7 +202,7 @@ def compile_reverse(data: Mapping[str, Any], first_port: int) -> ReversePlan | N
             methods=frozenset(x.upper() for x in m["methods"]),
             headers=tuple((k.lower(), v) for k, v in m["headers"].items()),
         )
-        routes.append(Route(r.get("name") or f"routes[{i}]", match, _action(r)))
+        routes.append(Route(r.get("name") or f"routes[{i}]", match, _action(r, data)))
     rev = data["reverse"]
     trusted = rev["trusted_proxies"]
     via = None

@@ -71,6 +71,7 @@ class RouteCacheCfg(_Model):
     enabled: bool = True
     default_ttls: dict[int, Duration] = Field(default_factory=dict)  # status -> TTL if the origin gives none
     ignore_origin: bool = False  # cache by default_ttls even against no-cache/private/no-store
+    store_set_cookie: bool = False  # store Set-Cookie responses without explicit freshness too
 
 
 class RouteCfg(_Model):

@@ -120,6 +120,7 @@ class Cache(_Model):
     purge_clients: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     range_fill: bool = True  # a Range miss fetches the whole object once in the background
     coalesce: bool = True  # concurrent misses for one URL share one upstream fetch
+    heuristic_max: Duration = 86400.0  # cap of heuristic freshness: 10% of Date - Last-Modified
 
     @model_validator(mode="after")
     def _store_needs(self) -> Cache:

@@ -565,7 +565,9 @@ class Cache:
             plan = ex.plan or ds.engine.plan
             via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
             if stored.block is None or stored.block_via != via:
-                hdrs = forward_response_headers(list(entry.headers), frozenset(), via)
+                # the stored Age goes: the one sent is the current age (RFC 9111 4.2.3)
+                hdrs = forward_response_headers(entry.headers, ex.cache.rules.serve_drop if ex.cache else
+                                                policy.DEFAULT_RULES.serve_drop, via)
                 stored.block = b"".join(b"%s: %s\r\n" % (n, v) for n, v in hdrs)
                 stored.block_via = via
             age = int(entry.age(time.time()))
@@ -601,7 +603,8 @@ class Cache:
         status_member = policy.cache_status(hit, None if hit else "stale", False, ttl=entry.lifetime - age)
         plan = ex.plan or ds.engine.plan
         via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
-        hdrs = forward_response_headers(list(headers), frozenset(), via)
+        drop = ex.cache.rules.serve_drop if ex.cache is not None else policy.DEFAULT_RULES.serve_drop
+        hdrs = forward_response_headers(headers, drop, via)  # our Age replaces the stored one (4.2.3)
         extra = b"Age: %d\r\nCache-Status: %s\r\n" % (age, status_member)
         if policy.client_conditional_304(
             head.method, head.headers, entry.status, entry.headers, entry.response_time

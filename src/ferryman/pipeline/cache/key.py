@@ -21,13 +21,16 @@ validators (4.3)  ETag and Last-Modified make the conditional; a 304 selects the
                   If-None-Match (weak comparison) beats If-Modified-Since (RFC 9110 13.2.2)
 origin (4.4)      an unsafe method's 2xx/3xx invalidates its target, and Location /
                   Content-Location only within the target's origin
-dates             IMF-fixdate, rfc850 and asctime read (RFC 9110 5.6.7); invalid -> ``None``
+dates             IMF-fixdate, rfc850 and asctime read (RFC 9110 5.6.7); invalid -> ``None``;
+                  ``http_date`` tolerates stray whitespace and month case, ``http_date_strict``
+                  (Expires, RFC 9111 5.3) takes only the exact grammar
 ================  ============================================================================
 """
 
 from __future__ import annotations
 
 import calendar
+import re
 import time
 from collections.abc import Iterable
 from urllib.parse import urljoin, urlsplit
@@ -253,6 +256,28 @@ def http_date(value: bytes) -> float | None:
     if y < 1 or not 1 <= d <= calendar.monthrange(y, m)[1] or hh > 23 or mm > 59 or ss > 60:
         return None
     return float(calendar.timegm((y, m, d, hh, mm, ss)))
+
+
+_WKDAY = rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_CLOCK = rb"\d\d:\d\d:\d\d"
+_STRICT_DATE = re.compile(
+    rb"(?:" + _WKDAY + rb", \d\d " + _MONTH + rb" \d{4} " + _CLOCK + rb" GMT"  # IMF-fixdate
+    rb"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d\d-" + _MONTH
+    + rb"-\d\d " + _CLOCK + rb" GMT"  # rfc850-date
+    rb"|" + _WKDAY + rb" " + _MONTH + rb" (?:\d\d| \d) " + _CLOCK + rb" \d{4})"  # asctime-date
+)
+
+
+def http_date_strict(value: bytes) -> float | None:
+    """``http_date`` for a value that follows the HTTP-date grammar exactly (RFC 9110 5.6.7: case
+    and single spaces matter), else ``None``; only the whitespace around the field value is
+    not part of it.  RFC 9111 5.3 reads an invalid Expires as a time in the past, so a
+    near-miss such as ``Thu,  01 Jan 2099 ...`` must not become a future date."""
+    value = value.strip(b" \t")
+    if _STRICT_DATE.fullmatch(value) is None:
+        return None
+    return http_date(value)
 
 
 def format_http_date(t: float) -> bytes:

@@ -14,11 +14,19 @@ rule                behaviour
 store (3)           GET only, final status, not 206/304, no ``no-store`` in request or response
                     (``must-understand`` on an understood status overrides the response's),
                     no ``private`` (shared), ``Authorization`` only with public / s-maxage /
-                    must-revalidate (3.5), not ``Vary: *``, and some freshness: max-age,
-                    s-maxage, Expires, public, a route default TTL or a heuristic status
-lifetime (4.2.1)    s-maxage > max-age > Expires - Date > route default TTL > 10% of
-                    Date - Last-Modified (heuristic statuses or public, capped at one day)
-age (4.2.3)         corrected initial age (Age + response delay vs apparent age) + resident time
+                    must-revalidate (3.5), not ``Vary: *``, and some use: explicit freshness
+                    (max-age, s-maxage, Expires), a route default TTL, or a heuristic status
+                    (or public) with a validator (ETag, Last-Modified) or stale-if-error; what
+                    could never be served nor revalidated is not written at all
+set-cookie          stored only with explicit freshness from the origin (max-age, s-maxage,
+                    Expires) or the route's ``store_set_cookie``: never on heuristic freshness
+                    nor on a default TTL, so one user's cookie is not replayed to the next
+                    (``private="Set-Cookie"`` is fine: the field itself is never stored)
+lifetime (4.2.1)    s-maxage > max-age > Expires - Date > route default TTL > heuristic: 10% of
+                    Date - Last-Modified (heuristic statuses or public), capped at
+                    ``Rules.heuristic_max`` (one day unless configured)
+age (4.2.3)         corrected initial age (Age + response delay vs apparent age) + resident time;
+                    of several Age values only the first counts (5.1)
 reuse (4)           fresh when lifetime > age; request no-cache / Pragma (5.4), max-age,
                     min-fresh and response no-cache force validation; stale entries are
                     served only within stale-while-revalidate (RFC 5861, with a background
@@ -36,11 +44,12 @@ conflicting ``max-age`` / ``s-maxage`` makes the response stale (lifetime 0), as
 encourages, rather than being dropped (dropping could let Expires or a heuristic keep
 fresh a response whose origin meant to limit it; in a request it reads as ``max-age=0``,
 validate); other malformed directives are ignored.
-Repeated directives resolve to the most restrictive value; an invalid or conflicting
-Expires means already expired (5.3); a malformed no-cache/private argument means the
-unqualified, stricter form.  ``Rules.ignore_origin`` is the operator's override: the
-origin's Cache-Control and Expires are ignored and the route's TTL table decides, except
-that a request with Authorization still needs ``public`` and Set-Cookie is never stored.
+Repeated directives resolve to the most restrictive value; an Expires that is not exactly
+an HTTP-date (``http_date_strict``), or conflicting Expires lines, mean already expired
+(5.3); a malformed no-cache/private argument means the unqualified, stricter form.
+``Rules.ignore_origin`` is the operator's override: the origin's Cache-Control and Expires
+are ignored and the route's TTL table decides, except that a request with Authorization
+still needs ``public``, and Set-Cookie follows the same rule as on the normal path.
 """
 
 from __future__ import annotations
@@ -61,14 +70,15 @@ from ferryman.pipeline.cache.key import client_conditional_304 as client_conditi
 from ferryman.pipeline.cache.key import conditional_headers as conditional_headers
 from ferryman.pipeline.cache.key import format_http_date as format_http_date
 from ferryman.pipeline.cache.key import http_date as http_date
-from ferryman.pipeline.cache.key import invalidations as invalidations
-from ferryman.pipeline.cache.key import not_modified_headers as not_modified_headers
 from ferryman.pipeline.cache.key import (
+    http_date_strict,
     secondary_key,
     split_list,
     unquote,
     vary_fields,
 )
+from ferryman.pipeline.cache.key import invalidations as invalidations
+from ferryman.pipeline.cache.key import not_modified_headers as not_modified_headers
 from ferryman.pipeline.cache.key import update_from_304 as update_from_304
 from ferryman.pipeline.cache.key import validation_headers as validation_headers
 
@@ -116,11 +126,17 @@ class Rules:
     default_ttls: Mapping[int, float] = field(default_factory=dict)  # status -> TTL if the origin gives none
     ignore_origin: bool = False
     heuristic_fraction: float = 0.1  # of Date - Last-Modified (4.2.2)
-    heuristic_max: float = 86400.0
+    heuristic_max: float = 86400.0  # cap of a heuristic lifetime (cache.heuristic_max)
+    store_set_cookie: bool = False  # the route lets Set-Cookie responses be stored on any freshness
+    # lower-case fields never passed downstream from this cache (e.g. its own targeted field)
+    hidden: frozenset[bytes] = frozenset()
+    # what answering from a stored response drops: the stored Age (ours replaces it, 4.2.3) + hidden
+    serve_drop: frozenset[bytes] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         # a private read-only copy: the caller's dict can change, a Plan's rules cannot
         object.__setattr__(self, "default_ttls", MappingProxyType(dict(self.default_ttls)))
+        object.__setattr__(self, "serve_drop", frozenset({b"age"}) | self.hidden)
 
 
 DEFAULT_RULES = Rules()
@@ -281,10 +297,13 @@ def storable(
     if vary_fields(header_values(resp_headers, b"vary")) is None:
         return Verdict(False, "vary-star")
     auth = _has(req_headers, b"authorization")
+    explicit = cc.max_age is not None or (cc.s_maxage is not None and rules.shared) or _has(
+        resp_headers, b"expires"
+    )
     if rules.ignore_origin:
         if auth and not cc.public:
             return Verdict(False, "authorization")
-        if _has(resp_headers, b"set-cookie"):
+        if not _cookie_ok(cc, resp_headers, explicit, rules):
             return Verdict(False, "set-cookie")
         return Verdict(True) if status in rules.default_ttls else Verdict(False, "no-ttl")
     if cc.no_store and not (cc.must_understand and status in UNDERSTOOD_STATUSES):
@@ -293,17 +312,25 @@ def storable(
         return Verdict(False, "private")
     if rules.shared and auth and not (cc.public or cc.must_revalidate or cc.s_maxage is not None):
         return Verdict(False, "authorization")
-    if (
-        cc.public
-        or cc.max_age is not None
-        or (cc.s_maxage is not None and rules.shared)
-        or (cc.private and not rules.shared)
-        or _has(resp_headers, b"expires")
-        or status in rules.default_ttls
-        or status in rules.heuristic_statuses
+    if not _cookie_ok(cc, resp_headers, explicit, rules):
+        return Verdict(False, "set-cookie")
+    if explicit or status in rules.default_ttls or (cc.private and not rules.shared):
+        return Verdict(True)
+    if (status in rules.heuristic_statuses or cc.public) and (
+        _has(resp_headers, b"etag") or _has(resp_headers, b"last-modified") or cc.stale_if_error
     ):
+        # heuristic freshness needs Last-Modified; without it only a validator (or an origin
+        # failure) could ever make the entry useful: no validator, nothing worth writing
         return Verdict(True)
     return Verdict(False, "no-freshness")
+
+
+def _cookie_ok(cc: CacheControl, resp_headers: Headers, explicit: bool, rules: Rules) -> bool:
+    """May a response with Set-Cookie be stored?  Only on the origin's explicit freshness or the
+    route's say-so; one whose Set-Cookie is ``private`` is stored without it anyway (5.2.2.7)."""
+    if explicit or rules.store_set_cookie or not _has(resp_headers, b"set-cookie"):
+        return True
+    return rules.shared and b"set-cookie" in cc.private_fields
 
 
 def freshness_lifetime(
@@ -328,7 +355,7 @@ def freshness_lifetime(
         date = response_time
     expires = header_values(resp_headers, b"expires")
     if expires:
-        t = http_date(expires[0]) if len(set(expires)) == 1 else None
+        t = http_date_strict(expires[0]) if len(set(expires)) == 1 else None
         return 0.0 if t is None else max(0.0, t - date)  # invalid / conflicting: already expired
     ttl = rules.default_ttls.get(status)
     if ttl is not None:
@@ -543,12 +570,10 @@ def _date(headers: Headers, name: bytes) -> float | None:
 
 
 def _initial_age(headers: Headers, request_time: float, response_time: float) -> float:
-    age_value = 0
-    for value in header_values(headers, b"age"):
-        for part in value.split(b","):
-            d = _delta(part.strip())
-            if d is not None:
-                age_value = max(age_value, d)  # repeated Age: the older claim
+    # 5.1: of a list-based Age (several values or several lines) only the first member counts,
+    # and an invalid one is ignored
+    values = header_values(headers, b"age")
+    age_value = (_delta(values[0].split(b",", 1)[0].strip()) or 0) if values else 0
     date = _date(headers, b"date")
     apparent = 0.0 if date is None else max(0.0, response_time - date)
     return max(apparent, age_value + max(0.0, response_time - request_time))
