@@ -83,7 +83,8 @@ def answer_for(path: str, n: int) -> tuple[list[tuple[str, str]], bytes]:
 async def origin_answer(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> None:
     path = path_of(head)
     fields, body = answer_for(path, count(origin, path))
-    writer.write(b"HTTP/1.1 200 OK\r\n" + _lines([*fields, ("Content-Length", str(len(body)))]) + b"\r\n" + body)
+    head = b"HTTP/1.1 200 OK\r\n" + _lines([*fields, ("Content-Length", str(len(body)))]) + b"\r\n"
+    writer.write(head + body)
     await writer.drain()
 
 

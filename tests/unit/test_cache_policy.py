@@ -269,7 +269,9 @@ def test_3_needs_explicit_freshness_or_heuristic_status(status: int, resp: tuple
     [(200, ()), (404, ()), (301, ()), (200, ("Cache-Control: public",)), (200, ("Cache-Control: no-cache",)),
      (200, ("Content-Type: text/plain",))],
 )  # fmt: skip
-def test_3_nothing_stored_that_can_never_be_served_nor_revalidated(status: int, resp: tuple[str, ...]) -> None:
+def test_3_nothing_stored_that_can_never_be_served_nor_revalidated(
+    status: int, resp: tuple[str, ...]
+) -> None:
     # 4.2.2 heuristic freshness needs Last-Modified and 4.3 validation needs a validator: a
     # response with neither would be stored with lifetime 0 on every pass, and never used
     assert store(h(*resp), status=status) == Verdict(False, "no-freshness")
@@ -342,7 +344,8 @@ def test_5_2_2_7_set_cookie_named_private_is_stored_without_it() -> None:
 @pytest.mark.parametrize(
     ("resp", "stored"),
     [(("Set-Cookie: s=1",), False), (("Set-Cookie: s=1", LM_OLD), False),
-     (("Set-Cookie: s=1", "Cache-Control: max-age=60"), True), (("Set-Cookie: s=1", f"Expires: {IMF}"), True)],
+     (("Set-Cookie: s=1", "Cache-Control: max-age=60"), True),
+     (("Set-Cookie: s=1", f"Expires: {IMF}"), True)],
 )  # fmt: skip
 def test_3_set_cookie_rule_is_the_same_with_and_without_ignore_origin(
     resp: tuple[str, ...], stored: bool
