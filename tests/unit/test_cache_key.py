@@ -12,8 +12,11 @@ from ferryman.pipeline.cache.key import (
     conditional_headers,
     format_http_date,
     http_date,
+    http_date_strict,
     invalidations,
     not_modified_headers,
+    prefix_key,
+    request_key,
     same_origin,
     secondary_key,
     update_from_304,
@@ -107,6 +110,34 @@ def test_rfc9111_4_4_uri_key_matches_the_request_key() -> None:
 )
 def test_rfc9111_4_4_uri_key_rejects_what_is_not_an_absolute_http_uri(uri: str) -> None:
     assert uri_key(uri) is None
+
+
+@pytest.mark.parametrize(
+    ("scheme", "authority", "target"),
+    [("http", b"Example.com", b"/a?b"),  # origin-form: straight from the origin or a reverse route
+     ("http", b"example.com", b"http://EXAMPLE.com:80/a?b"),  # absolute-form, sent to a parent
+     ("https", b"example.com:443", b"/a?b"),
+     ("http", b"example.com", b"https://example.com/a?b")],  # the URL's scheme, not the hop's
+)  # fmt: skip
+def test_rfc9111_2_request_key_is_the_uri_key_whatever_the_target_form(
+    scheme: str, authority: bytes, target: bytes
+) -> None:
+    uri = "https://example.com/a?b" if b"https" in scheme.encode() + target else "http://example.com/a?b"
+    assert request_key(scheme, authority, target) == uri_key(uri)
+
+
+def test_rfc9111_2_request_key_of_an_absolute_target_without_path() -> None:
+    assert request_key("http", b"x", b"http://Example.com") == b"http://example.com/"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "key"),
+    [("http://SITE.Test/pfx/", b"http://site.test/pfx/"), ("HTTP://site.test:80/pfx/", b"http://site.test/pfx/"),
+     ("http://site.test/pfx/%7e", b"http://site.test/pfx/~"), ("http://site.test/%2f", b"http://site.test/%2F"),
+     ("https://site.test:443", b"https://site.test/"), ("/relative", None)],
+)  # fmt: skip
+def test_rfc9111_2_purge_prefix_normalised_like_keys(prefix: str, key: bytes | None) -> None:
+    assert prefix_key(prefix) == key
 
 
 # -- origins (RFC 9111 4.4, RFC 6454) -----------------------------------------------------------
@@ -206,6 +237,25 @@ def test_rfc9110_5_6_7_three_date_formats(value: str) -> None:
 )  # fmt: skip
 def test_rfc9110_5_6_7_invalid_dates_are_none(value: str) -> None:
     assert http_date(value.encode()) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [IMF, "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994", " Sun, 06 Nov 1994 08:49:37 GMT "],
+)
+def test_rfc9110_5_6_7_strict_dates_in_each_format(value: str) -> None:
+    assert http_date_strict(value.encode()) == IMF_T
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Sun,  06 Nov 1994 08:49:37 GMT", "Sun, 06 nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 gmt",
+     "sun, 06 Nov 1994 08:49:37 GMT", "Sun, 6 Nov 1994 08:49:37 GMT", "Sun Nov 6 08:49:37 1994",
+     "Sunday,  06-Nov-94 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 UTC", "Sun,\t06 Nov 1994 08:49:37 GMT",
+     "Sun, 06 Nov 1994 08:49:37", "Sun, 30 Feb 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 GMT\x00"],
+)  # fmt: skip
+def test_rfc9110_5_6_7_strict_dates_refuse_near_misses(value: str) -> None:
+    assert http_date_strict(value.encode()) is None
 
 
 def test_rfc9110_5_6_7_rfc850_two_digit_year_pivot() -> None:

@@ -487,6 +487,12 @@ MALFORMED_REQUESTS: list[tuple[str, bytes, type[FerrymanError]]] = [
         NotImplementedByProxy,
     ),
     ("space-before-colon", b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", ClientProtocolError),
+    # RFC 9112 3.2: a fragment is never part of a request target, in any of its forms
+    ("fragment-origin-form", b"GET /frag#sec1 HTTP/1.1\r\n" + _H + b"\r\n", ClientProtocolError),
+    ("fragment-after-query", b"GET /f?a=1#x HTTP/1.1\r\n" + _H + b"\r\n", ClientProtocolError),
+    ("fragment-bare", b"GET /# HTTP/1.1\r\n" + _H + b"\r\n", ClientProtocolError),
+    ("fragment-absolute-form", b"GET http://a/frag#sec1 HTTP/1.1\r\n" + _H + b"\r\n",
+     ClientProtocolError),
     ("space-in-name", b"GET / HTTP/1.1\r\n" + _H + b"X Y: 1\r\n\r\n", ClientProtocolError),
     ("bare-lf-everywhere", b"GET / HTTP/1.1\nHost: a\n\n", ClientProtocolError),
     ("bare-lf-in-headers", b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", ClientProtocolError),

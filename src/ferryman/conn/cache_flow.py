@@ -32,7 +32,7 @@ from ferryman.http1.events import Headers, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
-from ferryman.pipeline.cache.key import cache_key, secondary_key, uri_key
+from ferryman.pipeline.cache.key import prefix_key, request_key, secondary_key, uri_key
 from ferryman.pipeline.cache.store import (
     BodyReader,
     BytesReader,
@@ -172,7 +172,7 @@ class Cache:
 
     async def purge(self, uri_or_prefix: str, prefix: bool) -> int:
         if prefix:
-            raw = uri_or_prefix.encode("latin-1")
+            raw = prefix_key(uri_or_prefix) or uri_or_prefix.encode("latin-1")
             for k in [k for k in self.index if k.startswith(raw)]:
                 del self.index[k]
             return await self.store.purge_prefix(raw)
@@ -197,7 +197,7 @@ class Cache:
         if key is None:
             if len(self._keys) >= 4096:
                 self._keys.clear()  # a bounded memo of hot URLs, not an index
-            key = self._keys[memo] = cache_key("GET", scheme, authority, target)
+            key = self._keys[memo] = request_key(scheme, authority, target)
         if method == "PURGE":
             ds.loop.create_task(self._purge_request(ds, ex, key))
             return True

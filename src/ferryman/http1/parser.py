@@ -125,6 +125,8 @@ class RequestParser:
         self._url += url
         if len(self._url) > self._max_url:
             raise UriTooLong("request target too long")
+        if b"#" in url:  # RFC 9112 3.2: no request-target form has a fragment
+            raise ClientProtocolError("fragment (#) in the request target")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._partial = 0

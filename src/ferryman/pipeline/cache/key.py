@@ -82,6 +82,28 @@ def cache_key(method: str, scheme: str, authority: bytes, path_and_query: bytes)
     return method.encode("ascii", "replace") + b" " + key
 
 
+def request_key(scheme: str, authority: bytes, target: bytes) -> bytes:
+    """The GET key of a request as forwarded: ``target`` in origin-form, or in absolute-form
+    when it goes to a parent proxy, where the URL itself names scheme and authority.
+
+    Either way the key is the one ``uri_key`` gives for the URL, so the admin purge, the
+    PURGE method and a lookup agree with or without a parent.
+    """
+    if target[:1] != b"/":
+        scheme_b, sep, rest = target.partition(b"://")
+        if sep:
+            slash = rest.find(b"/")
+            auth, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            return cache_key("GET", scheme_b.decode("ascii", "replace"), auth, path)
+    return cache_key("GET", scheme, authority, target)
+
+
+def prefix_key(uri: str) -> bytes | None:
+    """An admin purge prefix normalised like the keys it is matched against (scheme and host
+    case, default port, ``%XX``); ``None`` if it is not an absolute http(s) URL."""
+    return uri_key(uri)
+
+
 def uri_key(uri: str) -> bytes | None:
     """The GET key of an absolute http(s) URI (what ``invalidations`` returns), ``None`` if not one."""
     try:
