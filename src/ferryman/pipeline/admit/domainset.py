@@ -162,6 +162,19 @@ class DomainSet:
 
     __contains__ = matches
 
+    def matches_parts(self, host: str, parents: tuple[str, ...]) -> bool:
+        """`matches` for a normalised host whose parents (``b.c``, ``c`` of ``a.b.c``)
+        the caller computed once for all the sets it asks."""
+        if not self._count:
+            return False
+        if self._has_exact and self._probe(host, _EXACT):
+            return True
+        if self._has_suffix:
+            for p in parents:
+                if self._probe(p, _SUFFIX):
+                    return True
+        return False
+
     def _probe(self, name: str, want: int) -> bool:
         keys = self._keys
         lo = (hash(name) & _M64) >> _LOW_BITS << _LOW_BITS
