@@ -73,12 +73,20 @@ def _access_log(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _cache(args: argparse.Namespace) -> dict[str, Any] | None:
+# A forward proxy shares one cache among its users: the built-in default and `ferryman forward`
+# get a memory cache of this size unless told otherwise (--no-cache, --cache-size).
+DEFAULT_FORWARD_CACHE: dict[str, Any] = {"store": "memory", "max_size": 64 * 1024 * 1024}
+
+
+def _cache(args: argparse.Namespace, default: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    size = {"max_size": args.cache_size} if args.cache_size else {}
+    if getattr(args, "no_cache", False):
+        return None
     if args.cache_dir:
-        return {"store": "disk", "path": os.path.abspath(args.cache_dir)}
-    if args.cache:
-        return {"store": "memory"}
-    return None
+        return {"store": "disk", "path": os.path.abspath(args.cache_dir), **size}
+    if args.cache or args.cache_size:
+        return {"store": "memory", **size}
+    return None if default is None else dict(default)
 
 
 def _reverse_source(args: argparse.Namespace) -> ConfigSource:
@@ -110,13 +118,19 @@ def _forward_source(args: argparse.Namespace) -> ConfigSource:
         "forward": fwd,
         "access_log": _access_log(args),
     }
-    cache = _cache(args)
+    cache = _cache(args, DEFAULT_FORWARD_CACHE)
     if cache is not None:
         data["cache"] = cache
     return ConfigSource(inline=data, name="command line")
 
 
-def main(argv: list[str] | None = None) -> int:
+def builtin_config() -> dict[str, Any]:
+    """`ferryman run` without a file (`make run`): a loopback forward proxy, its shared cache and
+    its admin page."""
+    return {"admin": {"listen": "127.0.0.1:9900"}, "cache": dict(DEFAULT_FORWARD_CACHE)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ferryman", description="forward and reverse HTTP proxy")
     ap.add_argument("--log-level", default="warning", help="daemon log level (default: warning)")
     sub = ap.add_subparsers(dest="cmd")
@@ -137,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     p_fwd.add_argument("--access-log", default="-", help="path, '-' for stdout, or 'off'")
     p_fwd.add_argument("--log-format", choices=["combined", "json"], default="combined")
     p_fwd.add_argument("--pid-file")
-    p_fwd.add_argument("--cache", action="store_true", help="cache responses in memory")
-    p_fwd.add_argument("--cache-dir", help="cache responses on disk in this directory")
+    fwd_cache = p_fwd.add_mutually_exclusive_group()
+    fwd_cache.add_argument("--cache", action="store_true",
+                           help="cache responses in memory (the default: 64MiB, or --cache-size)")
+    fwd_cache.add_argument("--cache-dir", help="cache responses on disk in this directory")
+    fwd_cache.add_argument("--no-cache", action="store_true", help="no shared cache")
+    p_fwd.add_argument("--cache-size", metavar="SIZE", help="cache max_size, e.g. 64MiB or 2GiB")
 
     p_rev = sub.add_parser("reverse", help="one-liner reverse proxy / load balancer")
     p_rev.add_argument("--listen", default="127.0.0.1:8080")
@@ -151,10 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p_rev.add_argument("--pid-file")
     p_rev.add_argument("--cache", action="store_true", help="cache responses in memory")
     p_rev.add_argument("--cache-dir", help="cache responses on disk in this directory")
+    p_rev.add_argument("--cache-size", metavar="SIZE", help="cache max_size, e.g. 64MiB or 2GiB")
 
     p_rel = sub.add_parser("reload", help="ask a running ferryman to reload its config")
     p_rel.add_argument("--pid-file", required=True)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
@@ -163,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.cmd in (None, "run"):
         path = getattr(args, "config", None)
-        # The built-in default: a loopback forward proxy with its admin page.
-        builtin = {"admin": {"listen": "127.0.0.1:9900"}}
-        source = ConfigSource.file(path) if path else ConfigSource(inline=builtin, name="<built-in>")
+        source = ConfigSource.file(path) if path else ConfigSource(inline=builtin_config(), name="<built-in>")
         return _serve(source, getattr(args, "pid_file", None))
     if args.cmd == "check":
         return _check(args.config)

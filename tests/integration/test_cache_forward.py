@@ -1,6 +1,7 @@
-"""The cache on the command-line one-liners and in forward mode: ``ferryman forward
---cache`` keyed by target URL (curl -x), ``cache.forward: false`` turning it off for
-forward traffic, and ``ferryman reverse --to URL --cache``."""
+"""The cache on the command-line one-liners and in forward mode: ``ferryman forward``
+caching by default (a modest memory cache, shown in the start-up line; ``--no-cache`` turns
+it off), ``--cache`` keyed by target URL (curl -x), ``cache.forward: false`` turning it off
+for forward traffic, and ``ferryman reverse --to URL --cache``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import httpx
 
 from tests.helpers.backends import child_env, ferryman_cmd, stop_process
 from tests.helpers.cache_integ import count, counting_origin, is_hit, is_stored, path_of
-from tests.helpers.integ_http import Head, curl, parse_head
+from tests.helpers.integ_http import Head, curl, parse_head, wait_text
 from tests.helpers.integ_servers import Origin, response
 from tests.helpers.procs import free_port, run_ferryman, wait_port
 
@@ -69,6 +70,28 @@ def test_forward_one_liner_with_cache_hits_on_the_second_request(tmp_path: Path)
         assert other == f"{b.port} /page #1".encode() and count(b, "/page") == 1
         head3, query = curl_get("-x", proxy, f"{a.url}/page?q=2")
         assert query == f"{a.port} /page #2".encode() and "hit" not in (head3.get("cache-status") or "")
+
+
+def test_forward_one_liner_shares_a_memory_cache_by_default(tmp_path: Path) -> None:
+    stderr = tmp_path / "one-liner.stderr"
+    with counting_origin(versioned) as origin, one_liner(tmp_path, "forward") as port:
+        wait_text(stderr.read_text, "cache: memory 64MiB")
+        proxy = f"http://127.0.0.1:{port}"
+        head1, body1 = curl_get("-x", proxy, f"{origin.url}/default")
+        head2, body2 = curl_get("-x", proxy, f"{origin.url}/default")
+        assert "stored" in (head1.get("cache-status") or "")
+        assert "hit" in (head2.get("cache-status") or "").split("; ") and body2 == body1
+        assert count(origin, "/default") == 1
+
+
+def test_forward_one_liner_with_no_cache_asks_the_origin_every_time(tmp_path: Path) -> None:
+    stderr = tmp_path / "one-liner.stderr"
+    with counting_origin(versioned) as origin, one_liner(tmp_path, "forward", "--no-cache") as port:
+        wait_text(stderr.read_text, "cache: off")
+        proxy = f"http://127.0.0.1:{port}"
+        heads = [curl_get("-x", proxy, f"{origin.url}/nocache")[0] for _ in range(2)]
+        assert all(h.status == 200 and h.get("cache-status") is None for h in heads)
+        assert count(origin, "/nocache") == 2
 
 
 def test_forward_traffic_is_not_cached_when_cache_forward_is_off(tmp_path: Path) -> None:

@@ -24,6 +24,18 @@ from ferryman.server.tls import ServerTls
 log = logging.getLogger("ferryman")
 
 
+def cache_summary(plan: Plan, mode: str) -> str:
+    """What caches a listener's traffic, for its start-up line: ``memory 64MiB``, ``off``..."""
+    c = plan.cache
+    if c is None or (mode == "forward" and not c.forward):
+        return "off"
+    size = c.max_size
+    units = ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
+    shown = next((f"{size // m}{u}" for m, u in units if size and size % m == 0), f"{size}B")
+    where = {"disk": f"disk {c.path} {shown}", "redis": "redis"}.get(c.store, f"memory {shown}")
+    return where if mode == "forward" else f"{where} (routes with cache.enabled)"
+
+
 class Server:
     def __init__(self, source: ConfigSource, plan: Plan, reuse_port: bool = False) -> None:
         self.source = source
@@ -67,7 +79,10 @@ class Server:
         bound = Bound(lp)
         await start_listener(self.engine, bound, self.reuse_port)
         self.listeners[listener_key(lp)] = bound
-        log.warning("ferryman: %s proxy listening on %s:%d (%s)", lp.mode, lp.host, lp.port, lp.name)
+        log.warning(
+            "ferryman: %s proxy listening on %s:%d (%s), cache: %s",
+            lp.mode, lp.host, lp.port, lp.name, cache_summary(self.engine.plan, lp.mode),
+        )
 
     async def reload(self) -> bool:
         if self._reloading or self.engine is None:
