@@ -11,12 +11,12 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from ferryman.pipeline.cache import disk
 from ferryman.pipeline.cache.disk import DiskStore, entry_name
@@ -24,7 +24,13 @@ from ferryman.pipeline.cache.store import CHUNK, BodyReader, CacheEntryCorrupt, 
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 BIG = 2 * 1024 * 1024 + 123  # above the 1 MiB read-whole limit: checked while streaming
-HEAD, TAIL = 24, 16
+HEAD, TAIL, BLOCK = 24, 20, 65536
+
+
+def body_span(raw: bytes | bytearray) -> tuple[int, int]:
+    """(start, end) of the body in an entry file: head | meta | body | sums | tail."""
+    meta_len, body_len = struct.unpack(">IQ", raw[12:HEAD])
+    return HEAD + meta_len, HEAD + meta_len + body_len
 
 
 def meta(key: bytes, variant: bytes = b"", size: int = -1) -> EntryMeta:
@@ -100,35 +106,32 @@ async def test_round_trip_and_the_file_format(store: DiskStore, root: Path) -> N
     path = file_of(root, b"GET http://a/x")
     assert files(root) == [path] and path.parent.parent.parent == root
     raw = path.read_bytes()
-    magic, version, flags, meta_len, body_len = struct.unpack(">8sHHIQ", raw[:HEAD])
-    assert (magic, version, flags, body_len) == (b"FRYCACHE", 2, 0, 5000)
+    magic, version, shift, meta_len, body_len = struct.unpack(">8sHHIQ", raw[:HEAD])
+    assert (magic, version, shift, body_len) == (b"FRYCACHE", 3, 16, 5000)
     meta_bytes = raw[HEAD : HEAD + meta_len]
     assert json.loads(meta_bytes)["k"] == "GET http://a/x"
-    assert raw[HEAD + meta_len : -TAIL] == data
-    assert struct.unpack(">IQ4s", raw[-TAIL:]) == (zlib.crc32(meta_bytes + data), 5000, b"FEND")
+    assert raw[HEAD + meta_len : HEAD + meta_len + 5000] == data
+    sums = raw[HEAD + meta_len + 5000 : -TAIL]  # one 64 KiB block: one sum, seeded with its index
+    assert sums == struct.pack(">Q", xxhash.xxh3_64_intdigest(data, seed=0))
+    sealed = xxhash.xxh3_64_intdigest(raw[: HEAD + meta_len] + sums)
+    assert struct.unpack(">QQ4s", raw[-TAIL:]) == (sealed, 5000, b"FEND")
     assert store.used_bytes == len(raw) and len(store) == 1
 
 
-async def test_large_bodies_stream_checked_then_offer_sendfile(store: DiskStore, root: Path) -> None:
+async def test_large_bodies_stream_checked_and_never_offer_sendfile(store: DiskStore, root: Path) -> None:
     data = pattern(BIG, 7)
     assert await put(store, meta(b"big"), data)
-    hit = await store.get(b"big", b"")
-    assert hit is not None
-    reader = hit[1]
-    assert reader.size == BIG and reader.path() is None and reader.fileno() is None  # not checked yet
-    chunks = [c async for c in reader.read_range(0, BIG)]
-    assert b"".join(chunks) == data and max(map(len, chunks)) <= CHUNK
-    assert reader.path() == str(file_of(root, b"big"))  # checked now
-    hit = await store.get(b"big", b"")
-    assert hit is not None
-    again = hit[1]
-    fd = again.fileno()
-    assert again.path() == str(file_of(root, b"big")) and fd is not None
-    assert os.pread(fd, 1000, again.offset + BIG - 1000) == data[-1000:]  # what sendfile would send
-    assert await read_all(again, BIG - CHUNK - 5, BIG - 3) == data[BIG - CHUNK - 5 : BIG - 3]
-    again.close()
-    assert again.fileno() is None
-    reader.close()
+    for _ in range(2):  # a second read checks again: nothing is trusted from the first
+        hit = await store.get(b"big", b"")
+        assert hit is not None
+        reader = hit[1]
+        assert reader.size == BIG and reader.path() is None and reader.fileno() is None
+        chunks = [c async for c in reader.read_range(0, BIG)]
+        assert b"".join(chunks) == data and max(map(len, chunks)) <= CHUNK
+        assert reader.path() is None and reader.fileno() is None
+        for start, end in ((BIG - CHUNK - 5, BIG - 3), (1, 2), (BLOCK - 1, BLOCK + 1), (0, BIG), (BIG, BIG)):
+            assert await read_all(reader, start, end) == data[start:end]
+        reader.close()
 
 
 async def test_entries_persist_across_a_new_store_on_the_same_directory(root: Path) -> None:
@@ -165,7 +168,7 @@ async def test_a_file_truncated_under_an_open_reader_never_completes(store: Disk
     hit = await store.get(b"k", b"")
     assert hit is not None
     path = file_of(root, b"k")
-    os.truncate(path, path.stat().st_size - TAIL - 10)
+    os.truncate(path, body_span(path.read_bytes())[1] - 10)  # into the body's last block
     got = bytearray()
     with pytest.raises(CacheEntryCorrupt):
         async for chunk in hit[1].read_range(0, BIG):
@@ -177,7 +180,7 @@ async def test_a_corrupt_small_body_is_a_miss_and_is_removed(store: DiskStore, r
     assert await put(store, meta(b"k"), pattern(3000))
     path = file_of(root, b"k")
     raw = bytearray(path.read_bytes())
-    raw[-TAIL - 100] ^= 0x01
+    raw[body_span(raw)[1] - 100] ^= 0x01
     path.write_bytes(raw)
     assert await store.get(b"k", b"") is None
     assert not path.exists()
@@ -188,7 +191,7 @@ async def test_a_corrupt_large_body_is_never_served_complete(store: DiskStore, r
     assert await put(store, meta(b"k"), data)
     path = file_of(root, b"k")
     raw = bytearray(path.read_bytes())
-    raw[-TAIL - 1] ^= 0x40  # the very last body byte: every chunk but the last is good
+    raw[body_span(raw)[1] - 1] ^= 0x40  # the very last body byte: every block but the last is good
     path.write_bytes(raw)
     hit = await store.get(b"k", b"")
     assert hit is not None  # the head is fine; the body is checked as it streams
@@ -200,21 +203,29 @@ async def test_a_corrupt_large_body_is_never_served_complete(store: DiskStore, r
     assert not path.exists() and await store.get(b"k", b"") is None
 
 
-async def test_a_range_of_a_corrupt_large_body_is_refused_before_any_byte(
+async def test_a_range_is_served_from_checked_blocks_and_stops_at_a_bad_one(
     store: DiskStore, root: Path
 ) -> None:
-    assert await put(store, meta(b"k"), pattern(BIG))
+    data = pattern(BIG)
+    assert await put(store, meta(b"k"), data)
     path = file_of(root, b"k")
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
+    start, _ = body_span(raw)
+    bad = 10 * BLOCK + 5  # in block 10
+    raw[start + bad] ^= 0x01
     path.write_bytes(raw)
     hit = await store.get(b"k", b"")
     assert hit is not None
-    got = []
+    # Far from the damage: its blocks check out, so it is served.
+    assert await read_all(hit[1], 100, 200) == data[100:200]
+    assert await read_all(hit[1], 12 * BLOCK, 13 * BLOCK + 7) == data[12 * BLOCK : 13 * BLOCK + 7]
+    # Across it: only the bytes before the bad block come out, then the error.
+    got = bytearray()
     with pytest.raises(CacheEntryCorrupt):
-        async for chunk in hit[1].read_range(0, 100):  # a range far from the damage
-            got.append(chunk)
-    assert got == [] and not path.exists()
+        async for chunk in hit[1].read_range(3 * BLOCK + 1, BIG):
+            got += chunk
+    assert bytes(got) == data[3 * BLOCK + 1 : 10 * BLOCK]
+    assert not path.exists() and await store.get(b"k", b"") is None
 
 
 async def test_bad_and_stale_files_are_cleaned_at_start(root: Path, tmp_path: Path) -> None:
@@ -322,7 +333,7 @@ async def test_update_meta_never_launders_a_corrupt_body(store: DiskStore, root:
     assert await put(store, meta(b"k"), pattern(3000))
     path = file_of(root, b"k")
     raw = bytearray(path.read_bytes())
-    raw[-TAIL - 1] ^= 0x01
+    raw[body_span(raw)[1] - 1] ^= 0x01
     path.write_bytes(raw)
     await store.update_meta(b"k", b"", replace(meta(b"k"), response_time=2e9))
     assert not path.exists() and files(root, temp=True) == []

@@ -1,4 +1,4 @@
-"""Disk cache tier: one file per entry, published by atomic rename, checked by CRC32.
+"""Disk cache tier: one file per entry, published by atomic rename, checked block by block.
 
 Layout::
 
@@ -8,19 +8,8 @@ Layout::
   finds the variants other workers wrote with a single listdir.  A fill writes
   ``.tmp-<h>-<v>-<pid>-<random>`` in that same directory and renames it over the
   final name (``os.replace``, atomic within a file system): a reader opens the old
-  file, the new one or none -- never a partial one.
-
-File format (integers big-endian)::
-
-    head  24 B  magic b"FRYCACHE" | u16 version=1 | u16 flags=0 | u32 meta_len | u64 body_len
-    meta        meta_len bytes of compact JSON {"k","v","s","h","q","t0","t1"}, byte strings
-                as latin-1 text (every byte value round-trips); body_size is body_len
-    body        body_len bytes
-    tail  16 B  u32 CRC32(meta + body) | u64 body_len | b"FEND"
-
-  A file is an entry only if its size is exactly 24 + meta_len + body_len + 16 and
-  both lengths agree, so a truncated file is caught from its head alone; the head's
-  body_len is written last, just before the fsync.
+  file, the new one or none -- never a partial one.  The file format is in
+  ``disk_file.py``; files of another format version are misses, deleted when seen.
 
 Durability: a temp file is fsync'ed before the rename, so a published name never
 points at data the kernel has not written; after a power cut the rename itself may
@@ -28,13 +17,17 @@ be lost (the directory is not fsync'ed, sparing a second flush per fill): a miss
 which a cache can afford.  A worker killed mid-fill leaves only its temp file,
 removed at the next start once its pid is gone (or it has not grown for an hour).
 
-Verification: a body up to 1 MiB is read whole by ``get`` and checked before it
-returns, so a corrupt small entry is a clean miss.  A larger one is checked while
-it streams: ``read_range`` over the whole body holds the last chunk back until the
-tail's CRC matches and raises ``CacheEntryCorrupt`` otherwise; a partial range is
-served only after a full checking pass.  Either way the bad file is deleted.  Once
-a file (device, inode, mtime, size) has passed in this process, its readers offer
-``path()``/``fileno()`` for sendfile (published files never change in place).
+Verification, on every read (nothing is trusted from an earlier read, in this process
+or another): ``get`` checks the head, the meta and the table of block sums against
+the tail's hash, and the body's first 64 KiB block (a body up to 1 MiB is read whole
+and every block checked), so damage there is a clean miss.  ``read_range`` then reads
+whole blocks and checks each against its sum before any of its bytes leave; at a bad
+block it yields the good bytes before it and raises ``CacheEntryCorrupt``, and the
+consumer closes the connection, so a client gets a short response of good bytes at
+worst, never a damaged byte and never a body passed off as complete.  A bad file is
+deleted wherever it is found.  Readers never offer ``path()``/``fileno()`` (sendfile
+would skip the checks).  Once per file per process: nothing.  At start-up, the scan
+reads only heads and metas (sizes and names checked), not bodies.
 
 Several workers, one directory: files are only published by rename and never
 modified, so any process may read, replace or unlink any of them, and a missing
@@ -48,8 +41,8 @@ Threads: all file I/O runs in a small dedicated pool; coroutines only await it, 
 ``Writer.write`` only queues bytes for it.  Past 4 MiB queued, ``Writer.ready`` hands the
 fill a future to wait on, and the fill stops reading its upstream until the disk has
 caught up; a fill that ignores it and runs 64 MiB ahead is abandoned (and logged)
-rather than held in memory.  ``update_meta`` copies the body into a new
-file under the new meta (checking the old CRC: a bad body is deleted, never re-signed);
+rather than held in memory.  ``update_meta`` copies the body into a new file under the
+new meta (checking every block: a bad body is deleted, never re-signed);
 ``purge_prefix`` reads every head, as only the heads know the keys.  Failures never reach the caller:
 ENOSPC, EDQUOT, EACCES, EPERM, EROFS, ENOTDIR turn writes off for 30 s (``begin``
 returns None, fills become pass-through); errors are logged at most once a minute
@@ -60,23 +53,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import logging
 import os
-import secrets
-import struct
 import threading
 import time
 import weakref
-import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from ferryman.pipeline.cache import disk_file as f
+from ferryman.pipeline.cache.disk_file import Ident, entry_name
 from ferryman.pipeline.cache.store import (
     CHUNK,
-    BadMeta,
     BodyReader,
     BytesReader,
     CacheEntryCorrupt,
@@ -88,367 +78,29 @@ from ferryman.pipeline.cache.store import (
     encode_meta,
     new_version,
 )
-from ferryman.pipeline.cache.store import decode_meta as decode_meta_shared
 
 if TYPE_CHECKING:
     from ferryman.pipeline.cache.store import Store
 
+__all__ = ["DiskReader", "DiskStore", "DiskWriter", "entry_name"]
+
 log = logging.getLogger("ferryman")
 T = TypeVar("T")
-Ident = tuple[int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_size
 
-_MAGIC: Final = b"FRYCACHE"
-_VERSION: Final = 2
-_END: Final = b"FEND"
-_HEAD: Final = struct.Struct(">8sHHIQ")
-_TAIL: Final = struct.Struct(">IQ4s")
-_MAX_META: Final = 1 << 20  # a head announcing more is garbage
-_PEEK: Final = 16 * 1024  # first read of a file: head + meta of almost every entry
-_SMALL: Final = 1 << 20  # bodies up to this are read whole and checked by get()
-_COPY: Final = 1 << 20  # piece size of checking passes and meta rewrites
 _HIGH_WATER: Final = 4 << 20  # queued body bytes past which ``ready`` asks the fill to wait
 _MAX_BACKLOG: Final = 64 << 20  # queued body bytes before a fill the disk can't follow gives up
-_STALE_TEMP: Final = 3600.0
 _WRITES_OFF: Final = 30.0
-_TMP: Final = ".tmp-"
 _DISABLING: Final = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 )
-
-
-class _Corrupt(Exception):
-    """Not a complete, well-formed entry."""
-
-
-# -- names and format (pure) -------------------------------------------------------------
-
-
-def entry_name(key: bytes, variant: bytes) -> tuple[str, str]:
-    """(fan-out directory relative to the root, file name) of an entry."""
-    h = hashlib.blake2b(key, digest_size=16).hexdigest()
-    v = hashlib.blake2b(variant, digest_size=8).hexdigest()
-    return os.path.join(h[:2], h[2:4]), f"{h}-{v}"
-
-
-def decode_meta(data: bytes, body_len: int) -> EntryMeta:
-    try:
-        return decode_meta_shared(data, body_len)
-    except BadMeta as exc:
-        raise _Corrupt(str(exc)) from None
-
-
-def _parse_head(buf: bytes, file_size: int) -> tuple[int, int]:
-    if len(buf) < _HEAD.size:
-        raise _Corrupt("short head")
-    magic, version, _flags, meta_len, body_len = _HEAD.unpack_from(buf)
-    if magic != _MAGIC or version != _VERSION or meta_len > _MAX_META:
-        raise _Corrupt("bad head")
-    if file_size != _HEAD.size + meta_len + body_len + _TAIL.size:
-        raise _Corrupt(f"size {file_size} does not match the head (truncated?)")
-    return meta_len, body_len
-
-
-def _check_tail(tail: bytes, crc: int, body_len: int) -> None:
-    if len(tail) != _TAIL.size or _TAIL.unpack(tail) != (crc, body_len, _END):
-        raise _Corrupt("checksum mismatch")
-
-
-# -- file operations (run in the I/O threads only) ---------------------------------------
-
-
-def _ident(st: os.stat_result) -> Ident:
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _open_ro(path: str) -> int | None:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _unlink_if_same(path: str, ident: Ident) -> None:
-    """Delete a file unless another worker has replaced it since (a new inode)."""
-    try:
-        st = os.stat(path)
-        if (st.st_dev, st.st_ino) == ident[:2]:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _unlink_many(files: list[tuple[str, Ident]]) -> None:
-    for path, ident in files:
-        try:
-            _unlink_if_same(path, ident)
-        except OSError:
-            pass  # eviction is best effort
-
-
-def _discard(fd: int, tmp: str) -> None:
-    try:
-        if fd >= 0:
-            os.close(fd)
-        _unlink(tmp)
-    except OSError:
-        pass
-
-
-def _pread_exact(fd: int, n: int, off: int) -> bytes:
-    data = os.pread(fd, n, off)  # short only at end of file: a truncated entry
-    if len(data) != n:
-        raise _Corrupt("short read")
-    return data
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _load_head(fd: int, size: int, small_whole: bool = False) -> tuple[bytes, EntryMeta, bytes]:
-    """(meta bytes, meta, bytes read from offset 0: the whole file if small_whole and small)."""
-    buf = os.pread(fd, min(size, _HEAD.size + _PEEK), 0)
-    meta_len, body_len = _parse_head(buf, size)
-    want = size if small_whole and body_len <= _SMALL else _HEAD.size + meta_len
-    if len(buf) < want:
-        buf += _pread_exact(fd, want - len(buf), len(buf))
-    meta_bytes = buf[_HEAD.size : _HEAD.size + meta_len]
-    return meta_bytes, decode_meta(meta_bytes, body_len), buf
-
-
-@dataclass(slots=True)
-class _Opened:
-    meta: EntryMeta
-    meta_bytes: bytes
-    body: bytes | None  # small: read whole and checked
-    fd: int  # large: an open descriptor the reader owns (-1 when small)
-    ident: Ident
-
-
-def _open_entry(path: str, key: bytes, variant: bytes) -> _Opened | None:
-    """Open an entry; None if missing or another key's.  Deletes and raises _Corrupt if bad."""
-    fd = _open_ro(path)
-    if fd is None:
-        return None
-    keep = False
-    try:
-        st = os.fstat(fd)
-        try:
-            meta_bytes, meta, buf = _load_head(fd, st.st_size, small_whole=True)
-            if (meta.key, meta.variant) != (key, variant):
-                return None  # a hash collision: not ours to judge
-            if meta.body_size > _SMALL:
-                keep = True
-                return _Opened(meta, meta_bytes, None, fd, _ident(st))
-            off = _HEAD.size + len(meta_bytes)
-            body = buf[off : off + meta.body_size]
-            crc = zlib.crc32(body, zlib.crc32(meta_bytes))
-            _check_tail(buf[off + meta.body_size :], crc, meta.body_size)
-            return _Opened(meta, meta_bytes, body, -1, _ident(st))
-        except _Corrupt:
-            _unlink_if_same(path, _ident(st))
-            raise
-    finally:
-        if not keep:
-            os.close(fd)
-
-
-def _verify_body(fd: int, meta_bytes: bytes, off: int, body_len: int) -> None:
-    crc, pos = zlib.crc32(meta_bytes), 0
-    while pos < body_len:
-        n = min(_COPY, body_len - pos)
-        crc = zlib.crc32(_pread_exact(fd, n, off + pos), crc)
-        pos += n
-    _check_tail(os.pread(fd, _TAIL.size, off + body_len), crc, body_len)
-
-
-def _read_piece(fd: int, off: int, n: int, crc: int | None, last_of: int | None) -> tuple[bytes, int | None]:
-    """Read n body bytes at off, fold them into crc; with last_of=body_len also check the tail."""
-    data = _pread_exact(fd, n + (_TAIL.size if last_of is not None else 0), off)
-    tail = b""
-    if last_of is not None:
-        data, tail = data[:n], data[n:]
-    if crc is not None:
-        crc = zlib.crc32(data, crc)
-        if last_of is not None:
-            _check_tail(tail, crc, last_of)
-    return data, crc
-
-
-def _create_temp(tmp: str, meta_bytes: bytes) -> int:
-    os.makedirs(os.path.dirname(tmp), exist_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        _write_all(fd, _HEAD.pack(_MAGIC, _VERSION, 0, len(meta_bytes), 0) + meta_bytes)
-    except BaseException:
-        _discard(fd, tmp)
-        raise
-    return fd
-
-
-def _seal(fd: int, tmp: str, final: str, meta_len: int, body_len: int, crc: int, sync: bool) -> Ident:
-    """Finish a temp file and publish it under its final name; fd is closed either way."""
-    try:
-        _write_all(fd, _TAIL.pack(crc, body_len, _END))
-        os.pwrite(fd, _HEAD.pack(_MAGIC, _VERSION, 0, meta_len, body_len), 0)
-        if sync:
-            os.fsync(fd)
-        st = os.fstat(fd)
-        os.close(fd)
-    except BaseException:
-        _discard(fd, tmp)
-        raise
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        _discard(-1, tmp)
-        raise
-    return _ident(st)
-
-
-def _rewrite(path: str, tmp: str, update: EntryMeta, sync: bool) -> Ident | None:
-    """Copy an entry's body under new meta (after a 304), checking the old CRC on the way.
-
-    Only while the file still holds ``update.version`` (when given): a newer fill wins.
-    """
-    src = _open_ro(path)
-    if src is None:
-        return None
-    out = -1
-    try:
-        st = os.fstat(src)
-        try:
-            old_meta, meta, _ = _load_head(src, st.st_size)
-            if (meta.key, meta.variant) != (update.key, update.variant):
-                return None
-            if update.version and update.version != meta.version:
-                return _ident(st)
-            new_meta = encode_meta(replace(update, version=meta.version))
-            off, size = _HEAD.size + len(old_meta), meta.body_size
-            out = _create_temp(tmp, new_meta)
-            old_crc, crc, pos = zlib.crc32(old_meta), zlib.crc32(new_meta), 0
-            while pos < size:
-                piece = _pread_exact(src, min(_COPY, size - pos), off + pos)
-                old_crc, crc = zlib.crc32(piece, old_crc), zlib.crc32(piece, crc)
-                _write_all(out, piece)
-                pos += len(piece)
-            _check_tail(os.pread(src, _TAIL.size, off + size), old_crc, size)
-        except _Corrupt:
-            _unlink_if_same(path, _ident(st))  # never launder a bad body under a fresh checksum
-            raise
-        fd, out = out, -1
-        return _seal(fd, tmp, path, len(new_meta), size, crc, sync)
-    finally:
-        os.close(src)
-        if out >= 0:
-            _discard(out, tmp)
-
-
-@dataclass(slots=True)
-class _Found:
-    key: bytes
-    variant: bytes
-    ident: Ident
-    used_at: float
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _fanout(root: str) -> Iterator[str]:
-    def is_fan(name: str) -> bool:
-        return len(name) == 2 and all(c in "0123456789abcdef" for c in name)
-
-    for a in filter(is_fan, _listdir(root)):
-        for b in filter(is_fan, _listdir(os.path.join(root, a))):
-            yield os.path.join(root, a, b)
-
-
-def _stale_temp(path: str, name: str) -> bool:
-    """A fill nobody will finish: its writer's pid is gone, or it has not grown for an hour."""
-    try:
-        pid = int(name.split("-")[3])  # .tmp-<h>-<v>-<pid>-<random>
-        if time.time() - os.stat(path).st_mtime > _STALE_TEMP or pid <= 0:
-            return True
-        os.kill(pid, 0)
-    except (IndexError, ValueError, ProcessLookupError):
-        return True
-    except (FileNotFoundError, PermissionError):  # already gone / a live process of another user
-        return False
-    return False
-
-
-def _scan(root: str, purge: bytes | None) -> tuple[list[_Found], int]:
-    """Walk the fan-out reading heads only: drop bad files, and dead fills unless purging.
-
-    With ``purge``, delete the entries whose key starts with it; return (entries left, purged).
-    """
-    found: list[_Found] = []
-    purged = 0
-    for sub in _fanout(root):
-        for name in _listdir(sub):
-            path = os.path.join(sub, name)
-            if name.startswith(_TMP):
-                if purge is None and _stale_temp(path, name):
-                    _unlink(path)
-                continue
-            fd = None
-            try:
-                fd = _open_ro(path)
-                if fd is None:
-                    continue
-                st = os.fstat(fd)
-                _, meta, _ = _load_head(fd, st.st_size)
-            except _Corrupt:
-                _unlink(path)
-                continue
-            except OSError:
-                continue  # unreadable now; not ours to delete
-            finally:
-                if fd is not None:
-                    os.close(fd)
-            if entry_name(meta.key, meta.variant)[1] != name:
-                _unlink(path)  # misplaced: get() would never find it
-            elif purge is not None and meta.key.startswith(purge):
-                purged += _unlink(path)
-            else:
-                found.append(_Found(meta.key, meta.variant, _ident(st), max(st.st_atime, st.st_mtime)))
-    return found, purged
-
-
-def _prepare(root: str) -> None:
-    """Create the root and prove it writable with a throw-away file."""
-    os.makedirs(root, exist_ok=True)
-    probe = os.path.join(root, f"{_TMP}probe-x-{os.getpid()}-{secrets.token_hex(4)}")
-    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-    os.unlink(probe)
-
-
-def _unlink_key(directory: str, prefix: str) -> int:
-    return sum(_unlink(os.path.join(directory, n)) for n in _listdir(directory) if n.startswith(prefix))
+_READ_BLOCKS: Final = CHUNK // f.BLOCK  # blocks per read while streaming
+_Corrupt = f.Corrupt
+# Looked up here at call time by the writer (tests make them fail).
+_create_temp = f.create_temp
+_write_all = f.write_all
 
 
 # -- the store (event loop side) ----------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Slot:
-    ident: Ident
-    verified: bool = False  # this file's CRC has passed in this process
 
 
 class DiskStore:
@@ -468,7 +120,7 @@ class DiskStore:
         self.max_object_size = max_object_size
         self.fsync = fsync
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ferryman-cache")
-        self._index: LruIndex[_Slot] = LruIndex(max_bytes)
+        self._index: LruIndex[Ident] = LruIndex(max_bytes)
         self._writers: set[DiskWriter] = set()
         self._writes_off_until = 0.0
         self._log = ErrorLog(f"disk cache {self.root}")
@@ -484,23 +136,23 @@ class DiskStore:
     async def open(self) -> None:
         """Create the directory, prove it writable, remove dead fills and bad files, rebuild the index."""
         try:
-            await self._run(_prepare, self.root)
+            await self._run(f.prepare, self.root)
         except OSError as exc:
             self._failed("preparing the directory", exc)
         try:
-            found, _ = await self._run(_scan, self.root, None)
+            found, _ = await self._run(f.scan, self.root, None)
         except OSError as exc:
             self._failed("scanning", exc)
             return
-        for f in sorted(found, key=lambda f: f.used_at):
-            self._track(f.key, f.variant, f.ident)
+        for entry in sorted(found, key=lambda e: e.used_at):
+            self._track(entry.key, entry.variant, entry.ident)
 
     async def get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
         if self._closed:
             return None
         path = self._final(key, variant)
         try:
-            opened = await self._run(_open_entry, path, key, variant)
+            opened = await self._run(f.open_entry, path, key, variant)
         except _Corrupt as exc:
             self._index.pop(key, variant)
             self._log(f"deleted corrupt {path}: {exc}")
@@ -511,13 +163,11 @@ class DiskStore:
         if opened is None:
             self._index.pop(key, variant)
             return None
-        slot = self._index.get(key, variant)
-        if slot is None or slot.ident != opened.ident:
-            slot = self._track(key, variant, opened.ident)
+        if self._index.get(key, variant) != opened.ident:
+            self._track(key, variant, opened.ident)
         if opened.body is not None:
-            slot.verified = True
             return opened.meta, BytesReader(opened.body)
-        return opened.meta, DiskReader(self, opened, path, slot.verified)
+        return opened.meta, DiskReader(self, opened, path)
 
     def begin(self, meta_without_size: EntryMeta) -> DiskWriter | None:
         meta = meta_without_size
@@ -538,7 +188,7 @@ class DiskStore:
         final = self._final(key, variant)
         try:
             update = replace(meta, key=key, variant=variant)
-            ident = await self._run(_rewrite, final, _temp_for(final), update, self.fsync)
+            ident = await self._run(f.rewrite, final, f.temp_for(final), update, self.fsync)
         except _Corrupt as exc:
             self._index.pop(key, variant)
             self._log(f"deleted corrupt {final}: {exc}")
@@ -562,7 +212,7 @@ class DiskStore:
         self._index.pop_key(key)
         sub, name = entry_name(key, b"")
         try:
-            return await self._run(_unlink_key, os.path.join(self.root, sub), name.split("-")[0] + "-")
+            return await self._run(f.unlink_key, os.path.join(self.root, sub), name.split("-")[0] + "-")
         except OSError as exc:
             self._log(f"deleting: {exc}")
             return 0
@@ -575,7 +225,7 @@ class DiskStore:
         for key in self._index.keys_with_prefix(prefix):
             self._index.pop_key(key)
         try:
-            return (await self._run(_scan, self.root, prefix))[1]
+            return (await self._run(f.scan, self.root, prefix))[1]
         except OSError as exc:
             self._log(f"purging: {exc}")
             return 0
@@ -604,26 +254,18 @@ class DiskStore:
         except RuntimeError:  # shut down
             return None
 
-    def _track(self, key: bytes, variant: bytes, ident: Ident) -> _Slot:
+    def _track(self, key: bytes, variant: bytes, ident: Ident) -> None:
         """Index a file as most recent; unlink what the size cap pushes out."""
-        slot = _Slot(ident)
-        evicted = self._index.put(key, variant, slot, ident[3])
+        evicted = self._index.put(key, variant, ident, ident[3])
         if evicted:
-            self._submit(_unlink_many, [(self._final(*s), v.ident) for s, v in evicted])
-        return slot
-
-    def _verified(self, slot: Slot, ident: Ident) -> None:
-        found = self._index.get(*slot, touch=False)
-        if found is not None and found.ident == ident:
-            found.verified = True
+            self._submit(f.unlink_many, [(self._final(*s), v) for s, v in evicted])
 
     async def _corrupt(self, path: str, slot: Slot, ident: Ident, exc: Exception) -> None:
-        found = self._index.get(*slot, touch=False)
-        if found is not None and found.ident == ident:
+        if self._index.get(*slot, touch=False) == ident:
             self._index.pop(*slot)
         self._log(f"deleting corrupt {path}: {exc}")
         try:
-            await self._run(_unlink_if_same, path, ident)
+            await self._run(f.unlink_if_same, path, ident)
         except OSError:
             pass
 
@@ -646,34 +288,28 @@ def _set_done(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _temp_for(final: str) -> str:
-    directory, name = os.path.split(final)
-    return os.path.join(directory, f"{_TMP}{name}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
 class DiskReader:
     """A large body on disk.  Owns a descriptor: eviction or replacement can't cut it short."""
 
     size: int
     offset: int
 
-    def __init__(self, store: DiskStore, opened: _Opened, path: str, verified: bool) -> None:
+    def __init__(self, store: DiskStore, opened: f.Opened, path: str) -> None:
         self._store = store
         self._opened = opened
         self._path = path
         self._fd = opened.fd
-        self._verified = verified
         self.size = opened.meta.body_size
-        self.offset = _HEAD.size + len(opened.meta_bytes)
+        self.offset = f.HEAD.size + len(opened.meta_bytes)
         self._busy = 0
         self._closed = False
         self._release = weakref.finalize(self, os.close, opened.fd)
 
     def path(self) -> str | None:
-        return self._path if self._verified and not self._closed else None
+        return None  # every block is checked in user space before it leaves: no sendfile
 
     def fileno(self) -> int | None:
-        return self._fd if self._verified and not self._closed else None
+        return None
 
     def close(self) -> None:
         self._closed = True
@@ -681,24 +317,31 @@ class DiskReader:
             self._release()
 
     async def read_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Whole blocks are read and checked; the bytes of [start, end) in them are yielded.
+
+        At a bad block: the good bytes before it, then ``CacheEntryCorrupt`` (file deleted).
+        """
         check_range(start, end, self.size)
         if self._closed:
             raise ValueError("reader closed")
         self._busy += 1
         try:
-            if not self._verified and (start, end) != (0, self.size):
-                await self._io(_verify_body, self._fd, self._opened.meta_bytes, self.offset, self.size)
-                self._passed()
-            crc = None if self._verified else zlib.crc32(self._opened.meta_bytes)
-            pos = start
+            opened = self._opened
+            pos = start - start % f.BLOCK
             while pos < end:
-                n = min(CHUNK, end - pos)
-                last_of = self.size if crc is not None and pos + n == end else None
-                data, crc = await self._io(_read_piece, self._fd, self.offset + pos, n, crc, last_of)
-                if last_of is not None:
-                    self._passed()
-                pos += n
-                yield data
+                if pos == 0:
+                    data, bad = opened.first, False  # checked by get()
+                else:
+                    count = min(_READ_BLOCKS, (end - pos + f.BLOCK - 1) // f.BLOCK)
+                    data, bad = await self._io(
+                        f.read_blocks, self._fd, self.offset, self.size, opened.sums, pos // f.BLOCK, count
+                    )
+                lo, hi = max(start, pos) - pos, min(end, pos + len(data)) - pos
+                if hi > lo:
+                    yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
+                if bad:
+                    await self._bad(f.Corrupt(f"body block {(pos + len(data)) // f.BLOCK} checksum mismatch"))
+                pos += len(data)
         finally:
             self._busy -= 1
             if self._closed and not self._busy:
@@ -707,16 +350,15 @@ class DiskReader:
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         try:
             return await self._store._run(fn, *args)
-        except (_Corrupt, OSError, RuntimeError) as exc:  # RuntimeError: the store was closed
-            meta = self._opened.meta
-            if isinstance(exc, _Corrupt):
-                await self._store._corrupt(self._path, (meta.key, meta.variant), self._opened.ident, exc)
+        except (f.Corrupt, OSError, RuntimeError) as exc:  # RuntimeError: the store was closed
+            if isinstance(exc, f.Corrupt):
+                await self._bad(exc)
             raise CacheEntryCorrupt(f"cache file {self._path}: {exc}") from None
 
-    def _passed(self) -> None:
-        self._verified = True
+    async def _bad(self, exc: f.Corrupt) -> None:
         meta = self._opened.meta
-        self._store._verified((meta.key, meta.variant), self._opened.ident)
+        await self._store._corrupt(self._path, (meta.key, meta.variant), self._opened.ident, exc)
+        raise CacheEntryCorrupt(f"cache file {self._path}: {exc}")
 
 
 class DiskWriter:
@@ -730,14 +372,14 @@ class DiskWriter:
         self.meta = meta
         self._store = store
         self._final = final
-        self._tmp = _temp_for(final)
+        self._tmp = f.temp_for(final)
         self._meta_bytes = encode_meta(meta)
         self._queue: list[bytes] = []
         self._queued = 0
         self._qlock = threading.Lock()
         self._io = threading.Lock()
         self._fd = -1
-        self._crc = zlib.crc32(self._meta_bytes)
+        self._sums = f.BlockSums()
         self._size = 0
         self._error: OSError | None = None
         self._state = "open"  # open -> committing -> done | aborted
@@ -745,7 +387,7 @@ class DiskWriter:
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
     def file_size(self, body_len: int) -> int:
-        return _HEAD.size + len(self._meta_bytes) + body_len + _TAIL.size
+        return f.file_size(len(self._meta_bytes), body_len)
 
     def write(self, data: bytes) -> None:
         if self._state != "open" or not data:
@@ -835,7 +477,7 @@ class DiskWriter:
                     if not chunks:
                         return
                     for chunk in chunks:
-                        self._crc = zlib.crc32(chunk, self._crc)
+                        self._sums.update(chunk)
                         _write_all(self._fd, chunk)
             except OSError as exc:
                 self._error = exc
@@ -849,13 +491,13 @@ class DiskWriter:
             if self._error is not None:
                 raise self._error
             fd, self._fd = self._fd, -1
-            meta_len, sync = len(self._meta_bytes), self._store.fsync
-            return _seal(fd, self._tmp, self._final, meta_len, self._size, self._crc, sync)
+            sums, sync = self._sums.finish(), self._store.fsync
+            return f.seal(fd, self._tmp, self._final, self._meta_bytes, self._size, sums, sync)
 
     def _cleanup(self) -> None:
         with self._io:
             fd, self._fd = self._fd, -1
-            _discard(fd, self._tmp)
+            f.discard(fd, self._tmp)
 
 
 if TYPE_CHECKING:
