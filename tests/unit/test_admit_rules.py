@@ -49,7 +49,8 @@ def test_first_match_wins_and_default_applies() -> None:
 
 def test_empty_rule_matches_everything() -> None:
     assert action(rs({"deny": {}})) == "deny"
-    assert action(rs({"deny": None})) == "deny"
+    # None is the same as an absent key, as in the normalised config
+    assert action(rs({"deny": {"ports": None}, "allow": None, "name": None})) == "deny"
 
 
 def test_auth_rule_asks_the_anonymous_and_lets_the_authenticated_through() -> None:

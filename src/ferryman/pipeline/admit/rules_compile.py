@@ -66,6 +66,8 @@ def compile_rule(
     if not isinstance(spec, Mapping):
         errors.append(f"{path}: expected a mapping such as {{deny: {{domains: [example.com]}}}}")
         return None
+    # A key whose value is None is absent (the normalised config writes every key).
+    spec = {k: v for k, v in spec.items() if v is not None}
     actions = [a for a in _ACTIONS if a in spec]
     for key in spec:
         if key not in _ACTIONS and key not in ("name", "message"):
@@ -86,12 +88,11 @@ def compile_rule(
             errors.append(f"{path}.message: expected a one-line string")
             message = None
     body = spec[action]
-    if body is None:
-        body = {}
     cpath = f"{path}.{action}"
     if not isinstance(body, Mapping):
         errors.append(f"{cpath}: expected a mapping of conditions ({{}} matches every request)")
         return None
+    body = {k: v for k, v in body.items() if v is not None}
     c = _Compiler(cpath, base_dir, files, load_domains, errors)
     for key in body:
         if key not in CONDITION_KEYS:

@@ -1,0 +1,106 @@
+"""The YAML shape of the forward proxy's control settings (issue 12), as frozen pydantic
+models.  Not yet joined to `schema.Forward`: these fields are to go there.
+
+Pydantic checks the shape (types, unknown keys, networks); what needs compiling (a
+regex, a time of day, a time zone, a domains file, an htpasswd line) is checked by
+`compile_forward_control`, whose errors name the same field paths.  The rule shape
+is a superset of today's ``forward.rules`` (``allow``/``deny`` with ``domains``,
+``domains_file``, ``networks``, ``ports``, ``methods``), so existing files keep their
+meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ferryman.config.units import Duration, Networks
+from ferryman.pipeline.admit.anonymity import DEFAULT_IDENTIFYING
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _listify(v: object) -> object:
+    return [v] if isinstance(v, str | int) and not isinstance(v, bool) else v
+
+
+class ProxyAuthCfg(_Model):
+    htpasswd: str
+    group_file: str | None = None
+    groups: dict[str, list[str]] = Field(default_factory=dict)  # group: [user, ...]
+    realm: str = "ferryman"
+    cache_ttl: Duration = 300.0  # how long a verified password is remembered
+    cache_size: int = Field(default=10_000, ge=0)
+    max_failures: int = Field(default=10, ge=1)  # per client address, within failure_window
+    failure_window: Duration = 60.0
+    lockout: Duration | None = None  # default: failure_window
+    reload_check: Duration = 5.0  # look at the files' mtimes at most this often
+
+    @field_validator("realm")
+    @classmethod
+    def _realm(cls, v: str) -> str:
+        if not v or not v.isprintable() or '"' in v or "\\" in v or not v.isascii():
+            raise ValueError("a realm is printable ASCII without quotes or backslashes")
+        return v
+
+
+class ConditionsCfg(_Model):
+    clients: Networks | None = None
+    users: list[str] | None = None
+    groups: list[str] | None = None
+    authenticated: bool | None = None
+    domains: list[str] | None = None
+    domain_regex: list[str] | None = None
+    domains_file: str | list[str] | None = None
+    networks: Networks | None = None
+    ports: list[Annotated[int, Field(ge=1, le=65535)] | str] | None = None
+    methods: list[str] | None = None
+    path_prefix: list[str] | None = None
+    path_regex: list[str] | None = None
+    time: dict[str, str | list[str]] | None = None  # from, to, days, tz: checked when compiled
+    headers: dict[str, bool | str] | None = None
+
+    _one_or_many = field_validator(
+        "users", "groups", "domains", "domain_regex", "ports", "methods", "path_prefix", "path_regex",
+        mode="before",
+    )(_listify)
+
+
+class RuleCfg(_Model):
+    name: str | None = None
+    allow: ConditionsCfg | None = None
+    deny: ConditionsCfg | None = None
+    auth: ConditionsCfg | None = None
+    message: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_action(cls, data: object) -> object:
+        # "- deny:" (no conditions) reads as deny: null; it means "match everything"
+        if isinstance(data, dict):
+            return {k: ({} if k in ("allow", "deny", "auth") and v is None else v) for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _one_action(self) -> RuleCfg:
+        given = [a for a in ("allow", "deny", "auth") if getattr(self, a) is not None]
+        if len(given) != 1:
+            raise ValueError("a rule needs exactly one of 'allow', 'deny' or 'auth'")
+        if self.message is not None and self.deny is None:
+            raise ValueError("message: only a deny rule shows a message")
+        return self
+
+
+class ForwardControlCfg(_Model):
+    auth: ProxyAuthCfg | None = None
+    rules: list[RuleCfg] = Field(default_factory=list)
+    default: Literal["allow", "deny"] = "allow"  # when no rule matches
+    anonymity: Literal["transparent", "anonymous", "elite"] = "anonymous"  # today: Via only
+    identifying_headers: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTIFYING))
+    direct: list[str] = Field(default_factory=list)  # PAC: domains reached without the proxy
+    direct_networks: Networks = Field(default_factory=list)  # PAC: networks reached directly
+    pac_resolve: bool = False  # PAC: let browsers resolve names to test direct_networks
+    log_query: bool = False  # keep query strings in the forward access log
