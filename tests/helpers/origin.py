@@ -21,10 +21,11 @@ class RawOrigin:
     port: int
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 async def read_head(reader: asyncio.StreamReader) -> bytes:
@@ -51,11 +52,11 @@ def canned(response: bytes, close: bool = True) -> Handler:
 
 
 @contextmanager
-def raw_origin(handler: Handler) -> Iterator[RawOrigin]:
+def raw_origin(handler: Handler, host: str = "127.0.0.1") -> Iterator[RawOrigin]:
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     state: dict[str, object] = {}
-    origin = RawOrigin(port=0)
+    origin = RawOrigin(port=0, host=host)
 
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         origin.connections += 1
@@ -78,7 +79,7 @@ def raw_origin(handler: Handler) -> Iterator[RawOrigin]:
             writer.close()
 
     async def main() -> None:
-        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        server = await asyncio.start_server(on_conn, host, 0)
         origin.port = server.sockets[0].getsockname()[1]
         state["server"] = server
         stop = asyncio.Event()

@@ -263,7 +263,7 @@ def run_ferryman_at(tmp: Path, port: int, **overrides: object) -> Iterator[Ferry
 
 
 @contextmanager
-def tidy_origin(handler: Handler) -> Iterator[RawOrigin]:
+def tidy_origin(handler: Handler, host: str = "127.0.0.1") -> Iterator[RawOrigin]:
     """`raw_origin`, but every connection still open at the end is closed, and its handler
     finished, before the origin's loop stops (the proxy keeps pooled connections open;
     left alone they would die with the loop as ResourceWarnings)."""
@@ -289,7 +289,7 @@ def tidy_origin(handler: Handler) -> Iterator[RawOrigin]:
         for w in list(active):
             w.transport.abort()
 
-    with raw_origin(tracked) as origin:
+    with raw_origin(tracked, host) as origin:
         try:
             yield origin
         finally:

@@ -8,12 +8,15 @@ import time
 
 import pytest
 
+from ferryman.errors import Forbidden
 from ferryman.pipeline.admit.acl import (
     DEFAULT_ALLOW,
+    AddressCheck,
     ClientAcl,
     DestinationAcl,
     DomainSet,
     Matcher,
+    NeedsAddress,
     Rule,
     Verdict,
 )
@@ -145,64 +148,80 @@ def test_large_domain_set_is_correct_and_fast() -> None:
 # -- Matcher -------------------------------------------------------------------------------
 
 
+def addr_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The router's parse: an IP literal host has its address, a name has none before DNS."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def hit(m: Matcher, method: str, host: str, port: int) -> bool | None:
+    return m.decide(method, host, port, addr_of(host))
+
+
 def test_empty_matcher_matches_everything() -> None:
     m = matcher()
-    assert m.matches("GET", "example.com", 80)
-    assert m.matches("CONNECT", "10.0.0.1", 443)
+    assert hit(m, "GET", "example.com", 80)
+    assert hit(m, "CONNECT", "10.0.0.1", 443)
 
 
 def test_ports_condition() -> None:
     m = matcher(ports=(80, 8080))
-    assert m.matches("GET", "a.com", 80)
-    assert m.matches("GET", "a.com", 8080)
-    assert not m.matches("GET", "a.com", 443)
+    assert hit(m, "GET", "a.com", 80)
+    assert hit(m, "GET", "a.com", 8080)
+    assert hit(m, "GET", "a.com", 443) is False
 
 
 def test_methods_condition() -> None:
     m = matcher(methods=("CONNECT",))
-    assert m.matches("CONNECT", "a.com", 443)
-    assert not m.matches("GET", "a.com", 443)
+    assert hit(m, "CONNECT", "a.com", 443)
+    assert hit(m, "GET", "a.com", 443) is False
 
 
 def test_networks_condition_ipv4_and_ipv6() -> None:
     m = matcher(networks=("10.0.0.0/8", "fd00::/8"))
-    assert m.matches("GET", "10.1.2.3", 80)
-    assert m.matches("GET", "fd12::1", 80)
-    assert m.matches("GET", "[fd12::1]", 80)
-    assert not m.matches("GET", "11.0.0.1", 80)
-    assert not m.matches("GET", "2001:db8::1", 80)
+    assert hit(m, "GET", "10.1.2.3", 80)
+    assert hit(m, "GET", "fd12::1", 80)
+    assert hit(m, "GET", "[fd12::1]", 80)
+    assert hit(m, "GET", "11.0.0.1", 80) is False
+    assert hit(m, "GET", "2001:db8::1", 80) is False
 
 
-def test_networks_condition_does_not_match_host_names() -> None:
-    m = matcher(networks=("0.0.0.0/0", "::/0"))
-    assert not m.matches("GET", "example.com", 80)
+def test_networks_condition_on_a_name_waits_for_its_address() -> None:
+    m = matcher(networks=("10.0.0.0/8",))
+    assert m.decide("GET", "example.com", 80, None) is None  # not known before DNS
+    assert m.decide("GET", "example.com", 80, ipaddress.ip_address("10.9.9.9")) is True
+    assert m.decide("GET", "example.com", 80, ipaddress.ip_address("192.0.2.1")) is False
+    # ports and methods that do not hold decide at once, without the address
+    assert matcher(networks=("10.0.0.0/8",), ports=(22,)).decide("GET", "example.com", 80, None) is False
 
 
 def test_domains_condition() -> None:
     m = matcher(domains=[".example.com"])
-    assert m.matches("GET", "www.example.com", 80)
-    assert not m.matches("GET", "example.org", 80)
+    assert hit(m, "GET", "www.example.com", 80)
+    assert hit(m, "GET", "example.org", 80) is False
 
 
 def test_domains_or_networks_identify_the_destination() -> None:
     m = matcher(domains=["intranet.corp"], networks=("192.168.0.0/16",))
-    assert m.matches("GET", "intranet.corp", 80)
-    assert m.matches("GET", "192.168.1.1", 80)
-    assert not m.matches("GET", "example.com", 80)
-    assert not m.matches("GET", "8.8.8.8", 80)
+    assert hit(m, "GET", "intranet.corp", 80)
+    assert hit(m, "GET", "192.168.1.1", 80)
+    assert hit(m, "GET", "example.com", 80) is None  # the address will tell
+    assert hit(m, "GET", "8.8.8.8", 80) is False
 
 
 def test_all_given_conditions_must_hold() -> None:
     m = matcher(domains=["*.example.com"], ports=(443,), methods=("CONNECT",))
-    assert m.matches("CONNECT", "www.example.com", 443)
-    assert not m.matches("GET", "www.example.com", 443)
-    assert not m.matches("CONNECT", "www.example.com", 8443)
-    assert not m.matches("CONNECT", "www.example.org", 443)
+    assert hit(m, "CONNECT", "www.example.com", 443)
+    assert hit(m, "GET", "www.example.com", 443) is False
+    assert hit(m, "CONNECT", "www.example.com", 8443) is False
+    assert hit(m, "CONNECT", "www.example.org", 443) is False
 
 
 def test_network_rule_matches_ipv4_mapped_ipv6_destination() -> None:
     m = matcher(networks=("10.0.0.0/8",))
-    assert m.matches("GET", "::ffff:10.0.0.1", 80)
+    assert hit(m, "GET", "::ffff:10.0.0.1", 80)
 
 
 # -- DestinationAcl ------------------------------------------------------------------------
@@ -250,9 +269,57 @@ def test_method_and_network_rules() -> None:
             Rule("read-only", False, matcher(methods=("POST", "PUT", "DELETE"))),
         )
     )
-    assert not acl.check("GET", "127.0.0.1", 80).allowed
-    assert not acl.check("POST", "example.com", 80).allowed
-    assert acl.check("GET", "example.com", 80).allowed
+    public = ipaddress.ip_address("192.0.2.1")
+    lo = ipaddress.ip_address("127.0.0.1")
+    assert acl.check("GET", "127.0.0.1", 80, lo) == Verdict(False, "no-private")
+    assert acl.check("POST", "example.com", 80, public) == Verdict(False, "read-only")
+    assert acl.check("GET", "example.com", 80, public).allowed
+
+
+def test_a_name_is_checked_from_the_first_rule_that_needs_its_address() -> None:
+    acl = DestinationAcl(
+        (
+            Rule("trusted", True, matcher(domains=["intranet.corp"])),
+            Rule("no-private", False, matcher(networks=("10.0.0.0/8",))),
+            Rule("rest", True, matcher()),
+        )
+    )
+    assert acl.check("GET", "intranet.corp", 80) == Verdict(True, "trusted")  # decided before DNS
+    assert acl.check("GET", "evil.example", 80) == NeedsAddress(1)
+    check = AddressCheck(acl, "GET", "evil.example", 80, 1)
+    assert check.verdict("10.1.1.1") == Verdict(False, "no-private")
+    assert check.verdict("::ffff:10.1.1.1") == Verdict(False, "no-private")
+    assert check.verdict("192.0.2.7") == Verdict(True, "rest")
+    # without an address ever (a parent proxy resolves the name), networks cannot match a name
+    assert acl.check_name_only("GET", "evil.example", 80) == Verdict(True, "rest")
+
+
+def test_the_address_is_not_needed_when_it_cannot_change_the_verdict() -> None:
+    acl = DestinationAcl(
+        (
+            Rule("no-private", False, matcher(networks=("10.0.0.0/8",))),
+            Rule("blocked", False, matcher(domains=["blocked.example"])),
+            Rule("also-private", False, matcher(networks=("192.168.0.0/16",))),
+            Rule("ok", True, matcher(domains=["ok.example"])),
+        )
+    )
+    # denied whatever the address: decided before DNS (no lookup of a blocked name)
+    assert acl.check("GET", "blocked.example", 80) == Verdict(False, "blocked")
+    # allowed by name, but an earlier deny might match its address
+    assert acl.check("GET", "ok.example", 80) == NeedsAddress(0)
+    # nothing surely matches: the default allow, unless a networks rule matches
+    assert acl.check("GET", "other.example", 80) == NeedsAddress(0)
+    only_allows = DestinationAcl((Rule("lan", True, matcher(networks=("10.0.0.0/8",))),))
+    assert only_allows.check("GET", "x.example", 80) == DEFAULT_ALLOW  # allowed either way
+
+
+def test_address_check_dials_only_allowed_addresses() -> None:
+    acl = DestinationAcl((Rule("lo", False, matcher(networks=("127.0.0.0/8", "::1/128"))),))
+    check = AddressCheck(acl, "GET", "localhost", 80, 0)
+    v4, v6, pub = (2, ("127.0.0.1", 80)), (10, ("::1", 80, 0, 0)), (2, ("192.0.2.1", 80))
+    assert check.admit([v4, pub, v6]) == [pub]
+    with pytest.raises(Forbidden, match=r"access to localhost denied \(rule: lo\)"):
+        check.admit([v4, v6])
 
 
 # -- ClientAcl -----------------------------------------------------------------------------

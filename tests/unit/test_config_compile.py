@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from ferryman.config.compile import (
 from ferryman.config.load import load_text, normalise
 from ferryman.config.schema import Config
 from ferryman.errors import ConfigError
-from ferryman.pipeline.admit.acl import DEFAULT_ALLOW, Verdict
+from ferryman.pipeline.admit.acl import DEFAULT_ALLOW, NeedsAddress, Verdict
 
 
 def plan_of(text: str, source: str = "<test>") -> Plan:
@@ -190,11 +191,15 @@ forward:
 """
     )
     acl = plan.forward.acl
-    assert acl.check("GET", "192.168.4.4", 80) == Verdict(False, "lan")
-    assert acl.check("GET", "fd00::5", 80) == Verdict(False, "lan")
-    assert acl.check("POST", "example.com", 80) == Verdict(False, "ro")
-    assert acl.check("PUT", "example.com", 80) == Verdict(False, "ro")
-    assert acl.check("GET", "example.com", 80) == DEFAULT_ALLOW
+    ip = ipaddress.ip_address
+    assert acl.check("GET", "192.168.4.4", 80, ip("192.168.4.4")) == Verdict(False, "lan")
+    assert acl.check("GET", "fd00::5", 80, ip("fd00::5")) == Verdict(False, "lan")
+    pub = ip("192.0.2.1")  # what example.com resolved to
+    assert acl.check("POST", "example.com", 80, pub) == Verdict(False, "ro")
+    assert acl.check("PUT", "example.com", 80, pub) == Verdict(False, "ro")
+    assert acl.check("GET", "example.com", 80, pub) == DEFAULT_ALLOW
+    # before DNS, a name cannot get past the networks rule: the address decides
+    assert acl.check("GET", "example.com", 80) == NeedsAddress(0)
 
 
 def test_rule_ports_compiled() -> None:

@@ -341,6 +341,19 @@ def test_host_ipv6_literal_with_port_is_accepted() -> None:
     assert sink.heads()[0].host == b"[::1]:8080"
 
 
+@pytest.mark.parametrize("host", [b"host..", b"host...:80", b"a..b", b"..", b"example.com..:8080"])
+def test_host_with_an_empty_label_is_refused(host: bytes) -> None:
+    p, _ = request_parser()
+    with pytest.raises(ClientProtocolError, match="invalid Host"):
+        p.feed(b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+
+
+def test_host_with_one_trailing_dot_is_accepted() -> None:
+    p, sink = request_parser()
+    p.feed(b"GET / HTTP/1.1\r\nHost: example.com.:8080\r\n\r\n")
+    assert sink.heads()[0].host == b"example.com.:8080"
+
+
 # =============================================================================
 # Requests: limits
 # =============================================================================

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable
 
 import pytest
 
 from ferryman.errors import ClientProtocolError
-from ferryman.pipeline.route.router import Target, parse_absolute, parse_authority
+from ferryman.pipeline.route.router import Target, canonical_host, parse_absolute, parse_authority
 
 # -- absolute-form ---------------------------------------------------------------------
 
@@ -167,3 +168,57 @@ def test_parse_authority(authority: bytes, expected: Target) -> None:
 def test_parse_authority_rejects(authority: bytes) -> None:
     with pytest.raises(ClientProtocolError):
         parse_authority(authority)
+
+
+# -- canonical host: numeric IPv4 spellings, trailing dots ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spelled", "canonical"),
+    [
+        ("2130706434", "127.0.0.2"),
+        ("0x7f000002", "127.0.0.2"),
+        ("0X7F000002", "127.0.0.2"),
+        ("127.2", "127.0.0.2"),
+        ("127.0.2", "127.0.0.2"),
+        ("0177.0.0.2", "127.0.0.2"),
+        ("0x7f.0.0.2", "127.0.0.2"),
+        ("0177.0x0.00.02", "127.0.0.2"),
+        ("127.0.0.2", "127.0.0.2"),
+        ("127.0.0.2.", "127.0.0.2"),
+        ("0", "0.0.0.0"),
+        ("4294967295", "255.255.255.255"),
+        ("1.2.65535", "1.2.255.255"),
+        ("::FFFF:127.0.0.2", str(ipaddress.ip_address("::ffff:127.0.0.2"))),
+        ("0:0:0:0:0:0:0:1", "::1"),
+    ],
+)
+def test_numeric_hosts_are_canonical_addresses(spelled: str, canonical: str) -> None:
+    host, ip = canonical_host(spelled)
+    assert host == canonical and ip == ipaddress.ip_address(canonical)
+    # the same in both target forms, and the next hop's Host is the canonical one
+    t = parse_absolute(b"http://%s/x" % (f"[{spelled}]" if ":" in spelled else spelled).encode())
+    assert (t.host, t.ip) == (canonical, ipaddress.ip_address(canonical))
+    assert t.authority == (f"[{canonical}]" if ":" in canonical else canonical).encode()
+    c = parse_authority(b"%s:443" % (f"[{spelled}]" if ":" in spelled else spelled).encode())
+    assert (c.host, c.ip) == (canonical, ipaddress.ip_address(canonical))
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["1.2.3.4.5", "256.1.1.1", "1.256.1.1", "4294967296", "1.2.65536", "08.1.1.1", "0x1g.1", "a.123",
+     "example.0x10", "1..2", "example.com..", "example.com...", ".example.com", "..", "."],
+)
+def test_invalid_hosts_are_refused(host: str) -> None:
+    with pytest.raises(ClientProtocolError):
+        canonical_host(host)
+    with pytest.raises(ClientProtocolError):
+        parse_absolute(b"http://%s/" % host.encode())
+    with pytest.raises(ClientProtocolError):
+        parse_authority(b"%s:443" % host.encode())
+
+
+@pytest.mark.parametrize("host", ["example.com", "123abc.com", "a.b1", "x-1.0a", "localhost"])
+def test_names_stay_names(host: str) -> None:
+    assert canonical_host(host) == (host, None)
+    assert canonical_host(host.upper() + ".") == (host, None)

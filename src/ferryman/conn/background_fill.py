@@ -141,6 +141,10 @@ async def fill_whole_object(
         headers: Headers = [(n, v) for n, v in d.fields() if n.lower() not in _DROP]
         headers.append((b"Connection", b"close"))
         addrs = await engine.resolver.resolve(host, port)
+        if d.address_check is not None:
+            addrs = d.address_check.admit(addrs)
+        if d.group is None and any(engine.is_self(str(a[1][0]), port) for a in addrs):
+            return  # a loop (the request itself was refused with 508 already)
         _, proto = await open_connection(
             addrs, lambda: _FillClient(cache, key, req, rules), plan.timeouts.upstream_connect, ssl_ctx, sni
         )

@@ -14,6 +14,7 @@ from ferryman.conn.exchange import Exchange
 from ferryman.conn.tunnel import RelaySide, Tunnel
 from ferryman.errors import FerrymanError, LoopDetected, UpstreamConnectError, UpstreamTimeout
 from ferryman.pipeline.route.router import Target
+from ferryman.pipeline.stage import Connect
 from ferryman.upstream.dial import open_connection
 
 if TYPE_CHECKING:
@@ -51,14 +52,17 @@ async def _through_parent(ds: Downstream, up: RelaySide, target: Target, timeout
         up.pending.append(rest)
 
 
-async def open_connect_tunnel(ds: Downstream, ex: Exchange, target: Target) -> None:
+async def open_connect_tunnel(ds: Downstream, ex: Exchange, decision: Connect) -> None:
     plan = ex.plan
     assert plan is not None and ds.transport is not None
     parent = plan.forward.parent
+    target = decision.target
     t0 = monotonic()
     try:
         host, port = parent if parent is not None else (target.host, target.port)
         addrs = await ds.engine.resolver.resolve(host, port)
+        if decision.address_check is not None:
+            addrs = decision.address_check.admit(addrs)  # only allowed addresses are dialled
         if any(ds.engine.is_self(str(a[1][0]), port) for a in addrs):
             what = "parent proxy is ferryman itself" if parent else "CONNECT aimed at ferryman itself"
             raise LoopDetected(f"{what} ({host}:{port})")

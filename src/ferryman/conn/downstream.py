@@ -44,6 +44,7 @@ from ferryman.http1 import proxy_protocol
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
+from ferryman.pipeline.admit.acl import AddressCheck
 from ferryman.pipeline.route.forward import route_forward
 from ferryman.pipeline.route.reverse import route_reverse
 from ferryman.pipeline.stage import Connect, Proxy, Synthetic
@@ -55,6 +56,11 @@ log = logging.getLogger("ferryman")
 
 def started_resp(ex: Exchange) -> bool:
     return ex.resp is not None
+
+
+def _peer_allowed(conn: UpstreamConnection, check: AddressCheck) -> bool:
+    peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+    return peer is not None and check.verdict(str(peer[0])).allowed
 
 _BUFFER_HIGH = 256 * 1024
 
@@ -340,7 +346,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             self._phase = TUNNEL
             self.tunnel_pending = []
             self._pause(P_BUFFER)  # nothing more from the client until the tunnel is up
-            ex.task = self.loop.create_task(connect.open_connect_tunnel(self, ex, decision.target))
+            ex.task = self.loop.create_task(connect.open_connect_tunnel(self, ex, decision))
             return
         ex.decision = decision
         ex.route = decision.route
@@ -399,6 +405,9 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         )
         private = d.upgrade or (ex.group is not None and ex.group.plan.send_proxy is not None)
         conn = None if private else self.engine.pool.acquire(key)
+        if conn is not None and d.address_check is not None and not _peer_allowed(conn, d.address_check):
+            conn.close()  # dialled for a request the rules treat differently: dial (and check) anew
+            conn = None
         if conn is not None:
             ex.reused = True
             self._attach(ex, conn)
@@ -416,6 +425,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         host, port = key[1], key[2]
         try:
             addrs = await self.engine.resolver.resolve(host, port)
+            if d.address_check is not None:
+                addrs = d.address_check.admit(addrs)  # only allowed addresses are dialled
             if d.group is None and any(self.engine.is_self(str(a[1][0]), port) for a in addrs):
                 raise LoopDetected(f"request aimed at ferryman itself ({host}:{port})")
             if ex.server is not None:

@@ -174,7 +174,8 @@ class RequestParser:
         if host is None:
             if version == "1.1":
                 raise ClientProtocolError("missing Host header")
-        elif b"@" in host or host.translate(None, _VALID_HOST):
+        elif b"@" in host or b".." in host or host.translate(None, _VALID_HOST):
+            # ".." is an empty label: "host.." must not slip past rules and routes for "host"
             raise ClientProtocolError("invalid Host header")
         framing, length = request_framing(version, te, cl)
         tokens = connection_tokens(conn) if conn else frozenset()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferryman.http1.events import Headers
+from ferryman.pipeline.admit.acl import AddressCheck
 from ferryman.pipeline.cache.policy import Rules
 from ferryman.pipeline.route.router import Target
 
@@ -30,6 +31,7 @@ class Proxy:
     tls_name: str | None = None  # SNI / certificate name when the next hop speaks TLS
     cache_rules: Rules | None = None  # None: this request does not use the cache
     build: Callable[[], Headers] | None = None  # computes `headers` when first needed
+    address_check: AddressCheck | None = None  # forward: rules still to run on the dialled address
 
     def fields(self) -> Headers:
         """The forwarded header fields, built on first use: a cache hit never needs them."""
@@ -53,6 +55,7 @@ class Connect:
     """Open a CONNECT tunnel."""
 
     target: Target
+    address_check: AddressCheck | None = None  # rules still to run on the dialled address
 
 
 Decision = Proxy | Synthetic | Connect

@@ -6,7 +6,8 @@ from ferryman.config.compile import ForwardPlan
 from ferryman.errors import Forbidden, LoopDetected
 from ferryman.http1.events import RequestHead
 from ferryman.http1.headers import forward_request_headers, upgrade_offer
-from ferryman.pipeline.route.router import parse_absolute, parse_authority
+from ferryman.pipeline.admit.acl import AddressCheck, NeedsAddress
+from ferryman.pipeline.route.router import Target, parse_absolute, parse_authority
 from ferryman.pipeline.stage import Connect, Decision, Proxy
 
 
@@ -21,14 +22,9 @@ def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_al
         target = parse_authority(head.target)
         if target.port not in fwd.connect_ports:
             raise Forbidden(f"CONNECT to port {target.port} is not allowed (rule: forward.connect_ports)")
-        verdict = fwd.acl.check("CONNECT", target.host, target.port)
-        if not verdict.allowed:
-            raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
-        return Connect(target)
+        return Connect(target, _admit(fwd, "CONNECT", target))
     target = parse_absolute(head.target)
-    verdict = fwd.acl.check(head.method, target.host, target.port)
-    if not verdict.allowed:
-        raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
+    check = _admit(fwd, head.method, target)
     upgrade = None if head.upgrade is None else upgrade_offer(head.upgrade, fwd.upgrades)
     headers, looped = forward_request_headers(
         head.headers, head.connection_tokens, fwd.via, upgrade=upgrade, version=head.version
@@ -47,4 +43,19 @@ def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_al
         head.method, req_target, headers, target.authority, False, next_hop, None, "", upgrade is not None,
         tls_name,
         fwd.cache_rules,
+        address_check=check,
     )
+
+
+def _admit(fwd: ForwardPlan, method: str, target: Target) -> AddressCheck | None:
+    """Destination rules before DNS: raise if they deny; an `AddressCheck` when the verdict
+    depends on the address a name resolves to (the dialler finishes it)."""
+    verdict = fwd.acl.check(method, target.host, target.port, target.ip)
+    if isinstance(verdict, NeedsAddress):
+        if fwd.parent is None:
+            return AddressCheck(fwd.acl, method, target.host, target.port, verdict.start)
+        # The parent resolves the name: networks conditions only ever see IP literals.
+        verdict = fwd.acl.check_name_only(method, target.host, target.port)
+    if not verdict.allowed:
+        raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
+    return None

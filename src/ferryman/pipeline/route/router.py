@@ -3,11 +3,22 @@
 RFC 9112 3.2.2: in absolute-form the target's authority wins over Host, and the
 proxy rewrites Host to match it before forwarding.  CONNECT takes
 authority-form only (3.2.3).
+
+The destination host is parsed once, here, into one canonical spelling that the
+rules, the cache key, DNS and the next hop's Host all see (`canonical_host`):
+  - lower case; one trailing dot dropped (``a.com.`` is ``a.com``); an empty
+    label (``a..com``, ``a.com..``, ``.a.com``) is a 400;
+  - a host whose last label is a number is an IPv4 address in any of the forms
+    ``inet_aton`` and the WHATWG URL standard accept (``2130706433``,
+    ``0x7f000001``, ``127.1``, ``0177.0.0.1``), rewritten as ``127.0.0.1``; one
+    that is not a valid address (``1.2.3.4.5``, ``256.1.1.1``, ``a.123``) is a 400;
+  - an IPv6 literal is written in its compressed form.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 
 import httptools
 
@@ -15,14 +26,17 @@ from ferryman.errors import ClientProtocolError
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
     scheme: str  # "http" | "https" | "" for CONNECT
-    host: str  # lower-case; IPv6 without brackets
+    host: str  # canonical (see the module docstring); IPv6 without brackets
     port: int
     path: bytes  # origin-form for the next hop ("/" when empty)
     authority: bytes  # Host value for the next hop
+    ip: IPAddress | None = field(default=None, compare=False)  # the address, for an IP literal host
 
 
 def _authority(host: str, port: int, default: int) -> bytes:
@@ -30,13 +44,58 @@ def _authority(host: str, port: int, default: int) -> bytes:
     return (h if port == default else f"{h}:{port}").encode("ascii")
 
 
-def _check_host(host: str) -> str:
-    # One trailing dot names the same host ("a.com." is "a.com"): strip it so the
-    # ACL sees one spelling; empty labels are invalid.
-    host = host.lower().removesuffix(".")
-    if not host or len(host) > 253 or ".." in host or host.startswith("."):
+_DIGITS = frozenset("0123456789")
+_OCTAL = frozenset("01234567")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of a numeric IPv4 host (WHATWG "IPv4 number parser"), or None."""
+    if part.startswith("0x"):
+        digits, radix, allowed = part[2:], 16, _HEX
+    elif len(part) > 1 and part[0] == "0":
+        digits, radix, allowed = part[1:], 8, _OCTAL
+    else:
+        digits, radix, allowed = part, 10, _DIGITS
+    if not digits:
+        return 0 if radix == 16 else None  # "0x" is 0; an empty part is not a number
+    if not allowed.issuperset(digits):
+        return None
+    return int(digits, radix)
+
+
+def _ipv4(host: str) -> ipaddress.IPv4Address:
+    parts = host.split(".")
+    nums = [_ipv4_number(p) for p in parts]
+    if len(parts) > 4 or None in nums:
+        raise ClientProtocolError(f"invalid IPv4 address {host!r} in request target")
+    values = [n for n in nums if n is not None]
+    last = values.pop()
+    if any(n > 255 for n in values) or last >= 256 ** (4 - len(values)):
+        raise ClientProtocolError(f"invalid IPv4 address {host!r} in request target")
+    for i, n in enumerate(values):
+        last += n << (8 * (3 - i))
+    return ipaddress.IPv4Address(last)
+
+
+def canonical_host(raw: str) -> tuple[str, IPAddress | None]:
+    """The destination host in its one canonical spelling, and its address if it is one."""
+    host = raw.lower()
+    if host.endswith("."):
+        host = host[:-1]  # one trailing dot names the same host
+    if not host or len(host) > 253 or ".." in host or host[0] == "." or host[-1] == ".":
         raise ClientProtocolError("invalid host in request target")
-    return host
+    if ":" in host:
+        try:
+            ip6 = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ClientProtocolError("invalid IPv6 address in request target") from None
+        return str(ip6), ip6
+    last = host[host.rfind(".") + 1 :]
+    if _DIGITS.issuperset(last) or (last.startswith("0x") and _HEX.issuperset(last[2:])):
+        ip4 = _ipv4(host)  # the last label is a number: an IPv4 address or nothing
+        return str(ip4), ip4
+    return host, None
 
 
 def parse_absolute(target: bytes) -> Target:
@@ -55,7 +114,7 @@ def parse_absolute(target: bytes) -> Target:
         raise ClientProtocolError("userinfo in request target")
     if not url.host:
         raise ClientProtocolError("missing host in request target")
-    host = _check_host(url.host.decode("ascii", "replace"))
+    host, ip = canonical_host(url.host.decode("ascii", "replace"))
     default = _DEFAULT_PORTS[scheme]
     port = default if url.port is None else url.port
     if not 0 < port < 65536:
@@ -63,7 +122,7 @@ def parse_absolute(target: bytes) -> Target:
     path = url.path or b"/"
     if url.query is not None:
         path = path + b"?" + url.query
-    return Target(scheme.decode(), host, port, path, _authority(host, port, default))
+    return Target(scheme.decode(), host, port, path, _authority(host, port, default), ip)
 
 
 def parse_authority(target: bytes) -> Target:
@@ -82,6 +141,6 @@ def parse_authority(target: bytes) -> Target:
         raise ClientProtocolError("invalid port in CONNECT target")
     if "@" in host or "/" in host:
         raise ClientProtocolError("invalid host in CONNECT target")
-    host = _check_host(host)
+    host, ip = canonical_host(host)
     port = int(port_s)
-    return Target("", host, port, b"", _authority(host, port, 0))
+    return Target("", host, port, b"", _authority(host, port, 0), ip)
