@@ -80,40 +80,36 @@ def entry(user: str = "alice", h: str = "$2y$04$" + "a" * 53) -> PasswordEntry:
 def test_cache_hits_until_ttl_and_never_stores_the_password() -> None:
     c = CredentialCache(ttl=60)
     e = entry()
-    assert not c.hit(e, b"pw", 0)
-    c.store(e, b"pw", 0)
-    assert c.hit(e, b"pw", 59.9)
-    assert not c.hit(e, b"other", 1)
-    assert not c.hit(entry("bob"), b"pw", 1)
-    assert not c.hit(e, b"pw", 60.0)
+    hdr = basic(b"alice:pw-is-not-kept")
+    assert c.lookup(hdr, 0) is None
+    c.store(hdr, e, 0)
+    assert c.lookup(hdr, 59.9) == ("alice", e.hash)
+    assert c.lookup(basic(b"alice:other"), 1) is None
+    assert c.lookup(hdr, 60.0) is None
     assert len(c) == 0  # the expired entry went on lookup
-    c.store(e, b"pw-is-not-kept", 0)
-    assert all(b"pw-is-not-kept" not in k for k in c._entries)
-
-
-def test_cache_misses_when_the_hash_changes() -> None:
-    c = CredentialCache(ttl=60)
-    c.store(entry(h="$2y$04$" + "a" * 53), b"pw", 0)
-    assert not c.hit(entry(h="$2y$04$" + "b" * 53), b"pw", 1)
+    c.store(hdr, e, 0)
+    [(digest, value)] = c._entries.items()
+    assert b"pw-is-not-kept" not in digest and hdr not in digest
+    assert all(b"pw-is-not-kept" not in str(v).encode() for v in value)
 
 
 def test_cache_is_bounded_lru() -> None:
     c = CredentialCache(ttl=60, max_entries=3)
-    users = [entry(f"u{i}") for i in range(5)]
-    for u in users[:3]:
-        c.store(u, b"pw", 0)
-    assert c.hit(users[0], b"pw", 1)  # u0 is now the most recent
-    c.store(users[3], b"pw", 1)
-    c.store(users[4], b"pw", 1)
+    hdrs = [basic(f"u{i}:pw".encode()) for i in range(5)]
+    for i, h in enumerate(hdrs[:3]):
+        c.store(h, entry(f"u{i}"), 0)
+    assert c.lookup(hdrs[0], 1) is not None  # u0 is now the most recent
+    c.store(hdrs[3], entry("u3"), 1)
+    c.store(hdrs[4], entry("u4"), 1)
     assert len(c) == 3
-    assert c.hit(users[0], b"pw", 2)
-    assert not c.hit(users[1], b"pw", 2)
-    assert not c.hit(users[2], b"pw", 2)
+    assert c.lookup(hdrs[0], 2) is not None
+    assert c.lookup(hdrs[1], 2) is None
+    assert c.lookup(hdrs[2], 2) is None
 
 
 def test_cache_with_zero_ttl_stores_nothing() -> None:
     c = CredentialCache(ttl=0)
-    c.store(entry(), b"pw", 0)
+    c.store(basic(b"a:b"), entry(), 0)
     assert len(c) == 0
 
 
@@ -184,7 +180,25 @@ def test_authenticator_verifies_then_serves_from_cache(alice_hash: str) -> None:
         "alice", frozenset({"staff"}), False
     )
     assert auth.begin("c", good, 1) == Granted("alice", frozenset({"staff"}), True)
+    assert auth.begin("c", good.decode(), 2) == Granted("alice", frozenset({"staff"}), True)
+    assert isinstance(auth.begin("c", basic(b"alice:wonderlanD"), 2), Verify)
     assert isinstance(auth.begin("c", good, 301), Verify)  # TTL over
+
+
+def test_a_changed_password_hash_misses_the_cache(alice_hash: str) -> None:
+    """A reload gives alice a new hash: the cached header no longer grants anything."""
+    auth = make_auth(alice_hash)
+    good = basic(b"alice:wonderland")
+    assert isinstance(run(auth, "c", good, 0), Granted)
+    assert auth.begin("c", good, 1) == Granted("alice", frozenset({"staff"}), True)
+    new_hash = bcrypt.hashpw(b"looking-glass", bcrypt.gensalt(4)).decode()
+    reloaded = Authenticator(
+        UserDb.build({"alice": PasswordEntry("alice", new_hash, "bcrypt")}), auth.cache, auth.limiter
+    )
+    assert isinstance(reloaded.begin("c", good, 2), Verify)
+    assert run(reloaded, "c", good, 2) == BAD_PASSWORD
+    gone = Authenticator(UserDb.build({}), auth.cache, auth.limiter)
+    assert gone.begin("c", basic(b"alice:looking-glass"), 3) == UNKNOWN_USER
 
 
 def test_authenticator_challenges_and_locks(alice_hash: str) -> None:

@@ -309,3 +309,72 @@ def test_no_shadowing_when_the_later_rule_can_still_match() -> None:
     assert shadowed({"deny": {"headers": {"X-A": "v"}}}, {"deny": {"headers": {"X-A": True}}}) == []
     by_net = {"deny": {"domains": ["a.test"], "networks": ["10.0.0.0/8"]}}
     assert shadowed({"deny": {"domains": ["a.test"]}}, by_net) == []
+
+
+# -- runs of simple rules looked up at once -------------------------------------------
+
+
+def reference(r: RuleSet, q: AclRequest, now: float) -> tuple[str, int]:
+    """First match, rule by rule: what the run index must agree with."""
+    from ferryman.pipeline.admit.conditions import NO_MATCH, Facts
+
+    ev = Facts(
+        q.client, q.method, q.host, q.port, q.path, q.headers or [], q.user, q.groups, q.address, now
+    )
+    for i, rule in enumerate(r.rules):
+        if not all(c.test(ev) for c in rule.conditions):
+            continue
+        if rule.destination is not None and rule.destination.match(ev) == NO_MATCH:
+            continue
+        if rule.action == "auth" and q.user is not None:
+            continue
+        return rule.action, i
+    return r.default, -1
+
+
+def test_runs_of_simple_rules_agree_with_rule_by_rule() -> None:
+    import random
+
+    rnd = random.Random(5)
+    labels = ["a", "b", "ads", "x", "test", "com"]
+
+    def host() -> str:
+        return ".".join(rnd.choice(labels) for _ in range(rnd.randint(1, 4)))
+
+    for _ in range(40):
+        rules: list[dict[str, Any]] = []
+        for _ in range(rnd.randint(1, 25)):
+            kind = rnd.random()
+            action_ = rnd.choice(["allow", "deny"])
+            if kind < 0.4:
+                entries = [rnd.choice(["", ".", "*."]) + host() for _ in range(rnd.randint(1, 3))]
+                rules.append({action_: {"domains": entries}})
+            elif kind < 0.6:
+                rules.append({action_: {"ports": rnd.sample([25, 80, 443, 8080], rnd.randint(1, 2))}})
+            elif kind < 0.7:
+                rules.append({action_: {"methods": [rnd.choice(["GET", "POST", "PUT"])]}})
+            elif kind < 0.8:
+                rules.append({action_: {"ports": [80], "methods": ["GET"]}})
+            elif kind < 0.9:
+                rules.append({action_: {"domain_regex": ["^ads?\\."]}})
+            else:
+                rules.append({"auth": {"domains": [host()]}})
+        r = rs(*rules, default=rnd.choice(["allow", "deny"]))
+        for _ in range(60):
+            q = req(
+                host=host(), port=rnd.choice([25, 80, 443, 8080, 9]),
+                method=rnd.choice(["GET", "POST", "PUT"]), user=rnd.choice([None, "u"]),
+            )
+            d = r.evaluate(q, TUE_1030)
+            assert (d.action, d.index) == reference(r, q, TUE_1030), (rules, q)
+
+
+def test_a_run_is_one_step() -> None:
+    r = rs(*[{"deny": {"domains": [f".blocked{i}.test"]}} for i in range(10)],
+           *[{"deny": {"ports": [25 + i]}} for i in range(8)],
+           {"deny": {"clients": ["192.0.2.0/24"]}}, {"allow": {}})
+    assert len(r._fast) == 3
+    assert r.evaluate(req(host="x.blocked7.test"), TUE_1030).index == 7
+    assert r.evaluate(req(port=30), TUE_1030).index == 15
+    assert r.evaluate(req(client="192.0.2.9"), TUE_1030).index == 18
+    assert r.evaluate(req(), TUE_1030).index == 19

@@ -72,14 +72,15 @@ def parse_basic(value: bytes | str | None) -> BasicCredentials | None:
 
 
 class CredentialCache:
-    """Recently verified (user, password) pairs, so a keep-alive client costs one HMAC
-    per request instead of one bcrypt.
+    """Recently verified credentials, so a keep-alive client costs one HMAC per request
+    instead of one bcrypt, and no Base64 decoding either.
 
-    The key is HMAC-SHA256 under a per-process random key over the user, the stored
-    hash and the password: the plain password is never kept, and a changed hash (a
-    reload that changes the user's password) misses by construction.  Least recently
-    used entries go first when ``max_entries`` is reached.  Mutable state: one per
-    worker, shared by the Plans of successive reloads.
+    The key is HMAC-SHA256, under a per-process random key, of the header value as
+    sent: the plain password is never kept.  The value names the user and the hash
+    the password was checked against; `Authenticator` takes a hit only while the user
+    still has that very hash, so a reload that changes a password misses at once.
+    Least recently used entries go first when ``max_entries`` is reached.  Mutable
+    state: one per worker, shared by the Plans of successive reloads.
     """
 
     __slots__ = ("ttl", "max_entries", "_key", "_entries")
@@ -90,30 +91,28 @@ class CredentialCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._key = key if key is not None else os.urandom(32)
-        self._entries: OrderedDict[bytes, float] = OrderedDict()  # digest -> expiry
+        # digest -> (expiry, user, hash)
+        self._entries: OrderedDict[bytes, tuple[float, str, str]] = OrderedDict()
 
-    def _digest(self, entry: PasswordEntry, password: bytes) -> bytes:
-        msg = b"%s\x00%s\x00%s" % (entry.user.encode("utf-8"), entry.hash.encode("ascii"), password)
-        return hmac.digest(self._key, msg, hashlib.sha256)
-
-    def hit(self, entry: PasswordEntry, password: bytes, now: float) -> bool:
+    def lookup(self, header: bytes, now: float) -> tuple[str, str] | None:
+        """(user, hash) verified for this exact header value, while fresh."""
         if not self._entries:
-            return False
-        d = self._digest(entry, password)
-        exp = self._entries.get(d)
-        if exp is None:
-            return False
-        if exp <= now:
+            return None
+        d = hmac.digest(self._key, header, hashlib.sha256)
+        hit = self._entries.get(d)
+        if hit is None:
+            return None
+        if hit[0] <= now:
             del self._entries[d]
-            return False
+            return None
         self._entries.move_to_end(d)
-        return True
+        return hit[1], hit[2]
 
-    def store(self, entry: PasswordEntry, password: bytes, now: float) -> None:
+    def store(self, header: bytes, entry: PasswordEntry, now: float) -> None:
         if self.ttl <= 0 or self.max_entries == 0:
             return
-        d = self._digest(entry, password)
-        self._entries[d] = now + self.ttl
+        d = hmac.digest(self._key, header, hashlib.sha256)
+        self._entries[d] = (now + self.ttl, entry.user, entry.hash)
         self._entries.move_to_end(d)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
@@ -214,6 +213,7 @@ class Verify:
 
     entry: PasswordEntry
     password: bytes
+    header: bytes  # the value as sent, for the cache
 
 
 AuthStep = Granted | Challenge | Locked | Verify
@@ -225,14 +225,15 @@ BAD_PASSWORD = Challenge("bad-password")
 
 
 class Authenticator:
-    """One user database with its cache and failure limiter."""
+    """One user database (one Plan) with the worker's cache and failure limiter."""
 
-    __slots__ = ("db", "cache", "limiter")
+    __slots__ = ("db", "cache", "limiter", "_granted")
 
     def __init__(self, db: UserDb, cache: CredentialCache, limiter: FailureLimiter) -> None:
         self.db = db
         self.cache = cache
         self.limiter = limiter
+        self._granted: dict[str, Granted] = {}  # user -> the Granted of a cache hit
 
     def begin(self, client: str, header: bytes | str | None, now: float) -> AuthStep:
         if header is None:
@@ -240,20 +241,32 @@ class Authenticator:
         wait = self.limiter.retry_after(client, now)
         if wait:
             return Locked(wait)
+        if isinstance(header, str):
+            try:
+                header = header.encode("latin-1")
+            except UnicodeEncodeError:
+                return self._fail(client, now, INVALID)
+        hit = self.cache.lookup(header, now)
+        if hit is not None:
+            entry = self.db.get(hit[0])
+            if entry is not None and entry.hash == hit[1]:
+                granted = self._granted.get(entry.user)
+                if granted is None:
+                    granted = Granted(entry.user, self.db.groups_of(entry.user), True)
+                    self._granted[entry.user] = granted
+                return granted
         creds = parse_basic(header)
         if creds is None:
             return self._fail(client, now, INVALID)
         entry = self.db.get(creds.user)
         if entry is None:
             return self._fail(client, now, UNKNOWN_USER)
-        if self.cache.hit(entry, creds.password, now):
-            return Granted(entry.user, self.db.groups_of(entry.user), True)
-        return Verify(entry, creds.password)
+        return Verify(entry, creds.password, header)
 
     def finish(self, client: str, step: Verify, ok: bool, now: float) -> Granted | Challenge | Locked:
         if not ok:
             return self._fail(client, now, BAD_PASSWORD)
-        self.cache.store(step.entry, step.password, now)
+        self.cache.store(step.header, step.entry, now)
         self.limiter.success(client, now)
         return Granted(step.entry.user, self.db.groups_of(step.entry.user), False)
 

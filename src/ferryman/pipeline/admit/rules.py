@@ -53,6 +53,7 @@ from ferryman.pipeline.admit.conditions import (
 )
 from ferryman.pipeline.admit.domainset import DomainSet
 from ferryman.pipeline.admit.rules_compile import RuleError, compile_rule
+from ferryman.pipeline.admit.rules_index import RunIndex, build_run, plan_runs
 
 Action = Literal["allow", "deny", "auth"]
 ACTIONS: tuple[Action, ...] = ("allow", "deny", "auth")
@@ -106,8 +107,8 @@ _EMPTY_HEADERS: Headers = []
 
 
 # Per rule, what `evaluate` reads: its tests, its destination, whether it is an auth
-# rule, and its decisions (by name, by network) built once.
-_Step = tuple[tuple[Any, ...], Destination | None, bool, AclDecision, AclDecision]
+# rule, its decisions (by name, by network) built once, and its index.
+_Step = tuple[tuple[Any, ...], Destination | None, bool, AclDecision, AclDecision, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,28 +116,47 @@ class RuleSet:
     rules: tuple[Rule, ...]
     default: Action = "allow"
     _steps: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
+    _fast: tuple[_Step | RunIndex, ...] = field(init=False, repr=False, compare=False)
     _default: AclDecision = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        steps = []
+        steps: list[_Step] = []
         for i, r in enumerate(self.rules):
             tests = tuple(c.test for c in r.conditions)
             steps.append((
                 tests, r.destination, r.action == "auth",
                 AclDecision(r.action, r.name, i, r.message),
                 AclDecision(r.action, r.name, i, r.message, True),
+                i,
             ))
+        fast: list[_Step | RunIndex] = []
+        runs = dict(plan_runs(self.rules))
+        i = 0
+        while i < len(steps):
+            if i in runs:
+                fast.append(build_run(self.rules[i : runs[i] + 1], i))
+                i = runs[i] + 1
+            else:
+                fast.append(steps[i])
+                i += 1
         object.__setattr__(self, "_steps", tuple(steps))
+        object.__setattr__(self, "_fast", tuple(fast))
         object.__setattr__(self, "_default", AclDecision(self.default, "default", -1))
 
     def evaluate(self, req: AclRequest, now: float, start: int = 0) -> AclDecision:
+        """The decision of the first rule (from ``start``) that matches."""
         ev = Facts(
             req.client, req.method, req.host, req.port, req.path, req.headers or _EMPTY_HEADERS,
             req.user, req.groups, req.address, now,
         )
-        steps = self._steps
-        for i in range(start, len(steps)):
-            tests, dest, is_auth, decision, by_net = steps[i]
+        steps: Sequence[_Step | RunIndex] = self._fast if start == 0 else self._steps[start:]
+        for step in steps:
+            if step.__class__ is RunIndex:
+                j = step.lookup(ev)
+                if j >= 0:
+                    return self._steps[j][3]
+                continue
+            tests, dest, is_auth, decision, by_net, i = step  # type: ignore[misc]
             for test in tests:
                 if not test(ev):
                     break
