@@ -643,6 +643,13 @@ class _Headless:
         self.cache = cache
         self.ex = ex
         self.conn = conn
+        # The fill keeps the server's in-flight slot until it ends (the client's log line
+        # must not give it back while the server is still sending).
+        self.lease, ex.lease = ex.lease, None
+
+    def _release(self, ok: bool) -> None:
+        if self.lease is not None:
+            self.lease.release(time.monotonic(), ok)
 
     def on_response_head(self, head: ResponseHead) -> None:
         self.upstream_failed(FerrymanError("unexpected second response head"), True)
@@ -662,6 +669,7 @@ class _Headless:
                     del self.cache.fills[state.key]
             if writer is not None and state.stored is not None:
                 asyncio.get_running_loop().create_task(self.cache._commit(state.key, state.stored, writer))
+        self._release(True)
         if conn is not None:
             conn.close()
 
@@ -669,6 +677,7 @@ class _Headless:
         self.upstream_failed(FerrymanError("unexpected upgrade"), True)
 
     def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
+        self._release(False)
         self.cache.on_abort(self.ex, f"upstream failed: {exc.detail}")
         self.conn.close()
 

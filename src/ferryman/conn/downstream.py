@@ -126,11 +126,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         elif phase == BODY:
             self.fail(self.cur, ClientTimeout("timed out reading the request body"))
         elif phase == WAIT:
-            ex = self.cur
-            if ex is not None and ex.group is not None and ex.server is not None:
-                ex.group.finished(ex.server, monotonic(), None, False)
             t = self._phase_timeout
-            self.fail(ex, UpstreamTimeout(f"upstream sent no response within {t:g}s"))
+            self.fail(self.cur, UpstreamTimeout(f"upstream sent no response within {t:g}s"))
         elif phase == RESP:
             self.fail(self.cur, UpstreamTimeout("upstream stalled while sending the response"))
 
@@ -246,9 +243,9 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             if handed:
                 ex.conn = None  # the fill goes on for the followers; the cache owns the socket now
             if ex.conn is not None:
-                self._release_server(ex, ok=True)
                 ex.conn.abort()
                 ex.conn = None
+            self._release_server(ex, ok=None)  # the client left: no verdict on the server
             if not ex.status:
                 ex.status = 499
             ex.error = ex.error or "client closed the connection before the response completed"
@@ -384,13 +381,15 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             if group is None:
                 raise NoHealthyUpstream(f"upstream {d.group!r} is not available")
             now = monotonic()
-            server = group.pick(self.client_ip, ex.head, now, ex.tried)
-            if server is None:
+            if ex.lease is not None:
+                ex.lease.release(now, None)  # normally released already: a no-op then
+            lease = group.acquire(self.client_ip, ex.head, now, ex.tried)
+            if lease is None:
                 raise NoHealthyUpstream(f"no healthy server in upstream {d.group!r}")
+            server = lease.server
             ex.group = group
-            ex.server = server
+            ex.lease = lease
             ex.tried = ex.tried | {server.plan.index}
-            group.started(server, now)
             key = server.key
             if d.host_from_server:
                 host = server.plan.authority
@@ -429,8 +428,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                 addrs = d.address_check.admit(addrs)  # only allowed addresses are dialled
             if d.group is None and any(self.engine.is_self(str(a[1][0]), port) for a in addrs):
                 raise LoopDetected(f"request aimed at ferryman itself ({host}:{port})")
-            if ex.server is not None:
-                ssl_ctx, sni = ex.server.ssl, ex.server.tls_name
+            if ex.lease is not None:
+                ssl_ctx, sni = ex.lease.server.ssl, ex.lease.server.tls_name
             elif d.tls_name is not None:
                 ssl_ctx, sni = self.engine.tls_context, d.tls_name
             else:
@@ -469,7 +468,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             conn.transport.pause_reading()
         conn.write(ex.req_bytes)
         ex.head_sent = True
-        ex.t_sent = monotonic()
+        if ex.lease is not None:
+            ex.lease.t_sent = monotonic()
         if ex.head.expect_continue and not ex.req_done and ex.head.version == "1.1" and ex.attempts == 1:
             assert self.transport is not None
             self.transport.write(ser.CONTINUE_100)
@@ -524,7 +524,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             if ex.conn is not None:
                 ex.conn.abort()
                 ex.conn = None
-            self._release_server(ex, ok=False)
+            # Only the upstream's own faults count against the server (passive ejection).
+            self._release_server(ex, ok=False if exc.source == "upstream" else None)
             if ex.cache is not None and self.engine.cache is not None:
                 if not started_resp(ex) and self.engine.cache.serve_stale_on_error(self, ex, exc):
                     return
@@ -566,6 +567,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if ex.logged:
             return
         ex.logged = True
+        if ex.lease is not None:
+            ex.lease.release(monotonic(), None)  # every exchange is logged: no slot outlives it
         lg = self.engine.log
         if not lg.enabled:
             return

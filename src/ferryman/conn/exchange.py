@@ -12,7 +12,7 @@ from ferryman.pipeline.stage import Proxy
 if TYPE_CHECKING:
     from ferryman.conn.cache_flow import CacheState
     from ferryman.upstream.connection import UpstreamConnection
-    from ferryman.upstream.group import UpstreamGroup, UpstreamServer
+    from ferryman.upstream.group import Lease, UpstreamGroup
 
 # how the response body is written to the client
 OUT_NONE, OUT_RAW, OUT_CHUNK = 0, 1, 2
@@ -23,7 +23,7 @@ class Exchange:
         "head", "plan", "t0", "key", "conn", "reused", "attempts", "decision", "req_bytes",
         "body_buf", "body_buffered", "body_sent", "req_done", "resp", "out_mode", "status",
         "bytes_in", "bytes_out", "t_connect", "t_first", "keep_alive", "task", "head_sent",
-        "upstream_label", "error", "logged", "group", "server", "tried", "t_sent", "route",
+        "upstream_label", "error", "logged", "group", "lease", "tried", "route",
         "cache", "cache_takeover", "cache_result",
     )
 
@@ -55,9 +55,10 @@ class Exchange:
         self.error = ""
         self.logged = False
         self.group: UpstreamGroup | None = None
-        self.server: UpstreamServer | None = None
+        # The current attempt's hold on its server: released exactly once (by the lease
+        # itself), kept afterwards so a retry knows which server it left.
+        self.lease: Lease | None = None
         self.tried: frozenset[int] = frozenset()
-        self.t_sent = 0.0
         self.route = ""
         self.cache: CacheState | None = None
         self.cache_takeover = False  # the cache answers; the upstream exchange only validates

@@ -207,11 +207,10 @@ class UpstreamRelay:
         conn.detach()
         connect.join_upgrade(self._ds, ex, conn, rest)
 
-    def _release_server(self, ex: Exchange, ok: bool) -> None:
-        if ex.group is not None and ex.server is not None:
-            latency = monotonic() - ex.t_sent if ex.t_sent else None
-            ex.group.finished(ex.server, monotonic(), latency, ok)
-            ex.server = None
+    def _release_server(self, ex: Exchange, ok: bool | None) -> None:
+        """Hand the attempt's server slot back; the lease makes a second call a no-op."""
+        if ex.lease is not None:
+            ex.lease.release(monotonic(), ok)
 
     def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
         ex = self.cur
@@ -238,7 +237,7 @@ class UpstreamRelay:
     ) -> None:
         """Before any response byte: retry when provably safe, else answer with the error."""
         stale_pool = reached and ex.reused and not got_bytes and isinstance(exc, UpstreamClosed)
-        last = ex.server.plan.index if ex.server is not None else None
+        last = ex.lease.server.plan.index if ex.lease is not None else None
         self._release_server(ex, ok=stale_pool)  # a stale pooled socket is not the server's fault
         bodyless = not ex.body_sent and ex.body_buffered == 0 and ex.req_done
         if bodyless and not (ex.decision is not None and ex.decision.upgrade and reached):

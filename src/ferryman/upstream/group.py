@@ -4,6 +4,13 @@ The pure parts decide (balancer.py picks, health.py counts and ejects); this
 class only wires them to the engine and keeps the mutable state that must
 outlive a single request.  A server is offered to the balancer when its
 active check says UP *and* passive detection has not ejected it.
+
+In-flight accounting: ``acquire`` picks a server and hands out a `Lease` with
+the server's in-flight count raised; the exchange owns the lease, and the
+slot comes back (and the outcome is recorded) when the lease is released.
+A lease releases exactly once, whichever paths reach it and in any order (a
+timeout and then the error response, a retry replacing it, the client
+leaving), so ``active`` always equals the number of unreleased leases.
 """
 
 from __future__ import annotations
@@ -32,6 +39,34 @@ class UpstreamServer:
         self.ejected = False
         self.ssl = ssl_ctx
         self.tls_name = tls_name
+
+
+class Lease:
+    """One attempt's hold on one server's in-flight slot (see the module docstring)."""
+
+    __slots__ = ("group", "server", "t_sent", "_held")
+
+    def __init__(self, group: UpstreamGroup, server: UpstreamServer) -> None:
+        self.group = group
+        self.server = server
+        self.t_sent = 0.0  # when the request went out (0: not sent): latency is measured from it
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def release(self, now: float, ok: bool | None) -> None:
+        """Give the slot back and record the outcome; every later call does nothing.
+
+        ``ok``: True the server answered, False it failed (counts toward passive
+        ejection), None no verdict on the server (the client left, or erred).
+        """
+        if not self._held:
+            return
+        self._held = False
+        latency = now - self.t_sent if self.t_sent and ok is not None else None
+        self.group._finished(self.server, now, latency, ok)
 
 
 def _client_ssl(plan: UpstreamPlan) -> ssl.SSLContext:
@@ -109,12 +144,20 @@ class UpstreamGroup:
         st = self.balancer.pick(self.states, now, key, exclude)
         return None if st is None else self.servers[st.spec.index]
 
-    def started(self, server: UpstreamServer, now: float) -> None:
+    def acquire(
+        self, client_ip: str, head: RequestHead, now: float, exclude: frozenset[int]
+    ) -> Lease | None:
+        """Pick a server and take one of its in-flight slots; None when none is eligible."""
+        server = self.pick(client_ip, head, now, exclude)
+        if server is None:
+            return None
         self.balancer.on_start(server.state, now)
+        return Lease(self, server)
 
-    def finished(self, server: UpstreamServer, now: float, latency: float | None, ok: bool) -> None:
-        self.balancer.on_done(server.state, now, latency, ok)
-        if self.outlier.record(server.plan.index, ok, now) is not None:
+    def _finished(self, server: UpstreamServer, now: float, latency: float | None, ok: bool | None) -> None:
+        """Only `Lease.release` calls this, once per lease."""
+        self.balancer.on_done(server.state, now, latency, ok is not False)
+        if ok is not None and self.outlier.record(server.plan.index, ok, now) is not None:
             server.ejected = True
             server.state.mark_down()
 

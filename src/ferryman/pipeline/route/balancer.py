@@ -15,7 +15,8 @@ backup tier       backups are considered only when no primary is eligible (down,
                   full); traffic returns to the primaries as soon as one is eligible again
 nothing eligible  ``pick()`` returns ``None``; the engine answers 503 ``NoHealthyUpstream``
 in flight         ``on_start()`` adds one to ``active``, ``on_done()`` takes it off; the engine
-                  calls each exactly once per attempt (retries are new attempts)
+                  calls each exactly once per attempt (retries are new attempts), through
+                  the group's ``Lease``, which releases once however often it is asked
 slow start        a server that comes back (``mark_up``) weighs 10% -> 100% of its weight,
                   linearly over ``slow_start`` seconds; hash policies ignore it (a key's
                   home must not drift while the weight ramps)
