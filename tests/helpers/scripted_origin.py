@@ -1,8 +1,9 @@
 """A recording origin whose behaviour is chosen by the request path's last segment.
 
 For tests that drive every end of an exchange through the reverse proxy with
-real sockets.  Each request is recorded (head and the raw body bytes as they
-arrived on the wire); ``open``/``peak`` count requests being served at once.
+real sockets.  Each request is recorded in ``seen`` (head and the raw body bytes
+as they arrived on the wire); ``heads`` has each head as soon as it arrived;
+``open``/``peak`` count requests being served at once.
 
 =============  ===================================================================
 segment        behaviour
@@ -47,6 +48,7 @@ class Seen:
 class ScriptedOrigin:
     def __init__(self) -> None:
         self.seen: list[Seen] = []
+        self.heads: list[bytes] = []  # every request head, as soon as it arrived (before its body)
         self.open = 0
         self.peak = 0
         self.port = 0
@@ -119,6 +121,8 @@ class ScriptedOrigin:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                with self._lock:
+                    self.heads.append(head)
                 body = await self._read_body(reader, head)
                 seen = Seen(head, body)
                 with self._lock:

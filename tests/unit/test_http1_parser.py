@@ -282,6 +282,62 @@ def test_every_upgrade_line_is_kept() -> None:
     assert sink.heads()[0].upgrade == b"websocket, h2c"
 
 
+UP_HEAD = b"POST /up HTTP/1.1\r\nHost: a\r\nUpgrade: test\r\nConnection: Upgrade\r\n"
+
+
+def _feed_pieces(p: RequestParser, data: bytes, size: int) -> tuple[int, int | None]:
+    """Feed ``data`` in ``size``-byte pieces; (start of the piece that ended the body, offset)."""
+    for start in range(0, len(data), size):
+        off = p.feed(data[start : start + size])
+        if off is not None:
+            return start, off
+    return len(data), None
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_upgrade_request_body_by_content_length_comes_before_the_tunnel(size: int) -> None:
+    p, sink = request_parser()
+    data = UP_HEAD + b"Content-Length: 5\r\n\r\nhelloTUNNEL"
+    start, off = _feed_pieces(p, data, size)
+    assert off is not None and data[start + off :] == b"TUNNEL"
+    assert sink.kinds() == ["head", "body", "end"]
+    assert sink.bodies() == [b"hello"]
+
+
+@pytest.mark.parametrize("size", [1, 4, 1000])
+def test_upgrade_request_chunked_body_comes_before_the_tunnel(size: int) -> None:
+    p, sink = request_parser()
+    body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nTrailer: t\r\n\r\n"
+    data = UP_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + body + b"\x81\x00"
+    start, off = _feed_pieces(p, data, size)
+    assert off is not None
+    assert start + off == len(data) - 2  # the tunnel starts right after the last chunk
+    assert sink.kinds() == ["head", "body", "end"]
+    assert sink.bodies() == [b"hello world"]
+
+
+def test_upgrade_request_body_ending_with_the_data_returns_its_length() -> None:
+    p, sink = request_parser()
+    assert p.feed(UP_HEAD + b"Content-Length: 3\r\n\r\n") is None
+    assert sink.kinds() == ["head"]  # no end before the body
+    assert p.feed(b"abc") == 3
+    assert sink.bodies() == [b"abc"]
+
+
+def test_upgrade_request_with_a_bad_chunk_size_is_refused() -> None:
+    p, _ = request_parser()
+    with pytest.raises(ClientProtocolError):
+        p.feed(UP_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n")
+
+
+def test_upgrade_request_chunk_size_line_is_bounded() -> None:
+    p, _ = request_parser(max_header=1024)
+    p.feed(UP_HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(ClientProtocolError):
+        for _ in range(10):
+            p.feed(b"1" + b";" * 511)
+
+
 # -- keep-alive, Connection, Expect ------------------------------------------
 
 

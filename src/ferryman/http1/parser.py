@@ -22,6 +22,7 @@ from ferryman.errors import (
 )
 from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
 from ferryman.http1.framing import connection_tokens, request_framing, response_framing
+from ferryman.http1.upgrade_body import UpgradeBody
 
 
 class RequestSink(Protocol):
@@ -50,7 +51,8 @@ class RequestParser:
 
     __slots__ = (
         "_sink", "_p", "_url", "_headers", "_head_bytes", "_in_head", "_partial",
-        "_max_header", "_max_url", "_max_headers", "_remaining", "_bypass",
+        "_max_header", "_max_url", "_max_headers", "_remaining", "_bypass", "_up_body",
+        "_up_framing",
     )
 
     def __init__(self, sink: RequestSink, max_header_size: int, max_url: int, max_headers: int):
@@ -68,12 +70,21 @@ class RequestParser:
         self._remaining = -1
         self._bypass = False
         self._max_headers = max_headers
+        # An Upgrade request with a body: httptools stops at the head, so the body is
+        # framed by `UpgradeBody` and the tunnel starts after it.
+        self._up_framing: tuple[Framing, int] | None = None
+        self._up_body: UpgradeBody | None = None
 
     @property
     def in_head(self) -> bool:
         return self._in_head
 
     def feed(self, data: bytes) -> int | None:
+        if self._up_body is not None:
+            end = self._up_body.feed(data)
+            if end is not None:
+                self._up_body = None
+            return end
         if self._bypass:
             n = self._remaining
             if len(data) < n:
@@ -91,7 +102,16 @@ class RequestParser:
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as up:
-            return int(up.args[0])
+            off = int(up.args[0])
+            if self._up_framing is None:
+                return off
+            framing, length = self._up_framing
+            self._up_framing = None
+            self._up_body = UpgradeBody(self._sink, framing, length, self._max_header)
+            if off == len(data):
+                return None
+            end = self.feed(data[off:])
+            return None if end is None else off + end
         except httptools.HttpParserCallbackError as exc:
             ctx = exc.__context__
             if isinstance(ctx, FerrymanError):
@@ -185,6 +205,8 @@ class RequestParser:
             keep_alive = b"keep-alive" in tokens
         headers, self._headers = self._headers, []  # trailers must not join the head
         self._remaining = length if framing is Framing.LENGTH and length > 0 else -1
+        if (framing is Framing.CHUNKED or self._remaining > 0) and method != "CONNECT" and p.should_upgrade():
+            self._up_framing = (framing, length)  # llhttp will skip this body: see `feed`
         if upgrade is not None and (b"upgrade" not in tokens or version != "1.1" or method == "CONNECT"):
             upgrade = None
         self._sink.on_request_head(
@@ -201,7 +223,8 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._remaining = -1
-        self._sink.on_request_end()
+        if self._up_framing is None:  # else the body is still to come (UpgradeBody ends it)
+            self._sink.on_request_end()
 
 
 class ResponseParser:
