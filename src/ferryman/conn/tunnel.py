@@ -1,9 +1,12 @@
-"""Byte relay between two transports: CONNECT tunnels (and, later, upgrades).
+"""Byte relay between two transports: CONNECT tunnels and upgrades (after a 101).
 
 State table, per direction:  open -> half-closed (EOF passed on with
 write_eof) -> closed.  The tunnel ends when both directions are half-closed,
-either side is lost, or nothing moved for ``idle`` seconds.  Backpressure:
-when one side's write buffer fills, the other side stops reading.
+either side is lost, or nothing moved for ``idle`` seconds.  A TLS transport
+cannot half-close (``can_write_eof()`` is False): when either side of a tunnel
+with a TLS leg ends, the tunnel ends, both transports flushing what they hold
+before they close, so a wss client sees its backend go away at once.
+Backpressure: when one side's write buffer fills, the other side stops reading.
 """
 
 from __future__ import annotations
@@ -64,8 +67,15 @@ class RelaySide(asyncio.Protocol):
             return False
         self.eof = True
         peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()
+        if peer is not None and peer.transport is not None:
+            mine = self.transport
+            if peer.transport.can_write_eof() and mine is not None and mine.can_write_eof():
+                peer.transport.write_eof()
+            elif self.tunnel is not None:
+                # A TLS leg cannot pass a half-close on (nor go on after its own end):
+                # end the tunnel; close() sends what is buffered first.
+                self.tunnel.close()
+                return False
         if self.tunnel is not None:
             self.tunnel.check_done()
         return True  # keep our write side open: half-close (RFC 9110 9.3.6)
