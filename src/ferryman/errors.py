@@ -109,6 +109,14 @@ class NoHealthyUpstream(FerrymanError):
     source = "upstream"
 
 
+class UpstreamFull(FerrymanError):
+    """Every healthy server is at its max_conns and the queue timed out or is full
+    (sent with Retry-After).  Not a fault of the servers: passive health ignores it."""
+
+    status = 503
+    source = "upstream"
+
+
 class ConfigError(Exception):
     """A configuration that cannot be built; ``errors`` holds one line per problem."""
 

@@ -16,6 +16,8 @@ segment        behaviour
 ``held-K``     a chunked 200 whose body trickles a chunk every 100 ms until
                ``release("K")``, then ends (keeps ``upstream_idle`` from firing)
 ``hold-K``     answers 200 once ``release("K")`` was called
+``hold1-K``    as ``hold-K``, then reads the next request on that connection and closes
+               it unanswered (a pooled connection the origin dropped)
 ``upgrade``    101 Switching Protocols, then echoes every byte back
 other          200, body ``ok``
 =============  ===================================================================
@@ -109,20 +111,25 @@ class ScriptedOrigin:
         if gate is not None:
             waits.add(asyncio.ensure_future(gate.wait()))
         try:
-            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
+            # Let the cancelled read finish unwinding: the reader refuses a second reader.
+            await asyncio.gather(*waits, return_exceptions=True)
         return eof not in done
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:
             self._loop = asyncio.get_running_loop()
+        drop_next = False
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 with self._lock:
                     self.heads.append(head)
+                if drop_next:
+                    return
                 body = await self._read_body(reader, head)
                 seen = Seen(head, body)
                 with self._lock:
@@ -130,16 +137,21 @@ class ScriptedOrigin:
                     self.open += 1
                     self.peak = max(self.peak, self.open)
                 try:
-                    if not await self._answer(seen, reader, writer):
+                    keep = await self._answer(seen, reader, writer)
+                    if not keep:
                         return
+                    drop_next = keep == "drop-next"
                 finally:
                     with self._lock:
                         self.open -= 1
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
 
-    async def _answer(self, seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """Serve one request; False when the connection is finished."""
+    async def _answer(
+        self, seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool | str:
+        """Serve one request; False when the connection is finished, "drop-next" to close it
+        after reading the next request."""
         last = seen.target.split("?", 1)[0].rsplit("/", 1)[-1]
         if last == "5xx":
             writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom")
@@ -167,10 +179,13 @@ class ScriptedOrigin:
                 except TimeoutError:
                     pass
             writer.write(b"0\r\n\r\n")
-        elif last.startswith("hold-"):
-            if not await self._until_closed(reader, self._gate(last[5:])):
+        elif last.startswith(("hold-", "hold1-")):
+            if not await self._until_closed(reader, self._gate(last.split("-", 1)[1])):
                 return False
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            if last.startswith("hold1-"):
+                await writer.drain()
+                return "drop-next"
         elif last == "upgrade":
             writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n")
             while data := await reader.read(65536):

@@ -62,7 +62,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
             "pair": {"servers": [{"url": o1.url}, {"url": o2.url}], "balance": "hash",
                      "hash_key": {"header": "x-k"},
                      "passive": {"failures": 4, "window": "60s", "ejection": "60s"}},
-            "cap": {"servers": [{"url": o1.url, "max_conns": 2}]},
+            "cap": {"servers": [{"url": o1.url, "max_conns": 2}], "queue": {"max": 0}},
         }
         routes = [
             {"match": {"path_prefix": "/r/"}, "upstream": "retry"},
@@ -192,7 +192,7 @@ def test_max_conns_still_holds_after_a_504(proxy: Proxy) -> None:
             assert proxy.active("cap") == [2]
             before = proxy.origin.count("/c/ok")
             status, _ = _exchange(proxy, "/c/ok")
-            assert status == 503  # the server is full: a third request is not let through
+            assert status == 503  # the server is full (no queue here): a third request is not let through
             assert proxy.origin.count("/c/ok") == before
         finally:
             b.finish()

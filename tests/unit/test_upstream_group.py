@@ -16,7 +16,9 @@ from ferryman.upstream.group import Lease, UpstreamGroup
 HEAD = RequestHead("GET", b"/", "1.1", [], Framing.NONE, 0, True, b"app.test", frozenset(), False)
 
 
-def _group(n: int = 2, max_conns: int = 0, failures: int = 4, balance: str = "round_robin") -> UpstreamGroup:
+def _group(
+    n: int = 2, max_conns: int = 0, failures: int = 4, balance: str = "round_robin", queue_max: int = 1000
+) -> UpstreamGroup:
     servers = tuple(
         ServerPlan(i, f"http://127.0.0.1:{8000 + i}", "http", "127.0.0.1", 8000 + i, 1, False, max_conns)
         for i in range(n)
@@ -25,6 +27,7 @@ def _group(n: int = 2, max_conns: int = 0, failures: int = 4, balance: str = "ro
         name="web", balance=balance, hash_header=None, hash_cookie=None, hash_uri=False,
         servers=servers, health=None, passive=PassivePlan(failures, 60.0, 30.0, 0.5),
         slow_start=0.0, retries=2, retry_budget=0.2, tls_verify=True, tls_ca_file=None, tls_sni=None,
+        queue_max=queue_max, queue_timeout=5.0,
     )
     return UpstreamGroup(plan, now=0.0)
 
@@ -101,3 +104,76 @@ def test_active_matches_unreleased_leases_under_any_interleaving() -> None:
             lease.release(now, True)
             lease.release(now, False)
         assert [s.state.active for s in g.servers] == [0, 0, 0]
+
+
+# -- the queue (issue 10, item 7) ---------------------------------------------------
+
+
+def test_freed_slots_go_to_waiters_in_arrival_order() -> None:
+    g = _group(n=1, max_conns=1)
+    first = _acquire(g)
+    granted: list[tuple[str, Lease]] = []
+    for name in ("a", "b", "c"):
+        w = g.enqueue("127.0.0.1", HEAD, frozenset(), lambda lease, n=name: granted.append((n, lease)))
+        assert w is not None
+    assert g.queued == 3 and g.saturated(frozenset())
+    first.release(2.0, True)
+    assert [n for n, _ in granted] == ["a"] and g.queued == 2
+    assert g.servers[0].state.active == 1  # the slot went straight to the waiter
+    granted[0][1].release(3.0, True)
+    granted[1][1].release(4.0, True)
+    assert [n for n, _ in granted] == ["a", "b", "c"] and g.queued == 0
+    granted[2][1].release(5.0, True)
+    assert g.servers[0].state.active == 0
+
+
+def test_queue_is_bounded_and_cancelled_waiters_are_skipped() -> None:
+    g = _group(n=1, max_conns=1, queue_max=2)
+    held = _acquire(g)
+    got: list[str] = []
+    a = g.enqueue("127.0.0.1", HEAD, frozenset(), lambda _l: got.append("a"))
+    b = g.enqueue("127.0.0.1", HEAD, frozenset(), lambda _l: got.append("b"))
+    assert a is not None and b is not None
+    assert g.enqueue("127.0.0.1", HEAD, frozenset(), lambda _l: got.append("c")) is None  # full
+    g.cancel(a)
+    g.cancel(a)  # twice: counted once
+    assert g.queued == 1
+    held.release(1.0, False)
+    assert got == ["b"] and g.queued == 0
+
+
+def test_queue_off_refuses_at_once() -> None:
+    g = _group(n=1, max_conns=1, queue_max=0)
+    _acquire(g)
+    assert g.enqueue("127.0.0.1", HEAD, frozenset(), lambda _l: None) is None
+
+
+def test_down_servers_are_not_worth_waiting_for() -> None:
+    g = _group(n=2, max_conns=1)
+    g.servers[0].state.mark_down()
+    _acquire(g)  # server 1 is now full, server 0 is down
+    assert g.acquire("127.0.0.1", HEAD, 1.0, frozenset()) is None
+    assert g.saturated(frozenset())  # server 1 is healthy and full: wait
+    assert not g.saturated(frozenset({1}))  # a retry that already tried it: nothing to wait for
+
+
+def test_a_waiter_that_already_tried_the_free_server_does_not_block_the_next() -> None:
+    g = _group(n=2, max_conns=1)
+    a, b = _acquire(g), _acquire(g)
+    got: list[str] = []
+    assert g.enqueue("127.0.0.1", HEAD, frozenset({a.server.plan.index}), lambda _l: got.append("retry"))
+    assert g.enqueue("127.0.0.1", HEAD, frozenset(), lambda _l: got.append("fresh"))
+    a.release(1.0, False)  # frees the server the retry already tried
+    assert got == ["fresh"] and g.queued == 1
+    b.release(2.0, True)
+    assert got == ["fresh", "retry"] and g.queued == 0
+
+
+def test_cancelled_waiters_do_not_pile_up() -> None:
+    g = _group(n=1, max_conns=1, queue_max=10_000)
+    _acquire(g)
+    for _ in range(5000):
+        w = g.enqueue("127.0.0.1", HEAD, frozenset(), lambda _l: None)
+        assert w is not None
+        g.cancel(w)
+    assert g.queued == 0 and len(g._waiting) <= 16

@@ -72,6 +72,8 @@ class UpstreamPlan:
     tls_ca_file: str | None
     tls_sni: str | None
     send_proxy: str | None = None
+    queue_max: int = 1000  # requests waiting for a server under max_conns (0: no queue)
+    queue_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,8 @@ def _upstream(name: str, u: Mapping[str, Any]) -> UpstreamPlan:
         tls_ca_file=u["tls"].get("ca_file"),
         tls_sni=u["tls"].get("sni"),
         send_proxy=u.get("send_proxy_protocol"),
+        queue_max=u["queue"]["max"],
+        queue_timeout=float(u["queue"]["timeout"]),
     )
 
 

@@ -130,6 +130,14 @@ class RetryCfg(_Model):
     budget: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
+class QueueCfg(_Model):
+    """HAProxy's ``timeout queue`` and ``maxqueue``: requests wait here while every healthy
+    server is at its max_conns.  ``max: 0`` turns queueing off (503 at once)."""
+
+    max: int = Field(default=1000, ge=0)
+    timeout: Duration = 5.0
+
+
 class HashKeyCfg(_Model):
     header: str | None = None
     cookie: str | None = None
@@ -150,6 +158,7 @@ class UpstreamCfg(_Model):
     passive: PassiveCfg = Field(default_factory=PassiveCfg)
     slow_start: Duration | None = None
     retries: RetryCfg = Field(default_factory=RetryCfg)
+    queue: QueueCfg = Field(default_factory=QueueCfg)
     tls: UpstreamTlsCfg = Field(default_factory=UpstreamTlsCfg)
     send_proxy_protocol: Literal["v1", "v2"] | None = None
 

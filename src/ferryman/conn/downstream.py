@@ -24,7 +24,7 @@ from time import monotonic
 from typing import cast
 
 from ferryman.config.compile import ListenerPlan
-from ferryman.conn import connect
+from ferryman.conn import connect, queueing
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.relay import UpstreamRelay
@@ -50,6 +50,7 @@ from ferryman.pipeline.route.reverse import route_reverse
 from ferryman.pipeline.stage import Connect, Proxy, Synthetic
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection
+from ferryman.upstream.group import Lease
 
 log = logging.getLogger("ferryman")
 
@@ -236,6 +237,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if ex is not None and self.tunnel is None:
             if ex.task is not None:
                 ex.task.cancel()
+            if ex.queued is not None:
+                ex.queued.cancel()
             handed = (
                 ex.conn is not None and ex.cache is not None and self.engine.cache is not None
                 and self.engine.cache.continue_without_client(ex)
@@ -371,23 +374,35 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         self.finish(ex)
 
     def _proxy(self, ex: Exchange) -> None:
-        """Pick the next hop (again, on a retry) and send the request there."""
+        """Pick the next hop (again, on a retry) and send the request there; when every
+        healthy server is full, wait in the upstream's queue (conn/queueing.py)."""
         d = ex.decision
-        plan = ex.plan
-        assert d is not None and plan is not None
+        assert d is not None
+        if d.group is None:
+            self.send_to(ex, None)
+            return
+        group = self.engine.groups.get(d.group)
+        if group is None:
+            raise NoHealthyUpstream(f"upstream {d.group!r} is not available")
+        now = monotonic()
+        if ex.lease is not None:
+            ex.lease.release(now, None)  # normally released already: a no-op then
+        ex.group = group
+        lease = group.acquire(self.client_ip, ex.head, now, ex.tried)
+        if lease is not None:
+            self.send_to(ex, lease)
+        elif group.saturated(ex.tried):
+            queueing.enqueue(self, ex, group)
+        else:
+            raise NoHealthyUpstream(f"no healthy server in upstream {d.group!r}")
+
+    def send_to(self, ex: Exchange, lease: Lease | None) -> None:
+        """Send the request to the server ``lease`` holds, or to the forward next hop."""
+        d = ex.decision
+        assert d is not None
         host = d.host
-        if d.group is not None:
-            group = self.engine.groups.get(d.group)
-            if group is None:
-                raise NoHealthyUpstream(f"upstream {d.group!r} is not available")
-            now = monotonic()
-            if ex.lease is not None:
-                ex.lease.release(now, None)  # normally released already: a no-op then
-            lease = group.acquire(self.client_ip, ex.head, now, ex.tried)
-            if lease is None:
-                raise NoHealthyUpstream(f"no healthy server in upstream {d.group!r}")
+        if lease is not None:
             server = lease.server
-            ex.group = group
             ex.lease = lease
             ex.tried = ex.tried | {server.plan.index}
             key = server.key
@@ -521,6 +536,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             if ex.task is not None:
                 ex.task.cancel()
                 ex.task = None
+            if ex.queued is not None:
+                ex.queued.cancel()
             if ex.conn is not None:
                 ex.conn.abort()
                 ex.conn = None
@@ -569,6 +586,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         ex.logged = True
         if ex.lease is not None:
             ex.lease.release(monotonic(), None)  # every exchange is logged: no slot outlives it
+        if ex.queued is not None:
+            ex.queued.cancel()
         lg = self.engine.log
         if not lg.enabled:
             return

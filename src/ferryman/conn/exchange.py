@@ -11,6 +11,7 @@ from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
     from ferryman.conn.cache_flow import CacheState
+    from ferryman.conn.queueing import Queued
     from ferryman.upstream.connection import UpstreamConnection
     from ferryman.upstream.group import Lease, UpstreamGroup
 
@@ -23,7 +24,7 @@ class Exchange:
         "head", "plan", "t0", "key", "conn", "reused", "attempts", "decision", "req_bytes",
         "body_buf", "body_buffered", "body_sent", "req_done", "resp", "out_mode", "status",
         "bytes_in", "bytes_out", "t_connect", "t_first", "keep_alive", "task", "head_sent",
-        "upstream_label", "error", "logged", "group", "lease", "tried", "route",
+        "upstream_label", "error", "logged", "group", "lease", "queued", "tried", "route",
         "cache", "cache_takeover", "cache_result",
     )
 
@@ -58,6 +59,7 @@ class Exchange:
         # The current attempt's hold on its server: released exactly once (by the lease
         # itself), kept afterwards so a retry knows which server it left.
         self.lease: Lease | None = None
+        self.queued: Queued | None = None  # waiting for a slot (every server at max_conns)
         self.tried: frozenset[int] = frozenset()
         self.route = ""
         self.cache: CacheState | None = None

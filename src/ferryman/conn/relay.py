@@ -27,6 +27,7 @@ from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.upstream.connection import UpstreamConnection
+from ferryman.upstream.group import Lease
 
 if TYPE_CHECKING:
     from ferryman.conn.downstream import Downstream
@@ -56,6 +57,7 @@ class UpstreamRelay:
     def fail(self, ex: Exchange | None, exc: FerrymanError) -> None: ...
     def log(self, ex: Exchange) -> None: ...
     def _proxy(self, ex: Exchange) -> None: ...
+    def send_to(self, ex: Exchange, lease: Lease | None) -> None: ...
     def _abort(self) -> None: ...
     def _on_timer(self) -> None: ...
     def _pause(self, why: int) -> None: ...
@@ -237,11 +239,11 @@ class UpstreamRelay:
     ) -> None:
         """Before any response byte: retry when provably safe, else answer with the error."""
         stale_pool = reached and ex.reused and not got_bytes and isinstance(exc, UpstreamClosed)
-        last = ex.lease.server.plan.index if ex.lease is not None else None
-        self._release_server(ex, ok=stale_pool)  # a stale pooled socket is not the server's fault
+        lease = ex.lease
+        last = lease.server.plan.index if lease is not None else None
         bodyless = not ex.body_sent and ex.body_buffered == 0 and ex.req_done
+        may = False
         if bodyless and not (ex.decision is not None and ex.decision.upgrade and reached):
-            may = False
             if stale_pool and ex.attempts < 3 and ex.head.method in IDEMPOTENT:
                 # The pooled socket was dead; the origin may still have read the request,
                 # so only idempotent methods are re-sent (RFC 9112 9.3.1).
@@ -250,19 +252,29 @@ class UpstreamRelay:
                 never_sent = not reached or isinstance(exc, UpstreamConnectError)
                 if never_sent or ex.head.method in IDEMPOTENT:
                     may = ex.group.may_retry(ex.attempts)
-            if may:
-                if stale_pool and last is not None:
-                    ex.tried = ex.tried - {last}  # the same server may be tried again
-                ex.head_sent = False
-                try:
-                    self._proxy(ex)
-                except NoHealthyUpstream:
-                    # Every server was tried: report what actually went wrong (502/504);
-                    # 503 is kept for "nothing healthy before trying".
-                    self.fail(ex, exc)
-                except FerrymanError as exc2:
-                    self.fail(ex, exc2)
-                return
+        if may and stale_pool and lease is not None and lease.held:
+            # A stale pooled socket is not the server's fault: re-send to the same server,
+            # keeping its slot (under max_conns a queued request keeps its turn).
+            ex.head_sent = False
+            try:
+                self.send_to(ex, lease)
+            except FerrymanError as exc2:
+                self.fail(ex, exc2)
+            return
+        self._release_server(ex, ok=stale_pool)
+        if may:
+            if stale_pool and last is not None:
+                ex.tried = ex.tried - {last}  # the same server may be tried again
+            ex.head_sent = False
+            try:
+                self._proxy(ex)
+            except NoHealthyUpstream:
+                # Every server was tried: report what actually went wrong (502/504);
+                # 503 is kept for "nothing healthy before trying".
+                self.fail(ex, exc)
+            except FerrymanError as exc2:
+                self.fail(ex, exc2)
+            return
         self.fail(ex, exc)
 
     def upstream_pause_writing(self) -> None:

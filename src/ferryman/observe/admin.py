@@ -56,6 +56,7 @@ def status_document(engine: Engine) -> dict[str, Any]:
         "draining": engine.draining,
         "config": engine.plan.source,
         "upstreams": groups,
+        "queued": {name: g.queued for name, g in engine.groups.items()},  # waiting for a free server
         "cache": engine.cache_status(),
     }
 

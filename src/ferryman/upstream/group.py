@@ -11,11 +11,20 @@ slot comes back (and the outcome is recorded) when the lease is released.
 A lease releases exactly once, whichever paths reach it and in any order (a
 timeout and then the error response, a retry replacing it, the client
 leaving), so ``active`` always equals the number of unreleased leases.
+
+Queue (HAProxy ``timeout queue`` / ``maxqueue``): when every healthy server
+is at its ``max_conns``, a request waits as a `Waiter`, at most
+``queue_max`` of them.  Each freed slot goes to the waiters in arrival order
+(FIFO): the first one the balancer can place gets a lease through its
+``on_grant`` callback, called from inside the release.  The caller bounds
+the wait (``queue_timeout``) and cancels its waiter when it gives up.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections import deque
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 
 from ferryman.config.compile_reverse import ServerPlan, UpstreamPlan
@@ -69,6 +78,21 @@ class Lease:
         self.group._finished(self.server, now, latency, ok)
 
 
+class Waiter:
+    """A request waiting for a slot (see the module docstring); ``live`` until granted or cancelled."""
+
+    __slots__ = ("client_ip", "head", "exclude", "on_grant", "live")
+
+    def __init__(
+        self, client_ip: str, head: RequestHead, exclude: frozenset[int], on_grant: Callable[[Lease], None]
+    ) -> None:
+        self.client_ip = client_ip
+        self.head = head
+        self.exclude = exclude
+        self.on_grant = on_grant
+        self.live = True
+
+
 def _client_ssl(plan: UpstreamPlan) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=plan.tls_ca_file)
     if not plan.tls_verify:
@@ -98,6 +122,8 @@ class UpstreamGroup:
             for s in self.servers:
                 s.active = ActiveHealth(plan.health.rise, plan.health.fall, now=now)
         self.tokens = _BUDGET_CAP
+        self._waiting: deque[Waiter] = deque()
+        self.queued = 0  # live waiters (cancelled ones may still sit in the deque)
 
     def adopt(self, old: UpstreamGroup) -> None:
         """Keep what a reload must not forget: health verdicts of the same servers."""
@@ -160,6 +186,55 @@ class UpstreamGroup:
         if ok is not None and self.outlier.record(server.plan.index, ok, now) is not None:
             server.ejected = True
             server.state.mark_down()
+        if self.queued:
+            self.wake(now)
+
+    # -- queue -------------------------------------------------------------
+    def saturated(self, exclude: frozenset[int]) -> bool:
+        """After ``acquire`` found nothing: is that because the healthy servers are full
+        (worth waiting for) rather than down or already tried?"""
+        return any(s.state.healthy and s.plan.index not in exclude for s in self.servers)
+
+    def enqueue(
+        self, client_ip: str, head: RequestHead, exclude: frozenset[int], on_grant: Callable[[Lease], None]
+    ) -> Waiter | None:
+        """Wait for a slot; None when the queue is full (or off: ``queue_max`` 0)."""
+        if self.queued >= self.plan.queue_max:
+            return None
+        waiter = Waiter(client_ip, head, exclude, on_grant)
+        self._waiting.append(waiter)
+        self.queued += 1
+        return waiter
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The waiter gave up (timeout, client gone); it is skipped when its turn comes."""
+        if waiter.live:
+            waiter.live = False
+            self.queued -= 1
+            waiting = self._waiting
+            if len(waiting) > 2 * self.queued + 16:  # drop the cancelled ones (amortised O(1))
+                self._waiting = deque(w for w in waiting if w.live)
+
+    def wake(self, now: float) -> None:
+        """Hand free slots to the waiters, first come first served.  A waiter that cannot be
+        placed only because of the servers it already tried does not block the ones behind."""
+        waiting = self._waiting
+        i = 0
+        while i < len(waiting) and self.queued:
+            waiter = waiting[i]
+            if not waiter.live:
+                del waiting[i]
+                continue
+            lease = self.acquire(waiter.client_ip, waiter.head, now, waiter.exclude)
+            if lease is None:
+                if not waiter.exclude:
+                    break  # nothing free for anyone
+                i += 1
+                continue
+            del waiting[i]
+            waiter.live = False
+            self.queued -= 1
+            waiter.on_grant(lease)
 
     def may_retry(self, attempts: int) -> bool:
         """Retries are bounded per request and by the budget (a share of live traffic)."""
@@ -180,6 +255,8 @@ class UpstreamGroup:
             server = self.servers[index]
             server.ejected = False
             self._refresh(server, now)
+        if self.queued:
+            self.wake(now)  # a server back in the pool has free slots
 
     def _refresh(self, server: UpstreamServer, now: float) -> None:
         up = (server.active is None or server.active.is_up) and not server.ejected
