@@ -15,7 +15,7 @@ from tests.helpers.procs import Ferryman
 from tests.helpers.rawhttp import connect, read_head
 from tests.helpers.scripted_origin import ScriptedOrigin, scripted_origin
 
-UPGRADE = "Connection: Upgrade\r\nUpgrade: test\r\n"
+UPGRADE = "Connection: Upgrade\r\nUpgrade: websocket\r\n"
 WS = ("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
 
@@ -118,3 +118,15 @@ def _dechunk(raw: bytes) -> bytes:
         if size == 0:
             return out
         out, raw = out + raw[:size], raw[size + 2 :]
+
+
+def test_refused_upgrade_relays_its_body_as_a_plain_request(setup: tuple[Ferryman, ScriptedOrigin]) -> None:
+    fm, origin = setup
+    path = "/refused/ok"  # "test" is not an allowed upgrade protocol: a plain POST goes on
+    req = f"POST {path} HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nConnection: Upgrade\r\n" \
+          f"Upgrade: test\r\n\r\nhello".encode()
+    with connect(fm.port) as s:
+        s.sendall(req)
+        head, rest = read_head(s)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    assert _seen(origin, path) == b"hello"
