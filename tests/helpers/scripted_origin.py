@@ -187,7 +187,9 @@ class ScriptedOrigin:
                 await writer.drain()
                 return "drop-next"
         elif last == "upgrade":
-            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
