@@ -160,6 +160,27 @@ async def test_client_backpressure_pauses_upstream_reads(engine: Engine) -> None
     assert up_tr.reading
 
 
+async def test_response_ending_while_the_client_is_slow_parks_a_reading_connection(engine: Engine) -> None:
+    """Issue 7 item 10: the pause made for a slow client ends with its response."""
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET)
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+    ds.pause_writing()  # the client's socket is full
+    assert not up_tr.reading
+    up.data_received(b"cd")  # the last bytes were already read: the response ends paused
+    assert tr.take().endswith(b"abcd")
+    assert engine.pool.idle_count(ORIGIN) == 1
+    assert up_tr.reading and up.idle_ready
+    ds2, tr2 = client(engine)
+    ds2.data_received(GET)
+    assert up_tr.take().count(b"GET /a ") == 2  # the same connection serves the next request
+    up.data_received(OK)
+    assert tr2.take().endswith(b"\r\n\r\nhi")
+    ds.resume_writing()  # the first client's late resume touches nothing of the pooled connection
+    assert up_tr.reading
+
+
 async def test_upstream_backpressure_pauses_client_reads(engine: Engine) -> None:
     up, _ = park_upstream(engine)
     ds, tr = client(engine)

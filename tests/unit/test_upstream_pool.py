@@ -10,6 +10,7 @@ from ferryman.upstream.pool import Pool
 @dataclass(eq=False)
 class Conn:
     usable: bool = True
+    idle_ready: bool = True
 
 
 def test_acquire_returns_most_recent_first() -> None:
@@ -77,3 +78,11 @@ def test_discard_and_drain() -> None:
     pool.discard("k", a)
     assert pool.drain() == [b]
     assert pool.idle_count() == 0
+
+
+def test_only_idle_ready_connections_are_parked() -> None:
+    """A connection still paused for a slow client (or still attached) is refused: the caller closes it."""
+    pool: Pool[Conn] = Pool(max_idle=8, idle_timeout=10)
+    paused = Conn(idle_ready=False)
+    assert not pool.release("k", paused, now=0)
+    assert pool.idle_count() == 0 and pool.acquire("k") is None

@@ -440,8 +440,7 @@ class Cache:
         if ex.resp is None or state.writer is None:
             return False
         conn.handler = _Headless(self, ex, conn)
-        if conn.transport is not None:
-            conn.transport.resume_reading()
+        conn.resume_reading()
         return True
 
     def on_not_modified(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:

@@ -262,15 +262,15 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         ex = self.cur
-        if ex is not None and ex.conn is not None and ex.conn.transport is not None:
-            ex.conn.transport.pause_reading()
+        if ex is not None and ex.conn is not None:
+            ex.conn.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writable()
         ex = self.cur
-        if ex is not None and ex.conn is not None and ex.conn.transport is not None:
-            ex.conn.transport.resume_reading()
+        if ex is not None and ex.conn is not None:
+            ex.conn.resume_reading()
 
     # ------------------------------------------------------ request parsing sink
     def on_request_head(self, head: RequestHead) -> None:
@@ -479,8 +479,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
         ex.conn = conn
         conn.attach(self, ex.head.method)
-        if self.write_paused and conn.transport is not None:
-            conn.transport.pause_reading()
+        if self.write_paused:
+            conn.pause_reading()
         conn.write(ex.req_bytes)
         ex.head_sent = True
         if ex.lease is not None:

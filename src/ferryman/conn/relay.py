@@ -167,11 +167,10 @@ class UpstreamRelay:
             conn, ex.conn = ex.conn, None
             self._release_server(ex, ok=True)
             if conn is not None:
-                if ex.key is not None and not conn.private and self.engine.pool.release(
+                conn.detach()
+                if ex.key is None or conn.private or not self.engine.pool.release(
                     ex.key, conn, self.loop.time()
                 ):
-                    conn.detach()
-                else:
                     conn.close()
             return
         if ex.resp is None or ex.status == 101:

@@ -9,6 +9,11 @@ State table:
                        both sides allow keep-alive (decided by the handler)
     busy  -> closed   on any error, close-delimited body, HEAD, or early response
     idle  -> closed   on idle timeout, on any byte or EOF from the upstream
+
+Reading is paused only on behalf of a handler (its client cannot take more
+bytes): `detach` resumes it, so an idle connection always reads, notices the
+upstream's EOF, and the next request on it is never stuck behind a pause it
+did not make.  The pool refuses a connection that is not `idle_ready`.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class UpstreamHandler(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "key", "transport", "parser", "handler", "closed", "got_bytes", "requests", "private",
-        "_max_header", "_max_headers",
+        "paused", "_max_header", "_max_headers",
     )
 
     def __init__(self, key: Hashable, max_header_size: int, max_headers: int) -> None:
@@ -46,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.requests = 0
         self.private = False  # carries one client's PROXY header: never pooled
+        self.paused = False  # reading paused for the handler's slow client
         self._max_header = max_header_size
         self._max_headers = max_headers
         self.parser = ResponseParser(self, max_header_size, max_headers)
@@ -53,6 +59,11 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    @property
+    def idle_ready(self) -> bool:
+        """May sit in the pool: alive, no handler, reading (not paused)."""
+        return self.handler is None and not self.paused and self.usable
 
     # -- driven by the handler ---------------------------------------------
     def attach(self, handler: UpstreamHandler, method: str) -> None:
@@ -63,6 +74,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         self.handler = None
+        self.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None

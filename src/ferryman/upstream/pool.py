@@ -2,7 +2,8 @@
 
 Assignment decisions are made here; the caller closes what it is told to close.
 Invariants (tested): idle per key <= max_idle; a connection is handed out at
-most once; nothing idle longer than idle_timeout survives a `sweep`.
+most once; nothing idle longer than idle_timeout survives a `sweep`; only an
+`idle_ready` connection (fully read, reading resumed, no handler) is parked.
 LIFO reuse keeps the hottest connections warm and lets the cold ones expire.
 """
 
@@ -15,6 +16,9 @@ from typing import Generic, Protocol, TypeVar
 class Pooled(Protocol):
     @property
     def usable(self) -> bool: ...
+
+    @property
+    def idle_ready(self) -> bool: ...
 
 
 C = TypeVar("C", bound=Pooled)
@@ -37,7 +41,9 @@ class Pool(Generic[C]):
         return None
 
     def release(self, key: Hashable, conn: C, now: float) -> bool:
-        """Park ``conn``; False means the caller must close it (pool full)."""
+        """Park ``conn``; False means the caller must close it (pool full, or not idle-ready)."""
+        if not conn.idle_ready:
+            return False
         stack = self._idle.get(key)
         if stack is None:
             stack = self._idle[key] = []
