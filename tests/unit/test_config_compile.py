@@ -53,7 +53,7 @@ def test_default_plan() -> None:
     assert fwd.acl.rules == ()
     assert fwd.acl.check("GET", "example.com", 80) == DEFAULT_ALLOW
     assert plan.timeouts == TimeoutsPlan(
-        client_header=10.0, client_idle=60.0, client_body=60.0, upstream_connect=5.0,
+        client_header=10.0, tls_handshake=10.0, client_idle=60.0, client_body=60.0, upstream_connect=5.0,
         upstream_header=60.0, upstream_idle=60.0, tunnel_idle=300.0, shutdown_grace=10.0,
     )
     assert plan.limits == LimitsPlan(

@@ -56,3 +56,46 @@ def test_v2_local_command_has_no_address() -> None:
 def test_v1_build_matches_spec_and_mixed_families_are_unknown() -> None:
     assert pp.build_v1(("192.0.2.1", 5), ("192.0.2.2", 80)) == b"PROXY TCP4 192.0.2.1 192.0.2.2 5 80\r\n"
     assert pp.build_v1(("::1", 5), ("192.0.2.2", 80)) == b"PROXY UNKNOWN\r\n"
+
+
+@pytest.mark.parametrize(
+    "buf",
+    [
+        pp.V2_SIG + b"\x2f\x11\x00\x0c" + bytes(12),  # command 0xF
+        pp.V2_SIG + b"\x22\x11\x00\x0c" + bytes(12),  # command 2
+        pp.V2_SIG + b"\x21\x11\x00\x04" + bytes(4),  # TCP4 block of 4 bytes
+        pp.V2_SIG + b"\x21\x21\x00\x0c" + bytes(12),  # TCP6 block of 12 bytes
+        pp.V2_SIG + b"\x21\x99\x00\x0c" + bytes(12),  # family 0x99
+        pp.V2_SIG + b"\x21\x13\x00\x0c" + bytes(12),  # transport 3
+        pp.V2_SIG + b"\x21\x11\x00\x04",  # too short, known before the block arrives
+        b"PROXY TCP4 192.0.2.1 notanip 1000 80\r\n",
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 +12 80\r\n",
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 1_0 80\r\n",
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 10 -1\r\n",
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 10  80\r\n",
+        b"PROXY TCP4 192.0.2.1 192.0.2.2 123456 80\r\n",
+        b"PROXY TCP4 192.0.2.1 2001:db8::1 10 80\r\n",
+        b"PROXY TCP6 2001:db8::1 192.0.2.1 10 80\r\n",
+    ],
+)
+def test_strict_parser_rejects_what_the_spec_leaves_unspecified(buf: bytes) -> None:
+    with pytest.raises(ClientProtocolError):
+        pp.parse(buf)
+
+
+def test_v2_families_without_an_ip_address_are_taken_without_one() -> None:
+    unix = pp.V2_SIG + b"\x21\x31" + (216).to_bytes(2, "big") + bytes(216)
+    assert pp.parse(unix) == (16 + 216, None)
+    unspec = pp.V2_SIG + b"\x21\x00\x00\x00"
+    assert pp.parse(unspec) == (16, None)
+    local_any = pp.V2_SIG + b"\x20\x11\x00\x00"  # LOCAL: the family is not looked at further
+    assert pp.parse(local_any) == (16, None)
+
+
+def test_v2_tlvs_after_the_addresses_are_skipped() -> None:
+    hdr = pp.build_v2(("192.0.2.1", 7), ("192.0.2.2", 443))
+    tlv = b"\x04\x00\x02ok"  # a NOOP TLV
+    length = int.from_bytes(hdr[14:16], "big") + len(tlv)
+    data = hdr[:14] + length.to_bytes(2, "big") + hdr[16:] + tlv + b"GET"
+    used, src = pp.parse(data)
+    assert src == ("192.0.2.1", 7) and data[used:] == b"GET"

@@ -34,6 +34,7 @@ class ListenerPlan:
     backlog: int
     tls: TlsPlan | None = None
     proxy_protocol: bool = False
+    tls_handshake: float = 10.0  # timeouts.tls_handshake: the TLS server is built with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class ForwardPlan:
 @dataclass(frozen=True, slots=True)
 class TimeoutsPlan:
     client_header: float
+    tls_handshake: float
     client_idle: float
     client_body: float
     upstream_connect: float
@@ -161,7 +163,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         listeners.append(
             ListenerPlan(
                 name, host, port, lst["mode"], lst["backlog"], compile_tls(lst.get("tls")),
-                bool(lst.get("proxy_protocol")),
+                bool(lst.get("proxy_protocol")), float(data["timeouts"]["tls_handshake"]),
             )
         )
 

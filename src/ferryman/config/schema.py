@@ -79,6 +79,7 @@ class Forward(_Model):
 
 class Timeouts(_Model):
     client_header: Duration = 10.0
+    tls_handshake: Duration = 10.0  # PROXY header (if any) and TLS handshake, from accept
     client_idle: Duration = 60.0
     client_body: Duration = 60.0
     upstream_connect: Duration = 5.0

@@ -95,7 +95,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         self._fresh = True  # no byte received yet: the timer armed at accept is the head timer
         self._writable: asyncio.Future[None] | None = None
         self._allowed_for: object = None
-        self._pp_buf: bytes | None = b"" if listener.proxy_protocol else None
+        self.proxied: tuple[str, int] | None = None  # the client named by a PROXY header (conn/accept.py)
 
     # ------------------------------------------------------------------ timers
     def _arm(self, phase: int, timeout: float) -> None:
@@ -152,13 +152,9 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if peer:
             self.client_ip = str(peer[0])
             self.client_port = int(peer[1])
+        if self.proxied is not None:
+            self.client_ip, self.client_port = self.proxied
         plan = self.engine.plan
-        if self._pp_buf is not None:
-            trusted = plan.reverse.trusted if plan.reverse is not None else None
-            if trusted is None or not trusted.allows(self.client_ip):
-                self.closed = True
-                tr.abort()  # PROXY protocol listener: only the trusted balancer may connect
-                return
         self.client_allowed = self.reverse or plan.forward.clients.allows(self.client_ip)
         self._allowed_for = plan
         tr.set_write_buffer_limits(high=256 * 1024)
@@ -171,10 +167,6 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if self.tunnel_pending is not None:
             self.tunnel_pending.append(data)
             return
-        if self._pp_buf is not None:
-            data = self._proxy_header(data)
-            if not data:
-                return
         if self._phase == IDLE and self.cur is None:
             t = self.engine.plan.timeouts.client_header
             if self._fresh:
@@ -198,25 +190,6 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                 self.tunnel_pending = [rest] if rest else []
             else:
                 self.fail(ex, UpstreamProtocolError("tunnel request pipelined behind a request"))
-
-    def _proxy_header(self, data: bytes) -> bytes:
-        """Consume the PROXY header; return what follows it (b"" while incomplete)."""
-        assert self._pp_buf is not None
-        buf = self._pp_buf + data
-        try:
-            used, src = proxy_protocol.parse(buf)
-        except proxy_protocol.NeedMore:
-            self._pp_buf = buf
-            return b""
-        except FerrymanError:
-            self.close()
-            return b""
-        self._pp_buf = None
-        if src is not None:
-            self.client_ip, self.client_port = src
-            self.client_allowed = self.reverse or self.engine.plan.forward.clients.allows(self.client_ip)
-            self._allowed_for = self.engine.plan
-        return buf[used:]
 
     def eof_received(self) -> bool | None:
         if self.tunnel_pending is not None:
