@@ -12,6 +12,7 @@ from typing import Any
 from ferryman.config.hostport import split_hostport
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache.policy import Rules
+from ferryman.pipeline.route.paths import DEFAULT_POLICY, PathPolicy
 from ferryman.pipeline.route.table import Route, RouteMatch, RouteTable
 
 
@@ -106,6 +107,7 @@ class ReversePlan:
     trusted: ClientAcl | None
     forwarded_headers: bool
     via: bytes | None
+    paths: PathPolicy = DEFAULT_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,8 @@ def compile_reverse(data: Mapping[str, Any], first_port: int) -> ReversePlan | N
             path_regex=m.get("path_regex"),
             methods=frozenset(x.upper() for x in m["methods"]),
             headers=tuple((k.lower(), v) for k, v in m["headers"].items()),
+            case_sensitive=m.get("case_sensitive", True),
+            ignore_matrix_params=m.get("ignore_matrix_params", False),
         )
         routes.append(Route(r.get("name") or f"routes[{i}]", match, _action(r, data)))
     rev = data["reverse"]
@@ -218,4 +222,5 @@ def compile_reverse(data: Mapping[str, Any], first_port: int) -> ReversePlan | N
         trusted=ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in trusted)) if trusted else None,
         forwarded_headers=rev["forwarded_headers"],
         via=via,
+        paths=PathPolicy(rev.get("merge_slashes", True), rev.get("escaped_slashes", "reject")),
     )

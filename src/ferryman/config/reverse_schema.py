@@ -27,6 +27,8 @@ class RouteMatchCfg(_Model):
     path_regex: str | None = None
     methods: list[str] = Field(default_factory=list)
     headers: dict[str, str | None] = Field(default_factory=dict)
+    case_sensitive: bool = True  # false: /ADMIN matches path_prefix /admin
+    ignore_matrix_params: bool = False  # true: /admin;jsessionid=1 matches /admin (servlet backends)
 
     @field_validator("host", mode="before")
     @classmethod
@@ -175,6 +177,8 @@ class ReverseCfg(_Model):
     trusted_proxies: Networks = Field(default_factory=list)
     forwarded_headers: bool = True
     via: bool = False
+    merge_slashes: bool = True  # //a///b -> /a/b, matched and forwarded
+    escaped_slashes: Literal["reject", "keep", "decode"] = "reject"  # %2F / %5C in a path
 
 
 class CertCfg(_Model):

@@ -1,5 +1,10 @@
 """Reverse-proxy routing (pure): route table lookup, then a Decision.
 
+The path is put in normal form first (`paths.normalize`, per
+``reverse.merge_slashes`` / ``reverse.escaped_slashes``) and that one path is
+both matched and forwarded (and offered to redirects as ``{path}``/``{uri}``):
+a backend can never act on a different path than the route that let it through.
+
 The upstream server itself is chosen later, at dial time, by the group's
 balancer: a retry must be able to pick again without routing again.
 """
@@ -12,6 +17,7 @@ from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Headers, RequestHead
 from ferryman.http1.headers import forward_request_headers, upgrade_offer
 from ferryman.pipeline.route.forwarded import add_forwarded
+from ferryman.pipeline.route.paths import normalize
 from ferryman.pipeline.route.table import rewrite_path
 from ferryman.pipeline.stage import Decision, Proxy, Synthetic
 
@@ -27,7 +33,8 @@ def _split_target(target: bytes) -> tuple[bytes, bytes]:
 
 def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool) -> Decision:
     path, query = _split_target(head.target)
-    route = rev.table.lookup(head.host, head.method, path, head.headers)
+    path = normalize(path, rev.paths)
+    route = rev.table.lookup(head.host, head.method, path, head.headers, normal=True)
     if route is None:
         shown = (head.host or b"").decode("latin-1")
         raise RouteNotFound(f"no route for {shown}{path.decode('latin-1')}")
@@ -38,7 +45,7 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
         location = action.to.format(
             scheme=scheme,
             host=host_s.split(":")[0] if not host_s.startswith("[") else host_s,
-            uri=head.target.decode("latin-1"),
+            uri=(path + query).decode("latin-1"),
             path=path.decode("latin-1"),
         )
         data = ser.simple_response(

@@ -28,14 +28,18 @@ Matching semantics, chosen here and tested:
 * ``path_prefix`` is **segment-aware**: ``/api`` matches ``/api`` and ``/api/x``
   but not ``/apix`` (nginx's plain prefix would).  A prefix that ends in ``/``
   (``/api/``) matches what starts with it, so not ``/api`` itself.
-* Paths are matched in RFC 3986 6.2.2 normal form (``normalize_path``): escapes
-  of unreserved characters decoded (``%61`` -> ``a``), other escapes upper-cased,
-  dot-segments removed.  Matching the raw bytes would let ``/%61dmin`` or
-  ``/public/../admin`` slip past an ``/admin`` route (and its auth) to a
-  catch-all while the backend still serves ``/admin``.  ``%2F`` stays encoded:
-  rejecting it is the safety phase's call.  The query never takes part.
-  Regexes see the same normal form, decoded as latin-1, and use ``re.match``
-  (anchored at the start only; add ``$`` to anchor the end).
+* Paths are matched in normal form.  The reverse router hands over the path
+  `paths.normalize` made (the one it forwards) with ``normal=True``; other
+  callers get RFC 3986 6.2.2 normal form (``normalize_path``): escapes of
+  unreserved characters decoded (``%61`` -> ``a``), other escapes upper-cased,
+  dot-segments removed.  The query never takes part.  Regexes see the same
+  normal form, decoded as latin-1, and use ``re.match`` (anchored at the start
+  only; add ``$`` to anchor the end).
+* Two per-route options change what that route compares, not what is
+  forwarded: ``case_sensitive=False`` compares paths lower-cased (a regex gets
+  ``re.IGNORECASE``), ``ignore_matrix_params=True`` compares them with every
+  segment's ``;params`` cut off (``/admin;jsessionid=1`` is ``/admin``), as
+  servlet containers route.  Precedence (rule 2) is unchanged across them.
 * Methods compare case-sensitively (RFC 9110 9.1).  A header condition
   ``(name, value)`` holds when any field of that name has exactly that value
   (after trimming whitespace); ``(name, None)`` holds when the field is present.
@@ -54,6 +58,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from ferryman.pipeline.route.paths import remove_dot_segments, strip_matrix
 
 A = TypeVar("A")
 
@@ -76,6 +82,8 @@ class RouteMatch:
     path_regex: str | None = None
     methods: frozenset[str] = frozenset()
     headers: tuple[tuple[str, str | None], ...] = ()
+    case_sensitive: bool = True
+    ignore_matrix_params: bool = False
     _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,7 +96,8 @@ class RouteMatch:
             _host_key(h)  # validates
         if self.path_regex is not None:
             try:
-                object.__setattr__(self, "_regex", re.compile(self.path_regex))
+                flags = 0 if self.case_sensitive else re.IGNORECASE
+                object.__setattr__(self, "_regex", re.compile(self.path_regex, flags))
             except re.error as e:
                 raise ValueError(f"invalid path_regex {self.path_regex!r}: {e}") from None
         object.__setattr__(self, "methods", frozenset(self.methods))
@@ -120,18 +129,7 @@ def normalize_path(path: bytes) -> bytes:
         path = _ESCAPE.sub(_unescape, path)
     if b"/." not in path:
         return path
-    segments = path.split(b"/")[1:]
-    out: list[bytes] = []
-    last = len(segments) - 1
-    for i, seg in enumerate(segments):
-        if seg == b"." or seg == b"..":
-            if seg == b".." and out:
-                out.pop()
-            if i == last:
-                out.append(b"")  # "/a/b/.." -> "/a/": the result names a directory
-            continue
-        out.append(seg)
-    return b"/" + b"/".join(out)
+    return remove_dot_segments(path)
 
 
 def _unescape(m: re.Match[bytes]) -> bytes:
@@ -171,41 +169,100 @@ def request_host(host: bytes | str | None) -> str | None:
     return h.removesuffix(".") or None
 
 
-class _PathIndex(Generic[A]):
-    """Routes of one host class, ordered by rule 2 and then config order."""
+_View = tuple[bool, bool]  # (case-insensitive, matrix params ignored)
+_PLAIN: _View = (False, False)
 
-    __slots__ = ("exact", "prefix", "regex", "anypath")
+
+def _view_of(m: RouteMatch) -> _View:
+    return (not m.case_sensitive, m.ignore_matrix_params)
+
+
+def _in_view(path: str, view: _View, for_regex: bool = False) -> str:
+    if view[1]:
+        path = strip_matrix(path)
+    if view[0] and not for_regex:  # a regex is compiled with IGNORECASE instead
+        path = path.lower()
+    return path
+
+
+class _PathIndex(Generic[A]):
+    """Routes of one host class, ordered by rule 2 and then config order.
+
+    Routes whose options change the compared path (``_View``) are kept by view;
+    when more than one view is present the candidates of all views are merged
+    back into rule-2 order (the rare case: only then is anything sorted).
+    """
+
+    __slots__ = ("exact", "prefix", "regex", "anypath", "views", "_seq")
 
     def __init__(self) -> None:
-        self.exact: dict[str, list[Route[A]]] = {}
-        self.prefix: dict[str, list[Route[A]]] = {}
-        self.regex: list[Route[A]] = []
+        self.exact: dict[_View, dict[str, list[tuple[int, Route[A]]]]] = {}
+        self.prefix: dict[_View, dict[str, list[tuple[int, Route[A]]]]] = {}
+        self.regex: list[tuple[int, Route[A]]] = []
         self.anypath: list[Route[A]] = []
+        self.views: set[_View] = set()
+        self._seq = 0
 
     def add(self, route: Route[A]) -> None:
         m = route.match
+        view = _view_of(m)
+        self._seq += 1
+        entry = (self._seq, route)
         if m.path_exact is not None:
-            self.exact.setdefault(_config_path(m.path_exact), []).append(route)
+            self.views.add(view)
+            key = _in_view(_config_path(m.path_exact), view)
+            self.exact.setdefault(view, {}).setdefault(key, []).append(entry)
         elif m.path_prefix is not None:
-            self.prefix.setdefault(_config_path(m.path_prefix), []).append(route)
+            self.views.add(view)
+            key = _in_view(_config_path(m.path_prefix), view)
+            self.prefix.setdefault(view, {}).setdefault(key, []).append(entry)
         elif m.path_regex is not None:
-            self.regex.append(route)
+            self.regex.append(entry)
         else:
             self.anypath.append(route)
 
     def candidates(self, path: str) -> Iterator[Route[A]]:
-        routes = self.exact.get(path)
-        if routes:
-            yield from routes
-        if self.prefix:
-            for prefix in _prefixes_longest_first(path):
-                routes = self.prefix.get(prefix)
+        if len(self.views) > 1 or (self.views and _PLAIN not in self.views):
+            yield from self._merged(path)
+            return
+        exact = self.exact.get(_PLAIN)
+        if exact:
+            routes = exact.get(path)
+            if routes:
+                for _, r in routes:
+                    yield r
+        prefix = self.prefix.get(_PLAIN)
+        if prefix:
+            for p in _prefixes_longest_first(path):
+                routes = prefix.get(p)
                 if routes:
-                    yield from routes
-        for route in self.regex:
-            rx = route.match._regex
-            if rx is not None and rx.match(path):
+                    for _, r in routes:
+                        yield r
+        yield from self._regex(path)
+        yield from self.anypath
+
+    def _regex(self, path: str) -> Iterator[Route[A]]:
+        for _, route in self.regex:
+            m = route.match
+            rx = m._regex
+            if rx is not None and rx.match(_in_view(path, _view_of(m), for_regex=True)):
                 yield route
+
+    def _merged(self, path: str) -> Iterator[Route[A]]:
+        found: list[tuple[int, int, int, Route[A]]] = []  # (rank, -prefix length, config seq, route)
+        for view in self.views:
+            p = _in_view(path, view)
+            for seq, r in self.exact.get(view, {}).get(p, ()):
+                found.append((0, 0, seq, r))
+            prefix = self.prefix.get(view)
+            if prefix:
+                for pre in _prefixes_longest_first(p):
+                    for seq, r in prefix.get(pre, ()):
+                        found.append((1, -len(pre), seq, r))
+        found.sort(key=lambda t: t[:3])
+        for *_, r in found:
+            yield r
+        yield from self._regex(path)
         yield from self.anypath
 
 
@@ -260,14 +317,15 @@ class RouteTable(Generic[A]):
     def routes(self) -> tuple[Route[A], ...]:
         return self._routes
 
-    def candidates(self, host: bytes | str | None, path: bytes) -> Iterator[Route[A]]:
+    def candidates(self, host: bytes | str | None, path: bytes, normal: bool = False) -> Iterator[Route[A]]:
         """Routes whose host and path conditions hold, in precedence order.
 
         Method and headers are not checked here; ``lookup`` filters on them.
-        Useful on its own to explain a routing decision (admin, tests).
+        Useful on its own to explain a routing decision (admin, tests).  With
+        ``normal`` the path is already in normal form and has no query.
         """
         h = request_host(host)
-        p = normalize_path(path.partition(b"?")[0]).decode("latin-1")
+        p = (path if normal else normalize_path(path.partition(b"?")[0])).decode("latin-1")
         if h is not None:
             group = self._exact.get(h)
             if group is not None:
@@ -287,10 +345,11 @@ class RouteTable(Generic[A]):
         method: str,
         path: bytes,
         headers: Sequence[tuple[bytes, bytes]],
+        normal: bool = False,
     ) -> Route[A] | None:
         """The first candidate whose method and header conditions hold, or None."""
         fields: dict[str, list[str]] | None = None
-        for route in self.candidates(host, path):
+        for route in self.candidates(host, path, normal):
             m = route.match
             if m.methods and method not in m.methods:
                 continue
