@@ -84,6 +84,8 @@ def test_untrusted_client_cannot_forge_forwarding_headers(untrusting: Ferryman, 
 
 
 def test_trusted_proxy_chain_is_appended_to(trusting: Ferryman, api: Backend) -> None:
+    # The chain is read from X-Forwarded-For (reverse.forwarded_from) and Forwarded is
+    # rebuilt from it: the incoming Forwarded, which named one hop fewer, is not mixed in.
     _get(trusting, "/", Host="shop.example", X_Forwarded_For="203.0.113.7, 10.0.0.2",
          X_Forwarded_Proto="https", Forwarded="for=203.0.113.7;proto=https")
     seen = api.last()
@@ -91,9 +93,31 @@ def test_trusted_proxy_chain_is_appended_to(trusting: Ferryman, api: Backend) ->
     assert seen.header("x-forwarded-proto") == "https"  # the trusted hop saw TLS
     assert forwarded(seen.header("forwarded")) == [
         {"for": "203.0.113.7", "proto": "https"},
+        {"for": "10.0.0.2"},
         ME,
     ]
     assert seen.header_count("x-forwarded-for") == 1
+
+
+def test_forwarded_agrees_with_x_forwarded_for(trusting: Ferryman, api: Backend) -> None:
+    """Issue 10.5: a balancer that sends only X-Forwarded-For/-Proto."""
+    _get(trusting, "/", Host="shop.example", X_Forwarded_For="203.0.113.5", X_Forwarded_Proto="https")
+    seen = api.last()
+    assert seen.header("x-forwarded-for") == "203.0.113.5, 127.0.0.1"
+    assert seen.header("x-forwarded-proto") == "https"
+    hops = forwarded(seen.header("forwarded"))
+    assert [h["for"] for h in hops] == ["203.0.113.5", "127.0.0.1"]
+    assert hops[0]["proto"] == "https"
+
+
+def test_x_real_ip_from_an_untrusted_client_is_stripped(untrusting: Ferryman, api: Backend) -> None:
+    _get(untrusting, "/", Host="shop.example", X_Real_IP="6.6.6.6")
+    assert api.last().header("x-real-ip") is None
+
+
+def test_x_real_ip_from_a_trusted_proxy_passes(trusting: Ferryman, api: Backend) -> None:
+    _get(trusting, "/", Host="shop.example", X_Real_IP="203.0.113.5")
+    assert api.last().header("x-real-ip") == "203.0.113.5"
 
 
 def test_trusted_proxy_without_headers_gets_them_set(trusting: Ferryman, api: Backend) -> None:

@@ -108,6 +108,8 @@ class ReversePlan:
     forwarded_headers: bool
     via: bytes | None
     paths: PathPolicy = DEFAULT_POLICY
+    forwarded_from: str = "x-forwarded-for"  # which incoming field a trusted peer's hop chain is read from
+    x_real_ip: bool = False  # set X-Real-IP to the real client
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,4 +225,6 @@ def compile_reverse(data: Mapping[str, Any], first_port: int) -> ReversePlan | N
         forwarded_headers=rev["forwarded_headers"],
         via=via,
         paths=PathPolicy(rev.get("merge_slashes", True), rev.get("escaped_slashes", "reject")),
+        forwarded_from=rev.get("forwarded_from", "x-forwarded-for"),
+        x_real_ip=bool(rev.get("x_real_ip")),
     )

@@ -179,6 +179,8 @@ class ReverseCfg(_Model):
     via: bool = False
     merge_slashes: bool = True  # //a///b -> /a/b, matched and forwarded
     escaped_slashes: Literal["reject", "keep", "decode"] = "reject"  # %2F / %5C in a path
+    forwarded_from: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"  # a trusted peer's hop chain
+    x_real_ip: bool = False  # set X-Real-IP to the real client (else: kept from trusted peers only)
 
 
 class CertCfg(_Model):

@@ -257,7 +257,7 @@ class Cache:
                 if look.revalidate and key not in self.fills and ex.head.method == "GET":
                     # stale-while-revalidate (RFC 5861): answer stale now, refresh once behind it.
                     self.fills[key] = Fill(key, self.max_object_size)
-                    ds.loop.create_task(fill_whole_object(ds.engine, self, d, head, key, rules, ds.client_ip))
+                    ds.loop.create_task(fill_whole_object(ds.engine, self, d, head, key, rules, ex.client_ip))
                 if self.inline is not None:
                     got = self.inline.get_nowait(key, stored.variant)
                     if got is not None and got[0].version == stored.version:
@@ -284,7 +284,7 @@ class Cache:
                 # Pass this Range through, and fetch the whole object once for the next ones.
                 self.fills[key] = Fill(key, self.max_object_size)  # marks the key as being filled
                 ds.loop.create_task(
-                    fill_whole_object(ds.engine, self, d, head, key, rules, ds.client_ip)
+                    fill_whole_object(ds.engine, self, d, head, key, rules, ex.client_ip)
                 )
             return False
         fill = self.fills.get(key)
@@ -306,7 +306,7 @@ class Cache:
         return None
 
     async def _purge_request(self, ds: Downstream, ex: Exchange, key: bytes) -> None:
-        if not self.purge_clients.allows(ds.client_ip):
+        if not self.purge_clients.allows(ex.client_ip):
             ds.send_synthetic(ex, 403, "PURGE is not allowed from this client (rule: cache.purge_clients)")
             return
         self.forget(key)

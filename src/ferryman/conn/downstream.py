@@ -46,6 +46,7 @@ from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline.admit.acl import AddressCheck
 from ferryman.pipeline.route.forward import route_forward
+from ferryman.pipeline.route.forwarded import read_chain, real_client
 from ferryman.pipeline.route.reverse import route_reverse
 from ferryman.pipeline.stage import Connect, Proxy, Synthetic
 from ferryman.upstream.connection import UpstreamConnection
@@ -95,6 +96,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         self._fresh = True  # no byte received yet: the timer armed at accept is the head timer
         self._writable: asyncio.Future[None] | None = None
         self._allowed_for: object = None
+        self._trusted_for: object = None  # the Plan `_peer_trusted` was worked out for
+        self._peer_trusted = False
         self.proxied: tuple[str, int] | None = None  # the client named by a PROXY header (conn/accept.py)
 
     # ------------------------------------------------------------------ timers
@@ -247,7 +250,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
 
     # ------------------------------------------------------ request parsing sink
     def on_request_head(self, head: RequestHead) -> None:
-        ex = Exchange(head, monotonic())
+        ex = Exchange(head, monotonic(), self.client_ip)
         self.rx = ex
         if self.cur is None:
             self.cur = ex
@@ -300,7 +303,16 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if limit and ex.head.content_length > limit:
             raise BodyTooLarge(f"request body of {ex.head.content_length} bytes is over the {limit} limit")
         if self.reverse and plan.reverse is not None:
-            decision = route_reverse(plan.reverse, ex.head, self.client_ip, self.tls)
+            rev = plan.reverse
+            incoming = None
+            if rev.trusted is not None:
+                if self._trusted_for is not plan:
+                    self._trusted_for = plan
+                    self._peer_trusted = rev.trusted.allows(self.client_ip)
+                if self._peer_trusted:
+                    incoming = read_chain(ex.head.headers, rev.forwarded_from)
+                    ex.client_ip = real_client(incoming, self.client_ip, rev.trusted.allows)
+            decision = route_reverse(rev, ex.head, self.client_ip, self.tls, incoming, ex.client_ip)
         else:
             if plan is not self._allowed_for:
                 # A reload may have revoked this client: re-check once per Plan.
@@ -361,7 +373,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if ex.lease is not None:
             ex.lease.release(now, None)  # normally released already: a no-op then
         ex.group = group
-        lease = group.acquire(self.client_ip, ex.head, now, ex.tried)
+        lease = group.acquire(ex.client_ip, ex.head, now, ex.tried)
         if lease is not None:
             self.send_to(ex, lease)
         elif group.saturated(ex.tried):
@@ -566,7 +578,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             return
         head = ex.head
         lg.log(
-            self.client_ip, "", head.method, head.target.decode("latin-1"), head.version,
+            ex.client_ip, "", head.method, head.target.decode("latin-1"), head.version,
             ex.status, ex.bytes_in, ex.bytes_out, monotonic() - ex.t0,
             ex.t_connect, ex.t_first, ex.cache_result, ex.upstream_label, ex.error,
         )

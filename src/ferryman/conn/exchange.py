@@ -25,11 +25,14 @@ class Exchange:
         "body_buf", "body_buffered", "body_sent", "req_done", "resp", "out_mode", "status",
         "bytes_in", "bytes_out", "t_connect", "t_first", "keep_alive", "task", "head_sent",
         "upstream_label", "error", "logged", "group", "lease", "queued", "tried", "route",
-        "cache", "cache_takeover", "cache_result",
+        "cache", "cache_takeover", "cache_result", "client_ip",
     )
 
-    def __init__(self, head: RequestHead, now: float) -> None:
+    def __init__(self, head: RequestHead, now: float, client_ip: str = "-") -> None:
         self.head = head
+        # The client: the peer, or behind trusted proxies the address they name
+        # (pipeline/route/forwarded.py); for ip_hash, ACLs and the log.
+        self.client_ip = client_ip
         self.plan: Plan | None = None
         self.t0 = now
         self.key: tuple[str, str, int] | None = None

@@ -78,7 +78,7 @@ def enqueue(ds: Downstream, ex: Exchange, group: UpstreamGroup) -> None:
     """Wait for a slot of ``group``; raise `UpstreamFull` when the queue is full or off."""
     plan = group.plan
     q = Queued(ds, ex, group)
-    waiter = group.enqueue(ds.client_ip, ex.head, ex.tried, q.grant) if plan.queue_timeout > 0 else None
+    waiter = group.enqueue(ex.client_ip, ex.head, ex.tried, q.grant) if plan.queue_timeout > 0 else None
     if waiter is None:
         raise UpstreamFull(
             f"every server of upstream {plan.name!r} is at max_conns (full, not unhealthy) "

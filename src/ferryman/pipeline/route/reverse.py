@@ -16,7 +16,7 @@ from ferryman.errors import ClientProtocolError, RouteNotFound
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Headers, RequestHead
 from ferryman.http1.headers import forward_request_headers, upgrade_offer
-from ferryman.pipeline.route.forwarded import add_forwarded
+from ferryman.pipeline.route.forwarded import Chain, add_forwarded
 from ferryman.pipeline.route.paths import normalize
 from ferryman.pipeline.route.table import rewrite_path
 from ferryman.pipeline.stage import Decision, Proxy, Synthetic
@@ -31,7 +31,11 @@ def _split_target(target: bytes) -> tuple[bytes, bytes]:
     return path, (b"?" + query if sep else b"")
 
 
-def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool) -> Decision:
+def route_reverse(
+    rev: ReversePlan, head: RequestHead, peer: str, tls: bool, incoming: Chain | None = None, client: str = ""
+) -> Decision:
+    """``peer``: the TCP (or PROXY) peer; ``incoming``: the hops a trusted peer reported
+    (None if it is not trusted); ``client``: the real client worked out from them."""
     path, query = _split_target(head.target)
     path = normalize(path, rev.paths)
     route = rev.table.lookup(head.host, head.method, path, head.headers, normal=True)
@@ -63,7 +67,9 @@ def route_reverse(rev: ReversePlan, head: RequestHead, client_ip: str, tls: bool
             head.headers, head.connection_tokens, rev.via, upgrade=upgrade, version=head.version
         )
         if rev.forwarded_headers:
-            headers = add_forwarded(headers, client_ip, scheme, head.host, rev.trusted)
+            headers = add_forwarded(
+                headers, peer, scheme, head.host, incoming, (client or peer) if rev.x_real_ip else None
+            )
         return headers
 
     if action.strip_prefix is not None or action.replace_prefix is not None:
