@@ -107,7 +107,7 @@ def _set_proxy_protocol(fm: Ferryman) -> None:
     fm.write_config(cfg)
     before = fm.stderr().count("configuration reloaded")
     fm.reload()
-    poll(lambda: fm.stderr().count("configuration reloaded") > before, what="reload")
+    poll(lambda: fm.stderr().count("configuration reloaded") > before, timeout=30, what="reload")
 
 
 def _from_balancer(port: int) -> socket.socket:
@@ -312,3 +312,33 @@ def test_plain_listener_takes_a_good_header_split_across_sends(plain_pp: Ferryma
     s.close()
     assert data.startswith(b"HTTP/1.1 200")
     assert app.last().header("x-forwarded-for") == "192.0.2.44"
+
+
+def test_reload_changes_the_tls_handshake_timeout_on_the_same_socket(
+    tmp_path: Path, cert: Cert, app: Backend
+) -> None:
+    with run_reverse(tmp_path, tls=_tls(cert), **_config(app)) as fm:  # default: 10 s
+        cfg = yaml.safe_load(fm.config_path.read_text())
+        cfg["timeouts"]["tls_handshake"] = "1s"
+        fm.write_config(cfg)
+        fm.reload()
+        poll(lambda: "configuration reloaded" in fm.stderr(), timeout=30, what="reload")
+        # the new server is built a moment after the reload line: wait for its first connection
+        s = poll(lambda: _silent_closed_within(fm.port, 4.0), timeout=15, what="1 s handshake timeout")
+        assert s
+        with socket.create_connection(("127.0.0.1", fm.port), timeout=5) as raw:  # still serving
+            with cert.client_ctx().wrap_socket(raw, server_hostname="site.test") as tls:
+                tls.sendall(b"GET /after-reload HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+                assert tls.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def _silent_closed_within(port: int, limit: float) -> bool:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    t0 = time.monotonic()
+    try:
+        data, _ = read_to_eof(s, limit + 1)
+    except AssertionError:
+        return False
+    finally:
+        s.close()
+    return data == b"" and time.monotonic() - t0 < limit
