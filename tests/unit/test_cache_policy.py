@@ -366,6 +366,69 @@ def test_3_ignore_origin_still_guards_auth_cookies_and_client_no_store() -> None
     assert store(h(), h("Cache-Control: no-store"), rules=IGNORE) == Verdict(False, "request-no-store")
 
 
+# -- targeted cache control (RFC 9213) ----------------------------------------------------------------
+
+CDN = Rules(targets=(b"ferryman-cache-control", b"cdn-cache-control"))
+
+
+def test_rfc9213_2_2_targeted_field_replaces_cache_control() -> None:
+    resp = ("Cache-Control: max-age=60, s-maxage=120", "CDN-Cache-Control: max-age=600")  # RFC 9213 3.1
+    assert life(*resp, rules=CDN) == 600
+    assert life(*resp) == 120  # without the target list: Cache-Control
+
+
+def test_rfc9213_3_1_targeted_max_age_lets_the_cdn_store_what_others_may_not() -> None:
+    resp = h("CDN-Cache-Control: max-age=600", "Cache-Control: no-store")
+    assert store(resp, rules=CDN) and not store(resp)
+    assert entry(*[f"{n.decode()}: {v.decode()}" for n, v in resp], rules=CDN).lifetime == 600
+
+
+@pytest.mark.parametrize(("directive", "reason"), [("no-store", "no-store"), ("private", "private")])
+def test_rfc9213_2_2_targeted_no_store_and_private(directive: str, reason: str) -> None:
+    resp = h("Cache-Control: public, max-age=600", f"CDN-Cache-Control: {directive}, max-age=60")
+    assert store(resp, rules=CDN) == Verdict(False, reason)
+
+
+def test_rfc9213_2_2_targeted_no_cache_and_must_revalidate() -> None:
+    e = entry("Cache-Control: max-age=600", 'ETag: "a"', "CDN-Cache-Control: no-cache, max-age=9", rules=CDN)
+    assert look(e, now=T0 + 1).outcome is Outcome.MUST_VALIDATE
+    e = entry("CDN-Cache-Control: max-age=1, must-revalidate", "Cache-Control: max-age=600", rules=CDN)
+    r = look(e, "Cache-Control: max-stale", now=T0 + 5)
+    assert (r.outcome, e.no_stale) == (Outcome.MUST_VALIDATE, True)
+    e = entry("CDN-Cache-Control: max-age=1, stale-while-revalidate=60", rules=CDN)
+    assert look(e, now=T0 + 5).outcome is Outcome.STALE_OK
+
+
+def test_rfc9213_2_2_expires_ignored_when_a_targeted_field_is_used() -> None:
+    dated = f"Date: {date(T0)}"
+    expires = f"Expires: {date(T0 + 3600)}"
+    assert life(dated, expires, "CDN-Cache-Control: must-revalidate", rules=CDN) == 0
+    assert life(dated, expires, "CDN-Cache-Control: max-age=60,", rules=CDN) == 3600  # invalid: ignored
+    # "none" (3.1): the CDN ignores Cache-Control: no-store and Expires, a validator keeps it useful
+    resp = h(dated, "Cache-Control: no-store", "CDN-Cache-Control: none", f"Last-Modified: {date(T0 - 1000)}")
+    assert store(resp, rules=CDN) and freshness_lifetime(200, resp, T0, CDN) == pytest.approx(100)
+
+
+def test_rfc9213_2_2_own_field_first_then_cdn_then_cache_control() -> None:
+    both = ("Cache-Control: max-age=1", "CDN-Cache-Control: max-age=600", "Ferryman-Cache-Control: max-age=5")
+    assert life(*both, rules=CDN) == 5
+    assert life(*both, rules=Rules(targets=(b"cdn-cache-control",))) == 600
+    assert life("Cache-Control: max-age=1", "Ferryman-Cache-Control: ", rules=CDN) == 1  # empty: ignored
+
+
+def test_rfc9213_2_1_invalid_targeted_max_age_is_stale_not_absent() -> None:
+    assert life(f"Last-Modified: {date(T0 - 10**6)}", "CDN-Cache-Control: max-age=1.5", rules=CDN) == 0
+
+
+def test_rfc9213_targeted_s_maxage_qualified_no_cache_and_set_cookie() -> None:
+    assert life("CDN-Cache-Control: max-age=10, s-maxage=20", rules=CDN) == 20
+    e = entry('CDN-Cache-Control: max-age=60, no-cache="X-Secret"', "X-Secret: 1", rules=CDN)
+    assert look(e, now=T0 + 1).strip == {b"x-secret"}
+    # explicit freshness from the targeted field is explicit: Set-Cookie may be stored
+    assert store(h("Set-Cookie: s=1", "CDN-Cache-Control: max-age=60"), rules=CDN)
+    assert not store(h("Set-Cookie: s=1", f"Expires: {IMF}", "CDN-Cache-Control: public"), rules=CDN)
+
+
 # -- freshness lifetime (4.2.1, 4.2.2, 5.3) ---------------------------------------------------------
 
 

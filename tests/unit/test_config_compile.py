@@ -334,3 +334,42 @@ def test_cache_heuristic_max_and_route_store_set_cookie_reach_the_rules() -> Non
 def test_cache_heuristic_max_defaults_to_one_day() -> None:
     plan = plan_of("cache: {store: memory}\n")
     assert plan.forward.cache_rules is not None and plan.forward.cache_rules.heuristic_max == 86400
+
+
+REVERSE_ROUTE = (
+    "listeners: [{listen: '127.0.0.1:8080', mode: reverse}, {listen: '127.0.0.1:3128'}]\n"
+    "upstreams: {o: {servers: [{url: 'http://127.0.0.1:9'}]}}\n"
+    "routes: [{upstream: o, cache: {enabled: true}}]\n"
+)
+
+
+def _rules(plan: Plan) -> tuple[object, object]:
+    assert plan.reverse is not None
+    return plan.forward.cache_rules, plan.reverse.table.routes[0].action.cache_rules  # type: ignore[union-attr]
+
+
+def test_targeted_cache_control_on_reverse_routes_only_by_default() -> None:
+    fwd, rev = _rules(plan_of("cache: {store: memory}\n" + REVERSE_ROUTE))
+    assert rev.targets == (b"ferryman-cache-control", b"cdn-cache-control")  # type: ignore[attr-defined]
+    assert rev.hidden == {b"ferryman-cache-control"}  # type: ignore[attr-defined]
+    assert fwd.targets == () and fwd.hidden == frozenset()  # type: ignore[attr-defined]
+
+
+def test_targeted_cache_control_settings() -> None:
+    fwd, rev = _rules(plan_of(
+        "cache: {store: memory, targeted: {own_field: X-Edge-Control, forward: true,"
+        " pass_cdn_cache_control: false}}\n" + REVERSE_ROUTE
+    ))
+    for rules in (fwd, rev):
+        assert rules.targets == (b"x-edge-control", b"cdn-cache-control")  # type: ignore[attr-defined]
+        assert rules.hidden == {b"x-edge-control", b"cdn-cache-control"}  # type: ignore[attr-defined]
+    _, rev = _rules(plan_of(
+        "cache: {store: memory, targeted: {own_field: null, cdn_cache_control: false}}\n" + REVERSE_ROUTE
+    ))
+    assert rev.targets == () and rev.hidden == frozenset()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("bad", ["Cache-Control", "cdn-cache-control", "has space", "x:y", ""])
+def test_own_targeted_field_must_be_a_field_name_of_its_own(bad: str) -> None:
+    with pytest.raises(ConfigError, match="cache.targeted.own_field"):
+        plan_of(f"cache: {{store: memory, targeted: {{own_field: {bad!r}}}}}\n")

@@ -181,7 +181,9 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         connect_ports=frozenset(fwd_cfg["connect_ports"]),
         parent=parent,
         via=via,
-        cache_rules=cache_rules(data, {}) if (data.get("cache") and data["cache"]["forward"]) else None,
+        cache_rules=(
+            cache_rules(data, {}, forward=True) if (data.get("cache") and data["cache"]["forward"]) else None
+        ),
         upgrades=frozenset(p.encode("ascii") for p in fwd_cfg["upgrade_protocols"]),
     )
     cache = None

@@ -167,15 +167,27 @@ def _upstream(name: str, u: Mapping[str, Any]) -> UpstreamPlan:
     )
 
 
-def cache_rules(data: Mapping[str, Any], route_cache: Mapping[str, Any]) -> Rules:
-    """The cache policy of a route (or of forward traffic, with an empty ``route_cache``)."""
+def cache_rules(data: Mapping[str, Any], route_cache: Mapping[str, Any], forward: bool = False) -> Rules:
+    """The cache policy of a route (or of forward traffic: ``forward``, an empty ``route_cache``)."""
     c = data.get("cache") or {}
     ttls = route_cache.get("default_ttls") or {}
+    targets: tuple[bytes, ...] = ()
+    hidden: frozenset[bytes] = frozenset()
+    tcc = c.get("targeted") or {}
+    if tcc and (not forward or tcc.get("forward")):  # RFC 9213: a CDN honours them; a forward proxy if told
+        own = tcc.get("own_field")
+        cdn = (b"cdn-cache-control",) if tcc.get("cdn_cache_control") else ()
+        targets = ((own.lower().encode("ascii"),) if own else ()) + cdn
+        hidden = frozenset(targets[:1] if own else ()) | (
+            frozenset(cdn) if not tcc.get("pass_cdn_cache_control") else frozenset()
+        )
     return Rules(
         default_ttls=MappingProxyType({int(k): float(v) for k, v in ttls.items()}),
         ignore_origin=bool(route_cache.get("ignore_origin")),
         store_set_cookie=bool(route_cache.get("store_set_cookie")),
         heuristic_max=float(c.get("heuristic_max", 86400.0)),
+        targets=targets,
+        hidden=hidden,
     )
 
 

@@ -112,6 +112,29 @@ class AccessLog(_Model):
     format: Literal["combined", "json"] = "combined"
 
 
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+class TargetedCacheControl(_Model):
+    """RFC 9213 targeted cache control: which targeted fields the cache honours."""
+
+    own_field: str | None = "Ferryman-Cache-Control"  # first on the target list; never passed on
+    cdn_cache_control: bool = True  # honour CDN-Cache-Control (after own_field)
+    pass_cdn_cache_control: bool = True  # pass CDN-Cache-Control on to clients (RFC 9213 3)
+    forward: bool = False  # honour them in forward mode too (reverse mode always does)
+
+    @field_validator("own_field")
+    @classmethod
+    def _check_field(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v or not set(v) <= _TOKEN:
+            raise ValueError(f"{v!r} is not a header field name")
+        if v.lower() in ("cache-control", "cdn-cache-control", "expires", "age"):
+            raise ValueError(f"{v} cannot be ferryman's own targeted field")
+        return v
+
+
 class Cache(_Model):
     store: Literal["memory", "disk", "redis"] = "memory"
     path: str | None = None  # directory, for store: disk
@@ -122,6 +145,7 @@ class Cache(_Model):
     range_fill: bool = True  # a Range miss fetches the whole object once in the background
     coalesce: bool = True  # concurrent misses for one URL share one upstream fetch
     heuristic_max: Duration = 86400.0  # cap of heuristic freshness: 10% of Date - Last-Modified
+    targeted: TargetedCacheControl = Field(default_factory=TargetedCacheControl)
 
     @model_validator(mode="after")
     def _store_needs(self) -> Cache:

@@ -487,7 +487,8 @@ class Cache:
             status, reason, headers = fill.head
             plan = ex.plan or ds.engine.plan
             via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
-            hdrs = forward_response_headers(list(headers), frozenset(), via)
+            hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
+            hdrs = forward_response_headers(headers, hidden, via)
             extra = b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
             ds.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD")
             i = 0

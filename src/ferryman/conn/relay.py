@@ -105,7 +105,10 @@ class UpstreamRelay:
         self._last = now
         if self._timer is None:
             self._timer = self.loop.call_later(self._phase_timeout, self._on_timer)
-        hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
+        drop = head.connection_tokens
+        if d is not None and d.cache_rules is not None and d.cache_rules.hidden:
+            drop = drop | d.cache_rules.hidden  # e.g. our own targeted field (RFC 9213), kept in the store
+        hdrs = forward_response_headers(head.headers, drop, via, head.version)
         cache_extra = b""
         if ex.cache is not None and self.engine.cache is not None:
             stored = forward_response_headers(head.headers, head.connection_tokens, None)

@@ -22,6 +22,9 @@ set-cookie          stored only with explicit freshness from the origin (max-age
                     Expires) or the route's ``store_set_cookie``: never on heuristic freshness
                     nor on a default TTL, so one user's cookie is not replayed to the next
                     (``private="Set-Cookie"`` is fine: the field itself is never stored)
+targeted (RFC 9213) with ``Rules.targets`` (e.g. ferryman's own field, then CDN-Cache-Control),
+                    the first valid, non-empty targeted field present replaces Cache-Control
+                    and Expires for every rule here (``targeted.py`` reads it)
 lifetime (4.2.1)    s-maxage > max-age > Expires - Date > route default TTL > heuristic: 10% of
                     Date - Last-Modified (heuristic statuses or public), capped at
                     ``Rules.heuristic_max`` (one day unless configured)
@@ -81,6 +84,7 @@ from ferryman.pipeline.cache.key import invalidations as invalidations
 from ferryman.pipeline.cache.key import not_modified_headers as not_modified_headers
 from ferryman.pipeline.cache.key import update_from_304 as update_from_304
 from ferryman.pipeline.cache.key import validation_headers as validation_headers
+from ferryman.pipeline.cache.targeted import targeted_directives
 
 DELTA_MAX = 2**31  # RFC 9111 1.2.2: the largest delta-seconds a cache must represent
 # RFC 9110 15.1: statuses whose responses may get heuristic freshness
@@ -128,6 +132,9 @@ class Rules:
     heuristic_fraction: float = 0.1  # of Date - Last-Modified (4.2.2)
     heuristic_max: float = 86400.0  # cap of a heuristic lifetime (cache.heuristic_max)
     store_set_cookie: bool = False  # the route lets Set-Cookie responses be stored on any freshness
+    # RFC 9213 target list: lower-case targeted field names, most applicable first; the first
+    # valid, non-empty one present replaces Cache-Control and Expires for the response
+    targets: tuple[bytes, ...] = ()
     # lower-case fields never passed downstream from this cache (e.g. its own targeted field)
     hidden: frozenset[bytes] = frozenset()
     # what answering from a stored response drops: the stored Age (ours replaces it, 4.2.3) + hidden
@@ -274,6 +281,16 @@ _NO_DIRECTIVES = CacheControl()
 _PRAGMA_NO_CACHE = CacheControl(no_cache=True)
 
 
+def response_cache_control(resp_headers: Headers, rules: Rules = DEFAULT_RULES) -> tuple[CacheControl, bool]:
+    """A response's directives for this cache, and whether they came from a targeted field
+    (RFC 9213 2.2: then Cache-Control and Expires are ignored)."""
+    if rules.targets:
+        targeted = targeted_directives(resp_headers, rules.targets)
+        if targeted is not None:
+            return parse_cache_control((targeted,)), True
+    return parse_cache_control(header_values(resp_headers, b"cache-control")), False
+
+
 # -- storing, freshness, age -------------------------------------------------------------------
 
 
@@ -291,14 +308,16 @@ def storable(
         return Verdict(False, "status")
     if request_cache_control(req_headers).no_store:
         return Verdict(False, "request-no-store")
-    cc = parse_cache_control(header_values(resp_headers, b"cache-control"))
+    cc, targeted = response_cache_control(resp_headers, rules)
     if cc.must_understand and status not in UNDERSTOOD_STATUSES:
         return Verdict(False, "must-understand")
     if vary_fields(header_values(resp_headers, b"vary")) is None:
         return Verdict(False, "vary-star")
     auth = _has(req_headers, b"authorization")
-    explicit = cc.max_age is not None or (cc.s_maxage is not None and rules.shared) or _has(
-        resp_headers, b"expires"
+    explicit = (
+        cc.max_age is not None
+        or (cc.s_maxage is not None and rules.shared)
+        or (not targeted and _has(resp_headers, b"expires"))
     )
     if rules.ignore_origin:
         if auth and not cc.public:
@@ -339,13 +358,15 @@ def freshness_lifetime(
     response_time: float,
     rules: Rules = DEFAULT_RULES,
     cc: CacheControl | None = None,
+    targeted: bool = False,
 ) -> float:
     """Seconds a response stays fresh (RFC 9111 4.2.1, heuristics 4.2.2); ``response_time`` stands in
-    for a missing or invalid Date.  ``cc`` saves a re-parse when the caller has it."""
+    for a missing or invalid Date.  ``cc`` (with ``targeted``: it came from a targeted field, so
+    Expires does not count) saves a re-parse when the caller has it."""
     if rules.ignore_origin:
         return max(0.0, rules.default_ttls.get(status, 0.0))
     if cc is None:
-        cc = parse_cache_control(header_values(resp_headers, b"cache-control"))
+        cc, targeted = response_cache_control(resp_headers, rules)
     if rules.shared and cc.s_maxage is not None:
         return float(cc.s_maxage)
     if cc.max_age is not None:
@@ -353,7 +374,7 @@ def freshness_lifetime(
     date = _date(resp_headers, b"date")
     if date is None:
         date = response_time
-    expires = header_values(resp_headers, b"expires")
+    expires = () if targeted else header_values(resp_headers, b"expires")
     if expires:
         t = http_date_strict(expires[0]) if len(set(expires)) == 1 else None
         return 0.0 if t is None else max(0.0, t - date)  # invalid / conflicting: already expired
@@ -395,10 +416,10 @@ def _entry(
     response_time: float,
     rules: Rules,
 ) -> Entry:
-    cc = parse_cache_control(header_values(headers, b"cache-control"))
+    cc, targeted = response_cache_control(headers, rules)
     if rules.shared and cc.private_fields:  # 5.2.2.7: a shared cache must not store them
         headers = [(n, v) for n, v in headers if n.lower() not in cc.private_fields]
-    lifetime = freshness_lifetime(status, headers, response_time, rules, cc)
+    lifetime = freshness_lifetime(status, headers, response_time, rules, cc, targeted)
     initial = _initial_age(headers, request_time, response_time)
     if rules.ignore_origin:  # the origin's directives are what the operator overrides
         return Entry(status, headers, request_time, response_time, initial, lifetime, fields, vary)
