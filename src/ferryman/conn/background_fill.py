@@ -1,9 +1,12 @@
-"""Range misses: fetch the whole object once in the background so later ranges hit.
+"""Whole-object fills with no client behind them: a Range miss, a stale-while-revalidate refresh.
 
 The OS-update case: a hundred clients ask for pieces of one large file. The
-first Range request passes through to the origin untouched while this task
-GETs the full object (no Range, no validators) into the store, through the
-same next hop the request was routed to. At most one such fill per key runs.
+first Range request starts this task, which GETs the full object (no Range)
+into the store through the same next hop the request was routed to; Range
+requests (and plain misses) that come while it runs follow its `Fill`, and are
+answered from it as soon as their bytes have arrived.  When an entry with
+validators is stored, the request is conditional: a 304 freshens the entry.
+The fill is registered with the cache like any other, so a purge marks it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, cast
 
+from ferryman.conn.fill import Fill
 from ferryman.errors import FerrymanError
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
@@ -24,7 +28,7 @@ from ferryman.pipeline.stage import Proxy
 from ferryman.upstream.dial import open_connection
 
 if TYPE_CHECKING:
-    from ferryman.conn.cache_flow import Cache
+    from ferryman.conn.cache_flow import Cache, Stored
     from ferryman.conn.engine import Engine
 
 log = logging.getLogger("ferryman")
@@ -32,13 +36,15 @@ _DROP = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since"
 
 
 class _FillClient(asyncio.Protocol):
-    def __init__(self, cache: Cache, key: bytes, req: RequestHead, rules: policy.Rules) -> None:
-        self.cache, self.key, self.req, self.rules = cache, key, req, rules
+    def __init__(
+        self, cache: Cache, fill: Fill, req: RequestHead, rules: policy.Rules, validate: Stored | None
+    ) -> None:
+        self.cache, self.fill, self.key, self.req, self.rules = cache, fill, fill.key, req, rules
+        self.validate = validate
         self.parser = ResponseParser(self, 65536, 200)
         self.writer: Writer | None = None
-        self.entry: policy.Entry | None = None
-        self.variant = b""
-        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.stored: Stored | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.t0 = time.time()
 
@@ -49,41 +55,59 @@ class _FillClient(asyncio.Protocol):
         try:
             self.parser.feed(data)
         except FerrymanError:
-            self._finish(False)
+            self._finish("failed: bad response")
 
     def eof_received(self) -> bool | None:
         try:
             self.parser.finish()
         except FerrymanError:
-            self._finish(False)
+            if not self.fill.done:
+                self._finish("failed: response cut short")
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._finish(False)
+        if not self.fill.done:  # once the body is complete, the commit decides
+            self._finish("failed: connection lost")
 
     def on_response_head(self, head: ResponseHead) -> None:
+        from ferryman.conn.cache_flow import Stored, variant_bytes
+
         if head.status < 200:
             return
-        stored = forward_response_headers(head.headers, head.connection_tokens, None)
-        if head.status != 200 or not policy.storable("GET", 200, self.req.headers, head.headers, self.rules):
-            self._finish(False)
-            return
         now = time.time()
-        self.entry = policy.make_entry(200, self.req.headers, stored, self.t0, now, self.rules)
-        from ferryman.conn.cache_flow import variant_bytes
-
-        self.variant = variant_bytes(self.entry.vary)
+        if head.status == 304 and self.validate is not None:
+            entry = policy.refresh_entry(self.validate.entry, head.headers, self.t0, now, self.rules)
+            if entry is None:
+                self._finish("failed: the 304 does not match the stored entry")
+                return
+            self.cache.refreshed(self.key, self.validate, entry, self.fill)
+            self._finish("revalidated (304)")
+            return
+        if self.fill.invalidated:
+            self._finish("not stored: purged or invalidated meanwhile")
+            return
+        stored = forward_response_headers(head.headers, head.connection_tokens, None)
+        verdict = policy.storable("GET", head.status, self.req.headers, head.headers, self.rules)
+        if head.status != 200 or not verdict:
+            self._finish(f"not stored: {head.status} {verdict.reason}")
+            return
+        entry = policy.make_entry(200, self.req.headers, stored, self.t0, now, self.rules)
+        variant = variant_bytes(entry.vary)
         size = head.content_length if head.framing is Framing.LENGTH else 0
-        meta = EntryMeta(
-            self.key, self.variant, 200, tuple(stored), tuple(self.req.headers), self.t0, now, size
-        )
+        meta = EntryMeta(self.key, variant, 200, tuple(stored), tuple(self.req.headers), self.t0, now, size)
         self.writer = self.cache.store.begin(meta)
         if self.writer is None:
-            self._finish(False)
+            self._finish("not stored: the store refused it (too big, full or off)")
+            return
+        self.stored = Stored(entry, variant, self.writer.meta.version)
+        self.fill.set_variant(entry.vary_fields, entry.vary, variant)
+        length = head.content_length if head.framing is Framing.LENGTH else -1
+        self.fill.publish_head(200, head.reason, stored, length)
 
     def on_response_body(self, data: bytes) -> None:
         if self.writer is not None:
             self.writer.write(data)
+            self.fill.append(data)
             wait = self.writer.ready()
             transport = self.transport
             if wait is not None and transport is not None:
@@ -91,29 +115,32 @@ class _FillClient(asyncio.Protocol):
                 wait.add_done_callback(lambda _: _resume(transport))
 
     def on_response_end(self) -> None:
-        if self.writer is not None and self.entry is not None:
-            asyncio.get_running_loop().create_task(self._commit())
-        else:
-            self._finish(False)
+        if self.writer is not None and self.stored is not None:
+            self.fill.finish()
+            writer, self.writer = self.writer, None
+            asyncio.get_running_loop().create_task(self._commit(writer, self.stored))
+        elif not self.done.done():
+            self._finish("failed: no body")
 
-    async def _commit(self) -> None:
-        writer, self.writer = self.writer, None
-        ok = writer is not None and await writer.commit()
-        if ok and writer is not None and self.entry is not None:
-            from ferryman.conn.cache_flow import Stored
+    async def _commit(self, writer: Writer, stored: Stored) -> None:
+        ok = await self.cache.commit(self.key, stored, writer, self.fill)
+        self._finish("stored" if ok else "not stored")
 
-            version = writer.meta.version
-            self.cache.remember(self.key, Stored(self.entry, self.variant, version))
-        self._finish(ok)
-
-    def _finish(self, ok: bool) -> None:
+    def _finish(self, outcome: str) -> None:
+        """The fill's end, whatever it is: release its followers and the connection."""
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
         if not self.done.done():
-            self.done.set_result(ok)
+            self.done.set_result(outcome)
+        if not self.fill.done:
+            self.fill.fail()  # followers past what arrived decide for themselves
         if self.transport is not None:
             self.transport.close()
+
+    # Upstream-handler methods the parser may call.
+    def on_upgrade(self, conn: object, rest: bytes) -> None:
+        self._finish("failed: unexpected upgrade")
 
 
 def _resume(transport: asyncio.Transport) -> None:
@@ -122,9 +149,11 @@ def _resume(transport: asyncio.Transport) -> None:
 
 
 async def fill_whole_object(
-    engine: Engine, cache: Cache, d: Proxy, req: RequestHead, key: bytes, rules: policy.Rules, client_ip: str
+    engine: Engine, cache: Cache, fill: Fill, d: Proxy, req: RequestHead, rules: policy.Rules,
+    client_ip: str, validate: Stored | None,
 ) -> None:
     plan = engine.plan
+    key = fill.key
     try:
         if d.group is not None:
             group = engine.groups.get(d.group)
@@ -139,6 +168,8 @@ async def fill_whole_object(
             ssl_ctx = engine.tls_context if d.tls_name else None
             sni, authority = d.tls_name, d.host
         headers: Headers = [(n, v) for n, v in d.fields() if n.lower() not in _DROP]
+        if validate is not None:
+            headers += policy.conditional_headers(validate.entry.headers)
         headers.append((b"Connection", b"close"))
         addrs = await engine.resolver.resolve(host, port)
         if d.address_check is not None:
@@ -146,15 +177,18 @@ async def fill_whole_object(
         if d.group is None and any(engine.is_self(str(a[1][0]), port) for a in addrs):
             return  # a loop (the request itself was refused with 508 already)
         _, proto = await open_connection(
-            addrs, lambda: _FillClient(cache, key, req, rules), plan.timeouts.upstream_connect, ssl_ctx, sni
+            addrs, lambda: _FillClient(cache, fill, req, rules, validate), plan.timeouts.upstream_connect,
+            ssl_ctx, sni,
         )
         client = cast(_FillClient, proto)
         assert client.transport is not None
         client.transport.write(ser.request_head("GET", d.target, authority, headers, Framing.NONE, 0))
         async with asyncio.timeout(plan.timeouts.upstream_header + 600.0):
-            ok = await client.done
-        log.info("ferryman: background fill of %s %s", key.decode("latin-1"), "stored" if ok else "failed")
+            outcome = await client.done
+        log.info("ferryman: background fill of %s %s", key.decode("latin-1"), outcome)
     except (FerrymanError, OSError, TimeoutError) as exc:
         log.info("ferryman: background fill of %s failed: %s", key.decode("latin-1"), exc)
     finally:
-        cache.fills.pop(key, None)
+        if fill.stored is None:
+            fill.fail()
+        cache._end_fill(fill)

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING
 
 from ferryman.conn.background_fill import fill_whole_object
 from ferryman.conn.exchange import Exchange
+from ferryman.conn.fill import Fill
 from ferryman.errors import FerrymanError
-from ferryman.http1.events import Headers, ResponseHead
+from ferryman.http1.events import Framing, Headers, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
-from ferryman.pipeline.cache.key import prefix_key, request_key, secondary_key, uri_key
+from ferryman.pipeline.cache.key import prefix_key, request_key, uri_key
 from ferryman.pipeline.cache.store import (
     BodyReader,
     BytesReader,
@@ -66,59 +67,6 @@ class Stored:
     block_via: bytes | None = None
 
 
-class Fill:
-    """One upstream fetch that several clients wait on (request coalescing)."""
-
-    __slots__ = (
-        "key", "head", "chunks", "done", "failed", "_wake", "followers", "size", "limit",
-        "vary_fields", "vary",
-    )
-
-    def __init__(self, key: bytes, limit: int) -> None:
-        self.key = key
-        self.head: tuple[int, bytes, Headers] | None = None  # status, reason, stored headers
-        self.chunks: list[bytes] = []
-        self.done = False
-        self.failed = False  # uncacheable, too big or broken: followers fetch for themselves
-        self._wake: asyncio.Future[None] | None = None
-        self.followers = 0
-        self.size = 0
-        self.limit = limit
-        self.vary_fields: tuple[bytes, ...] | None = ()  # the stored response's Vary (None: Vary: *)
-        self.vary: policy.SecondaryKey = ()
-
-    def _notify(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-        self._wake = None
-
-    async def wait(self) -> None:
-        if self._wake is None:
-            self._wake = asyncio.get_running_loop().create_future()
-        await self._wake
-
-    def publish_head(self, status: int, reason: bytes, headers: Headers) -> None:
-        self.head = (status, reason, headers)
-        self._notify()
-
-    def append(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            self.fail()
-            return
-        self.chunks.append(data)
-        self._notify()
-
-    def finish(self) -> None:
-        self.done = True
-        self._notify()
-
-    def fail(self) -> None:
-        self.failed = True
-        self.chunks = []
-        self._notify()
-
-
 @dataclass(slots=True)
 class CacheState:
     """What the cache phase remembers about one exchange."""
@@ -150,7 +98,7 @@ class Cache:
         self.inline = store if isinstance(store, MemoryStore) else None  # hits without a task
         self.checked: set[bytes] = set()  # keys already looked for in a persistent store
         self._keys: dict[tuple[str, bytes, bytes], bytes] = {}  # (scheme, authority, target) -> key
-        self.fills: dict[bytes, Fill] = {}
+        self.fills: dict[bytes, list[Fill]] = {}  # every fill in flight, per key
         self.hits = 0
         self.misses = 0
 
@@ -170,20 +118,59 @@ class Cache:
         self.index.pop(key, None)
         self.checked.discard(key)
 
+    def invalidate(self, key: bytes) -> None:
+        """Forget ``key`` and mark its fills in flight: none of them may store what it fetched."""
+        self.forget(key)
+        for fill in self.fills.pop(key, ()):
+            fill.invalidate()
+
     async def purge(self, uri_or_prefix: str, prefix: bool) -> int:
         if prefix:
             raw = prefix_key(uri_or_prefix) or uri_or_prefix.encode("latin-1")
-            for k in [k for k in self.index if k.startswith(raw)]:
-                del self.index[k]
+            for k in {k for k in (*self.index, *self.fills) if k.startswith(raw)}:
+                self.invalidate(k)
             return await self.store.purge_prefix(raw)
         key = uri_key(uri_or_prefix)
         if key is None:
             return 0
-        self.forget(key)
+        self.invalidate(key)
         return await self.store.delete(key)
 
     def status(self) -> dict[str, object]:
-        return {"keys": len(self.index), "hits": self.hits, "misses": self.misses, "fills": len(self.fills)}
+        fills = sum(len(f) for f in self.fills.values())
+        return {"keys": len(self.index), "hits": self.hits, "misses": self.misses, "fills": fills}
+
+    # -- fills in flight ------------------------------------------------------
+    def _fill(self, key: bytes) -> Fill:
+        fill = Fill(key, self.max_object_size)
+        self.fills.setdefault(key, []).append(fill)
+        return fill
+
+    def _joinable(self, key: bytes, req_headers: Headers) -> Fill | None:
+        for fill in self.fills.get(key, ()):
+            if fill.serves(req_headers):
+                return fill
+        return None
+
+    def _end_fill(self, fill: Fill) -> None:
+        fills = self.fills.get(fill.key)
+        if fills is not None and fill in fills:
+            fills.remove(fill)
+            if not fills:
+                del self.fills[fill.key]
+
+    def _background(
+        self, ds: Downstream, ex: Exchange, d: Proxy, key: bytes, rules: policy.Rules, validate: Stored | None,
+    ) -> Fill:
+        """Fetch the whole object once, behind the client (a Range miss, a stale-while-revalidate
+        refresh); conditional when an entry with validators is stored."""
+        fill = self._fill(key)
+        if validate is not None:
+            e = validate.entry
+            fill.set_variant(e.vary_fields, e.vary, validate.variant)
+        task = fill_whole_object(ds.engine, self, fill, d, ex.head, rules, ex.client_ip, validate)
+        ds.loop.create_task(task)
+        return fill
 
     # -- request side ---------------------------------------------------------
     def on_request(self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, scheme: str) -> bool:
@@ -254,10 +241,9 @@ class Cache:
                 self.hits += 1
                 state.stored = stored
                 ex.cache_result = "hit" if out is policy.Outcome.FRESH else "stale"
-                if look.revalidate and key not in self.fills and ex.head.method == "GET":
+                if look.revalidate and ex.head.method == "GET" and self._joinable(key, head.headers) is None:
                     # stale-while-revalidate (RFC 5861): answer stale now, refresh once behind it.
-                    self.fills[key] = Fill(key, self.max_object_size)
-                    ds.loop.create_task(fill_whole_object(ds.engine, self, d, head, key, rules, ex.client_ip))
+                    self._background(ds, ex, d, key, rules, stored)
                 if self.inline is not None:
                     got = self.inline.get_nowait(key, stored.variant)
                     if got is not None and got[0].version == stored.version:
@@ -269,35 +255,50 @@ class Cache:
             ds.send_synthetic(ex, 504, "only-if-cached and nothing stored")
             return True
         self.misses += 1
-        if out is policy.Outcome.MUST_VALIDATE and look.entry is not None:
-            stored = self._stored_for(key, look.entry)
-            if stored is not None:
-                state.stored = stored
-                # Our own validators replace any the client sent (RFC 9111 4.3.1).
-                d.headers = [
-                    (n, v) for n, v in d.fields() if n.lower() not in (b"if-none-match", b"if-modified-since")
-                ] + policy.conditional_headers(look.entry.headers)
+        stale = self._stored_for(key, look.entry) if out is policy.Outcome.MUST_VALIDATE else None
+        if method == "GET" and _has_range(head.headers):
+            # One whole-object fill per object, whoever starts it: this Range joins the fill in
+            # flight (answered from it once its bytes are there) or starts one in the background.
+            fill = self._joinable(key, head.headers) if self.coalesce else None
+            if fill is None and self.range_fill:
+                fill = self._background(ds, ex, d, key, rules, stale)
+            if fill is not None:
+                fill.followers += 1
+                ds.loop.create_task(self.follow_range(ds, ex, d, fill))
+                return True
+        if method != "GET":  # HEAD: never stored, validated as it passes
+            if stale is not None:
+                state.stored = stale
+                d.headers = _validating(d, stale)
                 ex.cache_result = "revalidate"
-                return False
-        if _has_range(head.headers) or method == "HEAD":
-            if method == "GET" and self.range_fill and key not in self.fills and not self.entries(key):
-                # Pass this Range through, and fetch the whole object once for the next ones.
-                self.fills[key] = Fill(key, self.max_object_size)  # marks the key as being filled
-                ds.loop.create_task(
-                    fill_whole_object(ds.engine, self, d, head, key, rules, ex.client_ip)
-                )
             return False
-        fill = self.fills.get(key)
-        if fill is not None and self.coalesce and not fill.failed:
+        fill = self._joinable(key, head.headers) if self.coalesce else None
+        if fill is not None:
             fill.followers += 1
             ex.cache_result = "collapsed"
-            ds.loop.create_task(self.follow(ds, ex, fill))
+            ds.loop.create_task(self.follow(ds, ex, d, fill))
             return True
-        fill = Fill(key, self.max_object_size)
-        self.fills[key] = fill
-        state.fill = fill
+        if stale is not None:
+            # One conditional request per stale entry; concurrent requests wait for it.
+            state.stored = stale
+            d.headers = _validating(d, stale)
+            ex.cache_result = "revalidate"
+            fill = state.fill = self._fill(key)
+            fill.set_variant(stale.entry.vary_fields, stale.entry.vary, stale.variant)
+            return False
+        if _has_range(head.headers):
+            return False  # a Range miss with range fills off: passed through, not stored
+        state.fill = self._fill(key)
         ex.cache_result = "miss"
         return False
+
+    def _redecide(self, ds: Downstream, ex: Exchange, d: Proxy) -> None:
+        """A follower whose fill could not serve it goes through the cache phase again."""
+        state = ex.cache
+        if ds.closed or ex is not ds.cur or state is None:
+            return
+        if not self._decide(ds, ex, d, state.rules, state.key):
+            ds.resume_proxy(ex)
 
     def _stored_for(self, key: bytes, entry: policy.Entry | None) -> Stored | None:
         for s in self.index.get(key, ()):
@@ -309,7 +310,7 @@ class Cache:
         if not self.purge_clients.allows(ex.client_ip):
             ds.send_synthetic(ex, 403, "PURGE is not allowed from this client (rule: cache.purge_clients)")
             return
-        self.forget(key)
+        self.invalidate(key)
         n = await self.store.delete(key)
         ds.send_synthetic(ex, 200 if n else 404, f"purged {n} entr{'y' if n == 1 else 'ies'}")
 
@@ -327,7 +328,7 @@ class Cache:
             for uri in policy.invalidations(req.method, head.status, target, head.headers):
                 k = uri_key(uri)
                 if k is not None:
-                    self.forget(k)
+                    self.invalidate(k)
                     ds.loop.create_task(self.store.delete(k))
             return b""
         fwd = state.lookup.fwd if state.lookup is not None else "uri-miss"
@@ -335,6 +336,10 @@ class Cache:
         if not verdict or ex.decision is None:
             self._drop_fill(state)
             return _status(False, fwd or "uri-miss", False, detail=verdict.reason or None)
+        if state.fill is not None and state.fill.invalidated:
+            # Purged or invalidated while this fetch was in flight: what it brings is not stored.
+            self._drop_fill(state)
+            return _status(False, fwd or "uri-miss", False, detail="invalidated")
         entry = policy.make_entry(
             head.status, req.headers, stored_headers, state.request_time, now, state.rules
         )
@@ -350,8 +355,9 @@ class Cache:
         state.writer = writer
         state.stored = Stored(entry, variant, writer.meta.version)
         if state.fill is not None:
-            state.fill.vary_fields, state.fill.vary = entry.vary_fields, entry.vary
-            state.fill.publish_head(head.status, head.reason, stored_headers)
+            state.fill.set_variant(entry.vary_fields, entry.vary, variant)
+            length = head.content_length if head.framing is Framing.LENGTH else -1
+            state.fill.publish_head(head.status, head.reason, stored_headers, length)
         return _status(False, fwd or "uri-miss", True, ttl=entry.lifetime)
 
     def on_response_body(self, ex: Exchange, data: bytes, conn: UpstreamConnection | None = None) -> None:
@@ -373,26 +379,44 @@ class Cache:
         state = ex.cache
         if state is None:
             return
+        self._complete(state)
+
+    def _complete(self, state: CacheState) -> None:
+        """The whole body has arrived: commit it (unless invalidated meanwhile) and release the fill."""
         writer, state.writer = state.writer, None
         fill, state.fill = state.fill, None
         if fill is not None:
             fill.finish()
-            if self.fills.get(state.key) is fill:
-                del self.fills[state.key]
         if writer is not None and state.stored is not None:
-            ds.loop.create_task(self._commit(state.key, state.stored, writer))
+            asyncio.get_running_loop().create_task(self.commit(state.key, state.stored, writer, fill))
+        elif fill is not None:
+            fill.set_stored(False)
+            self._end_fill(fill)
 
-    async def _commit(self, key: bytes, stored: Stored, writer: Writer) -> None:
-        try:
-            ok = await writer.commit()
-        except Exception:  # noqa: BLE001 - a store failure is a miss, never an error
-            log.exception("ferryman: cache commit failed")
-            ok = False
-        if not ok:
-            log.info("ferryman: cache fill of %s not stored: the store refused or lost it (see its log)",
+    async def commit(self, key: bytes, stored: Stored, writer: Writer, fill: Fill | None) -> bool:
+        if fill is not None and fill.invalidated:
+            writer.abort()
+            log.info("ferryman: cache fill of %s not stored: purged or invalidated meanwhile",
                      key.decode("latin-1"))
+            ok = False
+        else:
+            try:
+                ok = await writer.commit()
+            except Exception:  # noqa: BLE001 - a store failure is a miss, never an error
+                log.exception("ferryman: cache commit failed")
+                ok = False
+            if not ok:
+                log.info("ferryman: cache fill of %s not stored: the store refused or lost it (see its log)",
+                         key.decode("latin-1"))
+        if ok and fill is not None and fill.invalidated:
+            await self.store.delete(key)  # invalidated while it was being published
+            ok = False
         if ok:
             self.remember(key, stored)
+        if fill is not None:
+            fill.set_stored(ok)
+            self._end_fill(fill)
+        return ok
 
     def on_abort(self, ex: Exchange, why: str = "") -> None:
         state = ex.cache
@@ -409,8 +433,7 @@ class Cache:
         fill, state.fill = state.fill, None
         if fill is not None:
             fill.fail()
-            if self.fills.get(state.key) is fill:
-                del self.fills[state.key]
+            self._end_fill(fill)
 
     def takeover(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:
         """Answer a validated request from the entry: on 304, or on 5xx with stale-if-error."""
@@ -421,6 +444,7 @@ class Cache:
             entry = state.stored.entry
             now = time.time()
             if policy.stale_if_error(entry, ex.head.headers, now, head.status):
+                self._drop_fill(state)
                 ex.error = f"upstream answered {head.status}; served stale"
                 ex.cache_result = "stale-if-error"
                 age = entry.age(now)
@@ -452,16 +476,27 @@ class Cache:
         entry = policy.refresh_entry(state.stored.entry, head.headers, state.request_time, now, state.rules)
         if entry is None:
             self.forget(state.key)
+            self._drop_fill(state)
             return False
-        stored = Stored(entry, state.stored.variant, state.stored.version)
-        self.remember(state.key, stored)
-        ds.loop.create_task(self._update_meta(state.key, stored, ex))
+        stored = self.refreshed(state.key, state.stored, entry, state.fill)
+        state.fill = None
         look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
         ex.cache_result = "revalidated"
         ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
         return True
 
-    async def _update_meta(self, key: bytes, stored: Stored, ex: Exchange) -> None:
+    def refreshed(self, key: bytes, stale: Stored, entry: policy.Entry, fill: Fill | None) -> Stored:
+        """A revalidation got its 304: the entry is fresh again, for the fill's followers too."""
+        stored = Stored(entry, stale.variant, stale.version)
+        if fill is None or not fill.invalidated:
+            self.remember(key, stored)
+            asyncio.get_running_loop().create_task(self._update_meta(key, stored))
+        if fill is not None:
+            fill.revalidated(stored)
+            self._end_fill(fill)
+        return stored
+
+    async def _update_meta(self, key: bytes, stored: Stored) -> None:
         got = await self.store.get(key, stored.variant)
         if got is None:
             return
@@ -474,40 +509,152 @@ class Cache:
                         e.request_time, e.response_time, meta.body_size, stored.version)
         await self.store.update_meta(key, stored.variant, new)
 
-    async def follow(self, ds: Downstream, ex: Exchange, fill: Fill) -> None:
+    async def follow(self, ds: Downstream, ex: Exchange, d: Proxy, fill: Fill) -> None:
         """Serve a coalesced request from another client's fill, as it arrives."""
         try:
-            while fill.head is None and not fill.failed and not fill.done:
+            while fill.head is None and fill.usable and not fill.done:
                 await fill.wait()
-            if fill.failed or fill.head is None or not _same_variant(fill, ex.head.headers):
-                ex.cache = None
-                ex.cache_result = "miss"
-                ds.resume_proxy(ex)  # the fill cannot be shared (or is another variant): fetch
+            if fill.not_modified and not fill.invalidated:
+                self._serve_refreshed(ds, ex, fill)  # the revalidation was answered 304
                 return
+            if fill.failed or (fill.head is None and fill.usable):
+                _pass_through(ds, ex)  # uncacheable or broken: fetch for itself, unstored
+                return
+            if fill.done and fill.usable:
+                # Complete, being committed: a hit once it is, else this request fetches.
+                while fill.stored is None:
+                    await fill.wait()
+                if not fill.stored:
+                    _pass_through(ds, ex)
+                    return
+            if not fill.serves(ex.head.headers):
+                # Another variant (which gets a fill of its own), a purge, or a 304 that freshened the entry.
+                self._redecide(ds, ex, d)
+                return
+            assert fill.head is not None
             status, reason, headers = fill.head
             plan = ex.plan or ds.engine.plan
             via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
             hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
             hdrs = forward_response_headers(headers, hidden, via)
             extra = b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
-            ds.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD")
-            i = 0
-            while True:
-                while i < len(fill.chunks):
-                    if not ds.stream_chunk(ex, fill.chunks[i]):
-                        return
-                    i += 1
-                    if ds.write_paused:
-                        await ds.wait_writable()
-                if fill.failed:
-                    ds.abort_after_partial(ex, "coalesced fetch failed")
-                    return
-                if fill.done:
-                    break
-                await fill.wait()
-            ds.end_stream(ex)
+            length = fill.length if fill.length >= 0 else None
+            ds.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD", length)
+            if await self._pump(ds, ex, fill, 0, length):
+                ds.end_stream(ex)
         finally:
             fill.followers -= 1
+
+    async def follow_range(self, ds: Downstream, ex: Exchange, d: Proxy, fill: Fill) -> None:
+        """A Range request while the object's fill runs: answered from the fill once the
+        fill has reached the range; passed through (not stored) when the range lies ahead."""
+        try:
+            while fill.head is None and fill.usable and not fill.done:
+                await fill.wait()
+            if fill.not_modified and not fill.invalidated:
+                self._serve_refreshed(ds, ex, fill)
+                return
+            if fill.failed or (fill.head is None and fill.usable):
+                _pass_through(ds, ex, keep=True)
+                return
+            if not fill.serves(ex.head.headers):
+                self._redecide(ds, ex, d)  # a 304 freshened the entry, a purge, another variant
+                return
+            assert fill.head is not None
+            status, reason, headers = fill.head
+            rng = None
+            if status == 200 and fill.length >= 0 and _if_range_holds(ex.head.headers, headers):
+                rng = _range(ex.head.headers, fill.length)
+            if rng == "bad":
+                crange = [(b"Content-Range", b"bytes */%d" % fill.length)]
+                ds.send_synthetic(ex, 416, "range not satisfiable", crange)
+                return
+            if not isinstance(rng, tuple) or rng[0] > fill.size:
+                # The fill has not got there yet: this range goes to the origin.
+                _pass_through(ds, ex, keep=True)
+                return
+            start, end = rng
+            plan = ex.plan or ds.engine.plan
+            via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
+            hdrs = forward_response_headers(list(headers), frozenset(), via)
+            extra = b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
+            extra += b"Content-Range: bytes %d-%d/%d\r\n" % (start, end - 1, fill.length)
+            ex.cache_result = "collapsed"
+            ds.begin_stream(ex, 206, b"Partial Content", hdrs, extra, True, end - start)
+            if await self._pump(ds, ex, fill, start, end):
+                ds.end_stream(ex)
+        finally:
+            fill.followers -= 1
+
+    def _serve_refreshed(self, ds: Downstream, ex: Exchange, fill: Fill) -> None:
+        """A follower of a revalidation answered 304: served from the freshened entry."""
+        stored = fill.refreshed
+        state = ex.cache
+        assert isinstance(stored, Stored) and state is not None
+        state.stored = stored
+        entry = stored.entry
+        now = time.time()
+        look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
+        ex.cache_result = "revalidated"
+        ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
+
+    async def _pump(self, ds: Downstream, ex: Exchange, fill: Fill, start: int, end: int | None) -> bool:
+        """Send the fill's body[start:end] (``end`` None: to its end) as it arrives; bytes past
+        the fill's memory buffer come from the store once the fill is committed.  False when
+        the response had to be cut (the connection is then closed)."""
+        pos = start
+        i = base = 0  # chunks[i] starts at body offset base
+        while True:
+            chunks = fill.chunks
+            while i < len(chunks) and (end is None or pos < end):
+                chunk = chunks[i]
+                top = base + len(chunk)
+                if pos < top:
+                    piece = chunk[pos - base : (top if end is None else min(top, end)) - base]
+                    if not ds.stream_chunk(ex, piece if len(piece) < len(chunk) else chunk):
+                        return False
+                    pos += len(piece)
+                    if ds.write_paused:
+                        await ds.wait_writable()
+                if pos >= top:
+                    i += 1
+                    base = top
+            if end is not None and pos >= end:
+                return True
+            if fill.failed:
+                ds.abort_after_partial(ex, "coalesced fetch failed")
+                return False
+            if fill.done and pos >= fill.size:
+                return True
+            if pos >= fill.buffered and fill.size > fill.buffered:
+                return await self._pump_stored(ds, ex, fill, pos, end)
+            await fill.wait()
+
+    async def _pump_stored(self, ds: Downstream, ex: Exchange, fill: Fill, pos: int, end: int | None) -> bool:
+        """The rest of a follower's body, past the fill's memory buffer: from the store, once committed."""
+        while fill.stored is None:
+            await fill.wait()
+        got = await self.store.get(fill.key, fill.variant) if fill.stored else None
+        if got is None:
+            ds.abort_after_partial(ex, "coalesced fetch not stored: the rest is not available")
+            return False
+        reader = got[1]
+        try:
+            stop = reader.size if end is None else min(end, reader.size)
+            if reader.size != fill.size or pos > stop:
+                ds.abort_after_partial(ex, "coalesced fetch replaced in the store")
+                return False
+            async for chunk in reader.read_range(pos, stop):
+                if not ds.stream_chunk(ex, chunk):
+                    return False
+                if ds.write_paused:
+                    await ds.wait_writable()
+        except CacheEntryCorrupt:
+            ds.abort_after_partial(ex, "cached body corrupt")
+            return False
+        finally:
+            reader.close()
+        return True
 
     def serve_stale_on_error(self, ds: Downstream, ex: Exchange, exc: FerrymanError) -> bool:
         """RFC 5861 stale-if-error: the origin failed, a stale entry may still answer."""
@@ -518,6 +665,7 @@ class Cache:
         now = time.time()
         if not policy.stale_if_error(entry, ex.head.headers, now, exc.status):
             return False
+        self._drop_fill(state)
         ex.error = exc.detail
         ex.cache_result = "stale-if-error"
         age = entry.age(now)
@@ -661,14 +809,7 @@ class _Headless:
         conn = self.conn
         state = self.ex.cache
         if state is not None:
-            writer, state.writer = state.writer, None
-            fill, state.fill = state.fill, None
-            if fill is not None:
-                fill.finish()
-                if self.cache.fills.get(state.key) is fill:
-                    del self.cache.fills[state.key]
-            if writer is not None and state.stored is not None:
-                asyncio.get_running_loop().create_task(self.cache._commit(state.key, state.stored, writer))
+            self.cache._complete(state)
         self._release(True)
         if conn is not None:
             conn.close()
@@ -693,22 +834,13 @@ def _hold(conn: UpstreamConnection | None, wait: asyncio.Future[None]) -> None:
     transport = conn.transport if conn is not None else None
     if conn is None or transport is None or transport.is_closing():
         return
-    transport.pause_reading()
+    conn.pause_reading()
 
     def resume(_: object) -> None:
-        if conn.transport is transport and not transport.is_closing():
-            if not getattr(conn.handler, "write_paused", False):
-                transport.resume_reading()
+        if conn.transport is transport and not getattr(conn.handler, "write_paused", False):
+            conn.resume_reading()
 
     wait.add_done_callback(resume)
-
-
-def _same_variant(fill: Fill, req_headers: Headers) -> bool:
-    if fill.vary_fields is None:
-        return False  # Vary: * never matches another request
-    if not fill.vary_fields:
-        return True
-    return secondary_key(fill.vary_fields, req_headers) == fill.vary
 
 
 def _if_range_holds(req_headers: Headers, stored: Headers) -> bool:
@@ -724,6 +856,21 @@ def _if_range_holds(req_headers: Headers, stored: Headers) -> bool:
         if name == b"last-modified" and not want.startswith((b'"', b"W/")):
             return v.strip() == want
     return False
+
+
+def _pass_through(ds: Downstream, ex: Exchange, keep: bool = False) -> None:
+    """Fetch for this request alone; unstored (``keep``: a Range, whose 206 is never stored)."""
+    if not keep:
+        ex.cache = None
+    ex.cache_result = "miss"
+    ds.resume_proxy(ex)
+
+
+def _validating(d: Proxy, stale: Stored) -> Headers:
+    """The request's fields with our validators in place of the client's (RFC 9111 4.3.1)."""
+    drop = (b"if-none-match", b"if-modified-since")
+    kept = [(n, v) for n, v in d.fields() if n.lower() not in drop]
+    return kept + policy.conditional_headers(stale.entry.headers)
 
 
 def _status(

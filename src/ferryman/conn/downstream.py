@@ -493,6 +493,9 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
 
     # ------------------------------------------------------------- endings
     def finish(self, ex: Exchange) -> None:
+        state = ex.cache
+        if state is not None and state.fill is not None and self.engine.cache is not None:
+            self.engine.cache.on_abort(ex, "the exchange ended before its fill did")
         self.log(ex)
         self.cur = None
         if self.rx is ex:
