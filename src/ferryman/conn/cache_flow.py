@@ -160,7 +160,8 @@ class Cache:
                 del self.fills[fill.key]
 
     def _background(
-        self, ds: Downstream, ex: Exchange, d: Proxy, key: bytes, rules: policy.Rules, validate: Stored | None,
+        self, ds: Downstream, ex: Exchange, d: Proxy, key: bytes, rules: policy.Rules,
+        validate: Stored | None,
     ) -> Fill:
         """Fetch the whole object once, behind the client (a Range miss, a stale-while-revalidate
         refresh); conditional when an entry with validators is stored."""
