@@ -146,10 +146,21 @@ def test_a_hash_hit_is_confirmed_against_the_stored_name() -> None:
     forged = ((hash("evil.test") & domainset._M64) >> domainset._LOW_BITS << domainset._LOW_BITS) | low
     assert ds._shift == 64 and list(ds._index) == [0, 1]  # one bucket: the index needs no change
     ds._keys = array("Q", [forged])
+    ds._filter = bytearray(b"\xff" * len(ds._filter))  # let every name through the filter
     assert ds._probe("evil.test", domainset._EXACT) is False
     assert not ds.matches("evil.test")
     ds._keys = array("Q", [key])
     assert ds.matches("good.test")
+
+
+def test_the_filter_stops_most_absent_names_before_any_bisect() -> None:
+    ds = DomainSet.build([f"host{i}.test" for i in range(10_000)])
+    assert len(ds._filter) * 8 >= 16 * 10_000
+    stopped = 0
+    for i in range(2000):
+        b = (hash(f"absent{i}.test") & domainset._M64) >> ds._fshift
+        stopped += not ds._filter[b >> 3] & (1 << (b & 7))
+    assert stopped > 1700  # about 1 - e^(-1/16) pass: ~94% stop
 
 
 def test_many_entries_with_duplicates_and_a_compact_layout() -> None:

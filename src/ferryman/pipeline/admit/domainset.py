@@ -12,6 +12,9 @@ Layout.  A Python ``set`` of a million strings costs over 100 MiB; this costs ab
 - ``_keys``: one sorted ``array('Q')`` with one 64-bit word per entry,
   ``hash(name)`` top bits | 2 kind bits | the entry's index (24 bits).
 - ``_index``: where each value of the keys' top 16 bits starts, so a bisect spans ~16 keys.
+- ``_filter``: one bit per value of the keys' top F bits (about 16 bits per entry), set
+  when some key has them: most names that are not in the set stop there, before any
+  bisect (a one-hash Bloom filter).
 - ``_blob``: the names in file order, ``_BLOCK`` per zlib-compressed block, for the
   exact confirmation of a hash hit (read only when a hash matches: on a hit, or on
   a rare 38-bit hash collision).
@@ -89,12 +92,17 @@ def _to_ascii(e: str) -> str:
 class DomainSet:
     """Immutable after building; share one per Plan between all requests."""
 
-    __slots__ = ("_keys", "_index", "_shift", "_blob", "_offsets", "_count", "_has_exact", "_has_suffix")
+    __slots__ = (
+        "_keys", "_index", "_shift", "_filter", "_fshift", "_blob", "_offsets", "_count",
+        "_has_exact", "_has_suffix",
+    )
 
     def __init__(self) -> None:
         self._keys = array("Q")
         self._index = array("I", (0, 0))  # top bits of a key -> first position in _keys
         self._shift = 64
+        self._filter = bytearray(1)
+        self._fshift = 64
         self._blob = b""  # zlib blocks of names, back to back
         self._offsets = array("I", (0,))  # block i is _blob[_offsets[i]:_offsets[i + 1]]
         self._count = 0
@@ -178,6 +186,9 @@ class DomainSet:
     def _probe(self, name: str, want: int) -> bool:
         keys = self._keys
         lo = (hash(name) & _M64) >> _LOW_BITS << _LOW_BITS
+        b = lo >> self._fshift
+        if not self._filter[b >> 3] & (1 << (b & 7)):
+            return False
         p = lo >> self._shift
         end = self._index[p + 1]
         i = bisect_left(keys, lo, self._index[p], end)
@@ -216,7 +227,7 @@ class DomainSet:
     def memory_bytes(self) -> int:
         """Bytes held by the compact structures (for the bench and `ferryman check`)."""
         arrays = (self._keys, self._index, self._offsets)
-        return sum(a.itemsize * len(a) for a in arrays) + len(self._blob)
+        return sum(a.itemsize * len(a) for a in arrays) + len(self._blob) + len(self._filter)
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("a DomainSet is keyed by this process's string hash: rebuild it, don't pickle it")
@@ -317,6 +328,14 @@ class _Builder:
         ds._keys = keys
         ds._shift = shift
         ds._index = array("I", (bisect_left(keys, p << shift) for p in range((1 << bits) + 1)))
+        fbits = min(32, max(3, (n * 16).bit_length()))
+        filt = bytearray(1 << (fbits - 3))
+        fshift = 64 - fbits
+        for k in keys:
+            b = k >> fshift
+            filt[b >> 3] |= 1 << (b & 7)
+        ds._filter = filt
+        ds._fshift = fshift
         ds._blob = bytes(self.blob)
         self.blob = bytearray()
         ds._offsets = self.offsets
