@@ -214,3 +214,16 @@ def test_authenticator_challenges_and_locks(alice_hash: str) -> None:
     assert isinstance(run(auth, "c", basic(b"alice:wonderland"), 62), Granted)
     assert isinstance(run(auth, "c", basic(b"alice:nope"), 63), Challenge)
     assert run(auth, "c", basic(b"alice:nope"), 63) == BAD_PASSWORD
+
+
+def test_parse_basic_never_raises_on_random_input() -> None:
+    import random
+
+    rnd = random.Random(3)
+    alphabet = b"Basic ABCabc012+/=:\x00\xff \t"
+    for _ in range(3000):
+        n = rnd.choice([0, 1, 5, 12, 40, 200, 5000])
+        raw = bytes(rnd.choice(alphabet) for _ in range(n))
+        for value in (raw, b"Basic " + raw, b"Basic " + base64.b64encode(raw)):
+            result = parse_basic(value)
+            assert result is None or isinstance(result, BasicCredentials)
