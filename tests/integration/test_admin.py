@@ -22,11 +22,11 @@ def test_status_reload_and_purge(tmp_path: Path) -> None:
         status = httpx.get(f"{base}/status", timeout=5).json()
         assert status["config"].endswith("ferryman.yaml") and status["draining"] is False
         assert httpx.get(f"{base}/healthz", timeout=5).text == "ok\n"
-        assert httpx.post(f"{base}/reload", timeout=10).json() == {"reloaded": True}
+        assert httpx.post(f"{base}/reload", json={}, timeout=10).json() == {"reloaded": True}
         fm.config_path.write_text(fm.config_path.read_text() + "bogus_key: 1\n")
-        r = httpx.post(f"{base}/reload", timeout=10)
+        r = httpx.post(f"{base}/reload", headers={"X-Ferryman-Admin": "1"}, timeout=10)
         assert r.status_code == 409 and r.json() == {"reloaded": False}
-        assert httpx.post(f"{base}/purge?url=http://a/", timeout=5).status_code == 404
+        assert httpx.post(f"{base}/purge?url=http://a/", json={}, timeout=5).status_code == 404
         assert httpx.get(f"{base}/nope", timeout=5).status_code == 404
 
 

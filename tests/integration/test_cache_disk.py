@@ -229,7 +229,7 @@ def test_unusable_cache_directory_means_uncached_pass_through(tmp_path: Path, wh
                 assert not any(is_stored(r) for r in responses)
             assert count(origin, "/pass") == 3
             purge = httpx.post(
-                f"http://127.0.0.1:{admin}/purge", params={"prefix": "http://site.test/"},
+                f"http://127.0.0.1:{admin}/purge", json={"prefix": "http://site.test/"},
                 timeout=5, trust_env=False,
             )
             assert purge.status_code == 200

@@ -26,7 +26,7 @@ async def fresh(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> No
 
 
 def admin_purge(admin: int, **params: str) -> int:
-    r = httpx.post(f"http://127.0.0.1:{admin}/purge", params=params, timeout=5, trust_env=False)
+    r = httpx.post(f"http://127.0.0.1:{admin}/purge", json=params, timeout=5, trust_env=False)
     assert r.status_code == 200, r.text
     purged = r.json()["purged"]
     assert isinstance(purged, int)

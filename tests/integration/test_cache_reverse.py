@@ -521,12 +521,13 @@ def test_admin_purge_by_url_and_by_prefix(site: Site) -> None:
         assert is_stored(site.get(p))
         assert is_hit(site.get(p))
     admin = f"http://127.0.0.1:{site.admin_port}/purge"
-    by_url = httpx.post(admin, params={"url": site.url("/adm/one")}, timeout=5, trust_env=False)
+    by_url = httpx.post(admin, json={"url": site.url("/adm/one")}, timeout=5, trust_env=False)
     assert by_url.status_code == 200 and by_url.json() == {"purged": 1}
     assert not is_hit(site.get("/adm/one")) and site.count("/adm/one") == 2
     assert is_hit(site.get("/adm/two"))
 
-    by_prefix = httpx.post(admin, params={"prefix": site.url("/adm/dir/")}, timeout=5, trust_env=False)
+    by_prefix = httpx.post(admin, params={"prefix": site.url("/adm/dir/")}, headers={"X-Ferryman-Admin": "1"},
+                           timeout=5, trust_env=False)
     assert by_prefix.status_code == 200 and by_prefix.json() == {"purged": 2}
     for p in ("/adm/dir/x", "/adm/dir/y"):
         r = site.get(p)

@@ -399,3 +399,10 @@ def test_load_missing_file(tmp_path: Path) -> None:
     (err,) = info.value.errors
     assert err.startswith("cannot read: ")
     assert "No such file" in err
+
+
+def test_admin_allowed_hosts() -> None:
+    cfg = load_text("admin: {allowed_hosts: [Admin.Example., '[::1]']}", "t")
+    assert cfg.admin is not None and cfg.admin.allowed_hosts == ["admin.example", "::1"]
+    [err] = errors_of("admin: {allowed_hosts: ['*.example']}")
+    assert err.startswith("admin.allowed_hosts: ") and "not a host name" in err

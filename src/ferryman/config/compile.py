@@ -115,6 +115,7 @@ class Plan:
     workers: int = 1
     admin: tuple[str, int] | None = None
     cache: CachePlan | None = None
+    admin_hosts: frozenset[str] = frozenset()  # Host values the admin API answers (besides loopback)
 
 
 def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
@@ -124,6 +125,16 @@ def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
             return fh.read().splitlines()
     except OSError as exc:
         raise ValueError(f"{field}: cannot read {full}: {exc.strerror or exc}") from None
+
+
+def _admin_hosts(admin: Mapping[str, Any] | None) -> frozenset[str]:
+    if not admin:
+        return frozenset()
+    host, _ = split_hostport(admin["listen"])
+    hosts = set(admin.get("allowed_hosts") or ())
+    if host not in ("", "0.0.0.0", "::", "*"):
+        hosts.add(host.strip("[]").lower())  # the address it listens on, as in http://10.0.0.5:9900/
+    return frozenset(hosts)
 
 
 def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
@@ -208,6 +219,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         access_log=AccessLogPlan(**data["access_log"]),
         reverse=compile_reverse(data, listeners[0].port),
         admin=split_hostport(data["admin"]["listen"]) if data.get("admin") else None,
+        admin_hosts=_admin_hosts(data.get("admin")),
         cache=cache,
         workers=(os.cpu_count() or 1) if data.get("workers") == "auto" else int(data.get("workers") or 1),
     )

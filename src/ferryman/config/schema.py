@@ -161,6 +161,22 @@ class Shared(_Model):
 class Admin(_Model):
     listen: str = "127.0.0.1:9900"
     allow_remote: bool = False  # the admin API can reload and purge: loopback unless said otherwise
+    # Host header values (names or addresses, no port) answered besides loopback ones
+    # (localhost, *.localhost, 127.0.0.0/8, ::1) and the listen address: DNS rebinding guard.
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for h in v:
+            name = h.strip().lower().removesuffix(".")
+            if name.startswith("[") and name.endswith("]"):
+                name = name[1:-1]
+            if not name or ".." in name or "/" in name or " " in name or "*" in name:
+                raise ValueError(f"{h!r} is not a host name or address")
+            out.append(name)
+        return out
 
     @model_validator(mode="after")
     def _loopback(self) -> Admin:

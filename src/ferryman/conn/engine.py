@@ -37,6 +37,26 @@ def _local_addresses() -> set[str]:
     return addrs
 
 
+def _own_ports(plan: Plan) -> set[int]:
+    """Ports ferryman listens on: the proxy listeners and the admin API."""
+    ports = {lp.port for lp in plan.listeners}
+    if plan.admin is not None:
+        ports.add(plan.admin[1])
+    return ports
+
+
+def _own_hosts(plan: Plan) -> set[str]:
+    """Addresses the listeners are bound to by name in the config (IP literals only)."""
+    hosts = [lp.host for lp in plan.listeners] + ([plan.admin[0]] if plan.admin is not None else [])
+    out = set()
+    for h in hosts:
+        try:
+            out.add(str(ipaddress.ip_address(h.strip("[]"))))
+        except ValueError:
+            continue
+    return out
+
+
 class Engine:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -47,8 +67,8 @@ class Engine:
         self.log = AccessLog(plan.access_log)
         self.connections: set[Downstream] = set()
         self.draining = False
-        self.local_addrs = _local_addresses()
-        self.local_ports = {lp.port for lp in plan.listeners}
+        self.local_addrs = _local_addresses() | _own_hosts(plan)
+        self.local_ports = _own_ports(plan)
         self._tls: ssl.SSLContext | None = None
         self.groups: dict[str, UpstreamGroup] = {}
         self.cache: Cache | None = None
@@ -128,7 +148,8 @@ class Engine:
         self.pool.idle_timeout = pc.idle_timeout
         self.resolver.ttl = plan.dns.ttl
         self.resolver.negative_ttl = plan.dns.negative_ttl
-        self.local_ports = {lp.port for lp in plan.listeners}
+        self.local_ports = _own_ports(plan)
+        self.local_addrs |= _own_hosts(plan)
 
     @property
     def tls_context(self) -> ssl.SSLContext:
@@ -137,7 +158,7 @@ class Engine:
         return self._tls
 
     def is_self(self, ip: str, port: int) -> bool:
-        """Would connecting to ip:port reach one of our own listeners (a loop)?"""
+        """Would connecting to ip:port reach one of our own listeners or the admin API (a loop)?"""
         if port not in self.local_ports:
             return False
         if ip in self.local_addrs:
@@ -146,6 +167,10 @@ class Engine:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+            if str(addr) in self.local_addrs:
+                return True
         return addr.is_loopback or addr.is_unspecified
 
     def _on_tick(self) -> None:

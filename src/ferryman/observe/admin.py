@@ -7,13 +7,24 @@ It reuses the strict request parser; nothing here is on the proxy hot path.
     GET  /healthz                 200 "ok" (liveness)
     GET  /status                  JSON: connections, upstream servers and health
     POST /reload                  same as SIGHUP; 200 when the new config took effect, 409 if refused
-    POST /purge?url=URL           drop one cached URL (all variants)
-    POST /purge?prefix=URL        drop every cached URL starting with the prefix
+    POST /purge?url=URL           drop one cached URL (all variants); or a JSON body {"url": URL}
+    POST /purge?prefix=URL        drop every cached URL starting with the prefix; or {"prefix": URL}
+
+Rules that keep a browser from driving it (`host_allowed`, `may_change_state`):
+- ``Host`` must be a loopback name or address (``localhost``, ``*.localhost``,
+  127.0.0.0/8, ::1), the listen address, or one of ``admin.allowed_hosts``: a
+  page whose name was rebound to 127.0.0.1 (DNS rebinding) gets a 403;
+- a state-changing call (reload, purge) must carry ``Content-Type:
+  application/json`` or an ``X-Ferryman-Admin`` header, which no form or simple
+  cross-site request can send without a CORS preflight; ferryman answers no
+  preflight and sends no ``Access-Control-*`` field, so none is ever granted.
+The proxy itself refuses requests to the admin listener as a loop (508).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,7 +32,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from ferryman.conn.engine import Engine
-from ferryman.errors import FerrymanError
+from ferryman.errors import BodyTooLarge, FerrymanError
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import RequestHead
 from ferryman.http1.parser import RequestParser
@@ -29,6 +40,43 @@ from ferryman.http1.parser import RequestParser
 log = logging.getLogger("ferryman")
 
 Reload = Callable[[], Awaitable[bool]]
+
+MAX_BODY = 64 * 1024
+ADMIN_HEADER = b"x-ferryman-admin"
+_NEEDS = "Content-Type: application/json (a JSON body) or an X-Ferryman-Admin header"
+
+
+def host_allowed(host: bytes | None, allowed: frozenset[str]) -> bool:
+    """Whether the admin API answers a request with this Host value (pure)."""
+    if host is None:
+        return True  # HTTP/1.0 without Host: no browser sends that
+    h = host.decode("latin-1").strip().lower()
+    if h.startswith("["):
+        h = h[1 : h.find("]")] if "]" in h else h
+    else:
+        h = h.partition(":")[0]
+    h = h.removesuffix(".")
+    if h == "localhost" or h.endswith(".localhost") or h in allowed:
+        return True
+    try:
+        addr = ipaddress.ip_address(h)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def is_json(head: RequestHead) -> bool:
+    for name, value in head.headers:
+        if name.lower() == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
+def may_change_state(head: RequestHead) -> bool:
+    """A JSON body or the custom header: what a cross-site form or simple request cannot send."""
+    return is_json(head) or any(name.lower() == ADMIN_HEADER for name, _ in head.headers)
 
 
 def _json(status: int, obj: object) -> bytes:
@@ -68,6 +116,8 @@ class AdminProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = RequestParser(self, 16384, 4096, 50)
         self.head: RequestHead | None = None
+        self.body: list[bytes] = []
+        self.body_len = 0
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,7 +138,10 @@ class AdminProtocol(asyncio.Protocol):
         self.head = head
 
     def on_request_body(self, data: bytes) -> None:
-        pass  # admin calls carry their arguments in the query string
+        self.body_len += len(data)
+        if self.body_len > MAX_BODY:
+            raise BodyTooLarge(f"admin request body over {MAX_BODY} bytes")
+        self.body.append(data)
 
     def on_request_end(self) -> None:
         head = self.head
@@ -101,8 +154,17 @@ class AdminProtocol(asyncio.Protocol):
         url = urlsplit(head.target.decode("latin-1"))
         args = {k: v[-1] for k, v in parse_qs(url.query).items()}
         path, method = url.path, head.method
+        body = self._json_body() if is_json(head) else {}
         try:
-            if path == "/healthz" and method in ("GET", "HEAD"):
+            if not host_allowed(head.host, self.engine.plan.admin_hosts):
+                shown = (head.host or b"").decode("latin-1")[:100]
+                out = _json(403, {"error": f"Host {shown!r} is not a name of this admin API "
+                                           "(loopback names, or admin.allowed_hosts)"})
+            elif path in ("/reload", "/purge") and not may_change_state(head):
+                out = _json(403, {"error": f"{method} {path} needs {_NEEDS}"})
+            elif path in ("/reload", "/purge") and body is None:
+                out = _json(400, {"error": "the body must be a JSON object"})
+            elif path == "/healthz" and method in ("GET", "HEAD"):
                 out = ser.fixed_response(200, b"text/plain", b"ok\n")
             elif path == "/status" and method == "GET":
                 out = _json(200, status_document(self.engine))
@@ -110,6 +172,8 @@ class AdminProtocol(asyncio.Protocol):
                 ok = await self.reload()
                 out = _json(200 if ok else 409, {"reloaded": ok})
             elif path == "/purge" and method in ("POST", "PURGE", "DELETE"):
+                if body:
+                    args.update({k: v for k, v in body.items() if isinstance(v, str)})
                 out = await self._purge(args)
             else:
                 out = _json(404, {"error": f"no admin endpoint {method} {path}"})
@@ -117,6 +181,17 @@ class AdminProtocol(asyncio.Protocol):
             log.exception("ferryman: admin %s %s failed", method, path)
             out = _json(500, {"error": str(exc)})
         self._send(out)
+
+    def _json_body(self) -> dict[str, object] | None:
+        """The JSON object sent (an empty body is ``{}``), or None if it is not one."""
+        raw = b"".join(self.body)
+        if not raw.strip():
+            return {}
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
     async def _purge(self, args: dict[str, str]) -> bytes:
         if self.engine.cache is None:
