@@ -186,6 +186,19 @@ def test_an_object_of_exactly_max_object_size_is_cached(
     assert len(origin_log(origin)) == 1
 
 
+def test_the_disk_store_by_default_caches_objects_bigger_than_the_memory_limit(
+    tmp_path: Path, origin: Nginx
+) -> None:
+    make_file(origin, "big80", 80 * MiB)
+    with disk_proxy(tmp_path) as fm:
+        first, size = fetch(fm, f"{origin.url}/big80")
+        assert size == 80 * MiB and "stored" in first["cache-status"], first
+        poll_until(lambda: entry_files(tmp_path / "cache"), 20, "the entry published")
+        second, size = fetch(fm, f"{origin.url}/big80")
+        assert size == 80 * MiB and "hit" in second["cache-status"], second
+    assert len(origin_log(origin)) == 1
+
+
 # -- a scripted origin for the timing-sensitive cases ---------------------------------------
 # /gate/*: waits for the test's "go:<path>" before its head; /vary-gate/*: head and a first
 # part at once, the rest on "go:<path>" (Vary: Accept-Encoding); /nc/*: no-cache with an ETag,

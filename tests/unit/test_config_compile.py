@@ -373,3 +373,13 @@ def test_targeted_cache_control_settings() -> None:
 def test_own_targeted_field_must_be_a_field_name_of_its_own(bad: str) -> None:
     with pytest.raises(ConfigError, match="cache.targeted.own_field"):
         plan_of(f"cache: {{store: memory, targeted: {{own_field: {bad!r}}}}}\n")
+
+
+def test_cache_size_defaults_depend_on_the_store() -> None:
+    # A disk cache holds real update files (issue 9.2); the memory store stays small.
+    disk = plan_of("cache: {store: disk, path: /var/cache/ferryman}\n").cache
+    assert disk is not None and disk.max_object_size == 4 << 30 and disk.max_size == 10 << 30
+    memory = plan_of("cache: {store: memory}\n").cache
+    assert memory is not None and memory.max_object_size == 64 << 20 and memory.max_size == 256 << 20
+    chosen = plan_of("cache: {store: disk, path: /c, max_object_size: 1MiB, max_size: 2GiB}\n").cache
+    assert chosen is not None and chosen.max_object_size == 1 << 20 and chosen.max_size == 2 << 30

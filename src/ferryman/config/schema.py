@@ -7,7 +7,7 @@ never silently fall back to a default.  Durations accept ``"10s"``, ``"500ms"``,
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -135,17 +135,31 @@ class TargetedCacheControl(_Model):
         return v
 
 
+_STORE_DEFAULTS: dict[str, dict[str, int]] = {
+    "disk": {"max_size": 10 * 1024**3, "max_object_size": 4 * 1024**3},  # fits real update files
+}
+
+
 class Cache(_Model):
     store: Literal["memory", "disk", "redis"] = "memory"
     path: str | None = None  # directory, for store: disk
+    # Defaults depend on the store (see _STORE_DEFAULTS): a disk cache holds whole update files.
     max_size: Size = 256 * 1024 * 1024
-    max_object_size: Size = 64 * 1024 * 1024
+    max_object_size: Size = 64 * 1024 * 1024  # inclusive: an object of exactly this size is stored
     forward: bool = True  # cache forward-proxy responses (by target URL)
     purge_clients: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     range_fill: bool = True  # a Range miss fetches the whole object once in the background
     coalesce: bool = True  # concurrent misses for one URL share one upstream fetch
     heuristic_max: Duration = 86400.0  # cap of heuristic freshness: 10% of Date - Last-Modified
     targeted: TargetedCacheControl = Field(default_factory=TargetedCacheControl)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            defaults = _STORE_DEFAULTS.get(str(data.get("store", "memory")), {})
+            data = {**defaults, **data}
+        return data
 
     @model_validator(mode="after")
     def _store_needs(self) -> Cache:

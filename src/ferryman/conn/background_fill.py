@@ -143,6 +143,20 @@ class _FillClient(asyncio.Protocol):
         self._finish("failed: unexpected upgrade")
 
 
+async def _progressing(client: _FillClient, first: float, idle: float) -> str:
+    """The fill's outcome; TimeoutError when no byte came for ``first`` (head) / ``idle`` (body)
+    seconds.  A big object on a slow link may take long: only a stalled one is given up."""
+    seen = -1
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(client.done), first if seen < 0 else idle)
+        except TimeoutError:
+            if client.fill.size == seen or (seen < 0 and client.fill.head is None and not client.fill.done):
+                client._finish("failed: the upstream stalled")
+                raise
+            seen = client.fill.size
+
+
 def _resume(transport: asyncio.Transport) -> None:
     if not transport.is_closing():
         transport.resume_reading()
@@ -183,8 +197,7 @@ async def fill_whole_object(
         client = cast(_FillClient, proto)
         assert client.transport is not None
         client.transport.write(ser.request_head("GET", d.target, authority, headers, Framing.NONE, 0))
-        async with asyncio.timeout(plan.timeouts.upstream_header + 600.0):
-            outcome = await client.done
+        outcome = await _progressing(client, plan.timeouts.upstream_header, plan.timeouts.upstream_idle)
         log.info("ferryman: background fill of %s %s", key.decode("latin-1"), outcome)
     except (FerrymanError, OSError, TimeoutError) as exc:
         log.info("ferryman: background fill of %s failed: %s", key.decode("latin-1"), exc)
