@@ -40,11 +40,19 @@ def _serve(source: ConfigSource, pid_file: str | None) -> int:
         if plan.workers > 1:
             from ferryman.server.supervisor import supervise
 
-            return supervise(
-                plan.workers,
-                lambda: int(runner(serve(source, plan, reuse_port=True))),
-                plan.timeouts.shutdown_grace,
-            )
+            def worker(respawned: bool) -> int:
+                # A worker restarted after a crash serves the file as it is now (as its
+                # siblings do after their reloads), not the one read at start.
+                wplan = plan
+                if respawned:
+                    try:
+                        wplan = build_plan_sync(source)
+                    except ConfigError as exc:
+                        print(f"ferryman: restarted worker keeps the start-up config:\n{exc.render()}",
+                              file=sys.stderr)
+                return int(runner(serve(source, wplan, reuse_port=True)))
+
+            return supervise(plan.workers, worker, plan.timeouts.shutdown_grace)
         return int(runner(serve(source, plan)))
     finally:
         if pid_file:

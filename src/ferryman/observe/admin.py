@@ -7,6 +7,7 @@ It reuses the strict request parser; nothing here is on the proxy hot path.
     GET  /healthz                 200 "ok" (liveness)
     GET  /status                  JSON: connections, upstream servers and health
     POST /reload                  same as SIGHUP; 200 when the new config took effect, 409 if refused
+                                  (during a reload: answered after the one that follows it)
     POST /purge?url=URL           drop one cached URL (all variants); or a JSON body {"url": URL}
     POST /purge?prefix=URL        drop every cached URL starting with the prefix; or {"prefix": URL}
 

@@ -3,6 +3,11 @@
 Reload builds the new Plan off the event loop (it may read large domain lists),
 binds any new listeners, and only then swaps `engine.plan`; any failure leaves
 the old Plan serving and logs why.
+
+Reloads run one at a time.  A request (SIGHUP or `POST /reload`) that arrives
+while one runs is never dropped: exactly one more reload follows the running
+one, and every request made meanwhile shares it (it reads the file as it is
+then).  Each request learns the result of a reload that started after it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class Server:
         self.listeners: dict[tuple[str, int, bool], Bound] = {}
         self.stopping: asyncio.Event | None = None
         self._reloading = False
+        self._due: asyncio.Future[bool] | None = None  # the reload the requests so far wait for
+        self._runner: asyncio.Task[None] | None = None
         self.admin: asyncio.Server | None = None
         self.admin_addr: tuple[str, int] | None = None
 
@@ -69,7 +76,7 @@ class Server:
         assert engine is not None
         loop = asyncio.get_running_loop()
         self.admin = await loop.create_server(
-            lambda: AdminProtocol(engine, self.reload), addr[0], addr[1],
+            lambda: AdminProtocol(engine, lambda: self.reload("POST /reload")), addr[0], addr[1],
             reuse_address=True, reuse_port=self.reuse_port or None,
         )
         log.warning("ferryman: admin API on http://%s:%d/status", addr[0], addr[1])
@@ -84,53 +91,86 @@ class Server:
             lp.mode, lp.host, lp.port, lp.name, cache_summary(self.engine.plan, lp.mode),
         )
 
-    async def reload(self) -> bool:
-        if self._reloading or self.engine is None:
+    def request_reload(self, why: str) -> asyncio.Future[bool]:
+        """Schedule a reload; the future says whether the config it read took effect."""
+        loop = asyncio.get_running_loop()
+        due = self._due
+        if due is None:
+            due = self._due = loop.create_future()
+            if self._reloading:
+                log.warning("ferryman: %s during a reload: one more reload follows it", why)
+        elif self._reloading:
+            log.warning("ferryman: %s during a reload: merged with the reload already due", why)
+        if self._runner is None:
+            self._runner = loop.create_task(self._run_reloads())
+        return due
+
+    async def reload(self, why: str = "reload requested") -> bool:
+        if self.engine is None:
             return False
-        self._reloading = True
+        return await asyncio.shield(self.request_reload(why))
+
+    async def _run_reloads(self) -> None:
         try:
-            try:
-                plan = await build_plan_async(self.source)
-            except ConfigError as exc:
-                log.error("ferryman: reload refused, old config keeps serving:\n%s", exc.render())
-                return False
-            wanted = {listener_key(lp): lp for lp in plan.listeners}
-            added: list[tuple[str, int, bool]] = []
-
-            def undo() -> None:
-                for key in added:
-                    self.listeners.pop(key).close()
-
-            try:
-                for key, lp in wanted.items():
-                    if key not in self.listeners:
-                        await self._bind(lp)
-                        added.append(key)
-                # Validate every certificate before anything changes (Bound.update raises).
-                for key, lp in wanted.items():
-                    if key in self.listeners and key not in added and lp.tls is not None:
-                        ServerTls(lp.tls)
-                await self.engine.open_cache(plan)
-                self.engine.apply(plan)
-            except (OSError, ssl.SSLError) as exc:
-                undo()
-                log.error("ferryman: reload refused, old config keeps serving: %s", exc)
-                return False
-            for key, lp in wanted.items():
-                if key not in added:
-                    self.listeners[key].update(lp)  # certificates checked above
-            for key in list(self.listeners):
-                if key not in wanted:
-                    self.listeners.pop(key).close()
-            self.plan = plan
-            try:
-                await self._bind_admin(plan.admin)
-            except OSError as exc:
-                log.error("ferryman: admin listener not moved: %s", exc)
-            log.warning("ferryman: configuration reloaded from %s", self.source.name)
-            return True
+            while self._due is not None:
+                due, self._due = self._due, None
+                self._reloading = True
+                try:
+                    ok = await self._reload_once()
+                except Exception:  # noqa: BLE001 - whatever broke, the old Plan keeps serving
+                    log.exception("ferryman: reload failed, old config keeps serving")
+                    ok = False
+                finally:
+                    self._reloading = False
+                if not due.done():
+                    due.set_result(ok)
         finally:
-            self._reloading = False
+            self._runner = None
+            if self._due is not None and not self._due.done():
+                self._due.cancel()  # only on shutdown, when the runner itself was cancelled
+
+    async def _reload_once(self) -> bool:
+        assert self.engine is not None
+        try:
+            plan = await build_plan_async(self.source)
+        except ConfigError as exc:
+            log.error("ferryman: reload refused, old config keeps serving:\n%s", exc.render())
+            return False
+        wanted = {listener_key(lp): lp for lp in plan.listeners}
+        added: list[tuple[str, int, bool]] = []
+
+        def undo() -> None:
+            for key in added:
+                self.listeners.pop(key).close()
+
+        try:
+            for key, lp in wanted.items():
+                if key not in self.listeners:
+                    await self._bind(lp)
+                    added.append(key)
+            # Validate every certificate before anything changes (Bound.update raises).
+            for key, lp in wanted.items():
+                if key in self.listeners and key not in added and lp.tls is not None:
+                    ServerTls(lp.tls)
+            await self.engine.open_cache(plan)
+            self.engine.apply(plan)
+        except (OSError, ssl.SSLError) as exc:
+            undo()
+            log.error("ferryman: reload refused, old config keeps serving: %s", exc)
+            return False
+        for key, lp in wanted.items():
+            if key not in added:
+                self.listeners[key].update(lp)  # certificates checked above
+        for key in list(self.listeners):
+            if key not in wanted:
+                self.listeners.pop(key).close()
+        self.plan = plan
+        try:
+            await self._bind_admin(plan.admin)
+        except OSError as exc:
+            log.error("ferryman: admin listener not moved: %s", exc)
+        log.warning("ferryman: configuration reloaded from %s", self.source.name)
+        return True
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish up to ``grace``, then close."""
@@ -163,9 +203,12 @@ async def serve(source: ConfigSource, plan: Plan, reuse_port: bool = False) -> i
     stop = asyncio.Event()
 
     def on_hup() -> None:
-        loop.create_task(server.reload())
+        server.request_reload("SIGHUP")
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # A worker starts with SIGHUP blocked (supervisor.py): one sent before this handler
+    # existed is pending and is delivered now, so it is neither fatal nor lost.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()

@@ -22,18 +22,21 @@ log = logging.getLogger("ferryman")
 _SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 
 
-def supervise(workers: int, run_worker: Callable[[], int], grace: float) -> int:
+def supervise(workers: int, run_worker: Callable[[bool], int], grace: float) -> int:
+    """Run ``workers`` children of ``run_worker(respawned)`` until SIGTERM/SIGINT; see the module doc."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: dict[int, float] = {}  # pid -> start time
     quick_deaths = 0
 
-    def spawn() -> None:
+    def spawn(respawned: bool = False) -> None:
         pid = os.fork()
         if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            # SIGHUP stays blocked until the worker's handler exists (lifecycle.serve): a
+            # reload relayed to a worker still starting waits instead of killing it.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
             code = 1
             try:
-                code = run_worker()
+                code = run_worker(respawned)
             finally:
                 os._exit(code)
         children[pid] = time.monotonic()
@@ -77,5 +80,5 @@ def supervise(workers: int, run_worker: Callable[[], int], grace: float) -> int:
                 quick_deaths = quick_deaths + 1 if time.monotonic() - started < 1.0 else 0
                 if quick_deaths > 5:
                     time.sleep(min(5.0, 0.2 * quick_deaths))  # crash loop: slow down
-                spawn()
+                spawn(respawned=True)
     return 0
