@@ -291,6 +291,55 @@ def test_every_missing_domains_file_is_reported(tmp_path: Path) -> None:
     assert fields == ["forward.rules[0].deny.domains_file", "forward.rules[1].allow.domains_file"]
 
 
+def test_domains_file_inline_comments(tmp_path: Path) -> None:
+    (tmp_path / "ads.txt").write_text(
+        "example.com # ads\n*.ads.example\t# tab before\n  .tracker.example   #x#y\nEXACT.example#c\n"
+        "   # an indented comment line\n\n",
+        encoding="utf-8",
+    )
+    path = write_config(tmp_path, "forward:\n  rules:\n    - {name: ads, deny: {domains_file: ads.txt}}\n")
+    acl = build_plan(str(path)).forward.acl
+    for host in ["example.com", "x.ads.example", "tracker.example", "a.tracker.example", "exact.example"]:
+        assert acl.check("GET", host, 80) == Verdict(False, "ads"), host
+    assert acl.check("GET", "ads.example", 80) == DEFAULT_ALLOW
+
+
+def test_a_line_that_is_not_a_domain_names_the_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "ok.txt").write_text("fine.example\n", encoding="utf-8")
+    (tmp_path / "bad.txt").write_text(
+        "# list\ngood.example\n0.0.0.0 ads.example\nok.example # fine\nhttp://x.example/\n", encoding="utf-8"
+    )
+    path = write_config(
+        tmp_path,
+        "forward:\n  rules:\n    - {deny: {domains_file: ok.txt}}\n    - {deny: {domains_file: bad.txt}}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        build_plan(str(path))
+    (err,) = info.value.errors
+    bad = os.path.join(str(tmp_path), "bad.txt")
+    assert err.startswith(f"forward.rules[1].deny.domains_file: {bad} line 3: ")
+    assert "'0.0.0.0 ads.example'" in err
+    assert f"{bad} line 5: " in err and "http://x.example/" in err
+
+
+def test_many_bad_lines_are_summed_up(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_text("a b\n" * 10, encoding="utf-8")
+    path = write_config(tmp_path, "forward:\n  rules:\n    - {deny: {domains_file: bad.txt}}\n")
+    with pytest.raises(ConfigError) as info:
+        build_plan(str(path))
+    (err,) = info.value.errors
+    assert "line 1: " in err and "line 3: " in err and "line 4: " not in err
+    assert err.endswith("(and 7 more lines)")
+
+
+def test_a_domains_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "bin.txt").write_bytes(b"ok.example\n\xff\xfe\n")
+    path = write_config(tmp_path, "forward:\n  rules:\n    - {deny: {domains_file: bin.txt}}\n")
+    with pytest.raises(ConfigError) as info:
+        build_plan(str(path))
+    assert "is not UTF-8 text" in info.value.errors[0]
+
+
 def test_build_plan_reports_load_errors_with_the_path(tmp_path: Path) -> None:
     path = write_config(tmp_path, "forward: [\n")
     with pytest.raises(ConfigError) as info:

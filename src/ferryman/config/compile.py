@@ -22,6 +22,7 @@ from ferryman.config.compile_reverse import ReversePlan, TlsPlan, cache_rules, c
 from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
+from ferryman.pipeline.admit.domainset import normalise_entry
 from ferryman.pipeline.cache.policy import Rules
 
 
@@ -119,12 +120,31 @@ class Plan:
 
 
 def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
+    """The entries of a domains file: one per line, ``#`` starts a comment anywhere on a line
+    (``example.com  # ads``); a line that is still not a domain entry is an error naming the
+    file and its line number."""
     full = path if os.path.isabs(path) else os.path.join(base_dir, path)
     try:
         with open(full, encoding="utf-8") as fh:
-            return fh.read().splitlines()
+            lines = fh.read().splitlines()
     except OSError as exc:
         raise ValueError(f"{field}: cannot read {full}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{field}: {full} is not UTF-8 text") from None
+    entries: list[str] = []
+    bad: list[str] = []
+    for n, line in enumerate(lines, 1):
+        try:
+            entry = normalise_entry(line)
+        except ValueError as exc:
+            bad.append(f"{full} line {n}: {exc}")
+            continue
+        if entry is not None:
+            entries.append(entry)
+    if bad:
+        more = f" (and {len(bad) - 3} more lines)" if len(bad) > 3 else ""
+        raise ValueError(f"{field}: " + "; ".join(bad[:3]) + more)
+    return entries
 
 
 def _admin_hosts(admin: Mapping[str, Any] | None) -> frozenset[str]:
