@@ -25,8 +25,9 @@ def _serve(source: ConfigSource, pid_file: str | None) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
-    from ferryman.server.lifecycle import serve
+    from ferryman.server.lifecycle import raise_nofile_limit, serve
 
+    raise_nofile_limit()  # before any worker is forked: they inherit it
     if pid_file:
         with open(pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")

@@ -75,7 +75,7 @@ def park_upstream(engine: Engine) -> tuple[UpstreamConnection, FakeTransport]:
     conn = UpstreamConnection(ORIGIN, 32768, 100)
     tr = FakeTransport()
     conn.connection_made(tr)  # type: ignore[arg-type]
-    assert engine.pool.release(ORIGIN, conn, engine.loop.time())
+    assert engine.pool.park(ORIGIN, conn, engine.loop.time()) is None
     return conn, tr
 
 

@@ -74,6 +74,7 @@ class LimitsPlan:
 class PoolPlan:
     max_idle_per_origin: int
     idle_timeout: float
+    max_idle: int | None = None  # None: derived from the descriptor limit (`Engine`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +235,11 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         forward=fwd,
         timeouts=TimeoutsPlan(**data["timeouts"]),
         limits=LimitsPlan(**data["limits"]),
-        pool=PoolPlan(**data["pool"]),
+        pool=PoolPlan(
+            data["pool"]["max_idle_per_origin"],
+            data["pool"]["idle_timeout"],
+            None if data["pool"].get("max_idle", "auto") == "auto" else int(data["pool"]["max_idle"]),
+        ),
         dns=DnsPlan(**data["dns"]),
         access_log=AccessLogPlan(**data["access_log"]),
         reverse=compile_reverse(data, listeners[0].port),

@@ -98,6 +98,8 @@ class Limits(_Model):
 
 class Pool(_Model):
     max_idle_per_origin: int = Field(default=128, ge=0)
+    # Idle upstream connections in total; auto: a quarter of the descriptor limit (at least 8).
+    max_idle: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     idle_timeout: Duration = 30.0
 
 

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import resource
 import socket
 import ssl
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.config.compile import CachePlan, Plan
+from ferryman.config.compile import CachePlan, Plan, PoolPlan
 from ferryman.conn.cache_flow import Cache, purge_acl
 from ferryman.observe.access_log import AccessLog
 from ferryman.pipeline.cache.store import MemoryStore, Store
+from ferryman.upstream import dial
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import Resolver
 from ferryman.upstream.group import UpstreamGroup
 from ferryman.upstream.health_check import run_checks
-from ferryman.upstream.pool import Pool
+from ferryman.upstream.pool import Pool, auto_max_total
 
 if TYPE_CHECKING:
     from ferryman.conn.downstream import Downstream
@@ -57,12 +59,22 @@ def _own_hosts(plan: Plan) -> set[str]:
     return out
 
 
+def idle_cap(pc: PoolPlan) -> int:
+    """Idle upstream connections allowed in total: the configured number, or derived from
+    the descriptor limit (read once per Plan, never per request)."""
+    if pc.max_idle is not None:
+        return pc.max_idle
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return auto_max_total(1 << 20 if soft == resource.RLIM_INFINITY else soft)
+
+
 class Engine:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
         pc = plan.pool
-        self.pool: Pool[UpstreamConnection] = Pool(pc.max_idle_per_origin, pc.idle_timeout)
+        self.pool: Pool[UpstreamConnection] = Pool(pc.max_idle_per_origin, pc.idle_timeout, idle_cap(pc))
+        dial.set_exhaustion_relief(self.relieve_descriptors)
         self.resolver = Resolver(plan.dns.ttl, plan.dns.negative_ttl)
         self.log = AccessLog(plan.access_log)
         self.connections: set[Downstream] = set()
@@ -146,10 +158,33 @@ class Engine:
         pc = plan.pool
         self.pool.max_idle = pc.max_idle_per_origin
         self.pool.idle_timeout = pc.idle_timeout
+        self.pool.max_total = idle_cap(pc)
+        for conn in self.pool.trim():
+            conn.close()
         self.resolver.ttl = plan.dns.ttl
         self.resolver.negative_ttl = plan.dns.negative_ttl
         self.local_ports = _own_ports(plan)
         self.local_addrs |= _own_hosts(plan)
+
+    def park(self, key: tuple[str, str, int], conn: UpstreamConnection) -> None:
+        """A connection whose exchange ended cleanly: idle in the pool, or closed.  Parking
+        may push out the least recently used idle connection (the total cap)."""
+        conn.detach()
+        out = self.pool.park(key, conn, self.loop.time())
+        if out is not None:
+            out.close()
+
+    def relieve_descriptors(self, most: int = 8) -> int:
+        """Out of descriptors: abort up to ``most`` idle connections, least recently used
+        first (their descriptors are free once the loop turns); how many were closed."""
+        n = 0
+        while n < most:
+            conn = self.pool.evict_lru()
+            if conn is None:
+                break
+            conn.abort()
+            n += 1
+        return n
 
     @property
     def tls_context(self) -> ssl.SSLContext:

@@ -170,11 +170,10 @@ class UpstreamRelay:
             conn, ex.conn = ex.conn, None
             self._release_server(ex, ok=True)
             if conn is not None:
-                conn.detach()
-                if ex.key is None or conn.private or not self.engine.pool.release(
-                    ex.key, conn, self.loop.time()
-                ):
+                if ex.key is None or conn.private:
                     conn.close()
+                else:
+                    self.engine.park(ex.key, conn)
             return
         if ex.resp is None or ex.status == 101:
             return  # the end of an interim (1xx) response; a 101 goes on as a tunnel
@@ -195,9 +194,7 @@ class UpstreamRelay:
                 and not self.engine.draining
                 and key is not None
             ):
-                conn.detach()
-                if not self.engine.pool.release(key, conn, self.loop.time()):
-                    conn.close()
+                self.engine.park(key, conn)
             else:
                 conn.close()
         self.finish(ex)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -39,6 +40,31 @@ def cache_summary(plan: Plan, mode: str) -> str:
     shown = next((f"{size // m}{u}" for m, u in units if size and size % m == 0), f"{size}B")
     where = {"disk": f"disk {c.path} {shown}", "redis": "redis"}.get(c.store, f"memory {shown}")
     return where if mode == "forward" else f"{where} (routes with cache.enabled)"
+
+
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit, as nginx's ``worker_rlimit_nofile``: every
+    client and upstream connection is a descriptor.  Logs the figure; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:  # Linux refuses more than fs.nr_open
+            with open("/proc/sys/fs/nr_open") as fh:
+                target = int(fh.read())
+        except (OSError, ValueError):
+            target = 1 << 20
+    before = soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("ferryman: cannot raise the descriptor limit from %d: %s", soft, exc)
+    if soft != before:
+        log.warning("ferryman: file descriptor limit %d (raised from %d)", soft, before)
+    else:
+        log.warning("ferryman: file descriptor limit %d", soft)
+    return soft
 
 
 class Server:

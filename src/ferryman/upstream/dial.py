@@ -8,7 +8,9 @@ share a single future.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -17,6 +19,30 @@ from typing import Any
 from ferryman.errors import DnsError, UpstreamConnectError, UpstreamTimeout
 
 Addr = tuple[int, tuple[Any, ...]]  # (family, sockaddr)
+
+log = logging.getLogger("ferryman")
+
+# Out of descriptors (EMFILE / ENFILE) while dialling: the engine's relief closes idle
+# pooled connections (least recently used first) and says how many; the dial is then
+# tried once more.  Set by the process's Engine.
+_relief: Callable[[], int] | None = None
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
+_last_exhausted_log = -1e9
+
+
+def set_exhaustion_relief(relief: Callable[[], int] | None) -> None:
+    global _relief
+    _relief = relief
+
+
+def _log_exhausted(loop: asyncio.AbstractEventLoop, exc: OSError) -> None:
+    """At most one line per 10 s: a process out of descriptors would otherwise flood its log."""
+    global _last_exhausted_log
+    now = loop.time()
+    if now - _last_exhausted_log >= 10.0:
+        _last_exhausted_log = now
+        log.error("ferryman: out of file descriptors dialling upstream (%s) with no idle "
+                  "connection left to close; raise the limit (ulimit -n)", exc.strerror or exc)
 
 
 class Resolver:
@@ -86,7 +112,11 @@ async def open_connection(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: Exception | None = None
-    for fam, sa in addrs:
+    relieved = False
+    i = 0
+    while i < len(addrs):
+        fam, sa = addrs[i]
+        i += 1
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
@@ -102,9 +132,20 @@ async def open_connection(
         except ssl.SSLError as exc:
             last = UpstreamConnectError(f"TLS handshake with {sa[0]} failed: {exc.reason}")
         except OSError as exc:
-            last = UpstreamConnectError(
-                f"connect to {sa[0]} port {sa[1]} failed: {exc.strerror or exc}"
-            )
+            if exc.errno not in _EXHAUSTED:
+                last = _connect_error(exc, sa)
+                continue
+            if not relieved and _relief is not None and _relief():
+                relieved = True
+                await asyncio.sleep(0)  # the closed sockets' descriptors are released
+                i -= 1  # the same address once more
+                continue
+            _log_exhausted(loop, exc)
+            last = _connect_error(exc, sa)
     if last is None:
         last = UpstreamTimeout("connect timed out")
     raise last
+
+
+def _connect_error(exc: OSError, sa: tuple[Any, ...]) -> UpstreamConnectError:
+    return UpstreamConnectError(f"connect to {sa[0]} port {sa[1]} failed: {exc.strerror or exc}")
