@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import re
 import resource
 import signal
@@ -166,3 +167,42 @@ def test_out_of_descriptors_closes_idle_connections_and_retries(tmp_path: Path) 
                 status, body = get(c, host(i), oport)
                 assert (status, body) == (200, host(i).encode()), f"origin #{i}: {status} {body[:200]!r}"
         assert "out of file descriptors" not in err.read_text()
+
+
+def test_out_of_descriptors_holds_accepting_and_drops_no_client(tmp_path: Path) -> None:
+    """More clients than descriptors: the listener stops accepting (clients wait in the accept
+    queue, none is accepted and dropped), logs it once, and accepts them when descriptors free."""
+    with ferryman_with_limit(tmp_path, 128, 128) as (proc, port, err):
+        clients = []
+        for _ in range(200):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        deadline = time.monotonic() + 5
+        while "out of file descriptors (limit 128)" not in err.read_text():
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.02)
+        cpu0 = _cpu_seconds(proc.pid)
+        time.sleep(0.5)  # held: ferryman must idle, not spin on accept()
+        assert _cpu_seconds(proc.pid) - cpu0 < 0.2
+        for c in clients:
+            c.setblocking(False)
+            try:
+                data = c.recv(1)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                data = b""
+            raise AssertionError(f"a client was dropped ({data!r}):\n{err.read_text()}")
+        for c in clients[:120]:
+            c.close()
+        for c in clients[120:]:  # the ones still in the accept queue are served now
+            c.setblocking(True)
+            c.settimeout(5)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # origin-form to a forward proxy: 400
+            assert read_response(c, timeout=5).status == 400
+            c.close()
+        assert err.read_text().count("out of file descriptors") == 1
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import resource
 import socket
 import ssl
+from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -59,13 +61,15 @@ def _own_hosts(plan: Plan) -> set[str]:
     return out
 
 
+def descriptor_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
 def idle_cap(pc: PoolPlan) -> int:
     """Idle upstream connections allowed in total: the configured number, or derived from
     the descriptor limit (read once per Plan, never per request)."""
-    if pc.max_idle is not None:
-        return pc.max_idle
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return auto_max_total(1 << 20 if soft == resource.RLIM_INFINITY else soft)
+    return pc.max_idle if pc.max_idle is not None else auto_max_total(descriptor_limit())
 
 
 class Engine:
@@ -75,6 +79,10 @@ class Engine:
         pc = plan.pool
         self.pool: Pool[UpstreamConnection] = Pool(pc.max_idle_per_origin, pc.idle_timeout, idle_cap(pc))
         dial.set_exhaustion_relief(self.relieve_descriptors)
+        self.fd_limit = descriptor_limit()
+        self.fd_reserve = max(32, self.fd_limit // 16)
+        self._fd_probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.on_descriptors_low: Callable[[], None] | None = None  # the lifecycle pauses accepting
         self.resolver = Resolver(plan.dns.ttl, plan.dns.negative_ttl)
         self.log = AccessLog(plan.access_log)
         self.connections: set[Downstream] = set()
@@ -174,6 +182,25 @@ class Engine:
         if out is not None:
             out.close()
 
+    def descriptors_low(self) -> bool:
+        """Fewer than ``fd_reserve`` descriptors left?  The kernel always hands out the lowest
+        free number, so a free one at ``fd_limit - fd_reserve`` or above means every one below
+        is taken.  Two syscalls: cheap enough to ask at each accept."""
+        try:
+            fd = os.dup(self._fd_probe)
+        except OSError:
+            return True
+        os.close(fd)
+        return fd >= self.fd_limit - self.fd_reserve
+
+    def accepting(self) -> None:
+        """A client was just accepted: near the descriptor limit, close idle upstream
+        connections; with none left to close, have the listeners pause (clients then wait in
+        the accept queue instead of being accepted and dropped)."""
+        if self.descriptors_low() and not self.relieve_descriptors(self.fd_reserve):
+            if self.on_descriptors_low is not None:
+                self.on_descriptors_low()
+
     def relieve_descriptors(self, most: int = 8) -> int:
         """Out of descriptors: abort up to ``most`` idle connections, least recently used
         first (their descriptors are free once the loop turns); how many were closed."""
@@ -227,3 +254,6 @@ class Engine:
         for conn in self.pool.drain():
             conn.close()
         self.log.close()
+        if self._fd_probe >= 0:
+            os.close(self._fd_probe)
+            self._fd_probe = -1

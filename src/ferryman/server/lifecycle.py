@@ -29,6 +29,9 @@ from ferryman.server.tls import ServerTls
 
 log = logging.getLogger("ferryman")
 
+HOLD_FOR = 0.25  # seconds between looks while accepting is held for want of descriptors
+HOLD_LOG_EVERY = 10.0
+
 
 def cache_summary(plan: Plan, mode: str) -> str:
     """What caches a listener's traffic, for its start-up line: ``memory 64MiB``, ``off``..."""
@@ -76,6 +79,8 @@ class Server:
         self.listeners: dict[tuple[str, int, bool], Bound] = {}
         self.stopping: asyncio.Event | None = None
         self._reloading = False
+        self._holding = False  # accepting paused: out of descriptors
+        self._held_logged = -1e9
         self._due: asyncio.Future[bool] | None = None  # the reload the requests so far wait for
         self._runner: asyncio.Task[None] | None = None
         self.admin: asyncio.Server | None = None
@@ -83,11 +88,51 @@ class Server:
 
     async def start(self) -> None:
         self.engine = Engine(self.plan)
+        self.engine.on_descriptors_low = self._hold_accepts
         await self.engine.open_cache(self.plan)
         self.stopping = asyncio.Event()
         for lp in self.plan.listeners:
             await self._bind(lp)
         await self._bind_admin(self.plan.admin)
+
+    def _hold_accepts(self) -> None:
+        """Out of descriptors with no idle connection left to close: stop accepting for a
+        moment (the clients wait in the accept queues), then look again.  Logged at most once
+        per `HOLD_LOG_EVERY` seconds."""
+        if self._holding or self.engine is None or self.engine.draining:
+            return
+        self._holding = True
+        loop = asyncio.get_running_loop()
+        # Called from inside the loop's accept callback: closing its server right there would
+        # drop the client being accepted, so the hold starts on the next turn (the reserve of
+        # descriptors covers the rest of the batch).
+        loop.call_soon(self._hold_listeners)
+        if loop.time() - self._held_logged >= HOLD_LOG_EVERY:
+            self._held_logged = loop.time()
+            log.error(
+                "ferryman: out of file descriptors (limit %d): not accepting for %gs at a time "
+                "until some are free; raise the limit (ulimit -n)", self.engine.fd_limit, HOLD_FOR,
+            )
+        loop.create_task(self._resume_accepts())
+
+    def _hold_listeners(self) -> None:
+        for bound in self.listeners.values():
+            bound.hold()
+
+    async def _resume_accepts(self) -> None:
+        engine = self.engine
+        assert engine is not None
+        try:
+            while True:
+                await asyncio.sleep(HOLD_FOR)
+                if engine.draining:
+                    return
+                if not engine.descriptors_low() or engine.relieve_descriptors(engine.fd_reserve):
+                    break
+            for bound in self.listeners.values():
+                await bound.unhold()
+        finally:
+            self._holding = False
 
     async def _bind_admin(self, addr: tuple[str, int] | None) -> None:
         if addr == self.admin_addr:

@@ -46,6 +46,7 @@ class Bound:
         self.engine: Engine | None = None
         self._shape = _shape(lp)
         self._swap: asyncio.Task[None] | None = None
+        self._held: list[socket.socket] = []  # listening sockets while accepting is held
 
     def update(self, lp: ListenerPlan) -> None:
         """New settings for later connections (raises on bad certificates: reload refused)."""
@@ -76,7 +77,37 @@ class Bound:
         for server in old:
             server.close()
 
+    def hold(self) -> None:
+        """Stop accepting but keep the listening sockets, and so their accept queues: clients
+        wait there (out of descriptors) instead of being accepted and dropped."""
+        if self._held or not self.servers or self.engine is None:
+            return
+        held = []
+        try:
+            for server in self.servers:
+                for s in server.sockets:
+                    held.append(socket.socket(s.family, s.type, s.proto, os.dup(s.fileno())))
+        except OSError:
+            for s in held:
+                s.close()
+            return  # not even a descriptor to hold them: keep accepting
+        for server in self.servers:
+            server.close()
+        self.servers = []
+        self._held = held
+
+    async def unhold(self) -> None:
+        held, self._held = self._held, []
+        assert self.engine is not None or not held
+        loop = asyncio.get_running_loop()
+        for sock in held:
+            assert self.engine is not None
+            self.servers.append(await _serve_socket(loop, self.engine, self, sock))
+
     def close(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held = []
         for server in self.servers:
             server.close()
         if self._swap is not None:
@@ -84,9 +115,20 @@ class Bound:
 
 
 def _factory(engine: Engine, bound: Bound) -> Callable[[], asyncio.BaseProtocol]:
+    accepting = engine.accepting  # called at each accept: the descriptor check (engine.py)
     if _shape(bound.plan)[0]:
-        return lambda: Downstream(engine, bound.plan)  # the loop's TLS server wraps it
-    return lambda: protocol_for(engine, bound.plan, bound.tls.default if bound.tls is not None else None)
+
+        def native() -> asyncio.BaseProtocol:
+            accepting()
+            return Downstream(engine, bound.plan)  # the loop's TLS server wraps it
+
+        return native
+
+    def plain() -> asyncio.BaseProtocol:
+        accepting()
+        return protocol_for(engine, bound.plan, bound.tls.default if bound.tls is not None else None)
+
+    return plain
 
 
 async def _serve_socket(
