@@ -168,6 +168,16 @@ def _fwd_host(host: bytes) -> bytes:
     return host if host.isalnum() else b'"' + host + b'"'
 
 
+def _element(node: str, proto: bytes | None, host: bytes | None) -> bytes:
+    """One RFC 7239 forwarded-element: ``for=NODE[;proto=P][;host=H]``."""
+    e = b"for=" + _fwd_node(node).encode("latin-1")
+    if proto is not None:
+        e += b";proto=" + proto
+    if host is not None:
+        e += b";host=" + _fwd_host(host)
+    return e
+
+
 def add_forwarded(
     headers: Headers,
     peer: str,
@@ -188,23 +198,26 @@ def add_forwarded(
         if n in _NAMES and not (n == _XRI and keep_xri):
             continue
         out.append((name, value))
-    me = Hop(peer, proto.encode(), host)
-    chain = (*incoming, me) if incoming else (me,)
-    first = chain[0]
-    out.append((b"X-Forwarded-For", ", ".join(h.node for h in chain).encode("latin-1")))
-    out.append((b"X-Forwarded-Proto", first.proto or me.proto or b"http"))
-    xfh = first.host or host
-    if xfh is not None:
-        out.append((b"X-Forwarded-Host", xfh))
-    elements = []
-    for h in chain:
-        e = b"for=" + _fwd_node(h.node).encode("latin-1")
-        if h.proto is not None:
-            e += b";proto=" + h.proto
-        if h.host is not None:
-            e += b";host=" + _fwd_host(h.host)
-        elements.append(e)
-    out.append((b"Forwarded", b", ".join(elements)))
+    proto_b = b"https" if proto == "https" else proto.encode()
+    me = _element(peer, proto_b, host)
+    if not incoming:  # the usual case: the peer is the whole chain
+        out.append((b"X-Forwarded-For", peer.encode("latin-1")))
+        out.append((b"X-Forwarded-Proto", proto_b))
+        if host is not None:
+            out.append((b"X-Forwarded-Host", host))
+        out.append((b"Forwarded", me))
+    else:
+        first = incoming[0]
+        nodes = [h.node for h in incoming]
+        nodes.append(peer)
+        out.append((b"X-Forwarded-For", ", ".join(nodes).encode("latin-1")))
+        out.append((b"X-Forwarded-Proto", first.proto or proto_b))
+        xfh = first.host or host
+        if xfh is not None:
+            out.append((b"X-Forwarded-Host", xfh))
+        elements = [_element(h.node, h.proto, h.host) for h in incoming]
+        elements.append(me)
+        out.append((b"Forwarded", b", ".join(elements)))
     if real_ip is not None:
         out.append((b"X-Real-IP", real_ip.encode("latin-1")))
     return out

@@ -177,10 +177,11 @@ def _view_of(m: RouteMatch) -> _View:
     return (not m.case_sensitive, m.ignore_matrix_params)
 
 
-def _in_view(path: str, view: _View, for_regex: bool = False) -> str:
+def _in_view(path: str, view: _View) -> str:
+    """The path as routes of ``view`` compare it (a regex gets IGNORECASE instead of lower())."""
     if view[1]:
         path = strip_matrix(path)
-    if view[0] and not for_regex:  # a regex is compiled with IGNORECASE instead
+    if view[0]:
         path = path.lower()
     return path
 
@@ -189,80 +190,84 @@ class _PathIndex(Generic[A]):
     """Routes of one host class, ordered by rule 2 and then config order.
 
     Routes whose options change the compared path (``_View``) are kept by view;
-    when more than one view is present the candidates of all views are merged
-    back into rule-2 order (the rare case: only then is anything sorted).
+    when a view other than the plain one is present the candidates of all views
+    are merged back into rule-2 order (the rare case: only then is anything
+    sorted).  The plain case reads two dicts kept as attributes.
     """
 
-    __slots__ = ("exact", "prefix", "regex", "anypath", "views", "_seq")
+    __slots__ = ("exact", "prefix", "regex", "anypath", "views", "seq", "_exact0", "_prefix0", "_simple")
 
     def __init__(self) -> None:
-        self.exact: dict[_View, dict[str, list[tuple[int, Route[A]]]]] = {}
-        self.prefix: dict[_View, dict[str, list[tuple[int, Route[A]]]]] = {}
-        self.regex: list[tuple[int, Route[A]]] = []
+        self.exact: dict[_View, dict[str, list[Route[A]]]] = {}
+        self.prefix: dict[_View, dict[str, list[Route[A]]]] = {}
+        self.regex: list[Route[A]] = []
         self.anypath: list[Route[A]] = []
         self.views: set[_View] = set()
-        self._seq = 0
+        self.seq: dict[int, int] = {}  # id(route) -> config order, for merging views
+        self._exact0: dict[str, list[Route[A]]] = {}
+        self._prefix0: dict[str, list[Route[A]]] = {}
+        self._simple = True
 
     def add(self, route: Route[A]) -> None:
         m = route.match
         view = _view_of(m)
-        self._seq += 1
-        entry = (self._seq, route)
+        self.seq[id(route)] = len(self.seq)
         if m.path_exact is not None:
             self.views.add(view)
             key = _in_view(_config_path(m.path_exact), view)
-            self.exact.setdefault(view, {}).setdefault(key, []).append(entry)
+            self.exact.setdefault(view, {}).setdefault(key, []).append(route)
         elif m.path_prefix is not None:
             self.views.add(view)
             key = _in_view(_config_path(m.path_prefix), view)
-            self.prefix.setdefault(view, {}).setdefault(key, []).append(entry)
+            self.prefix.setdefault(view, {}).setdefault(key, []).append(route)
         elif m.path_regex is not None:
-            self.regex.append(entry)
+            self.regex.append(route)
         else:
             self.anypath.append(route)
+        self._simple = self.views <= {_PLAIN}
+        self._exact0 = self.exact.get(_PLAIN, {})
+        self._prefix0 = self.prefix.get(_PLAIN, {})
 
     def candidates(self, path: str) -> Iterator[Route[A]]:
-        if len(self.views) > 1 or (self.views and _PLAIN not in self.views):
+        if not self._simple:
             yield from self._merged(path)
             return
-        exact = self.exact.get(_PLAIN)
-        if exact:
-            routes = exact.get(path)
-            if routes:
-                for _, r in routes:
-                    yield r
-        prefix = self.prefix.get(_PLAIN)
+        routes = self._exact0.get(path)
+        if routes:
+            yield from routes
+        prefix = self._prefix0
         if prefix:
             for p in _prefixes_longest_first(path):
                 routes = prefix.get(p)
                 if routes:
-                    for _, r in routes:
-                        yield r
-        yield from self._regex(path)
-        yield from self.anypath
-
-    def _regex(self, path: str) -> Iterator[Route[A]]:
-        for _, route in self.regex:
+                    yield from routes
+        for route in self.regex:
             m = route.match
             rx = m._regex
-            if rx is not None and rx.match(_in_view(path, _view_of(m), for_regex=True)):
+            if rx is not None and rx.match(path if m.ignore_matrix_params is False else strip_matrix(path)):
                 yield route
+        yield from self.anypath
 
     def _merged(self, path: str) -> Iterator[Route[A]]:
-        found: list[tuple[int, int, int, Route[A]]] = []  # (rank, -prefix length, config seq, route)
+        found: list[tuple[int, int, int, Route[A]]] = []  # (rank, -prefix length, config order, route)
+        seq = self.seq
         for view in self.views:
             p = _in_view(path, view)
-            for seq, r in self.exact.get(view, {}).get(p, ()):
-                found.append((0, 0, seq, r))
+            for r in self.exact.get(view, {}).get(p, ()):
+                found.append((0, 0, seq[id(r)], r))
             prefix = self.prefix.get(view)
             if prefix:
                 for pre in _prefixes_longest_first(p):
-                    for seq, r in prefix.get(pre, ()):
-                        found.append((1, -len(pre), seq, r))
+                    for r in prefix.get(pre, ()):
+                        found.append((1, -len(pre), seq[id(r)], r))
         found.sort(key=lambda t: t[:3])
         for *_, r in found:
             yield r
-        yield from self._regex(path)
+        for route in self.regex:
+            m = route.match
+            rx = m._regex
+            if rx is not None and rx.match(path if m.ignore_matrix_params is False else strip_matrix(path)):
+                yield route
         yield from self.anypath
 
 
