@@ -18,6 +18,7 @@ rules, the cache key, DNS and the next hop's Host all see (`canonical_host`):
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 import httptools
@@ -64,7 +65,11 @@ def _ipv4_number(part: str) -> int | None:
     return int(digits, radix)
 
 
-def _ipv4(host: str) -> ipaddress.IPv4Address:
+def _ipv4(host: str) -> tuple[str, ipaddress.IPv4Address]:
+    try:  # the usual dotted quad (inet_pton takes nothing else, no leading zeros): canonical already
+        return host, ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, host))
+    except OSError:
+        pass
     parts = host.split(".")
     nums = [_ipv4_number(p) for p in parts]
     if len(parts) > 4 or None in nums:
@@ -75,7 +80,8 @@ def _ipv4(host: str) -> ipaddress.IPv4Address:
         raise ClientProtocolError(f"invalid IPv4 address {host!r} in request target")
     for i, n in enumerate(values):
         last += n << (8 * (3 - i))
-    return ipaddress.IPv4Address(last)
+    ip = ipaddress.IPv4Address(last)
+    return str(ip), ip
 
 
 def canonical_host(raw: str) -> tuple[str, IPAddress | None]:
@@ -91,10 +97,11 @@ def canonical_host(raw: str) -> tuple[str, IPAddress | None]:
         except ValueError:
             raise ClientProtocolError("invalid IPv6 address in request target") from None
         return str(ip6), ip6
+    if host[-1] not in _HEX:
+        return host, None  # a name: a number ends in a decimal or hex digit
     last = host[host.rfind(".") + 1 :]
     if _DIGITS.issuperset(last) or (last.startswith("0x") and _HEX.issuperset(last[2:])):
-        ip4 = _ipv4(host)  # the last label is a number: an IPv4 address or nothing
-        return str(ip4), ip4
+        return _ipv4(host)  # the last label is a number: an IPv4 address or nothing
     return host, None
 
 
