@@ -413,7 +413,7 @@ class Cache:
                 log.exception("ferryman: cache commit failed")
                 ok = False
             if not ok:
-                log.info("ferryman: cache fill of %s not stored: the store refused or lost it (see its log)",
+                log.info("ferryman: cache fill of %s not stored: the store refused or lost it",
                          key.decode("latin-1"))
         if ok and fill is not None and fill.invalidated:
             await self.store.delete(key)  # invalidated while it was being published
