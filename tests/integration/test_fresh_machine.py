@@ -60,13 +60,13 @@ class Machine:
 
     def provide(self, *commands: str) -> None:
         for cmd in commands:
-            stub(self.bin / cmd)
+            stub(self.bin / cmd.split(":")[0])  # python3:ensurepip: a python3 whose imports work
 
     def fake_apt_get(self) -> None:
         """An apt-get that logs its arguments and 'installs' every listed command."""
         creates = "\n".join(
             f'printf \'#!/bin/sh\\nexit 0\\n\' > "{self.bin}/{cmd}"; /bin/chmod +x "{self.bin}/{cmd}"'
-            for _, cmd in listed()
+            for cmd in {c.split(":")[0] for _, c in listed()}
         )
         stub(self.bin / "apt-get", f'echo "$@" >> "{self.apt_log}"\ncase "$1" in install) {creates};; esac')
 
@@ -92,7 +92,7 @@ def install_line(out: str) -> str:
 
 def test_list_names_every_package_the_suite_runs() -> None:
     packages = {pkg for pkg, _ in listed()}
-    assert {"curl", "nginx-light", "redis-server", "wrk", "haproxy"} <= packages
+    assert {"curl", "nginx-light", "redis-server", "wrk", "haproxy", "python3-venv"} <= packages
 
 
 def test_make_test_without_packages_prints_the_install_command_and_runs_nothing(machine: Machine) -> None:
@@ -116,7 +116,10 @@ def test_make_test_names_only_the_missing_packages(machine: Machine) -> None:
 def test_commands_in_sbin_count_as_installed(machine: Machine) -> None:
     """nginx and haproxy live in /usr/sbin, off a normal user's PATH: that is still installed."""
     for _, cmd in listed():
-        stub(machine.sbin / cmd)
+        if ":" in cmd:
+            machine.provide(cmd)  # an interpreter is looked for on PATH only
+        else:
+            stub(machine.sbin / cmd)
     out = machine.run(MAKE, "test")
     assert out.returncode == 0, out.stderr
     assert machine.tools_ran() == ["ruff", "mypy", "pytest"]
@@ -172,3 +175,12 @@ def test_ci_run_and_make_test_share_the_list(machine: Machine, tmp_path: Path) -
     out = machine.run("bash", ".ci/run")  # the real list: all there, so .ci/run goes on to `make test`
     assert out.returncode == 0, out.stderr
     assert machine.tools_ran() == ["ruff", "mypy", "pytest"]
+
+
+def test_python_venv_is_checked_by_importing_ensurepip(machine: Machine) -> None:
+    """python3-venv installs no command: a python3 that cannot import ensurepip means it is missing."""
+    machine.provide(*(cmd for _, cmd in listed()))
+    stub(machine.bin / "python3", 'case "$2" in "import ensurepip") exit 1;; esac; exit 0')
+    out = machine.run(MAKE, "test")
+    assert out.returncode != 0
+    assert install_line(out.stderr).split("install -y", 1)[1].split() == ["python3-venv"]
