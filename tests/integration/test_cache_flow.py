@@ -262,13 +262,19 @@ def proxied(tmp_path: Path) -> Iterator[Proxied]:
 
 
 # -- issue 9.5: a purge or invalidation during a fill sticks --------------------------------
-@pytest.mark.parametrize("how", ["PURGE", "POST"])
+@pytest.mark.parametrize("how", ["PURGE", "POST", "admin-url", "admin-prefix"])
 def test_invalidation_while_a_fill_waits_for_its_head_is_not_lost(proxied: Proxied, how: str) -> None:
     path = f"/gate/{how.lower()}"
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(proxied.get, path)
         poll_until(lambda: count(proxied.origin, path) == 1, 5, "the fill at the origin")
-        r = httpx.request(how, proxied.url(path), timeout=5, trust_env=False)
+        if how.startswith("admin"):
+            kind = how.split("-")[1]
+            target = proxied.url(path if kind == "url" else "/gate/")
+            admin = f"http://127.0.0.1:{proxied.admin}/purge"
+            r = httpx.post(admin, json={kind: target}, timeout=5, trust_env=False)
+        else:
+            r = httpx.request(how, proxied.url(path), timeout=5, trust_env=False)
         assert r.status_code in (200, 404)
         proxied.origin.event(f"go:{path}").set()
         old = first.result(15)
