@@ -9,13 +9,11 @@ import pytest
 from ferryman.http1.events import Framing, RequestHead, ResponseHead
 from ferryman.http1.parser import RequestParser, ResponseParser
 from ferryman.http1.serialize import (
-    CONTINUE_100,
     LAST_CHUNK,
     chunk,
     framing_header,
     request_head,
     response_head,
-    simple_response,
     status_line,
 )
 
@@ -174,48 +172,7 @@ def test_chunk_size_is_lowercase_hex() -> None:
 
 def test_constants() -> None:
     assert LAST_CHUNK == b"0\r\n\r\n"
-    sink = parse_response(CONTINUE_100)
-    assert sink.head().status == 100
-    assert [k for k, _ in sink.events] == ["head", "end"]
 
 
 def test_empty_chunk_never_emits_the_last_chunk_marker() -> None:
     assert chunk(b"") != LAST_CHUNK
-
-
-# -- synthetic responses ----------------------------------------------------------
-
-
-def test_simple_response_round_trips() -> None:
-    data = simple_response(403, "denied by rule «x»", close=False)
-    sink = parse_response(data)
-    head = sink.head()
-    assert head.status == 403
-    assert head.reason == b"Forbidden"
-    assert head.framing is Framing.LENGTH
-    body = "denied by rule «x»\n".encode()
-    assert sink.body() == body
-    assert head.content_length == len(body)
-    assert (b"Cache-Control", b"no-store") in head.headers
-    assert (b"Content-Type", b"text/plain; charset=utf-8") in head.headers
-    assert head.keep_alive is True
-    assert sink.events[-1][0] == "end"
-
-
-def test_simple_response_close_adds_connection_close() -> None:
-    sink = parse_response(simple_response(400, "bad", close=True))
-    head = sink.head()
-    assert head.keep_alive is False
-    assert head.connection_tokens == frozenset({b"close"})
-
-
-def test_simple_response_extra_headers() -> None:
-    sink = parse_response(
-        simple_response(
-            407, "auth", close=False,
-            extra=[(b"Proxy-Authenticate", b'Basic realm="ferryman"')],
-        )
-    )
-    head = sink.head()
-    assert head.status == 407
-    assert (b"Proxy-Authenticate", b'Basic realm="ferryman"') in head.headers

@@ -378,7 +378,7 @@ class Cache:
             if wait is not None:
                 # The store is behind (a disk slower than the client): stop reading the
                 # upstream until it catches up, so the fill completes whatever the speeds.
-                _hold(conn if conn is not None else ex.conn, wait)
+                _hold(conn if conn is not None else ex.up.conn, wait)
         if state.fill is not None and not state.fill.failed:
             state.fill.append(data)
 
@@ -465,7 +465,7 @@ class Cache:
     def continue_without_client(self, ex: Exchange) -> bool:
         """The leader's client left mid-fill: keep reading the upstream for the followers."""
         state = ex.cache
-        conn = ex.conn
+        conn = ex.up.conn
         if state is None or state.fill is None or state.fill.followers == 0 or conn is None:
             return False
         if ex.resp is None or state.writer is None:
@@ -570,7 +570,7 @@ class Cache:
         """
         entry = stored.entry
         if not look.strip and ex.head.method == "GET" and not _conditional(ex.head.headers):
-            plan = ex.plan or ds.engine.plan
+            plan = ex.plan
             via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
             if stored.block is None or stored.block_via != via:
                 # the stored Age goes: the one sent is the current age (RFC 9111 4.2.3)
@@ -609,7 +609,7 @@ class Cache:
         headers = policy.strip_fields(entry.headers, look.strip) if look.strip else entry.headers
         age = int(entry.age(now))
         status_member = policy.cache_status(hit, None if hit else "stale", False, ttl=entry.lifetime - age)
-        plan = ex.plan or ds.engine.plan
+        plan = ex.plan
         via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
         drop = ex.cache.rules.serve_drop if ex.cache is not None else policy.DEFAULT_RULES.serve_drop
         hdrs = forward_response_headers(headers, drop, via)  # our Age replaces the stored one (4.2.3)
@@ -653,7 +653,7 @@ class _Headless:
         self.conn = conn
         # The fill keeps the server's in-flight slot until it ends (the client's log line
         # must not give it back while the server is still sending).
-        self.lease, ex.lease = ex.lease, None
+        self.lease, ex.up.lease = ex.up.lease, None
 
     def _release(self, ok: bool) -> None:
         if self.lease is not None:

@@ -45,7 +45,7 @@ async def follow(cache: Cache, ds: Downstream, ex: Exchange, d: Proxy, fill: Fil
             return
         assert fill.head is not None
         status, reason, headers = fill.head
-        plan = ex.plan or ds.engine.plan
+        plan = ex.plan
         via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
         hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
         hdrs = forward_response_headers(headers, hidden, via)
@@ -87,7 +87,7 @@ async def follow_range(cache: Cache, ds: Downstream, ex: Exchange, d: Proxy, fil
             pass_through(ds, ex, keep=True)
             return
         start, end = rng
-        plan = ex.plan or ds.engine.plan
+        plan = ex.plan
         via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
         hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
         hdrs = forward_response_headers(headers, hidden, via)

@@ -12,17 +12,15 @@ from typing import TYPE_CHECKING
 
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.tunnel import RelaySide, Tunnel
-from ferryman.errors import FerrymanError, LoopDetected, UpstreamConnectError, UpstreamTimeout
+from ferryman.errors import FerrymanError, UpstreamConnectError, UpstreamTimeout
+from ferryman.pipeline import respond
 from ferryman.pipeline.route.router import Target
-from ferryman.pipeline.stage import Connect
+from ferryman.pipeline.stage import Connect, Respond, run_resolved
 from ferryman.upstream.dial import open_connection
 
 if TYPE_CHECKING:
     from ferryman.conn.downstream import Downstream
     from ferryman.upstream.connection import UpstreamConnection
-
-_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-
 
 async def _through_parent(ds: Downstream, up: RelaySide, target: Target, timeout: float) -> None:
     """Ask the parent proxy for a tunnel; raise unless it answers 2xx."""
@@ -53,23 +51,25 @@ async def _through_parent(ds: Downstream, up: RelaySide, target: Target, timeout
 
 
 async def open_connect_tunnel(ds: Downstream, ex: Exchange, decision: Connect) -> None:
-    plan = ex.plan
-    assert plan is not None and ds.transport is not None
+    plan = ex.ctx.plan
+    assert ds.transport is not None and ex.phases is not None
+    resolved = ex.phases.resolved
     parent = plan.forward.parent
     target = decision.target
     t0 = monotonic()
     try:
         host, port = parent if parent is not None else (target.host, target.port)
         addrs = await ds.engine.resolver.resolve(host, port)
-        if decision.address_check is not None:
-            addrs = decision.address_check.admit(addrs)  # only allowed addresses are dialled
-        if any(ds.engine.is_self(str(a[1][0]), port) for a in addrs):
-            what = "parent proxy is ferryman itself" if parent else "CONNECT aimed at ferryman itself"
-            raise LoopDetected(f"{what} ({host}:{port})")
+        if resolved:  # destination rules on the address, loops to ferryman itself
+            admitted = run_resolved(resolved, ex.ctx, host, port, addrs)
+            if isinstance(admitted, Respond):
+                assert admitted.error is not None
+                raise admitted.error
+            addrs = admitted  # only allowed addresses are dialled
         _, up = await open_connection(addrs, RelaySide, plan.timeouts.upstream_connect)
         assert isinstance(up, RelaySide)
-        ex.upstream_label = f"{host}:{port}"
-        ex.t_connect = monotonic() - t0
+        ex.up.label = f"{host}:{port}"
+        ex.up.t_connect = monotonic() - t0
         if parent is not None:
             await _through_parent(ds, up, target, plan.timeouts.upstream_header)
     except FerrymanError as exc:
@@ -85,13 +85,13 @@ async def open_connect_tunnel(ds: Downstream, ex: Exchange, decision: Connect) -
         return
     ex.status = 200
     ex.t_first = monotonic() - ex.t0
-    ds.transport.write(_ESTABLISHED)
+    ds.transport.write(respond.TUNNEL_ESTABLISHED)
     _join(ds, ex, up, plan.timeouts.tunnel_idle)
 
 
 def join_upgrade(ds: Downstream, ex: Exchange, conn: UpstreamConnection, rest: bytes) -> None:
     """After a 101: the upstream socket leaves the HTTP world and the pool for good."""
-    assert conn.transport is not None and ex.plan is not None
+    assert conn.transport is not None
     up = RelaySide()
     up.transport = conn.transport
     if rest:
@@ -101,7 +101,7 @@ def join_upgrade(ds: Downstream, ex: Exchange, conn: UpstreamConnection, rest: b
     if ds.tunnel_pending is None:
         ds.tunnel_pending = []
     ex.t_first = monotonic() - ex.t0
-    _join(ds, ex, up, ex.plan.timeouts.tunnel_idle)
+    _join(ds, ex, up, ex.ctx.plan.timeouts.tunnel_idle)
 
 
 def _join(ds: Downstream, ex: Exchange, up: RelaySide, idle: float) -> None:

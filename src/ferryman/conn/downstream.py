@@ -35,7 +35,6 @@ from ferryman.errors import (
     BodyTooLarge,
     ClientTimeout,
     FerrymanError,
-    LoopDetected,
     NoHealthyUpstream,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -44,11 +43,10 @@ from ferryman.http1 import proxy_protocol
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
+from ferryman.pipeline import respond
 from ferryman.pipeline.admit.acl import AddressCheck
-from ferryman.pipeline.route.forward import route_forward
-from ferryman.pipeline.route.forwarded import read_chain, real_client
-from ferryman.pipeline.route.reverse import route_reverse
-from ferryman.pipeline.stage import Connect, Proxy, Synthetic
+from ferryman.pipeline.context import Client, RequestContext
+from ferryman.pipeline.stage import CacheLookup, Connect, Respond, run, run_resolved
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection
 from ferryman.upstream.group import Lease
@@ -76,7 +74,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         self.loop = engine.loop
         self.transport: asyncio.Transport | None = None
         self.client_ip = "-"
-        self.client_allowed = False
+        self.client = Client(listener)
         limits = engine.plan.limits
         self.parser = RequestParser(self, limits.max_header_size, limits.max_url_length, limits.max_headers)
         self.cur: Exchange | None = None  # being served
@@ -95,9 +93,6 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         self.tunnel_eof = False
         self._fresh = True  # no byte received yet: the timer armed at accept is the head timer
         self._writable: asyncio.Future[None] | None = None
-        self._allowed_for: object = None
-        self._trusted_for: object = None  # the Plan `_peer_trusted` was worked out for
-        self._peer_trusted = False
         self.proxied: tuple[str, int] | None = None  # the client named by a PROXY header (conn/accept.py)
 
     # ------------------------------------------------------------------ timers
@@ -157,9 +152,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             self.client_port = int(peer[1])
         if self.proxied is not None:
             self.client_ip, self.client_port = self.proxied
+        self.client.peer, self.client.port = self.client_ip, self.client_port
         plan = self.engine.plan
-        self.client_allowed = self.reverse or plan.forward.clients.allows(self.client_ip)
-        self._allowed_for = plan
         tr.set_write_buffer_limits(high=256 * 1024)
         self.engine.connections.add(self)
         self._arm(IDLE, plan.timeouts.client_header)
@@ -211,19 +205,20 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         self.engine.connections.discard(self)
         ex = self.cur
         if ex is not None and self.tunnel is None:
+            up = ex.up
             if ex.task is not None:
                 ex.task.cancel()
-            if ex.queued is not None:
-                ex.queued.cancel()
+            if up.queued is not None:
+                up.queued.cancel()
             handed = (
-                ex.conn is not None and ex.cache is not None and self.engine.cache is not None
+                up.conn is not None and ex.cache is not None and self.engine.cache is not None
                 and self.engine.cache.continue_without_client(ex)
             )
             if handed:
-                ex.conn = None  # the fill goes on for the followers; the cache owns the socket now
-            if ex.conn is not None:
-                ex.conn.abort()
-                ex.conn = None
+                up.conn = None  # the fill goes on for the followers; the cache owns the socket now
+            if up.conn is not None:
+                up.conn.abort()
+                up.conn = None
             self._release_server(ex, ok=None)  # the client left: no verdict on the server
             if not ex.status:
                 ex.status = 499
@@ -238,19 +233,19 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         ex = self.cur
-        if ex is not None and ex.conn is not None:
-            ex.conn.pause_reading()
+        if ex is not None and ex.up.conn is not None:
+            ex.up.conn.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writable()
         ex = self.cur
-        if ex is not None and ex.conn is not None:
-            ex.conn.resume_reading()
+        if ex is not None and ex.up.conn is not None:
+            ex.up.conn.resume_reading()
 
     # ------------------------------------------------------ request parsing sink
     def on_request_head(self, head: RequestHead) -> None:
-        ex = Exchange(head, monotonic(), self.client_ip)
+        ex = Exchange(RequestContext(self.client, head, self.engine.plan), monotonic())
         self.rx = ex
         if self.cur is None:
             self.cur = ex
@@ -266,13 +261,14 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if not data:
             return  # an empty chunk upstream would end a chunked body early
         ex.bytes_in += len(data)
-        limit = (ex.plan or self.engine.plan).limits.max_body_size
+        limit = ex.ctx.plan.limits.max_body_size
         if limit and ex.bytes_in > limit:
             raise BodyTooLarge(f"request body larger than {limit} bytes")
-        conn = ex.conn
-        if conn is not None and ex.head_sent:
-            ex.body_sent = True
-            if ex.head.framing is Framing.CHUNKED:
+        up = ex.up
+        conn = up.conn
+        if conn is not None and up.head_sent:
+            up.body_sent = True
+            if ex.ctx.head.framing is Framing.CHUNKED:
                 assert conn.transport is not None
                 conn.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
             else:
@@ -289,41 +285,28 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if ex is None:
             return  # answered before its message ended (synthetic response, cache)
         ex.req_done = True
-        if ex is self.cur and ex.conn is not None and ex.head_sent:
-            if ex.head.framing is Framing.CHUNKED:
-                ex.conn.write(ser.LAST_CHUNK)
+        up = ex.up
+        if ex is self.cur and up.conn is not None and up.head_sent:
+            if ex.ctx.head.framing is Framing.CHUNKED:
+                up.conn.write(ser.LAST_CHUNK)
             if ex.resp is None:
-                self._arm(WAIT, (ex.plan or self.engine.plan).timeouts.upstream_header)
+                self._arm(WAIT, ex.ctx.plan.timeouts.upstream_header)
 
     # ------------------------------------------------------------- phases
     def _start(self, ex: Exchange) -> None:
-        """Admit and route one request, then carry out the router's decision."""
-        plan = ex.plan = self.engine.plan
-        limit = plan.limits.max_body_size
-        if limit and ex.head.content_length > limit:
-            raise BodyTooLarge(f"request body of {ex.head.content_length} bytes is over the {limit} limit")
-        if self.reverse and plan.reverse is not None:
-            rev = plan.reverse
-            incoming = None
-            if rev.trusted is not None:
-                if self._trusted_for is not plan:
-                    self._trusted_for = plan
-                    self._peer_trusted = rev.trusted.allows(self.client_ip)
-                if self._peer_trusted:
-                    incoming = read_chain(ex.head.headers, rev.forwarded_from)
-                    ex.client_ip = real_client(incoming, self.client_ip, rev.trusted.allows)
-            decision = route_reverse(rev, ex.head, self.client_ip, self.tls, incoming, ex.client_ip)
-        else:
-            if plan is not self._allowed_for:
-                # A reload may have revoked this client: re-check once per Plan.
-                self._allowed_for = plan
-                self.client_allowed = plan.forward.clients.allows(self.client_ip)
-            decision = route_forward(plan.forward, ex.head, self.client_ip, self.client_allowed)
-        if ex.head.upgrade is not None and not (isinstance(decision, Proxy) and decision.upgrade):
+        """Run the request's phases (admit, route, cache), then carry out their decision."""
+        ctx = ex.ctx
+        plan = ctx.plan = self.engine.plan
+        phases = ex.phases = self.engine.phases(plan, self.reverse)
+        decision = run(phases.request, ctx)
+        ctx_proxy = ctx.proxy
+        if ex.head.upgrade is not None and not (ctx_proxy is not None and ctx_proxy.upgrade):
             # A refused upgrade (or one answered here): the parser handed what follows this
             # head to a tunnel that will not exist, so the connection ends with this exchange.
             ex.keep_alive = False
-        if isinstance(decision, Synthetic):
+        if isinstance(decision, Respond):
+            if decision.error is not None:
+                raise decision.error  # refused: answered from the error table, connection closed
             self._respond_synthetic(ex, decision)
             return
         if isinstance(decision, Connect):
@@ -333,25 +316,25 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             self._pause(P_BUFFER)  # nothing more from the client until the tunnel is up
             ex.task = self.loop.create_task(connect.open_connect_tunnel(self, ex, decision))
             return
-        ex.decision = decision
-        ex.route = decision.route
+        proxy = ctx_proxy
+        if proxy is None:
+            raise FerrymanError(f"no phase decided what to do with the request ({decision!r})")
+        ex.ctx.route = proxy.route
         if not ex.req_done:
             self._arm(BODY, plan.timeouts.client_body)
         else:
             self.disarm()
-        cache = self.engine.cache
-        if cache is not None and decision.cache_rules is not None and not decision.upgrade:
-            scheme = ("https" if self.tls else "http") if self.reverse else (
-                decision.next_hop[0] if decision.next_hop and decision.next_hop[0] != "parent" else "http"
-            )
-            if cache.on_request(self, ex, decision, decision.cache_rules, scheme):
-                return
+        if type(decision) is CacheLookup:
+            cache, rules = self.engine.cache, proxy.cache_rules
+            if cache is not None and rules is not None:
+                if cache.on_request(self, ex, proxy, rules, decision.scheme):
+                    return
         self._proxy(ex)
 
-    def _respond_synthetic(self, ex: Exchange, d: Synthetic) -> None:
+    def _respond_synthetic(self, ex: Exchange, d: Respond) -> None:
         assert self.transport is not None
         ex.status = d.status
-        ex.route = d.route
+        ex.ctx.route = d.route
         ex.bytes_out = len(d.data)
         self.transport.write(d.data)
         if not ex.req_done:
@@ -361,7 +344,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
     def _proxy(self, ex: Exchange) -> None:
         """Pick the next hop (again, on a retry) and send the request there; when every
         healthy server is full, wait in the upstream's queue (conn/queueing.py)."""
-        d = ex.decision
+        d = ex.ctx.proxy
         assert d is not None
         if d.group is None:
             self.send_to(ex, None)
@@ -369,67 +352,74 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         group = self.engine.groups.get(d.group)
         if group is None:
             raise NoHealthyUpstream(f"upstream {d.group!r} is not available")
+        up = ex.up
         now = monotonic()
-        if ex.lease is not None:
-            ex.lease.release(now, None)  # normally released already: a no-op then
-        ex.group = group
-        lease = group.acquire(ex.client_ip, ex.head, now, ex.tried)
+        if up.lease is not None:
+            up.lease.release(now, None)  # normally released already: a no-op then
+        up.group = group
+        lease = group.acquire(ex.ctx.client_ip, ex.ctx.head, now, up.tried)
         if lease is not None:
             self.send_to(ex, lease)
-        elif group.saturated(ex.tried):
+        elif group.saturated(up.tried):
             queueing.enqueue(self, ex, group)
         else:
             raise NoHealthyUpstream(f"no healthy server in upstream {d.group!r}")
 
     def send_to(self, ex: Exchange, lease: Lease | None) -> None:
         """Send the request to the server ``lease`` holds, or to the forward next hop."""
-        d = ex.decision
+        ctx, up = ex.ctx, ex.up
+        d = ctx.proxy
         assert d is not None
         host = d.host
         if lease is not None:
             server = lease.server
-            ex.lease = lease
-            ex.tried = ex.tried | {server.plan.index}
+            up.lease = lease
+            up.tried = up.tried | {server.plan.index}
             key = server.key
             if d.host_from_server:
                 host = server.plan.authority
         else:
             assert d.next_hop is not None
             key = d.next_hop
-        ex.attempts += 1
-        ex.key = key
-        ex.upstream_label = f"{key[1]}:{key[2]}"
+        up.attempts += 1
+        up.key = key
+        up.label = f"{key[1]}:{key[2]}"
+        head = ctx.head
         ex.req_bytes = ser.request_head(
-            d.method, d.target, host, d.fields(), ex.head.framing, ex.head.content_length
+            d.method, d.target, host, d.fields(), head.framing, head.content_length
         )
-        private = d.upgrade or (ex.group is not None and ex.group.plan.send_proxy is not None)
+        private = d.upgrade or (up.group is not None and up.group.plan.send_proxy is not None)
         conn = None if private else self.engine.pool.acquire(key)
         if conn is not None and d.address_check is not None and not _peer_allowed(conn, d.address_check):
             conn.close()  # dialled for a request the rules treat differently: dial (and check) anew
             conn = None
         if conn is not None:
-            ex.reused = True
+            up.reused = True
             self._attach(ex, conn)
         else:
-            ex.reused = False
+            up.reused = False
             ex.task = self.loop.create_task(self._dial(ex))
 
     async def _dial(self, ex: Exchange) -> None:
-        plan = ex.plan
-        d = ex.decision
-        key = ex.key
-        assert plan is not None and d is not None and key is not None
+        ctx, up = ex.ctx, ex.up
+        plan = ctx.plan
+        d = ctx.proxy
+        key = up.key
+        phases = ex.phases
+        assert d is not None and key is not None and phases is not None
         t0 = monotonic()
         limits = plan.limits
         host, port = key[1], key[2]
         try:
             addrs = await self.engine.resolver.resolve(host, port)
-            if d.address_check is not None:
-                addrs = d.address_check.admit(addrs)  # only allowed addresses are dialled
-            if d.group is None and any(self.engine.is_self(str(a[1][0]), port) for a in addrs):
-                raise LoopDetected(f"request aimed at ferryman itself ({host}:{port})")
-            if ex.lease is not None:
-                ssl_ctx, sni = ex.lease.server.ssl, ex.lease.server.tls_name
+            if phases.resolved:
+                admitted = run_resolved(phases.resolved, ctx, host, port, addrs)
+                if isinstance(admitted, Respond):
+                    assert admitted.error is not None
+                    raise admitted.error
+                addrs = admitted  # only allowed addresses are dialled
+            if up.lease is not None:
+                ssl_ctx, sni = up.lease.server.ssl, up.lease.server.tls_name
             elif d.tls_name is not None:
                 ssl_ctx, sni = self.engine.tls_context, d.tls_name
             else:
@@ -448,34 +438,36 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             return
         ex.task = None
         assert isinstance(proto, UpstreamConnection)
-        if ex.group is not None and ex.group.plan.send_proxy is not None and self.transport is not None:
+        group = up.group
+        if group is not None and group.plan.send_proxy is not None and self.transport is not None:
             proto.private = True
             local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
             src, dst = (self.client_ip, self.client_port), (str(local[0]), int(local[1]))
-            v2 = ex.group.plan.send_proxy == "v2"
+            v2 = group.plan.send_proxy == "v2"
             proto.write(proxy_protocol.build_v2(src, dst) if v2 else proxy_protocol.build_v1(src, dst))
-        if ex.t_connect is None:
-            ex.t_connect = monotonic() - t0
+        if up.t_connect is None:
+            up.t_connect = monotonic() - t0
         if ex is not self.cur or self.closed:
             proto.close()
             return
         self._attach(ex, proto)
 
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
-        ex.conn = conn
-        conn.attach(self, ex.head.method)
+        up, head = ex.up, ex.ctx.head
+        up.conn = conn
+        conn.attach(self, head.method)
         if self.write_paused:
             conn.pause_reading()
         conn.write(ex.req_bytes)
-        ex.head_sent = True
-        if ex.lease is not None:
-            ex.lease.t_sent = monotonic()
-        if ex.head.expect_continue and not ex.req_done and ex.head.version == "1.1" and ex.attempts == 1:
+        up.head_sent = True
+        if up.lease is not None:
+            up.lease.t_sent = monotonic()
+        if head.expect_continue and not ex.req_done and head.version == "1.1" and up.attempts == 1:
             assert self.transport is not None
-            self.transport.write(ser.CONTINUE_100)
+            self.transport.write(respond.CONTINUE_100)
         if ex.body_buf:
-            ex.body_sent = True
-            chunked = ex.head.framing is Framing.CHUNKED
+            up.body_sent = True
+            chunked = head.framing is Framing.CHUNKED
             assert conn.transport is not None
             for data in ex.body_buf:
                 if chunked:
@@ -486,10 +478,9 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             ex.body_buffered = 0
             self._resume(P_BUFFER)
         if ex.req_done:
-            if ex.head.framing is Framing.CHUNKED:
+            if head.framing is Framing.CHUNKED:
                 conn.write(ser.LAST_CHUNK)
-            assert ex.plan is not None
-            self._arm(WAIT, ex.plan.timeouts.upstream_header)
+            self._arm(WAIT, ex.ctx.plan.timeouts.upstream_header)
 
     # ------------------------------------------------------------- endings
     def finish(self, ex: Exchange) -> None:
@@ -512,7 +503,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             except FerrymanError as exc:
                 self.fail(nxt, exc)
             return
-        self._arm(IDLE, ex.plan.timeouts.client_idle if ex.plan else 60.0)
+        self._arm(IDLE, ex.ctx.plan.timeouts.client_idle)
         if self.engine.draining:
             self.close()
 
@@ -521,14 +512,15 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if self.closed:
             return
         if ex is not None:
+            up = ex.up
             if ex.task is not None:
                 ex.task.cancel()
                 ex.task = None
-            if ex.queued is not None:
-                ex.queued.cancel()
-            if ex.conn is not None:
-                ex.conn.abort()
-                ex.conn = None
+            if up.queued is not None:
+                up.queued.cancel()
+            if up.conn is not None:
+                up.conn.abort()
+                up.conn = None
             # Only the upstream's own faults count against the server (passive ejection).
             self._release_server(ex, ok=False if exc.source == "upstream" else None)
             if ex.cache is not None and self.engine.cache is not None:
@@ -537,9 +529,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                 self.engine.cache.on_abort(ex)
         started = ex is not None and ex.resp is not None
         if not started and self.transport is not None:
-            body = f"ferryman: {exc.status} {type(exc).__name__}: {exc.detail}"
-            extra = [(b"Retry-After", b"5")] if exc.status == 503 else []
-            data = ser.simple_response(exc.status, body, close=True, extra=extra)
+            data = respond.error(exc)
             self.transport.write(data)
             if ex is not None:
                 ex.bytes_out += len(data)
@@ -569,22 +559,18 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             self.transport.close()
 
     def log(self, ex: Exchange) -> None:
+        """The end of every exchange, once: give the server slot back, run the log phases."""
         if ex.logged:
             return
         ex.logged = True
-        if ex.lease is not None:
-            ex.lease.release(monotonic(), None)  # every exchange is logged: no slot outlives it
-        if ex.queued is not None:
-            ex.queued.cancel()
-        lg = self.engine.log
-        if not lg.enabled:
-            return
-        head = ex.head
-        lg.log(
-            ex.client_ip, "", head.method, head.target.decode("latin-1"), head.version,
-            ex.status, ex.bytes_in, ex.bytes_out, monotonic() - ex.t0,
-            ex.t_connect, ex.t_first, ex.cache_result, ex.upstream_label, ex.error,
-        )
+        up = ex.up
+        if up.lease is not None:
+            up.lease.release(monotonic(), None)  # every exchange is logged: no slot outlives it
+        if up.queued is not None:
+            up.queued.cancel()
+        phases = ex.phases or self.engine.phases(ex.ctx.plan, self.reverse)
+        for phase in phases.log:
+            phase(ex.ctx, ex)
 
     def _log_bare(self, exc: FerrymanError) -> None:
         lg = self.engine.log

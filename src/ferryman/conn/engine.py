@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 
 from ferryman.config.compile import CachePlan, Plan, PoolPlan
 from ferryman.conn.cache_flow import Cache, purge_acl
+from ferryman.conn.phases import Env, compile_phases
 from ferryman.observe.access_log import AccessLog
 from ferryman.pipeline.cache.store import MemoryStore, Store
+from ferryman.pipeline.stage import Phases
 from ferryman.upstream import dial
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import Resolver
@@ -96,6 +98,26 @@ class Engine:
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._build_groups(plan)
         self._tick: asyncio.TimerHandle | None = self.loop.call_later(1.0, self._on_tick)
+        self._phases_plan: Plan | None = None
+        self._fwd_phases = self._rev_phases = Phases(())
+        self._compile_phases()
+
+    # ------------------------------------------------------------- phases
+    def _env(self) -> Env:
+        return Env(self.cache is not None, self.is_self, lambda: self.log)
+
+    def _compile_phases(self) -> None:
+        """Compile both listener modes' phases for the current Plan (and cache)."""
+        plan, env = self.plan, self._env()
+        self._fwd_phases = compile_phases(plan, "forward", env)
+        self._rev_phases = compile_phases(plan, "reverse", env)
+        self._phases_plan = plan
+
+    def phases(self, plan: Plan, reverse: bool) -> Phases:
+        """The phases of a listener mode under ``plan`` (compiled once per Plan)."""
+        if plan is self._phases_plan:
+            return self._rev_phases if reverse else self._fwd_phases
+        return compile_phases(plan, "reverse" if reverse else "forward", self._env())  # an old Plan
 
     def _build_groups(self, plan: Plan) -> None:
         """New groups for a new Plan, keeping health verdicts of servers that stay."""
@@ -126,6 +148,7 @@ class Engine:
         if old is not None:
             await old.store.close()
         if cp is None:
+            self._compile_phases()
             return
         store: Store
         if cp.store == "disk":
@@ -145,6 +168,7 @@ class Engine:
         self.cache = Cache(
             store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce, cp.range_fill
         )
+        self._compile_phases()
 
     async def purge(self, uri: str, prefix: bool) -> int:
         if self.cache is None:
@@ -173,6 +197,7 @@ class Engine:
         self.resolver.negative_ttl = plan.dns.negative_ttl
         self.local_ports = _own_ports(plan)
         self.local_addrs |= _own_hosts(plan)
+        self._compile_phases()
 
     def park(self, key: tuple[str, str, int], conn: UpstreamConnection) -> None:
         """A connection whose exchange ended cleanly: idle in the pool, or closed.  Parking

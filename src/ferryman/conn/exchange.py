@@ -1,4 +1,11 @@
-"""Per-request state, from the request head to the log line."""
+"""Per-request state at the connection edge, in three parts (DESIGN 2.10):
+
+- `RequestContext` (pipeline/context.py): the facts about the request, which
+  the phases read and fill;
+- `Attempt`: the upstream side: server lease, connection, retries, timings;
+  a retry starts a new attempt on the same object;
+- `Exchange`: the I/O handles and the response being written, holding the other two.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from ferryman.config.compile import Plan
 from ferryman.http1.events import Framing, RequestHead, ResponseHead
-from ferryman.pipeline.stage import Proxy
+from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.stage import Phases, Proxy
 
 if TYPE_CHECKING:
     from ferryman.conn.cache_flow import CacheState
@@ -19,52 +27,84 @@ if TYPE_CHECKING:
 OUT_NONE, OUT_RAW, OUT_CHUNK = 0, 1, 2
 
 
-class Exchange:
+class Attempt:
+    """The upstream side of one exchange: which server, which connection, how many tries."""
+
     __slots__ = (
-        "head", "plan", "t0", "key", "conn", "reused", "attempts", "decision", "req_bytes",
-        "body_buf", "body_buffered", "body_sent", "req_done", "resp", "out_mode", "status",
-        "bytes_in", "bytes_out", "t_connect", "t_first", "keep_alive", "task", "head_sent",
-        "upstream_label", "error", "logged", "group", "lease", "queued", "tried", "route",
-        "cache", "cache_takeover", "cache_result", "client_ip",
+        "key", "conn", "reused", "attempts", "group", "lease", "queued", "tried", "label",
+        "t_connect", "head_sent", "body_sent",
     )
 
-    def __init__(self, head: RequestHead, now: float, client_ip: str = "-") -> None:
-        self.head = head
-        # The client: the peer, or behind trusted proxies the address they name
-        # (pipeline/route/forwarded.py); for ip_hash, ACLs and the log.
-        self.client_ip = client_ip
-        self.plan: Plan | None = None
-        self.t0 = now
+    def __init__(self) -> None:
         self.key: tuple[str, str, int] | None = None
         self.conn: UpstreamConnection | None = None
         self.reused = False
         self.attempts = 0
-        self.decision: Proxy | None = None
-        self.req_bytes = b""
-        self.body_buf: list[bytes] = []
-        self.body_buffered = 0
-        self.body_sent = False  # some body bytes went to an upstream: no retry after that
-        self.req_done = head.framing is Framing.NONE or head.content_length == 0
-        self.resp: ResponseHead | None = None
-        self.out_mode = OUT_NONE
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.t_connect: float | None = None
-        self.t_first: float | None = None
-        self.keep_alive = head.keep_alive
-        self.task: asyncio.Task[None] | None = None
-        self.head_sent = False
-        self.upstream_label = ""
-        self.error = ""
-        self.logged = False
         self.group: UpstreamGroup | None = None
         # The current attempt's hold on its server: released exactly once (by the lease
         # itself), kept afterwards so a retry knows which server it left.
         self.lease: Lease | None = None
         self.queued: Queued | None = None  # waiting for a slot (every server at max_conns)
         self.tried: frozenset[int] = frozenset()
-        self.route = ""
+        self.label = ""  # host:port, for the log
+        self.t_connect: float | None = None
+        self.head_sent = False
+        self.body_sent = False  # some body bytes went to an upstream: no retry after that
+
+
+class Exchange:
+    __slots__ = (
+        "ctx", "up", "phases", "t0", "req_bytes", "body_buf", "body_buffered", "req_done", "resp",
+        "out_mode", "status", "bytes_in", "bytes_out", "t_first", "keep_alive", "task", "error",
+        "logged", "cache", "cache_takeover", "cache_result",
+    )
+
+    def __init__(self, ctx: RequestContext, now: float) -> None:
+        head = ctx.head
+        self.ctx = ctx
+        self.up = Attempt()
+        self.phases: Phases | None = None  # the phases of the Plan it started on
+        self.t0 = now
+        self.req_bytes = b""
+        self.body_buf: list[bytes] = []
+        self.body_buffered = 0
+        self.req_done = head.framing is Framing.NONE or head.content_length == 0
+        self.resp: ResponseHead | None = None
+        self.out_mode = OUT_NONE
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.t_first: float | None = None
+        self.keep_alive = head.keep_alive
+        self.task: asyncio.Task[None] | None = None
+        self.error = ""
+        self.logged = False
         self.cache: CacheState | None = None
         self.cache_takeover = False  # the cache answers; the upstream exchange only validates
         self.cache_result = ""  # for the access log: hit, miss, stale, revalidated, collapsed...
+
+    # The request's facts, read through the context.
+    @property
+    def head(self) -> RequestHead:
+        return self.ctx.head
+
+    @property
+    def plan(self) -> Plan:
+        return self.ctx.plan
+
+    @property
+    def client_ip(self) -> str:
+        return self.ctx.client_ip
+
+    @property
+    def decision(self) -> Proxy | None:
+        return self.ctx.proxy
+
+    # For the log phases (`pipeline.context.Outcome`).
+    @property
+    def t_connect(self) -> float | None:
+        return self.up.t_connect
+
+    @property
+    def upstream_label(self) -> str:
+        return self.up.label

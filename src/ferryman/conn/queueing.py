@@ -36,7 +36,7 @@ class Queued:
     def grant(self, lease: Lease) -> None:
         """Called by the group, inside a release: take the slot, go on at the next turn."""
         self._stop()
-        self.ex.lease = lease  # from now on the exchange's end releases it, whatever happens
+        self.ex.up.lease = lease  # from now on the exchange's end releases it, whatever happens
         self.ds.loop.call_soon(self._resume, lease)
 
     def _resume(self, lease: Lease) -> None:
@@ -67,8 +67,8 @@ class Queued:
             self.waiter = None
 
     def _stop(self) -> None:
-        if self.ex.queued is self:
-            self.ex.queued = None
+        if self.ex.up.queued is self:
+            self.ex.up.queued = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -78,7 +78,8 @@ def enqueue(ds: Downstream, ex: Exchange, group: UpstreamGroup) -> None:
     """Wait for a slot of ``group``; raise `UpstreamFull` when the queue is full or off."""
     plan = group.plan
     q = Queued(ds, ex, group)
-    waiter = group.enqueue(ex.client_ip, ex.head, ex.tried, q.grant) if plan.queue_timeout > 0 else None
+    ctx = ex.ctx
+    waiter = group.enqueue(ctx.client_ip, ctx.head, ex.up.tried, q.grant) if plan.queue_timeout > 0 else None
     if waiter is None:
         raise UpstreamFull(
             f"every server of upstream {plan.name!r} is at max_conns (full, not unhealthy) "
@@ -86,4 +87,4 @@ def enqueue(ds: Downstream, ex: Exchange, group: UpstreamGroup) -> None:
         )
     q.waiter = waiter
     q.timer = ds.loop.call_later(plan.queue_timeout, q.expire)
-    ex.queued = q
+    ex.up.queued = q

@@ -66,9 +66,10 @@ class UpstreamRelay:
     # --------------------------------------------------- upstream handler side
     def on_response_head(self, head: ResponseHead) -> None:
         ex = self.cur
-        assert ex is not None and ex.plan is not None and self.transport is not None
-        d = ex.decision
-        via = ex.plan.reverse.via if (self.reverse and ex.plan.reverse) else ex.plan.forward.via
+        assert ex is not None and self.transport is not None
+        plan = ex.ctx.plan
+        d = ex.ctx.proxy
+        via = plan.reverse.via if (self.reverse and plan.reverse) else plan.forward.via
         status = head.status
         if status < 200:
             if status == 101:
@@ -101,7 +102,7 @@ class UpstreamRelay:
         now = self.loop.time()
         ex.t_first = monotonic() - ex.t0
         self._phase = RESP
-        self._phase_timeout = ex.plan.timeouts.upstream_idle
+        self._phase_timeout = plan.timeouts.upstream_idle
         self._last = now
         if self._timer is None:
             self._timer = self.loop.call_later(self._phase_timeout, self._on_timer)
@@ -167,13 +168,13 @@ class UpstreamRelay:
         assert ex is not None and self.transport is not None
         if ex.cache_takeover and ex.resp is None:
             # Our validation got its 304: the connection goes back, the cache serves the client.
-            conn, ex.conn = ex.conn, None
+            conn, ex.up.conn = ex.up.conn, None
             self._release_server(ex, ok=True)
             if conn is not None:
-                if ex.key is None or conn.private:
+                if ex.up.key is None or conn.private:
                     conn.close()
                 else:
-                    self.engine.park(ex.key, conn)
+                    self.engine.park(ex.up.key, conn)
             return
         if ex.resp is None or ex.status == 101:
             return  # the end of an interim (1xx) response; a 101 goes on as a tunnel
@@ -181,11 +182,11 @@ class UpstreamRelay:
             self.engine.cache.on_response_end(self._ds, ex)
         if ex.out_mode == OUT_CHUNK:
             self.transport.write(ser.LAST_CHUNK)
-        conn = ex.conn
-        ex.conn = None
+        conn = ex.up.conn
+        ex.up.conn = None
         self._release_server(ex, ok=ex.status < 500)
         if conn is not None:
-            key = ex.key
+            key = ex.up.key
             if (
                 ex.resp.keep_alive
                 and not conn.private
@@ -203,22 +204,23 @@ class UpstreamRelay:
         """The upstream accepted the Upgrade (101): both sides become a tunnel."""
         ex = self.cur
         assert ex is not None
-        ex.conn = None
+        ex.up.conn = None
         self._release_server(ex, ok=True)
         conn.detach()
         connect.join_upgrade(self._ds, ex, conn, rest)
 
     def _release_server(self, ex: Exchange, ok: bool | None) -> None:
         """Hand the attempt's server slot back; the lease makes a second call a no-op."""
-        if ex.lease is not None:
-            ex.lease.release(monotonic(), ok)
+        lease = ex.up.lease
+        if lease is not None:
+            lease.release(monotonic(), ok)
 
     def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
         ex = self.cur
         if ex is None or self.closed:
             return
-        conn = ex.conn
-        ex.conn = None
+        conn = ex.up.conn
+        ex.up.conn = None
         if conn is not None:
             conn.close()
         if ex.resp is None:
@@ -237,24 +239,27 @@ class UpstreamRelay:
         self, ex: Exchange, exc: FerrymanError, reached: bool, got_bytes: bool = False
     ) -> None:
         """Before any response byte: retry when provably safe, else answer with the error."""
-        stale_pool = reached and ex.reused and not got_bytes and isinstance(exc, UpstreamClosed)
-        lease = ex.lease
+        up = ex.up
+        stale_pool = reached and up.reused and not got_bytes and isinstance(exc, UpstreamClosed)
+        lease = up.lease
         last = lease.server.plan.index if lease is not None else None
-        bodyless = not ex.body_sent and ex.body_buffered == 0 and ex.req_done
+        bodyless = not up.body_sent and ex.body_buffered == 0 and ex.req_done
         may = False
-        if bodyless and not (ex.decision is not None and ex.decision.upgrade and reached):
-            if stale_pool and ex.attempts < 3 and ex.head.method in IDEMPOTENT:
+        d = ex.ctx.proxy
+        method = ex.ctx.head.method
+        if bodyless and not (d is not None and d.upgrade and reached):
+            if stale_pool and up.attempts < 3 and method in IDEMPOTENT:
                 # The pooled socket was dead; the origin may still have read the request,
                 # so only idempotent methods are re-sent (RFC 9112 9.3.1).
                 may = True
-            elif ex.group is not None and not got_bytes:
+            elif up.group is not None and not got_bytes:
                 never_sent = not reached or isinstance(exc, UpstreamConnectError)
-                if never_sent or ex.head.method in IDEMPOTENT:
-                    may = ex.group.may_retry(ex.attempts)
+                if never_sent or method in IDEMPOTENT:
+                    may = up.group.may_retry(up.attempts)
         if may and stale_pool and lease is not None and lease.held:
             # A stale pooled socket is not the server's fault: re-send to the same server,
             # keeping its slot (under max_conns a queued request keeps its turn).
-            ex.head_sent = False
+            up.head_sent = False
             try:
                 self.send_to(ex, lease)
             except FerrymanError as exc2:
@@ -263,8 +268,8 @@ class UpstreamRelay:
         self._release_server(ex, ok=stale_pool)
         if may:
             if stale_pool and last is not None:
-                ex.tried = ex.tried - {last}  # the same server may be tried again
-            ex.head_sent = False
+                up.tried = up.tried - {last}  # the same server may be tried again
+            up.head_sent = False
             try:
                 self._proxy(ex)
             except NoHealthyUpstream:

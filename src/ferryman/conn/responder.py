@@ -14,6 +14,7 @@ from ferryman.conn.exchange import OUT_CHUNK, OUT_NONE, OUT_RAW, Exchange
 from ferryman.errors import FerrymanError
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, Headers, ResponseHead
+from ferryman.pipeline import respond
 from ferryman.pipeline.cache.store import BodyReader
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class Responder:
             return
         if not ex.req_done:
             ex.keep_alive = False  # the unread body would be parsed as a request
-        data = ser.simple_response(status, f"ferryman: {text}", close=not ex.keep_alive, extra=list(extra))
+        data = respond.message(status, text, close=not ex.keep_alive, extra=list(extra))
         ex.status = status
         ex.bytes_out += len(data)
         self.transport.write(data)

@@ -30,6 +30,7 @@ class RequestHead:
     connection_tokens: frozenset[bytes]  # lower-cased tokens of Connection (+Proxy-Connection)
     expect_continue: bool
     upgrade: bytes | None = None  # the Upgrade lines, comma-joined, when Connection lists "upgrade"
+    via: bytes | None = None  # the Via lines, comma-joined (loop detection reads them)
 
 
 @dataclass(slots=True)

@@ -81,16 +81,28 @@ def forward_request_headers(
             continue
         out.append((name, value))
     if via is not None:
-        token = via.split(b" ", 2)[1] if b" " in via else via
+        token = via_token(via)
         for v in via_values:
-            for part in v.split(b","):
-                fields = part.strip().split()
-                if len(fields) >= 2 and fields[1] == token:
-                    via_seen = True
+            if via_names(v, token):
+                via_seen = True
         via_values.append(_received(via, version))
     if via_values:
         out.append((b"Via", b", ".join(via_values)))
     return out, via_seen
+
+
+def via_token(via: bytes) -> bytes:
+    """The received-by name of our own Via entry (``1.1 ferryman`` -> ``ferryman``)."""
+    return via.split(b" ", 2)[1] if b" " in via else via
+
+
+def via_names(value: bytes, token: bytes) -> bool:
+    """Does a (comma-joined) Via value hold an entry received by ``token``: our own?"""
+    for part in value.split(b","):
+        fields = part.strip().split()
+        if len(fields) >= 2 and fields[1] == token:
+            return True
+    return False
 
 
 def _received(via: bytes, version: str) -> bytes:

@@ -170,9 +170,12 @@ class RequestParser:
         conn: list[bytes] = []
         expect = False
         upgrade: bytes | None = None
+        via: bytes | None = None
         for name, value in self._headers:
             n = name.lower()
-            if n == b"upgrade":
+            if n == b"via":
+                via = value if via is None else via + b", " + value
+            elif n == b"upgrade":
                 # Every Upgrade line counts: the router filters the joined list.
                 upgrade = value if upgrade is None else upgrade + b", " + value
             elif n == b"host":
@@ -212,7 +215,7 @@ class RequestParser:
         self._sink.on_request_head(
             RequestHead(
                 method, self._url, version, headers, framing, length,
-                keep_alive, host, tokens, expect, upgrade,
+                keep_alive, host, tokens, expect, upgrade, via,
             )
         )
 

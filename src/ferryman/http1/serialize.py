@@ -1,4 +1,7 @@
-"""Bytes for the wire (pure): heads, chunk framing, synthetic responses."""
+"""Bytes for the wire (pure): status lines, heads, chunk framing.
+
+Responses ferryman writes itself are built in `pipeline/respond.py` on top of these.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from ferryman.http1.events import Framing, Headers
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -55,30 +57,3 @@ def chunk(data: bytes) -> bytes:
     if not data:
         return b""  # an empty chunk would be the last-chunk marker
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def fixed_response(status: int, content_type: bytes, body: bytes) -> bytes:
-    return b"".join(
-        (
-            status_line(status),
-            b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type, len(body)),
-            body,
-        )
-    )
-
-
-def simple_response(status: int, text: str, close: bool, extra: Headers = ()) -> bytes:  # type: ignore[assignment]
-    body = (text + "\n").encode("utf-8", "replace")
-    parts = [
-        status_line(status),
-        b"Content-Type: text/plain; charset=utf-8\r\n",
-        b"Content-Length: %d\r\n" % len(body),
-        b"Cache-Control: no-store\r\n",
-    ]
-    for name, value in extra:
-        parts.append(b"%s: %s\r\n" % (name, value))
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(CRLF)
-    parts.append(body)
-    return b"".join(parts)

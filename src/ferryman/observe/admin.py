@@ -34,9 +34,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from ferryman.conn.engine import Engine
 from ferryman.errors import BodyTooLarge, FerrymanError
-from ferryman.http1 import serialize as ser
 from ferryman.http1.events import RequestHead
 from ferryman.http1.parser import RequestParser
+from ferryman.pipeline import respond
 
 log = logging.getLogger("ferryman")
 
@@ -81,8 +81,7 @@ def may_change_state(head: RequestHead) -> bool:
 
 
 def _json(status: int, obj: object) -> bytes:
-    body = json.dumps(obj, indent=1).encode() + b"\n"
-    return ser.fixed_response(status, b"application/json", body)
+    return respond.json(status, obj)
 
 
 def status_document(engine: Engine) -> dict[str, Any]:
@@ -133,7 +132,7 @@ class AdminProtocol(asyncio.Protocol):
         try:
             self.parser.feed(data)
         except FerrymanError as exc:
-            self._send(ser.simple_response(exc.status, exc.detail, close=True))
+            self._send(respond.text(exc.status, exc.detail, close=True))
 
     def on_request_head(self, head: RequestHead) -> None:
         self.head = head
@@ -166,7 +165,7 @@ class AdminProtocol(asyncio.Protocol):
             elif path in ("/reload", "/purge") and body is None:
                 out = _json(400, {"error": "the body must be a JSON object"})
             elif path == "/healthz" and method in ("GET", "HEAD"):
-                out = ser.fixed_response(200, b"text/plain", b"ok\n")
+                out = respond.fixed(200, b"text/plain", b"ok\n")
             elif path == "/status" and method == "GET":
                 out = _json(200, status_document(self.engine))
             elif path == "/reload" and method == "POST":

@@ -1,61 +1,112 @@
-"""The routing phase's decisions: what the connection must do with a request.
+"""Phases and their decisions: the request's path as an ordered list of functions.
 
-A router returns exactly one of these; `conn/` carries it out and decides
-nothing itself (DESIGN 2.9: an explicit Decision, never an overloaded None).
+A *phase* takes the request context and returns a Decision (DESIGN 2.9):
+  - `CONTINUE`: go on with the next phase;
+  - `Respond`: answer from ferryman (bytes from `pipeline/respond.py`), or refuse
+    with an error of the one table (``error``; the connection answers and closes);
+  - `Connect`: open a CONNECT tunnel;
+  - `CacheLookup`: the cache phase applies: the connection consults the cache,
+    which answers (hit, follower, purge) or lets the request go on.
+A phase never returns None or a bool, and never raises to refuse.  The route phase
+puts its `Proxy` on the context (``ctx.proxy``) and continues, so the cache phase
+can see it; when every phase continued, the connection sends ``ctx.proxy`` on.
+
+*Post-resolve* phases (`AddrPhase`) run on the addresses a name resolved to,
+before one of them is dialled: destination ``networks`` rules, loops to
+ferryman itself, and (issue 12) the SSRF guard.  They return the addresses
+that may be dialled, or `Respond`.
+
+The lists are compiled once per Plan and listener mode (`pipeline/phases.py`); a
+phase that does not apply to a listener is not in its list.  `run` is the one
+runner.  The log phases run once at the end of every exchange, with the error
+if there was one (the connection calls them: its exchange may end long after
+the runner returned).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-from ferryman.http1.events import Headers
-from ferryman.pipeline.admit.acl import AddressCheck
-from ferryman.pipeline.cache.policy import Rules
-from ferryman.pipeline.route.router import Target
+from ferryman.errors import FerrymanError
+from ferryman.pipeline.context import Outcome, RequestContext
+from ferryman.pipeline.route.action import Connect, Proxy
+from ferryman.upstream.dial import Addr
 
-
-@dataclass(slots=True)
-class Proxy:
-    """Send the request to a next hop and relay the answer."""
-
-    method: str
-    target: bytes  # request-target for the next hop
-    headers: Headers  # forwarded fields, without Host and without framing fields
-    host: bytes  # Host for the next hop, unless `host_from_server`
-    host_from_server: bool  # reverse routes with host_header: upstream
-    next_hop: tuple[str, str, int] | None  # forward: (scheme, host, port) of origin or parent
-    group: str | None  # reverse: the upstream group to pick a server from
-    route: str  # route name for the log ("" in forward mode)
-    upgrade: bool  # the client asked for a protocol upgrade (WebSocket)
-    tls_name: str | None = None  # SNI / certificate name when the next hop speaks TLS
-    cache_rules: Rules | None = None  # None: this request does not use the cache
-    build: Callable[[], Headers] | None = None  # computes `headers` when first needed
-    address_check: AddressCheck | None = None  # forward: rules still to run on the dialled address
-
-    def fields(self) -> Headers:
-        """The forwarded header fields, built on first use: a cache hit never needs them."""
-        if self.build is not None:
-            self.headers = self.build()
-            self.build = None
-        return self.headers
+__all__ = [
+    "CONTINUE", "AddrPhase", "CacheLookup", "Connect", "Continue", "Decision", "LogPhase", "Phase",
+    "Phases", "Proxy", "Respond", "run", "run_resolved",
+]
 
 
-@dataclass(slots=True)
-class Synthetic:
-    """Answer from ferryman itself (redirects, fixed responses)."""
+class Continue:
+    """Go on with the next phase (the one instance is `CONTINUE`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CONTINUE"
+
+
+CONTINUE: Final = Continue()
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer from ferryman: ``data`` (built by `pipeline/respond.py`), or, with ``error``,
+    refuse the request: the connection answers from the error table and closes."""
 
     status: int
-    data: bytes  # the whole response, head and body
-    route: str
+    data: bytes = b""
+    route: str = ""
+    error: FerrymanError | None = None
+
+    @staticmethod
+    def refuse(exc: FerrymanError) -> Respond:
+        return Respond(exc.status, b"", "", exc)
 
 
-@dataclass(slots=True)
-class Connect:
-    """Open a CONNECT tunnel."""
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """The cache phase applies to this request: look ``ctx.proxy`` up under ``scheme``."""
 
-    target: Target
-    address_check: AddressCheck | None = None  # rules still to run on the dialled address
+    scheme: str
 
 
-Decision = Proxy | Synthetic | Connect
+Decision = Continue | Respond | Connect | CacheLookup | Proxy
+Phase = Callable[[RequestContext], Decision]
+AddrPhase = Callable[[RequestContext, str, int, list[Addr]], "list[Addr] | Respond"]
+LogPhase = Callable[[RequestContext, Outcome], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Phases:
+    """One listener mode's compiled phases under one Plan."""
+
+    request: tuple[Phase, ...]  # admit, route, cache: up to the first decision
+    resolved: tuple[AddrPhase, ...] = ()  # on resolved addresses, before dialling
+    log: tuple[LogPhase, ...] = ()  # at the end of every exchange
+
+
+def run(phases: tuple[Phase, ...], ctx: RequestContext) -> Decision:
+    """Run ``phases`` in order up to the first one that does not continue; when all
+    continue, the route's `Proxy` (``ctx.proxy``), or `CONTINUE` if there is none."""
+    for phase in phases:
+        decision = phase(ctx)
+        if decision is not CONTINUE:
+            return decision
+    proxy = ctx.proxy
+    return CONTINUE if proxy is None else proxy
+
+
+def run_resolved(
+    phases: tuple[AddrPhase, ...], ctx: RequestContext, host: str, port: int, addrs: list[Addr]
+) -> list[Addr] | Respond:
+    """The addresses of ``host`` that every post-resolve phase lets through, or the refusal."""
+    for phase in phases:
+        out = phase(ctx, host, port, addrs)
+        if isinstance(out, Respond):
+            return out
+        addrs = out
+    return addrs

@@ -1,61 +1,55 @@
-"""Forward-proxy routing (pure): admit by client and destination, then a Decision."""
+"""Forward-proxy ROUTE phases (pure): parse the target, then decide where it goes.
+
+`target` parses the request target into ``ctx.target`` (authority-form for
+CONNECT, absolute-form otherwise); the admit phases then judge it (safe ports,
+destination rules); `route` turns it into a `Connect` or puts a `Proxy` on the
+context for the cache phase and the connection.
+"""
 
 from __future__ import annotations
 
 from ferryman.config.compile import ForwardPlan
-from ferryman.errors import Forbidden, LoopDetected
-from ferryman.http1.events import RequestHead
+from ferryman.errors import ClientProtocolError
 from ferryman.http1.headers import forward_request_headers, upgrade_offer
-from ferryman.pipeline.admit.acl import AddressCheck, NeedsAddress
-from ferryman.pipeline.route.router import Target, parse_absolute, parse_authority
-from ferryman.pipeline.stage import Connect, Decision, Proxy
+from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.route.router import parse_absolute, parse_authority
+from ferryman.pipeline.stage import CONTINUE, Connect, Decision, Phase, Proxy, Respond
 
 
-def route_forward(fwd: ForwardPlan, head: RequestHead, client_ip: str, client_allowed: bool) -> Decision:
-    if not client_allowed:
-        raise Forbidden(f"client {client_ip} may not use this proxy (rule: forward.clients)")
-    if head.method == "CONNECT":
-        if fwd.via is not None:
-            _, looped = forward_request_headers(head.headers, head.connection_tokens, fwd.via)
-            if looped:
-                raise LoopDetected("forwarding loop detected (our own Via came back on CONNECT)")
-        target = parse_authority(head.target)
-        if target.port not in fwd.connect_ports:
-            raise Forbidden(f"CONNECT to port {target.port} is not allowed (rule: forward.connect_ports)")
-        return Connect(target, _admit(fwd, "CONNECT", target))
-    target = parse_absolute(head.target)
-    check = _admit(fwd, head.method, target)
-    upgrade = None if head.upgrade is None else upgrade_offer(head.upgrade, fwd.upgrades)
-    headers, looped = forward_request_headers(
-        head.headers, head.connection_tokens, fwd.via, upgrade=upgrade, version=head.version
-    )
-    if looped:
-        raise LoopDetected("forwarding loop detected (our own Via came back)")
-    if fwd.parent is not None:
-        next_hop = ("parent", fwd.parent[0], fwd.parent[1])
-        req_target = b"%s://%s%s" % (target.scheme.encode(), target.authority, target.path)
-        tls_name = None
-    else:
-        next_hop = (target.scheme, target.host, target.port)
-        req_target = target.path
-        tls_name = target.host if target.scheme == "https" else None
-    return Proxy(
-        head.method, req_target, headers, target.authority, False, next_hop, None, "", upgrade is not None,
-        tls_name,
-        fwd.cache_rules,
-        address_check=check,
-    )
+def parse_target(ctx: RequestContext) -> Decision:
+    head = ctx.head
+    try:
+        ctx.target = parse_authority(head.target) if head.method == "CONNECT" else parse_absolute(head.target)
+    except ClientProtocolError as exc:
+        return Respond.refuse(exc)
+    return CONTINUE
 
 
-def _admit(fwd: ForwardPlan, method: str, target: Target) -> AddressCheck | None:
-    """Destination rules before DNS: raise if they deny; an `AddressCheck` when the verdict
-    depends on the address a name resolves to (the dialler finishes it)."""
-    verdict = fwd.acl.check(method, target.host, target.port, target.ip)
-    if isinstance(verdict, NeedsAddress):
-        if fwd.parent is None:
-            return AddressCheck(fwd.acl, method, target.host, target.port, verdict.start)
-        # The parent resolves the name: networks conditions only ever see IP literals.
-        verdict = fwd.acl.check_name_only(method, target.host, target.port)
-    if not verdict.allowed:
-        raise Forbidden(f"access to {target.host} denied (rule: {verdict.rule})")
-    return None
+def route(fwd: ForwardPlan) -> Phase:
+    via, parent, upgrades, rules = fwd.via, fwd.parent, fwd.upgrades, fwd.cache_rules
+
+    def route_forward(ctx: RequestContext) -> Decision:
+        head = ctx.head
+        t = ctx.target
+        assert t is not None  # the target phase comes first
+        if head.method == "CONNECT":
+            return Connect(t, ctx.address_check)
+        upgrade = None if head.upgrade is None else upgrade_offer(head.upgrade, upgrades)
+        headers, _ = forward_request_headers(
+            head.headers, head.connection_tokens, via, upgrade=upgrade, version=head.version
+        )
+        if parent is not None:
+            next_hop = ("parent", parent[0], parent[1])
+            req_target = b"%s://%s%s" % (t.scheme.encode(), t.authority, t.path)
+            tls_name = None
+        else:
+            next_hop = (t.scheme, t.host, t.port)
+            req_target = t.path
+            tls_name = t.host if t.scheme == "https" else None
+        ctx.proxy = Proxy(
+            head.method, req_target, headers, t.authority, False, next_hop, None, "", upgrade is not None,
+            tls_name, rules, address_check=ctx.address_check,
+        )
+        return CONTINUE
+
+    return route_forward

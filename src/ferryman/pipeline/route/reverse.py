@@ -1,4 +1,5 @@
-"""Reverse-proxy routing (pure): route table lookup, then a Decision.
+"""Reverse-proxy ROUTE phases (pure): the real client behind trusted proxies, then
+the route table lookup.
 
 The path is put in normal form first (`paths.normalize`, per
 ``reverse.merge_slashes`` / ``reverse.escaped_slashes``) and that one path is
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 from ferryman.config.compile_reverse import ProxyAction, RedirectAction, ReversePlan
 from ferryman.errors import ClientProtocolError, RouteNotFound
-from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Headers, RequestHead
 from ferryman.http1.headers import forward_request_headers, upgrade_offer
-from ferryman.pipeline.route.forwarded import Chain, add_forwarded
+from ferryman.pipeline import respond
+from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.route.forwarded import Chain, add_forwarded, read_chain, real_client
 from ferryman.pipeline.route.paths import normalize
 from ferryman.pipeline.route.table import rewrite_path
-from ferryman.pipeline.stage import Decision, Proxy, Synthetic
+from ferryman.pipeline.stage import CONTINUE, Decision, Phase, Proxy, Respond
 
 
 def _split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -31,11 +33,50 @@ def _split_target(target: bytes) -> tuple[bytes, bytes]:
     return path, (b"?" + query if sep else b"")
 
 
+def trusted_client(rev: ReversePlan) -> Phase | None:
+    """The phase that reads the client a trusted proxy names (X-Forwarded-For /
+    Forwarded) into ``ctx.client_ip``; None (not in the list) without trusted proxies."""
+    trusted = rev.trusted
+    if trusted is None:
+        return None
+    allows, names = trusted.allows, rev.forwarded_from
+
+    def read_trusted_chain(ctx: RequestContext) -> Decision:
+        client = ctx.client
+        ok = client.memo.get(read_trusted_chain)
+        if ok is None:  # once per connection and Plan
+            ok = client.memo[read_trusted_chain] = allows(client.peer)
+        if ok:
+            ctx.incoming = incoming = read_chain(ctx.head.headers, names)
+            ctx.client_ip = real_client(incoming, client.peer, allows)
+        return CONTINUE
+
+    return read_trusted_chain
+
+
+def route(rev: ReversePlan) -> Phase:
+    def route_reverse_phase(ctx: RequestContext) -> Decision:
+        client = ctx.client
+        try:
+            decision = route_reverse(rev, ctx.head, client.peer, client.tls, ctx.incoming, ctx.client_ip)
+        except (ClientProtocolError, RouteNotFound) as exc:
+            return Respond.refuse(exc)
+        if isinstance(decision, Proxy):
+            ctx.route = decision.route
+            ctx.proxy = decision
+            return CONTINUE
+        ctx.route = decision.route
+        return decision
+
+    return route_reverse_phase
+
+
 def route_reverse(
     rev: ReversePlan, head: RequestHead, peer: str, tls: bool, incoming: Chain | None = None, client: str = ""
-) -> Decision:
+) -> Proxy | Respond:
     """``peer``: the TCP (or PROXY) peer; ``incoming``: the hops a trusted peer reported
-    (None if it is not trusted); ``client``: the real client worked out from them."""
+    (None if it is not trusted); ``client``: the real client worked out from them.
+    Raises `ClientProtocolError` / `RouteNotFound` (the phase turns them into refusals)."""
     path, query = _split_target(head.target)
     path = normalize(path, rev.paths)
     route = rev.table.lookup(head.host, head.method, path, head.headers, normal=True)
@@ -52,14 +93,10 @@ def route_reverse(
             uri=(path + query).decode("latin-1"),
             path=path.decode("latin-1"),
         )
-        data = ser.simple_response(
-            action.status, f"moved to {location}", close=False,
-            extra=[(b"Location", location.encode("latin-1"))],
-        )
-        return Synthetic(action.status, data, route.name)
+        return Respond(action.status, respond.redirect(action.status, location), route.name)
     if not isinstance(action, ProxyAction):
-        data = ser.fixed_response(action.status, action.content_type, action.body)
-        return Synthetic(action.status, data, route.name)
+        data = respond.fixed(action.status, action.content_type, action.body)
+        return Respond(action.status, data, route.name)
     upgrade = None if head.upgrade is None else upgrade_offer(head.upgrade, action.upgrades)
 
     def build() -> Headers:

@@ -1,0 +1,83 @@
+"""Per-request cost of the phase runner (pipeline/stage.run) over the compiled lists.
+
+Times, per request: building the context, then `run` over the forward list (GET with an
+absolute URL, the default config) and the reverse list (one route to an upstream group),
+each with and without the memory cache's phase; and, for scale, the bare runner over a
+list of phases that only continue.  CPU time of one request, best of ``--rounds``.
+
+    .venv/bin/python bench/phases.py [--number 100000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import timeit
+
+from ferryman.config.compile import Plan, compile_config
+from ferryman.config.load import load_text, normalise
+from ferryman.conn.phases import Env, compile_phases
+from ferryman.http1.events import Framing, RequestHead
+from ferryman.observe.access_log import AccessLog
+from ferryman.pipeline.context import Client, RequestContext
+from ferryman.pipeline.stage import CONTINUE, Decision, run
+
+REVERSE = (
+    "listeners: [{listen: '127.0.0.1:8080', mode: reverse}]\n"
+    "upstreams: {o: {servers: [{url: 'http://127.0.0.1:9'}]}}\n"
+    "routes: [{upstream: o, cache: {enabled: true}}]\n"
+)
+HEADERS = [
+    (b"Host", b"origin.test"), (b"User-Agent", b"wrk"), (b"Accept", b"*/*"),
+    (b"Accept-Encoding", b"gzip"), (b"Connection", b"keep-alive"),
+]
+
+
+def plan_of(text: str) -> Plan:
+    return compile_config(normalise(load_text(text, "<bench>")), "<bench>")
+
+
+def head(target: bytes) -> RequestHead:
+    host = b"origin.test"
+    return RequestHead("GET", target, "1.1", HEADERS, Framing.NONE, 0, True, host, frozenset(), False)
+
+
+def no_log() -> AccessLog:
+    raise AssertionError("the log phases are not timed here")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--number", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    cases = []
+    for name, text, mode, target in (
+        ("forward", "", "forward", b"http://origin.test/index.html"),
+        ("reverse", REVERSE, "reverse", b"/index.html"),
+    ):
+        plan = plan_of(text)
+        for cache in (False, True):
+            phases = compile_phases(plan, mode, Env(cache, lambda ip, port: False, no_log))
+            client = Client(plan.listeners[0], "127.0.0.1", 5555)
+            h = head(target)
+            label = f"{name}{' +cache' if cache else ''} ({len(phases.request)} phases)"
+            cases.append((label, phases.request, client, h, plan))
+
+    def cont(ctx: RequestContext) -> Decision:
+        return CONTINUE
+
+    plan = plan_of("")
+    bare = Client(plan.listeners[0])
+    cases.append(("bare runner, 8 phases that continue", (cont,) * 8, bare, head(b"/"), plan))
+    cases.append(("context only (no phase)", (), bare, head(b"/"), plan))
+    print(f"{'case':44} {'us/request':>10}")
+    for label, request, client, h, p in cases:
+        def one(request=request, client=client, h=h, p=p) -> None:  # type: ignore[no-untyped-def]
+            run(request, RequestContext(client, h, p))
+
+        best = min(timeit.repeat(one, number=args.number, repeat=args.rounds, timer=timeit.default_timer))
+        print(f"{label:44} {best / args.number * 1e6:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The phase lists, compiled once per Plan and listener mode (DESIGN 2.9, 2.10).
+
+Each table row builds one phase from the Plan (and the engine's facts in `Env`),
+or None when the phase does not apply: it is then not in the list and costs the
+listener's requests nothing.  Adding a phase is a module under `pipeline/` and
+one row here.  The order is the request's path: admit, route, cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from ferryman.config.compile import Plan
+from ferryman.pipeline.admit import clients, destination, loop, ports, size
+from ferryman.pipeline.cache import stage as cache_stage
+from ferryman.pipeline.context import Outcome, RequestContext
+from ferryman.pipeline.route import forward, reverse
+from ferryman.pipeline.stage import AddrPhase, LogPhase, Phase, Phases
+
+if TYPE_CHECKING:
+    from ferryman.observe.access_log import AccessLog
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """What the phases may need besides the Plan: the engine's own facts."""
+
+    cache: bool  # a cache is open
+    is_self: Callable[[str, int], bool]  # would ip:port reach ferryman itself?
+    access_log: Callable[[], AccessLog]  # the current access log (a reload may replace it)
+
+
+Row = Callable[[Plan, Env], Phase | None]
+AddrRow = Callable[[Plan, Env], AddrPhase | None]
+LogRow = Callable[[Plan, Env], LogPhase | None]
+
+FORWARD: list[Row] = [
+    lambda p, env: size.phase(p.limits),
+    lambda p, env: clients.phase(p.forward),
+    lambda p, env: loop.via(p.forward.via),
+    lambda p, env: forward.parse_target,
+    lambda p, env: ports.phase(p.forward.connect_ports),
+    lambda p, env: destination.phase(p.forward),
+    lambda p, env: forward.route(p.forward),
+    lambda p, env: cache_stage.phase(False) if env.cache and p.forward.cache_rules is not None else None,
+]
+FORWARD_RESOLVED: list[AddrRow] = [
+    lambda p, env: destination.resolved(p.forward),
+    lambda p, env: loop.resolved(p.forward.parent, env.is_self),
+]
+REVERSE: list[Row] = [
+    lambda p, env: size.phase(p.limits),
+    lambda p, env: reverse.trusted_client(p.reverse) if p.reverse is not None else None,
+    lambda p, env: reverse.route(p.reverse) if p.reverse is not None else None,
+    lambda p, env: cache_stage.phase(True) if env.cache else None,
+]
+REVERSE_RESOLVED: list[AddrRow] = []  # an upstream group's servers are the config's own
+LOG: list[LogRow] = [
+    lambda p, env: access_log(env.access_log),
+]
+
+
+def compile_phases(plan: Plan, mode: str, env: Env) -> Phases:
+    """The phases of a ``mode`` listener under ``plan`` (a reverse listener of a Plan
+    without a reverse section routes as a forward proxy, as it always has)."""
+    if mode == "reverse" and plan.reverse is not None:
+        rows, addr_rows = REVERSE, REVERSE_RESOLVED
+    else:
+        rows, addr_rows = FORWARD, FORWARD_RESOLVED
+    request = tuple(ph for ph in (row(plan, env) for row in rows) if ph is not None)
+    resolved = tuple(ph for ph in (row(plan, env) for row in addr_rows) if ph is not None)
+    logs = tuple(ph for ph in (row(plan, env) for row in LOG) if ph is not None)
+    return Phases(request, resolved, logs)
+
+
+def access_log(current: Callable[[], AccessLog]) -> LogPhase:
+    """The access-log line of every exchange, with its error if there was one."""
+
+    def log_access(ctx: RequestContext, out: Outcome) -> None:
+        lg = current()
+        if not lg.enabled:
+            return
+        head = ctx.head
+        lg.log(
+            ctx.client_ip, ctx.identity.user, head.method, head.target.decode("latin-1"), head.version,
+            out.status, out.bytes_in, out.bytes_out, monotonic() - out.t0,
+            out.t_connect, out.t_first, out.cache_result, out.upstream_label, out.error,
+        )
+
+    return log_access
