@@ -1,0 +1,101 @@
+"""The client connection's life as a table (DESIGN 2.2, 2.6).
+
+Rules this module owns:
+- a connection is in exactly one `State`; it changes state only through
+  `Downstream.to` (conn/downstream.py), which refuses a move this table does not
+  list (a bug, raised as `StateError`);
+- each state names the one deadline that applies in it (`TIMEOUT`: a field of
+  ``timeouts`` in the Plan, or None when the state has no deadline of the
+  connection's own); entering a state arms it, as one `call_later` handle;
+- in an *activity* state (`ACTIVITY`) the deadline counts from the last byte
+  moved, not from entering the state: when it fires early it is re-armed for
+  the remainder;
+- `EXPIRED` says what a deadline's expiry means in each state.
+
+    OPEN -> HEAD -> BODY -> UPSTREAM -> WAIT -> RESPONSE -> IDLE -> HEAD ...
+             |        \\________________/  \\_____/     |
+             |          WRITING (ferryman's own or a cached answer)
+             +-> TUNNEL (CONNECT; or from WAIT, an upgrade's 101)
+    any -> CLOSED
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Final
+
+
+class State(IntEnum):
+    OPEN = 0  # accepted, no byte read yet
+    IDLE = 1  # between requests (keep-alive)
+    HEAD = 2  # reading a request head
+    BODY = 3  # reading the request body (buffered, or streamed upstream)
+    UPSTREAM = 4  # routed, body complete: cache lookup, queue or dial under way
+    WAIT = 5  # the whole request is upstream: waiting for the response head
+    RESPONSE = 6  # relaying the upstream's response
+    WRITING = 7  # writing ferryman's own or a cached answer
+    TUNNEL = 8  # CONNECT or an upgrade: bytes relayed (conn/tunnel.py)
+    CLOSED = 9
+
+
+class StateError(RuntimeError):
+    """A state change the table does not allow: a bug in the connection code."""
+
+
+S = State
+_ALL = frozenset(State)
+
+# The one deadline of each state: a `TimeoutsPlan` field, or None.  OPEN counts the
+# client_header deadline from the accept (a client that never speaks is closed).
+TIMEOUT: Final[dict[State, str | None]] = {
+    S.OPEN: "client_header",
+    S.IDLE: "client_idle",
+    S.HEAD: "client_header",
+    S.BODY: "client_body",
+    S.UPSTREAM: None,  # the dial and the queue have deadlines of their own
+    S.WAIT: "upstream_header",
+    S.RESPONSE: "upstream_idle",
+    S.WRITING: None,  # the client's own pace: backpressure, not a deadline
+    S.TUNNEL: None,  # the tunnel's idle deadline (tunnel_idle) is the tunnel's
+    S.CLOSED: None,
+}
+
+ACTIVITY: Final = frozenset({S.BODY, S.RESPONSE})
+
+# What a deadline's expiry means: close quietly, or fail the exchange (with the error's
+# status when no response byte was written yet).
+EXPIRED: Final[dict[State, str]] = {
+    S.OPEN: "close",
+    S.IDLE: "close",
+    S.HEAD: "timed out reading the request header",
+    S.BODY: "timed out reading the request body",
+    S.WAIT: "upstream sent no response within {t:g}s",
+    S.RESPONSE: "upstream stalled while sending the response",
+}
+
+# Allowed moves.  A state may always move to CLOSED, and to itself (re-armed).
+NEXT: Final[dict[State, frozenset[State]]] = {
+    S.OPEN: frozenset({S.HEAD}),
+    S.IDLE: frozenset({S.HEAD}),
+    # A head is answered (WRITING, IDLE after a synthetic answer), tunnelled, read on
+    # (BODY) or sent on (UPSTREAM); WAIT when a pooled connection took it at once.
+    S.HEAD: frozenset({S.BODY, S.UPSTREAM, S.WAIT, S.WRITING, S.TUNNEL, S.IDLE}),
+    S.BODY: frozenset({S.UPSTREAM, S.WAIT, S.RESPONSE, S.WRITING, S.IDLE, S.HEAD}),
+    S.UPSTREAM: frozenset({S.WAIT, S.BODY, S.WRITING, S.IDLE, S.RESPONSE}),
+    # WAIT -> UPSTREAM/BODY: a retry; -> WRITING: the cache answers instead (stale-if-error,
+    # a validation's 304); -> IDLE: a 304 validation ended before its stored answer began.
+    S.WAIT: frozenset({S.RESPONSE, S.UPSTREAM, S.BODY, S.WRITING, S.TUNNEL, S.IDLE}),
+    # RESPONSE -> IDLE after the end; -> BODY/UPSTREAM/WAIT/WRITING: the next pipelined
+    # request starts at once.
+    S.RESPONSE: frozenset({S.IDLE, S.BODY, S.UPSTREAM, S.WAIT, S.WRITING, S.TUNNEL, S.HEAD}),
+    S.WRITING: frozenset({S.IDLE, S.BODY, S.UPSTREAM, S.WAIT, S.HEAD}),
+    S.TUNNEL: frozenset(),
+    S.CLOSED: frozenset(),
+}
+
+
+def allowed(old: State, new: State) -> bool:
+    return new is S.CLOSED or new is old or new in NEXT[old]
+
+
+assert set(NEXT) == _ALL and set(TIMEOUT) == _ALL
