@@ -250,6 +250,15 @@ class Proxied:
     def misses(self) -> int:
         return int(admin_cache(self.admin)["misses"])
 
+    def settled(self) -> None:
+        """Every fill has ended and given back the memory it held for followers."""
+
+        def done() -> bool:
+            c = admin_cache(self.admin)
+            return c["fills"] == 0 and c["fill_buffer_bytes"] == 0
+
+        poll_until(done, 5, "no fill in flight")
+
 
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[Proxied]:
@@ -282,6 +291,7 @@ def test_invalidation_while_a_fill_waits_for_its_head_is_not_lost(proxied: Proxi
     again = proxied.get(path)
     assert again.content == f"{path} #2".encode(), "the purged body must not be served"
     assert count(proxied.origin, path) == 2
+    proxied.settled()
 
 
 def test_purge_during_a_background_range_fill_is_not_lost(proxied: Proxied) -> None:
@@ -312,6 +322,7 @@ def test_concurrent_revalidations_of_one_entry_make_one_conditional_request(prox
     heads = heads_for(proxied.origin, path)
     assert len(heads) == 2, f"{len(heads)} requests reached the origin"
     assert header_value(heads[1], "if-none-match") == ETAG
+    proxied.settled()
 
 
 def test_stale_while_revalidate_refresh_is_conditional(proxied: Proxied) -> None:
@@ -354,3 +365,4 @@ def test_a_variant_requested_during_anothers_fill_is_stored(proxied: Proxied) ->
     gz = proxied.get(path, **{"Accept-Encoding": "gzip", "Host": "site.test"})
     assert is_hit(gz) and gz.content.startswith(b"gzip #1")
     assert count(proxied.origin, path) == 2
+    proxied.settled()

@@ -7,7 +7,7 @@ import pytest
 
 from ferryman.conn import fill as fill_mod
 from ferryman.conn.cache_follow import if_range_holds, range_of
-from ferryman.conn.fill import Fill
+from ferryman.conn.fill import Budget, Fill
 
 
 def test_the_buffer_keeps_only_the_first_bytes_and_counts_every_byte(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +54,20 @@ def test_range_helpers() -> None:
     assert if_range_holds([], etag)
     assert if_range_holds([(b"If-Range", b'"a"')], etag)
     assert not if_range_holds([(b"If-Range", b'W/"a"')], etag)
+
+
+def test_all_fills_together_stay_within_the_budget_and_give_it_back() -> None:
+    budget = Budget(limit=10)
+    a, b = Fill(b"a", 100, budget), Fill(b"b", 100, budget)
+    a.append(b"123456")
+    b.append(b"123456")  # over the budget: not kept (a follower reads it from the store)
+    assert a.buffered == 6 and b.buffered == 0 and budget.used == 6
+    a.finish()
+    a.release()
+    a.release()
+    assert budget.used == 0 and a.chunks == [b"123456"]  # followers still streaming keep theirs
+    b.fail()
+    assert budget.used == 0
+    c = Fill(b"c", 100, budget)
+    c.append(b"1234567890")
+    assert c.buffered == 10 and budget.used == 10

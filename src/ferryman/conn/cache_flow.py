@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from ferryman.conn.background_fill import fill_whole_object
 from ferryman.conn.cache_follow import follow, follow_range, if_range_holds, range_of
 from ferryman.conn.exchange import Exchange
-from ferryman.conn.fill import Fill
+from ferryman.conn.fill import Budget, Fill
 from ferryman.errors import FerrymanError
 from ferryman.http1.events import Framing, Headers, ResponseHead
 from ferryman.http1.headers import forward_response_headers
@@ -105,6 +105,7 @@ class Cache:
         self.checked: set[bytes] = set()  # keys already looked for in a persistent store
         self._keys: dict[tuple[str, bytes, bytes], bytes] = {}  # (scheme, authority, target) -> key
         self.fills: dict[bytes, list[Fill]] = {}  # every fill in flight, per key
+        self.fill_budget = Budget()  # memory the fills hold for their followers
         self.hits = 0
         self.misses = 0
 
@@ -144,11 +145,14 @@ class Cache:
 
     def status(self) -> dict[str, object]:
         fills = sum(len(f) for f in self.fills.values())
-        return {"keys": len(self.index), "hits": self.hits, "misses": self.misses, "fills": fills}
+        return {
+            "keys": len(self.index), "hits": self.hits, "misses": self.misses, "fills": fills,
+            "fill_buffer_bytes": self.fill_budget.used,
+        }
 
     # -- fills in flight ------------------------------------------------------
     def _fill(self, key: bytes) -> Fill:
-        fill = Fill(key, self.max_object_size)
+        fill = Fill(key, self.max_object_size, self.fill_budget)
         self.fills.setdefault(key, []).append(fill)
         return fill
 
@@ -159,6 +163,7 @@ class Cache:
         return None
 
     def _end_fill(self, fill: Fill) -> None:
+        fill.release()
         fills = self.fills.get(fill.key)
         if fills is not None and fill in fills:
             fills.remove(fill)

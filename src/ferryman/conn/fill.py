@@ -6,9 +6,10 @@ Rules this module owns:
   stale-while-revalidate refresh).  The cache registers every fill in flight per
   key, so a purge or an invalidation can mark them (``invalidated``: not stored);
 - followers stream what has arrived, each at its own pace.  The first ``BUFFER``
-  bytes are kept in memory for them; past that a follower waits for the fill to
-  be committed and reads the rest from the store, so memory stays bounded
-  whatever the object's size;
+  bytes are kept in memory for them (all fills of a process together at most
+  ``Budget.limit``); past that a follower waits for the fill to be committed and
+  reads the rest from the store, so memory stays bounded whatever the object's
+  size and however many fills run;
 - a fill that turns out unusable (failed, uncacheable, another Vary variant, a
   304 that freshened the entry) sends its followers back to the cache phase to
   decide again.
@@ -24,6 +25,23 @@ from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.key import secondary_key
 
 BUFFER: Final = 64 << 20  # body bytes of one fill kept in memory for its followers
+TOTAL: Final = 256 << 20  # the same, for all the fills of one process together
+
+
+class Budget:
+    """Bytes the fills of one process hold in memory for followers (released when a fill ends)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int = TOTAL) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
 
 
 class Fill:
@@ -32,11 +50,13 @@ class Fill:
     __slots__ = (
         "key", "head", "chunks", "buffered", "size", "length", "done", "failed", "stored",
         "invalidated", "not_modified", "refreshed", "_wake", "followers", "limit", "vary_fields", "vary",
-        "variant",
+        "variant", "budget", "released",
     )
 
-    def __init__(self, key: bytes, limit: int) -> None:
+    def __init__(self, key: bytes, limit: int, budget: Budget | None = None) -> None:
         self.key = key
+        self.budget = budget if budget is not None else Budget()
+        self.released = False
         self.head: tuple[int, bytes, Headers] | None = None  # status, reason, stored headers
         self.chunks: list[bytes] = []
         self.buffered = 0  # bytes held in ``chunks`` (the body's first bytes)
@@ -84,7 +104,8 @@ class Fill:
         if self.size > self.limit:
             self.fail()
             return
-        if self.buffered + len(data) <= BUFFER and self.buffered + len(data) == self.size:
+        n = self.buffered + len(data)
+        if n <= BUFFER and n == self.size and not self.released and self.budget.take(len(data)):
             self.chunks.append(data)
             self.buffered += len(data)
         self._notify()
@@ -104,8 +125,16 @@ class Fill:
         self.stored = True
         self._notify()
 
+    def release(self) -> None:
+        """The fill has ended: its buffer no longer counts (followers still streaming keep
+        their reference until they are done)."""
+        if not self.released:
+            self.released = True
+            self.budget.used -= self.buffered
+
     def fail(self) -> None:
         self.failed = True
+        self.release()
         self.chunks = []
         self.buffered = 0
         if self.stored is None:
