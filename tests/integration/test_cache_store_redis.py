@@ -167,7 +167,7 @@ async def test_round_trip_small_and_large_bodies(store: RedisStore, raw: Redis) 
     # the layout: one hash per entry (inline body vs a separate field), a set of variants per key
     assert await raw.hkeys(entry_name(b"http://a/small")) == [b"m"]
     assert sorted(await raw.hkeys(entry_name(b"http://a/large"))) == [b"b", b"m"]
-    assert await raw.smembers(b"ferryman:v:http://a/small") == {variant_hash(b"")}
+    assert await raw.zrange(b"ferryman:v:http://a/small", 0, -1) == [variant_hash(b"")]
 
 
 async def test_entries_and_sets_expire_after_ttl(redis_server: RedisServer, raw: Redis) -> None:
@@ -342,7 +342,7 @@ async def test_flipped_bytes_are_caught_before_serving(store: RedisStore, raw: R
     await raw.hset(name, field, bytes(stored))
     assert await store.get(key, b"") is None
     assert await raw.exists(name) == 0
-    assert not await raw.sismember(b"ferryman:v:" + key, variant_hash(b""))
+    assert await raw.zscore(b"ferryman:v:" + key, variant_hash(b"")) is None
 
 
 async def test_bad_meta_is_a_miss_and_never_re_signed(store: RedisStore, raw: Redis) -> None:
@@ -453,3 +453,23 @@ async def test_an_unusable_url_is_a_pass_through_store() -> None:
     assert s.begin(meta(b"http://a/1")) is None
     assert await s.delete(b"http://a/1") == 0
     await s.close()
+
+
+async def test_variants_per_key_are_capped_least_recently_used_first(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    store = RedisStore(redis_server.url, MAX, max_variants=3)
+    try:
+        for v in (b"a", b"b", b"c"):
+            assert await put(store, meta(b"http://a/v", v), v)
+        await raw.zadd(b"ferryman:v:http://a/v", {variant_hash(b"a"): time.time() + 5})  # a: used last
+        assert await put(store, meta(b"http://a/v", b"d"), b"d")
+        assert await store.get(b"http://a/v", b"b") is None  # the least recently used went
+        assert not await raw.exists(store.entry_name(b"http://a/v", b"b"))
+        for v in (b"a", b"c", b"d"):
+            hit = await store.get(b"http://a/v", v)
+            assert hit is not None and await read_all(hit[1]) == v
+        assert await raw.zcard(b"ferryman:v:http://a/v") == 3
+        assert len(await store.metas(b"http://a/v")) == 3
+    finally:
+        await store.close()

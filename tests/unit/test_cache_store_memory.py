@@ -8,6 +8,8 @@ import pytest
 
 from ferryman.pipeline.cache.store import (
     CHUNK,
+    ENTRY_OVERHEAD,
+    FIELD_OVERHEAD,
     BodyReader,
     EntryMeta,
     LruIndex,
@@ -47,10 +49,11 @@ async def keys(store: MemoryStore, *candidates: bytes) -> list[bytes]:
     return [k for k in candidates if await store.get(k, b"") is not None]
 
 
-def test_costs_count_key_variant_headers_and_body() -> None:
+def test_costs_count_what_an_entry_really_holds() -> None:
     m = replace(meta(b"k", b"v", headers=2), body_size=100)
-    # key 1 + variant 1 + 2 headers (4+1+4 each) + request header (15+4+4) + body
-    assert meta_cost(m) == 1 + 1 + 2 * 9 + 23
+    # the fixed per-entry overhead + key 1 + variant 1 + 2 response headers (4+1 bytes, twice:
+    # meta and a hit's header block) + 1 request header (15+4) + a per-field overhead each
+    assert meta_cost(m) == ENTRY_OVERHEAD + 1 + 1 + 2 * (2 * 5 + FIELD_OVERHEAD) + 19 + FIELD_OVERHEAD
     assert entry_cost(m) == meta_cost(m) + 100
 
 
@@ -84,7 +87,7 @@ async def test_ranges_come_in_chunks_of_at_most_256_kib() -> None:
 
 async def test_byte_accounting_and_eviction_order_is_least_recently_used() -> None:
     one = entry_cost(replace(meta(b"a"), body_size=100))
-    store = MemoryStore(max_bytes=3 * one, max_object_size=1_000)
+    store = MemoryStore(max_bytes=3 * one, max_object_size=10_000)
     for k in (b"a", b"b", b"c"):
         assert await put(store, meta(k), b"x" * 100)
     assert store.used_bytes == 3 * one and len(store) == 3
@@ -252,3 +255,34 @@ async def test_each_fill_is_a_new_version_and_update_meta_only_refreshes_its_own
     now = store.get_nowait(b"k", b"")
     assert now is not None and now[0].headers == meta(b"k", headers=2).headers
     assert now[0].version == second[0].version and now[1].slice(0, 3) == b"two"
+
+
+def test_lru_index_caps_entries_and_variants_per_key_least_recently_used_first() -> None:
+    lru: LruIndex[str] = LruIndex(1 << 30, max_entries=4, max_variants=3)
+    for v in (b"a", b"b", b"c"):
+        assert lru.put(b"k", v, v.decode(), 1) == []
+    assert lru.get(b"k", b"a") == "a"  # a is now the most recent variant of k
+    assert lru.put(b"k", b"d", "d", 1) == [((b"k", b"b"), "b")]
+    assert sorted(lru.variants(b"k")) == [b"a", b"c", b"d"]
+    assert lru.put(b"plain", b"", "p", 1) == []  # 4 entries: the cap
+    assert lru.put(b"other", b"", "o", 1) == [((b"k", b"c"), "c")]  # past max_entries: the LRU slot
+    assert len(lru) == 4 and lru.variants(b"plain") == [b""] and lru.variants(b"nothing") == []
+    assert sorted(lru.pop_key(b"k")) == ["a", "d"] and len(lru) == 2
+    # a key stored without Vary, then with: both variants listed and capped together
+    lru2: LruIndex[str] = LruIndex(1 << 30, max_variants=2)
+    lru2.put(b"k", b"", "plain", 1)
+    lru2.put(b"k", b"x", "x", 1)
+    assert lru2.put(b"k", b"y", "y", 1) == [((b"k", b""), "plain")]
+
+
+async def test_the_memory_store_reports_what_it_evicts() -> None:
+    gone: list[tuple[bytes, bytes]] = []
+    store = MemoryStore(max_bytes=1 << 30, max_object_size=1_000, max_entries=2, max_variants=2)
+    store.on_evict = lambda k, v: gone.append((k, v))
+    for k in (b"a", b"b", b"c"):
+        assert await put(store, meta(k), b"x")
+    assert gone == [(b"a", b"")] and len(store) == 2
+    for v in (b"1", b"2", b"3"):
+        assert await put(store, meta(b"v", v), b"y")
+    assert (b"v", b"1") in gone and await store.get(b"v", b"1") is None
+    assert await store.get(b"v", b"3") is not None

@@ -101,6 +101,8 @@ class CachePlan:
     range_fill: bool
     coalesce: bool
     redis: str | None
+    max_entries: int = 1_000_000
+    max_variants: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
             c["store"], path, c["max_size"], c["max_object_size"], c["forward"],
             tuple(c["purge_clients"]), c["range_fill"], c["coalesce"],
             (data.get("shared") or {}).get("redis"),
+            max_entries=c["max_entries"], max_variants=c["max_variants"],
         )
     return Plan(
         source=source,

@@ -152,6 +152,8 @@ class Cache(_Model):
     purge_clients: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     range_fill: bool = True  # a Range miss fetches the whole object once in the background
     coalesce: bool = True  # concurrent misses for one URL share one upstream fetch
+    max_entries: int = Field(default=1_000_000, ge=1)  # entries a store (memory, disk) keeps at most
+    max_variants: int = Field(default=32, ge=1)  # Vary variants per URL; past it the LRU one goes
     heuristic_max: Duration = 86400.0  # cap of heuristic freshness: 10% of Date - Last-Modified
     targeted: TargetedCacheControl = Field(default_factory=TargetedCacheControl)
 

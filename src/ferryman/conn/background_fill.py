@@ -23,6 +23,7 @@ from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.http1.parser import ResponseParser
 from ferryman.pipeline.cache import policy
+from ferryman.pipeline.cache.index import selecting_fields, variant_bytes
 from ferryman.pipeline.cache.store import EntryMeta, Writer
 from ferryman.pipeline.stage import Proxy
 from ferryman.upstream.dial import open_connection
@@ -70,7 +71,7 @@ class _FillClient(asyncio.Protocol):
             self._finish("failed: connection lost")
 
     def on_response_head(self, head: ResponseHead) -> None:
-        from ferryman.conn.cache_flow import Stored, variant_bytes
+        from ferryman.conn.cache_flow import Stored
 
         if head.status < 200:
             return
@@ -94,7 +95,8 @@ class _FillClient(asyncio.Protocol):
         entry = policy.make_entry(200, self.req.headers, stored, self.t0, now, self.rules)
         variant = variant_bytes(entry.vary)
         size = head.content_length if head.framing is Framing.LENGTH else 0
-        meta = EntryMeta(self.key, variant, 200, tuple(stored), tuple(self.req.headers), self.t0, now, size)
+        selecting = selecting_fields(entry, self.req.headers)
+        meta = EntryMeta(self.key, variant, 200, tuple(stored), selecting, self.t0, now, size)
         self.writer = self.cache.store.begin(meta)
         if self.writer is None:
             self._finish("not stored: the store refused it (too big, full or off)")

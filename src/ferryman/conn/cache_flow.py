@@ -27,6 +27,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ from ferryman.http1.events import Framing, Headers, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
+from ferryman.pipeline.cache.index import EntryIndex, selecting_fields, variant_bytes
 from ferryman.pipeline.cache.key import prefix_key, request_key, uri_key
 from ferryman.pipeline.cache.store import (
     BodyReader,
@@ -59,9 +61,6 @@ log = logging.getLogger("ferryman")
 
 _NO_STORE_HEADERS = frozenset({b"age", b"cache-status", b"via", b"set-cookie", b"date"})
 
-
-def variant_bytes(vary: policy.SecondaryKey) -> bytes:
-    return b"\x00".join(n + b"=" + (v if v is not None else b"\x01") for n, v in vary)
 
 
 @dataclass(slots=True)
@@ -87,21 +86,30 @@ class CacheState:
     status_detail: bytes = b""
 
 
+INDEX_KEYS = 16_384  # keys whose heads a process keeps in memory for a disk or Redis store
+
+
 class Cache:
     """Per-process cache front: the entry index, fills in flight, and the store."""
 
     def __init__(
         self, store: Store, max_object_size: int, purge_clients: ClientAcl, coalesce: bool,
-        range_fill: bool = True,
+        range_fill: bool = True, max_entries: int = 1_000_000, max_variants: int = 32,
     ) -> None:
         self.store = store
         self.range_fill = range_fill
         self.max_object_size = max_object_size
         self.purge_clients = purge_clients
         self.coalesce = coalesce
-        self.index: dict[bytes, list[Stored]] = {}
         self.persistent = not isinstance(store, MemoryStore)
         self.inline = store if isinstance(store, MemoryStore) else None  # hits without a task
+        # Memory: the store's evictions are the index's (``on_evict``); max_entries is a backstop.
+        # Disk, Redis: the index is a bounded cache of heads, reloaded from the store on demand.
+        max_keys = max_entries if self.inline is not None else min(max_entries, INDEX_KEYS)
+        self.index: EntryIndex[Stored] = EntryIndex(max_keys, max_variants)
+        evicts = getattr(store, "on_evict", False)
+        if evicts is None:
+            store.on_evict = self.index.drop  # type: ignore[attr-defined]
         self.checked: set[bytes] = set()  # keys already looked for in a persistent store
         self._keys: dict[tuple[str, bytes, bytes], bytes] = {}  # (scheme, authority, target) -> key
         self.fills: dict[bytes, list[Fill]] = {}  # every fill in flight, per key
@@ -111,18 +119,14 @@ class Cache:
 
     # -- index ----------------------------------------------------------------
     def entries(self, key: bytes) -> list[policy.Entry]:
-        return [s.entry for s in self.index.get(key, ())]
+        return [s.entry for s in self.index.all(key)]
 
     def remember(self, key: bytes, stored: Stored) -> None:
-        lst = self.index.setdefault(key, [])
-        for i, s in enumerate(lst):
-            if s.variant == stored.variant:
-                lst[i] = stored
-                return
-        lst.append(stored)
+        for dropped in self.index.remember(key, stored):
+            self.checked.discard(dropped)  # let go of: look in the store again when asked
 
     def forget(self, key: bytes) -> None:
-        self.index.pop(key, None)
+        self.index.pop(key)
         self.checked.discard(key)
 
     def invalidate(self, key: bytes) -> None:
@@ -134,7 +138,8 @@ class Cache:
     async def purge(self, uri_or_prefix: str, prefix: bool) -> int:
         if prefix:
             raw = prefix_key(uri_or_prefix) or uri_or_prefix.encode("latin-1")
-            for k in {k for k in (*self.index, *self.fills) if k.startswith(raw)}:
+            stale_keys = {*self.index.keys_with_prefix(raw), *(k for k in self.fills if k.startswith(raw))}
+            for k in stale_keys:
                 self.invalidate(k)
             return await self.store.purge_prefix(raw)
         key = uri_key(uri_or_prefix)
@@ -145,10 +150,13 @@ class Cache:
 
     def status(self) -> dict[str, object]:
         fills = sum(len(f) for f in self.fills.values())
-        return {
+        doc: dict[str, object] = {
             "keys": len(self.index), "hits": self.hits, "misses": self.misses, "fills": fills,
             "fill_buffer_bytes": self.fill_budget.used,
         }
+        if isinstance(self.store, Sized):
+            doc["entries"] = len(self.store)  # this process's entries (memory), or files it knows (disk)
+        return doc
 
     # -- fills in flight ------------------------------------------------------
     def _fill(self, key: bytes) -> Fill:
@@ -212,7 +220,7 @@ class Cache:
     async def _load_then_decide(
         self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
     ) -> None:
-        if len(self.checked) > 100_000:
+        if len(self.checked) > self.index.max_keys:
             self.checked.clear()
         self.checked.add(key)
         for meta in await self._stored_metas(key):
@@ -244,7 +252,7 @@ class Cache:
         head = ex.head
         method = head.method
         now = time.time()
-        look = policy.lookup(self.entries(key), method, head.headers, now, rules)
+        look = policy.lookup(self.index.select(key, head.headers), method, head.headers, now, rules)
         state = ex.cache = CacheState(key, rules, look, request_time=now)
         out = look.outcome
         if out is policy.Outcome.FRESH or out is policy.Outcome.STALE_OK:
@@ -313,10 +321,7 @@ class Cache:
             ds.resume_proxy(ex)
 
     def _stored_for(self, key: bytes, entry: policy.Entry | None) -> Stored | None:
-        for s in self.index.get(key, ()):
-            if s.entry is entry:
-                return s
-        return None
+        return None if entry is None else self.index.find(key, entry)
 
     async def _purge_request(self, ds: Downstream, ex: Exchange, key: bytes) -> None:
         if not self.purge_clients.allows(ex.client_ip):
@@ -357,7 +362,7 @@ class Cache:
         )
         variant = variant_bytes(entry.vary)
         meta = EntryMeta(
-            state.key, variant, head.status, tuple(stored_headers), tuple(req.headers),
+            state.key, variant, head.status, tuple(stored_headers), selecting_fields(entry, req.headers),
             state.request_time, now, head.content_length if head.content_length > 0 else 0,
         )
         writer = self.store.begin(meta)

@@ -155,18 +155,21 @@ class Engine:
             from ferryman.pipeline.cache.disk import DiskStore  # only processes that use it pay for it
 
             assert cp.path is not None
-            disk = DiskStore(cp.path, cp.max_size, cp.max_object_size)
+            disk = DiskStore(cp.path, cp.max_size, cp.max_object_size, max_entries=cp.max_entries,
+                             max_variants=cp.max_variants)
             await disk.open()
             store = disk
         elif cp.store == "redis":
             from ferryman.pipeline.cache.redis_store import RedisStore  # redis-py only where it is used
 
             assert cp.redis is not None
-            store = RedisStore(cp.redis, cp.max_object_size)
+            store = RedisStore(cp.redis, cp.max_object_size, max_variants=cp.max_variants)
         else:
-            store = MemoryStore(cp.max_size, cp.max_object_size)
+            store = MemoryStore(cp.max_size, cp.max_object_size, max_entries=cp.max_entries,
+                                max_variants=cp.max_variants)
         self.cache = Cache(
-            store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce, cp.range_fill
+            store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce, cp.range_fill,
+            max_entries=cp.max_entries, max_variants=cp.max_variants,
         )
         self._compile_phases()
 

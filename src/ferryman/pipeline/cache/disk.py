@@ -114,13 +114,16 @@ class DiskStore:
         *,
         fsync: bool = True,
         threads: int = 4,
+        max_entries: int = 1_000_000,
+        max_variants: int = 32,
     ) -> None:
         self.root = os.fspath(path)
         self.max_bytes = max_bytes
         self.max_object_size = max_object_size
         self.fsync = fsync
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ferryman-cache")
-        self._index: LruIndex[Ident] = LruIndex(max_bytes)
+        self._index: LruIndex[Ident] = LruIndex(max_bytes, max_entries, max_variants)
+        self.on_evict: Callable[[bytes, bytes], None] | None = None  # told of what this process evicts
         self._writers: set[DiskWriter] = set()
         self._writes_off_until = 0.0
         self._log = ErrorLog(f"disk cache {self.root}")
@@ -259,6 +262,9 @@ class DiskStore:
         evicted = self._index.put(key, variant, ident, ident[3])
         if evicted:
             self._submit(f.unlink_many, [(self._final(*s), v) for s, v in evicted])
+            if self.on_evict is not None:
+                for (k, v), _ in evicted:
+                    self.on_evict(k, v)
 
     async def _corrupt(self, path: str, slot: Slot, ident: Ident, exc: Exception) -> None:
         if self._index.get(*slot, touch=False) == ident:

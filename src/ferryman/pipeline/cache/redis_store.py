@@ -24,8 +24,9 @@ Layout (``P`` = ``prefix``, ``H`` = blake2b-128(key) hex, ``V`` = blake2b-64(var
 
     P e:H:V     a hash, one per entry: field ``m`` = head + meta (+ the body when it is
                 at most 1 MiB, "inline"); field ``b`` = the body when it is larger
-    P v:KEY     a set per primary key (KEY raw, so SCAN MATCH can filter on its
-                prefix): the ``V`` of every variant stored under it
+    P v:KEY     a sorted set per primary key (KEY raw, so SCAN MATCH can filter on its
+                prefix): the ``V`` of every variant stored under it, scored by when it
+                was last stored, refreshed or read (reads bump it at most once a minute)
 
 ``m`` (integers big-endian)::
 
@@ -35,11 +36,11 @@ Layout (``P`` = ``prefix``, ``H`` = blake2b-128(key) hex, ``V`` = blake2b-64(var
     body        body_len bytes, only when inline
 
 Atomicity: a commit is one MULTI/EXEC (DEL the hash, HSET ``m`` [and ``b``], EXPIRE,
-SADD the variant, EXPIRE the set), so other clients see the old entry or the new
+ZADD the variant, EXPIRE the set), so other clients see the old entry or the new
 one, never a mix.  Every read checks the meta's CRC and the body against the
 length and CRC the meta names, so a body that does not belong to its meta (or was
 damaged) is never served.  An inline entry is read in one round trip (a MULTI of
-HGET ``m`` and SISMEMBER); a larger body in a second round trip (HGET ``b``), with
+HGET ``m`` and ZSCORE); a larger body in a second round trip (HGET ``b``), with
 the time allowance its size calls for; if it fails its CRC and ``m`` has changed
 meanwhile, a concurrent replacement is assumed (a miss); otherwise the entry is
 deleted as corrupt.  An entry is served only while its variant is listed in its
@@ -56,7 +57,9 @@ Redis keeps it; configure Redis with ``maxmemory`` and an LRU ``maxmemory-policy
 (``volatile-lru`` or ``allkeys-lru``) to bound the space.
 
 Costs:
-* ``delete(key)``: two round trips (SMEMBERS, then one MULTI of DELs and SREM).
+* ``delete(key)``: two round trips (ZRANGE, then one MULTI of DELs and ZREM).
+* Variants: at most ``max_variants`` per key (default 32).  A commit that takes a key
+  past it removes the least recently used ones (lowest scores) in a second round trip.
 * ``purge_prefix``: SCAN MATCH ``P v:<prefix>*`` COUNT 1000 walks the *whole* keyspace
   of the database (O(all keys), in round trips of 1000 keys each; Redis stays
   responsive in between), plus a ``delete`` per primary key found.  Admin use.
@@ -115,6 +118,7 @@ _HEAD: Final = struct.Struct(">8sHHIQII")
 _INLINE_MAX: Final = 1 << 20  # bodies up to this live in the meta field: one round trip per hit
 _TRANSFER_RATE: Final = 32 << 20  # bytes/s assumed for a body's time allowance
 _SCAN_COUNT: Final = 1000
+_TOUCH_EVERY: Final = 60.0  # seconds: a hit bumps its variant's score at most this often
 BREAKER_SECONDS: Final = 5.0
 _F_META: Final = b"m"
 _F_BODY: Final = b"b"
@@ -225,12 +229,15 @@ class RedisStore:
         prefix: bytes = b"ferryman:",
         op_timeout: float = 0.25,
         ttl: float = 86400.0,
+        max_variants: int = 32,
     ) -> None:
         self.url = _redacted(url)
         self.max_object_size = max_object_size
         self.prefix = prefix
         self.op_timeout = op_timeout
         self.ttl = max(1, int(ttl))
+        self.max_variants = max(1, max_variants)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.breaker_seconds = BREAKER_SECONDS
         self._writers: set[RedisWriter] = set()
         self._open_until = 0.0  # breaker: 0 closed, else monotonic time it may be probed again
@@ -353,7 +360,7 @@ class RedisStore:
             return []
 
     async def _metas(self, key: bytes) -> list[EntryMeta]:
-        members, = await self._pipe("listing variants", lambda p: p.smembers(self.set_name(key)))
+        members, = await self._pipe("listing variants", lambda p: p.zrange(self.set_name(key), 0, -1))
         if _wrongtype(members) or not members:
             return []
         kh = key_hash(key)
@@ -380,15 +387,17 @@ class RedisStore:
 
         def first(p: Pipeline) -> None:
             p.hget(name, _F_META)
-            p.sismember(self.set_name(key), vh.decode("ascii"))  # hex: str and bytes alike
+            p.zscore(self.set_name(key), vh.decode("ascii"))  # hex: str and bytes alike
 
         raw, member = await self._pipe("reading", first, size=_INLINE_MAX)
+        if member is not None and not _wrongtype(member) and time.time() - float(member) > _TOUCH_EVERY:
+            self._touch(key, vh)
         if _wrongtype(raw) or _wrongtype(member):
             await self._drop(key, variant, "a value of the wrong type", whole_key=_wrongtype(member))
             return None
         if raw is None:
             return None
-        if not member:  # the set lost it: an orphan no delete could reach
+        if member is None:  # the set lost it: an orphan no delete could reach
             await self._pipe("deleting an orphan", lambda p: p.delete(name))
             return None
         try:
@@ -423,14 +432,39 @@ class RedisStore:
             p.delete(name)  # a large body left by the entry this one replaces must go too
             p.hset(name, mapping=fields)  # type: ignore[arg-type]  # bytes keys are fine
             p.expire(name, self.ttl)
-            p.sadd(sname, variant_hash(meta.variant))
+            p.zadd(sname, {variant_hash(meta.variant): time.time()})
             p.expire(sname, self.ttl)
+            p.zcard(sname)
 
         results = await self._pipe("storing", publish, size=len(body))
         if any(_wrongtype(r) for r in results):  # the set's name holds something else
             await self._drop(meta.key, meta.variant, "a value of the wrong type", whole_key=True)
             return False
+        if results[-1] > self.max_variants:
+            await self._trim(meta.key, int(results[-1]) - self.max_variants)
         return True
+
+    async def _trim(self, key: bytes, extra: int) -> None:
+        """Remove a key's ``extra`` least recently used variants."""
+        sname, h = self.set_name(key), key_hash(key)
+        popped, = await self._pipe("trimming variants", lambda p: p.zpopmin(sname, extra))
+        if popped and not _wrongtype(popped):
+            names = [self.prefix + b"e:" + h + b":" + bytes(m) for m, _ in popped]
+            await self._pipe("trimming variants", lambda p: p.delete(*names))
+
+    def _touch(self, key: bytes, vh: bytes) -> None:
+        """Mark a variant used (its score), in the background: a hit does not wait for it."""
+
+        async def touch() -> None:
+            try:
+                await self._pipe("marking a variant used", lambda p: p.zadd(
+                    self.set_name(key), {vh: time.time()}, xx=True), transaction=False)
+            except _Skip:
+                pass
+
+        task = asyncio.get_running_loop().create_task(touch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
         name = self.entry_name(key, variant)
@@ -448,6 +482,7 @@ class RedisStore:
             pipe.multi()  # type: ignore[no-untyped-call]
             pipe.hset(name, _F_META, encode_entry(new, old.body_size, parsed.body_crc, parsed.body))
             pipe.expire(name, self.ttl)
+            pipe.zadd(self.set_name(key), {variant_hash(variant): time.time()}, xx=True)
             pipe.expire(self.set_name(key), self.ttl)
             await pipe.execute()
 
@@ -460,7 +495,7 @@ class RedisStore:
 
     async def _delete(self, key: bytes) -> int:
         sname = self.set_name(key)
-        members, = await self._pipe("deleting", lambda p: p.smembers(sname))
+        members, = await self._pipe("deleting", lambda p: p.zrange(sname, 0, -1))
         if _wrongtype(members):
             await self._pipe("deleting", lambda p: p.delete(sname))
             return 0
@@ -472,7 +507,7 @@ class RedisStore:
         def remove(p: Pipeline) -> None:
             for v in variants:
                 p.delete(self.prefix + b"e:" + h + b":" + v)
-            p.srem(sname, *variants)  # only these: a variant added meanwhile stays reachable
+            p.zrem(sname, *variants)  # only these: a variant added meanwhile stays reachable
 
         results = await self._pipe("deleting", remove)
         return sum(int(r) for r in results[:-1])
@@ -487,7 +522,7 @@ class RedisStore:
             if whole_key:
                 p.delete(sname)
             else:
-                p.srem(sname, variant_hash(variant))
+                p.zrem(sname, variant_hash(variant))
 
         try:
             await self._pipe("deleting a corrupt entry", drop)

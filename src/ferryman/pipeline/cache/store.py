@@ -44,7 +44,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
@@ -54,7 +54,14 @@ log = logging.getLogger("ferryman")
 
 CHUNK: Final = 256 * 1024
 LOG_EVERY: Final = 60.0  # seconds between two logged errors of one store  # the largest piece a reader yields
-_FIELD_OVERHEAD: Final = 4  # ": " and CRLF, so a header costs what it would on the wire
+# What an entry really costs in memory beyond its bytes (measured with tracemalloc on
+# CPython 3.11, for an entry of the memory tier together with its line in the
+# per-process index): a header field is a tuple and two bytes objects (~144 B besides
+# its name and value); an entry is its meta, index and LRU records, a policy Entry and
+# the objects they hold (~1 KiB).  Response fields count twice: a hit keeps them as a
+# ready-made header block too.
+FIELD_OVERHEAD: Final = 144
+ENTRY_OVERHEAD: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +219,10 @@ def decode_meta(data: bytes, body_len: int) -> EntryMeta:
 
 
 def meta_cost(meta: EntryMeta) -> int:
-    """Bytes an entry's meta accounts for: key, variant and every header on the wire."""
-    fields = sum(len(n) + len(v) + _FIELD_OVERHEAD for n, v in meta.headers)
-    fields += sum(len(n) + len(v) + _FIELD_OVERHEAD for n, v in meta.request_headers)
-    return len(meta.key) + len(meta.variant) + fields
+    """Memory an entry's meta costs: key, variant, every header field, the fixed overhead."""
+    fields = sum(2 * (len(n) + len(v)) + FIELD_OVERHEAD for n, v in meta.headers)
+    fields += sum(len(n) + len(v) + FIELD_OVERHEAD for n, v in meta.request_headers)
+    return ENTRY_OVERHEAD + len(meta.key) + len(meta.variant) + fields
 
 
 def entry_cost(meta: EntryMeta) -> int:
@@ -264,16 +271,21 @@ Slot = tuple[bytes, bytes]  # (key, variant)
 class LruIndex(Generic[V]):
     """(key, variant) -> value with a byte cost, least recently used first.
 
-    ``touch``, ``put``, ``pop`` and each eviction are O(1) (``OrderedDict``); the
-    variants of a key are grouped so ``pop_key`` needs no scan.  Both tiers use it:
-    memory for its entries, disk for its index of files.
+    Bounded three ways: total cost ``max_bytes``, ``max_entries`` slots, and
+    ``max_variants`` variants per key (past it, the key's least recently used variant
+    goes).  ``touch``, ``put``, ``pop`` and each eviction are O(1) (``OrderedDict``);
+    the variants of a key are listed (in their own LRU order) only for keys that have
+    a Vary variant, so a plain URL costs no second table.  Both tiers use it: memory
+    for its entries, disk for its index of files.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_entries: int = 1 << 62, max_variants: int = 1 << 62) -> None:
         self.max_bytes = max_bytes
+        self.max_entries = max(1, max_entries)
+        self.max_variants = max(1, max_variants)
         self.used = 0
         self._items: OrderedDict[Slot, tuple[V, int]] = OrderedDict()
-        self._variants: dict[bytes, set[bytes]] = {}
+        self._variants: dict[bytes, dict[bytes, None]] = {}  # keys with a Vary variant: all variants
 
     def __len__(self) -> int:
         return len(self._items)
@@ -288,19 +300,34 @@ class LruIndex(Generic[V]):
             return None
         if touch:
             self._items.move_to_end((key, variant))
+            listed = self._variants.get(key)
+            if listed is not None:
+                del listed[variant]
+                listed[variant] = None
         return item[0]
 
     def put(self, key: bytes, variant: bytes, value: V, cost: int) -> list[tuple[Slot, V]]:
         """Insert as most recent (replacing the slot); return what was evicted to fit."""
         self.pop(key, variant)
+        evicted: list[tuple[Slot, V]] = []
+        listed = self._variants.get(key)
+        if listed is None and variant:
+            listed = self._variants[key] = {}
+            if (key, b"") in self._items:
+                listed[b""] = None
+        if listed is not None:
+            while len(listed) >= self.max_variants:
+                slot = (key, next(iter(listed)))
+                evicted.append((slot, self._remove(slot)))
+            listed = self._variants.setdefault(key, {})
+            listed[variant] = None
         self._items[(key, variant)] = (value, cost)
-        self._variants.setdefault(key, set()).add(variant)
         self.used += cost
-        return self.evict()
+        return evicted + self.evict()
 
     def evict(self) -> list[tuple[Slot, V]]:
         evicted: list[tuple[Slot, V]] = []
-        while self.used > self.max_bytes and self._items:
+        while (self.used > self.max_bytes or len(self._items) > self.max_entries) and self._items:
             slot = next(iter(self._items))
             evicted.append((slot, self._remove(slot)))
         return evicted
@@ -311,13 +338,16 @@ class LruIndex(Generic[V]):
         return self._remove((key, variant))
 
     def pop_key(self, key: bytes) -> list[V]:
-        return [self._remove((key, v)) for v in list(self._variants.get(key, ()))]
+        return [self._remove((key, v)) for v in self.variants(key)]
 
     def variants(self, key: bytes) -> list[bytes]:
-        return list(self._variants.get(key, ()))
+        listed = self._variants.get(key)
+        if listed is not None:
+            return list(listed)
+        return [b""] if (key, b"") in self._items else []
 
     def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
-        return [k for k in self._variants if k.startswith(prefix)]
+        return list(dict.fromkeys(k for k, _ in self._items if k.startswith(prefix)))
 
     def clear(self) -> None:
         self._items.clear()
@@ -327,10 +357,11 @@ class LruIndex(Generic[V]):
     def _remove(self, slot: Slot) -> V:
         value, cost = self._items.pop(slot)
         self.used -= cost
-        variants = self._variants[slot[0]]
-        variants.discard(slot[1])
-        if not variants:
-            del self._variants[slot[0]]
+        listed = self._variants.get(slot[0])
+        if listed is not None:
+            listed.pop(slot[1], None)
+            if not listed:
+                del self._variants[slot[0]]
         return value
 
 
@@ -341,13 +372,17 @@ class _MemEntry:
 
 
 class MemoryStore:
-    """In-process LRU bounded by bytes (headers + body), with variants per key."""
+    """In-process LRU bounded by what its entries really cost (``entry_cost``), by a number of
+    entries, and by a number of variants per key."""
 
-    def __init__(self, max_bytes: int, max_object_size: int) -> None:
+    def __init__(
+        self, max_bytes: int, max_object_size: int, *, max_entries: int = 1_000_000, max_variants: int = 32
+    ) -> None:
         self.max_object_size = max_object_size
-        self._lru: LruIndex[_MemEntry] = LruIndex(max_bytes)
+        self._lru: LruIndex[_MemEntry] = LruIndex(max_bytes, max_entries, max_variants)
         self._writers: set[_MemoryWriter] = set()
         self._closed = False
+        self.on_evict: Callable[[bytes, bytes], None] | None = None  # told of every entry evicted
 
     @property
     def used_bytes(self) -> int:
@@ -382,7 +417,7 @@ class MemoryStore:
             return
         old = entry.meta
         meta = replace(meta, key=key, variant=variant, body_size=old.body_size, version=old.version)
-        self._lru.put(key, variant, _MemEntry(meta, entry.body), entry_cost(meta))
+        self._evicted(self._lru.put(key, variant, _MemEntry(meta, entry.body), entry_cost(meta)))
 
     async def delete(self, key: bytes) -> int:
         self._abort_writers(lambda k: k == key)
@@ -408,8 +443,13 @@ class MemoryStore:
         cost = entry_cost(meta)
         if cost > self._lru.max_bytes:
             return False
-        self._lru.put(meta.key, meta.variant, _MemEntry(meta, body), cost)
+        self._evicted(self._lru.put(meta.key, meta.variant, _MemEntry(meta, body), cost))
         return True
+
+    def _evicted(self, gone: list[tuple[Slot, _MemEntry]]) -> None:
+        if self.on_evict is not None:
+            for (key, variant), _ in gone:
+                self.on_evict(key, variant)
 
 
 class _KeyMatch(Protocol):
