@@ -130,7 +130,7 @@ def held_reload(fifo: Path, timeout: float = 10.0) -> Iterator[int]:
         os.close(w)
 
 
-def wait_stderr(px: Proxy, needle: str, count: int = 1, timeout: float = 5.0) -> None:
+def wait_stderr(px: Proxy, needle: str, count: int = 1, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while px.stderr().count(needle) < count:
         assert time.monotonic() < deadline, f"no {needle!r} (x{count}) in:\n{px.stderr()[-2000:]}"
