@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ferryman.config.compile import (
-    AccessLogPlan,
     DnsPlan,
     LimitsPlan,
     Plan,
@@ -23,6 +22,7 @@ from ferryman.config.compile import (
 from ferryman.config.load import load_text, normalise
 from ferryman.config.schema import Config
 from ferryman.errors import ConfigError
+from ferryman.observe.access_log import AccessLogPlan
 from ferryman.pipeline.admit.acl import DEFAULT_ALLOW, NeedsAddress, Verdict
 
 

@@ -77,7 +77,6 @@ KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
     ("ferryman.conn.downstream", "ferryman.config.compile"),
     ("ferryman.conn.engine", "ferryman.config.compile"),
     ("ferryman.conn.exchange", "ferryman.config.compile"),
-    ("ferryman.observe.access_log", "ferryman.config.compile"),
     ("ferryman.pipeline.route.forward", "ferryman.config.compile"),
     ("ferryman.pipeline.route.reverse", "ferryman.config.compile_reverse"),
     ("ferryman.server.lifecycle", "ferryman.config.compile"),

@@ -21,6 +21,7 @@ from typing import Any
 from ferryman.config.compile_reverse import ReversePlan, TlsPlan, cache_rules, compile_reverse, compile_tls
 from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
+from ferryman.observe.access_log import AccessLogPlan
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
 from ferryman.pipeline.admit.domainset import normalise_entry
 from ferryman.pipeline.cache.policy import Rules
@@ -81,13 +82,6 @@ class PoolPlan:
 class DnsPlan:
     ttl: float
     negative_ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class AccessLogPlan:
-    enabled: bool
-    path: str
-    format: str
 
 
 @dataclass(frozen=True, slots=True)

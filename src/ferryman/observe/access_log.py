@@ -12,12 +12,18 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import IO
-
-from ferryman.config.compile import AccessLogPlan
 
 FLUSH_DELAY = 0.05
 _BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogPlan:
+    enabled: bool
+    path: str
+    format: str
 
 
 class AccessLog:
