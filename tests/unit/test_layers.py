@@ -83,9 +83,6 @@ KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
     ("ferryman.server.lifecycle", "ferryman.config.reload"),
     ("ferryman.server.listener", "ferryman.config.compile"),
     ("ferryman.server.tls", "ferryman.config.compile_reverse"),
-    ("ferryman.upstream.group", "ferryman.config.compile_reverse"),
-    ("ferryman.upstream.group", "ferryman.pipeline.route.balancer"),
-    ("ferryman.upstream.group", "ferryman.pipeline.route.health"),
 })
 
 # The conn/ circle (issue 11 item 5, cut by the `phases` work): every import

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import random
 
-from ferryman.config.compile_reverse import PassivePlan, ServerPlan, UpstreamPlan
 from ferryman.http1.events import Framing, RequestHead
-from ferryman.upstream.group import Lease, UpstreamGroup
+from ferryman.upstream.group import Lease, PassivePlan, ServerPlan, UpstreamGroup, UpstreamPlan
 
 HEAD = RequestHead("GET", b"/", "1.1", [], Framing.NONE, 0, True, b"app.test", frozenset(), False)
 

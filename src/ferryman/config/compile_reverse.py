@@ -14,67 +14,7 @@ from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache.policy import Rules
 from ferryman.pipeline.route.paths import DEFAULT_POLICY, PathPolicy
 from ferryman.pipeline.route.table import Route, RouteMatch, RouteTable
-
-
-@dataclass(frozen=True, slots=True)
-class ServerPlan:
-    index: int
-    url: str
-    scheme: str
-    host: str
-    port: int
-    weight: int
-    backup: bool
-    max_conns: int
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def authority(self) -> bytes:
-        default = 443 if self.scheme == "https" else 80
-        h = f"[{self.host}]" if ":" in self.host else self.host
-        return (h if self.port == default else f"{h}:{self.port}").encode("ascii")
-
-
-@dataclass(frozen=True, slots=True)
-class HealthPlan:
-    path: str
-    interval: float
-    timeout: float
-    expect_status: frozenset[int]
-    rise: int
-    fall: int
-
-
-@dataclass(frozen=True, slots=True)
-class PassivePlan:
-    failures: int
-    window: float
-    ejection: float
-    max_ejected_share: float
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamPlan:
-    name: str
-    balance: str
-    hash_header: bytes | None
-    hash_cookie: bytes | None
-    hash_uri: bool
-    servers: tuple[ServerPlan, ...]
-    health: HealthPlan | None
-    passive: PassivePlan
-    slow_start: float
-    retries: int
-    retry_budget: float
-    tls_verify: bool
-    tls_ca_file: str | None
-    tls_sni: str | None
-    send_proxy: str | None = None
-    queue_max: int = 1000  # requests waiting for a server under max_conns (0: no queue)
-    queue_timeout: float = 5.0
+from ferryman.upstream.group import HealthPlan, PassivePlan, ServerPlan, UpstreamPlan
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,14 +25,75 @@ from __future__ import annotations
 import ssl
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 
-from ferryman.config.compile_reverse import ServerPlan, UpstreamPlan
 from ferryman.http1.events import RequestHead
-from ferryman.pipeline.route.balancer import ServerSpec, ServerState, make_balancer
-from ferryman.pipeline.route.health import ActiveHealth, OutlierDetector
+from ferryman.upstream.balancer import ServerSpec, ServerState, make_balancer
+from ferryman.upstream.health import ActiveHealth, OutlierDetector
 
 _BUDGET_CAP = 10.0  # retries allowed in a burst before the ratio limits them
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPlan:
+    index: int
+    url: str
+    scheme: str
+    host: str
+    port: int
+    weight: int
+    backup: bool
+    max_conns: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def authority(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return (h if self.port == default else f"{h}:{self.port}").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPlan:
+    path: str
+    interval: float
+    timeout: float
+    expect_status: frozenset[int]
+    rise: int
+    fall: int
+
+
+@dataclass(frozen=True, slots=True)
+class PassivePlan:
+    failures: int
+    window: float
+    ejection: float
+    max_ejected_share: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPlan:
+    name: str
+    balance: str
+    hash_header: bytes | None
+    hash_cookie: bytes | None
+    hash_uri: bool
+    servers: tuple[ServerPlan, ...]
+    health: HealthPlan | None
+    passive: PassivePlan
+    slow_start: float
+    retries: int
+    retry_budget: float
+    tls_verify: bool
+    tls_ca_file: str | None
+    tls_sni: str | None
+    send_proxy: str | None = None
+    queue_max: int = 1000  # requests waiting for a server under max_conns (0: no queue)
+    queue_timeout: float = 5.0
 
 
 class UpstreamServer:

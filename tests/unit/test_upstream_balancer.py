@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from ferryman.pipeline.route.balancer import (
+from ferryman.upstream.balancer import (
     POLICIES,
     Balancer,
     PeakEwma,

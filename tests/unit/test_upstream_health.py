@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ferryman.pipeline.route.health import (
+from ferryman.upstream.health import (
     ActiveHealth,
     Ejection,
     Health,
