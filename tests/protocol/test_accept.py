@@ -33,7 +33,7 @@ async def engine() -> AsyncIterator[Engine]:
     import ipaddress
 
     plan = build_plan(None)
-    from ferryman.config.compile_reverse import ReversePlan
+    from ferryman.pipeline.route.plan import ReversePlan
     from ferryman.pipeline.route.table import RouteTable
 
     rev = ReversePlan(RouteTable([]), {}, ClientAcl((ipaddress.ip_network("10.0.0.0/8"),)), True, None)

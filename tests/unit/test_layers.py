@@ -69,16 +69,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # longer exists fails the test, so whoever cuts one deletes it here too.
 KNOWN_UPWARD: frozenset[tuple[str, str]] = frozenset({
     ("ferryman.conn.phases", "ferryman.config.compile"),
-    ("ferryman.pipeline.admit.clients", "ferryman.config.compile"),
-    ("ferryman.pipeline.admit.destination", "ferryman.config.compile"),
     ("ferryman.pipeline.admit.size", "ferryman.config.compile"),
     ("ferryman.pipeline.context", "ferryman.config.compile"),
     ("ferryman.conn.accept", "ferryman.config.compile"),
     ("ferryman.conn.downstream", "ferryman.config.compile"),
     ("ferryman.conn.engine", "ferryman.config.compile"),
     ("ferryman.conn.exchange", "ferryman.config.compile"),
-    ("ferryman.pipeline.route.forward", "ferryman.config.compile"),
-    ("ferryman.pipeline.route.reverse", "ferryman.config.compile_reverse"),
     ("ferryman.server.lifecycle", "ferryman.config.compile"),
     ("ferryman.server.lifecycle", "ferryman.config.reload"),
     ("ferryman.server.listener", "ferryman.config.compile"),

@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ferryman.config.compile_reverse import ReversePlan, TlsPlan, cache_rules, compile_reverse, compile_tls
+from ferryman.config.compile_reverse import TlsPlan, cache_rules, compile_reverse, compile_tls
 from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
 from ferryman.observe.access_log import AccessLogPlan
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
 from ferryman.pipeline.admit.domainset import normalise_entry
-from ferryman.pipeline.cache.policy import Rules
+from ferryman.pipeline.route.plan import ForwardPlan, ReversePlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,17 +37,6 @@ class ListenerPlan:
     tls: TlsPlan | None = None
     proxy_protocol: bool = False
     tls_handshake: float = 10.0  # timeouts.tls_handshake: the TLS server is built with it
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardPlan:
-    clients: ClientAcl
-    acl: DestinationAcl
-    connect_ports: frozenset[int]
-    parent: tuple[str, int] | None
-    via: bytes | None  # the Via received-by token, or None when Via is off
-    cache_rules: Rules | None = None  # set when a cache is configured with cache.forward
-    upgrades: frozenset[bytes] = frozenset({b"websocket"})  # Upgrade protocols passed on
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,44 +12,10 @@ from typing import Any
 from ferryman.config.hostport import split_hostport
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache.policy import Rules
-from ferryman.pipeline.route.paths import DEFAULT_POLICY, PathPolicy
+from ferryman.pipeline.route.paths import PathPolicy
+from ferryman.pipeline.route.plan import ProxyAction, RedirectAction, RespondAction, ReversePlan
 from ferryman.pipeline.route.table import Route, RouteMatch, RouteTable
 from ferryman.upstream.group import HealthPlan, PassivePlan, ServerPlan, UpstreamPlan
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyAction:
-    upstream: str
-    strip_prefix: str | None
-    replace_prefix: str | None
-    host_header: str  # "preserve" | "upstream" | literal
-    cache_rules: Rules | None = None
-    upgrades: frozenset[bytes] = frozenset({b"websocket"})  # Upgrade protocols passed on
-
-
-@dataclass(frozen=True, slots=True)
-class RedirectAction:
-    to: str
-    status: int
-
-
-@dataclass(frozen=True, slots=True)
-class RespondAction:
-    status: int
-    body: bytes
-    content_type: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ReversePlan:
-    table: RouteTable[ProxyAction | RedirectAction | RespondAction]
-    upstreams: Mapping[str, UpstreamPlan]
-    trusted: ClientAcl | None
-    forwarded_headers: bool
-    via: bytes | None
-    paths: PathPolicy = DEFAULT_POLICY
-    forwarded_from: str = "x-forwarded-for"  # which incoming field a trusted peer's hop chain is read from
-    x_real_ip: bool = False  # set X-Real-IP to the real client
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,9 @@ answer is worked out once per connection and Plan (a reload may revoke a client)
 
 from __future__ import annotations
 
-from ferryman.config.compile import ForwardPlan
 from ferryman.errors import Forbidden
 from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.route.plan import ForwardPlan
 from ferryman.pipeline.stage import CONTINUE, Decision, Phase, Respond
 
 

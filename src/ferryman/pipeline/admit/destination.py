@@ -10,10 +10,10 @@ see IP literals.  Neither phase is in the list when there are no rules.
 
 from __future__ import annotations
 
-from ferryman.config.compile import ForwardPlan
 from ferryman.errors import Forbidden
 from ferryman.pipeline.admit.acl import AddressCheck, NeedsAddress, Verdict
 from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.route.plan import ForwardPlan
 from ferryman.pipeline.stage import CONTINUE, AddrPhase, Decision, Phase, Respond
 from ferryman.upstream.dial import Addr
 

@@ -8,10 +8,10 @@ context for the cache phase and the connection.
 
 from __future__ import annotations
 
-from ferryman.config.compile import ForwardPlan
 from ferryman.errors import ClientProtocolError
 from ferryman.http1.headers import forward_request_headers, upgrade_offer
 from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.route.plan import ForwardPlan
 from ferryman.pipeline.route.router import parse_absolute, parse_authority
 from ferryman.pipeline.stage import CONTINUE, Connect, Decision, Phase, Proxy, Respond
 

@@ -12,7 +12,6 @@ balancer: a retry must be able to pick again without routing again.
 
 from __future__ import annotations
 
-from ferryman.config.compile_reverse import ProxyAction, RedirectAction, ReversePlan
 from ferryman.errors import ClientProtocolError, RouteNotFound
 from ferryman.http1.events import Headers, RequestHead
 from ferryman.http1.headers import forward_request_headers, upgrade_offer
@@ -20,6 +19,7 @@ from ferryman.pipeline import respond
 from ferryman.pipeline.context import RequestContext
 from ferryman.pipeline.route.forwarded import Chain, add_forwarded, read_chain, real_client
 from ferryman.pipeline.route.paths import normalize
+from ferryman.pipeline.route.plan import ProxyAction, RedirectAction, ReversePlan
 from ferryman.pipeline.route.table import rewrite_path
 from ferryman.pipeline.stage import CONTINUE, Decision, Phase, Proxy, Respond
 
