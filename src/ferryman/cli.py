@@ -14,9 +14,9 @@ import signal
 import sys
 from typing import Any
 
-from ferryman.config.compile import Plan
 from ferryman.config.reload import ConfigSource, build_plan_sync
 from ferryman.errors import ConfigError
+from ferryman.pipeline.plan import Plan
 
 
 def _serve(source: ConfigSource, pid_file: str | None) -> int:

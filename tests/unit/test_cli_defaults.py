@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from ferryman.cli import DEFAULT_FORWARD_CACHE, build_parser, builtin_config
-from ferryman.config.compile import Plan, compile_config
+from ferryman.config.compile import compile_config
 from ferryman.config.load import normalise
 from ferryman.config.schema import Config
+from ferryman.pipeline.plan import Plan
 from ferryman.server.lifecycle import cache_summary
 
 MIB = 1 << 20

@@ -10,20 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.config.compile import (
-    DnsPlan,
-    LimitsPlan,
-    Plan,
-    PoolPlan,
-    TimeoutsPlan,
-    build_plan,
-    compile_config,
-)
+from ferryman.config.compile import build_plan, compile_config
 from ferryman.config.load import load_text, normalise
 from ferryman.config.schema import Config
 from ferryman.errors import ConfigError
 from ferryman.observe.access_log import AccessLogPlan
 from ferryman.pipeline.admit.acl import DEFAULT_ALLOW, NeedsAddress, Verdict
+from ferryman.pipeline.plan import DnsPlan, LimitsPlan, Plan, PoolPlan, TimeoutsPlan
 
 
 def plan_of(text: str, source: str = "<test>") -> Plan:

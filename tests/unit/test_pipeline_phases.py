@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ferryman.config.compile import Plan, compile_config
+from ferryman.config.compile import compile_config
 from ferryman.config.load import load_text, normalise
 from ferryman.conn import phases as table
 from ferryman.conn.phases import Env, compile_phases
@@ -18,6 +18,7 @@ from ferryman.errors import BodyTooLarge, ClientProtocolError, Forbidden, LoopDe
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.observe.access_log import AccessLog
 from ferryman.pipeline.context import Client, Outcome, RequestContext
+from ferryman.pipeline.plan import Plan
 from ferryman.pipeline.stage import (
     CONTINUE,
     CacheLookup,

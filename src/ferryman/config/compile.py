@@ -15,94 +15,16 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from ferryman.config.compile_reverse import TlsPlan, cache_rules, compile_reverse, compile_tls
+from ferryman.config.compile_reverse import cache_rules, compile_reverse, compile_tls
 from ferryman.config.hostport import split_hostport
 from ferryman.errors import ConfigError
 from ferryman.observe.access_log import AccessLogPlan
 from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
 from ferryman.pipeline.admit.domainset import normalise_entry
-from ferryman.pipeline.route.plan import ForwardPlan, ReversePlan
-
-
-@dataclass(frozen=True, slots=True)
-class ListenerPlan:
-    name: str
-    host: str
-    port: int
-    mode: str
-    backlog: int
-    tls: TlsPlan | None = None
-    proxy_protocol: bool = False
-    tls_handshake: float = 10.0  # timeouts.tls_handshake: the TLS server is built with it
-
-
-@dataclass(frozen=True, slots=True)
-class TimeoutsPlan:
-    client_header: float
-    tls_handshake: float
-    client_idle: float
-    client_body: float
-    upstream_connect: float
-    upstream_header: float
-    upstream_idle: float
-    tunnel_idle: float
-    shutdown_grace: float
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsPlan:
-    max_header_size: int
-    max_url_length: int
-    max_headers: int
-    max_body_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class PoolPlan:
-    max_idle_per_origin: int
-    idle_timeout: float
-    max_idle: int | None = None  # None: derived from the descriptor limit (`Engine`)
-
-
-@dataclass(frozen=True, slots=True)
-class DnsPlan:
-    ttl: float
-    negative_ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class CachePlan:
-    store: str
-    path: str | None
-    max_size: int
-    max_object_size: int
-    forward: bool
-    purge_clients: tuple[str, ...]
-    range_fill: bool
-    coalesce: bool
-    redis: str | None
-    max_entries: int = 1_000_000
-    max_variants: int = 32
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    source: str
-    listeners: tuple[ListenerPlan, ...]
-    forward: ForwardPlan
-    timeouts: TimeoutsPlan
-    limits: LimitsPlan
-    pool: PoolPlan
-    dns: DnsPlan
-    access_log: AccessLogPlan
-    reverse: ReversePlan | None = None
-    workers: int = 1
-    admin: tuple[str, int] | None = None
-    cache: CachePlan | None = None
-    admin_hosts: frozenset[str] = frozenset()  # Host values the admin API answers (besides loopback)
+from ferryman.pipeline.plan import CachePlan, DnsPlan, LimitsPlan, ListenerPlan, Plan, PoolPlan, TimeoutsPlan
+from ferryman.pipeline.route.plan import ForwardPlan
 
 
 def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:

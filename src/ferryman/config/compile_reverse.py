@@ -5,30 +5,17 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from ferryman.config.hostport import split_hostport
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache.policy import Rules
+from ferryman.pipeline.plan import CertPlan, TlsPlan
 from ferryman.pipeline.route.paths import PathPolicy
 from ferryman.pipeline.route.plan import ProxyAction, RedirectAction, RespondAction, ReversePlan
 from ferryman.pipeline.route.table import Route, RouteMatch, RouteTable
 from ferryman.upstream.group import HealthPlan, PassivePlan, ServerPlan, UpstreamPlan
-
-
-@dataclass(frozen=True, slots=True)
-class CertPlan:
-    cert: str
-    key: str
-    names: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TlsPlan:
-    certificates: tuple[CertPlan, ...]
-    min_version: str
 
 
 def compile_tls(data: Mapping[str, Any] | None) -> TlsPlan | None:

@@ -16,8 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ferryman.config.compile import Plan, compile_config
+from ferryman.config.compile import compile_config
 from ferryman.errors import ConfigError
+from ferryman.pipeline.plan import Plan
 
 _VALIDATOR = [sys.executable, "-m", "ferryman.config.validate"]
 _TIMEOUT = 60.0
@@ -37,6 +38,10 @@ class ConfigSource:
         if self.path is not None:
             return [*_VALIDATOR, "--file", self.path], None
         return [*_VALIDATOR, "--stdin", self.name], json.dumps(self.inline or {}).encode()
+
+    async def build(self) -> Plan:
+        """A new Plan from the same source (a reload): validated in a child, compiled off the loop."""
+        return await build_plan_async(self)
 
 
 def _result(src: ConfigSource, code: int, out: bytes, err: bytes) -> dict[str, Any]:

@@ -34,11 +34,11 @@ import ssl
 import time
 from typing import cast
 
-from ferryman.config.compile import ListenerPlan
 from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
 from ferryman.errors import ClientProtocolError
 from ferryman.http1 import proxy_protocol
+from ferryman.pipeline.plan import ListenerPlan
 
 log = logging.getLogger("ferryman")
 

@@ -23,7 +23,6 @@ from collections import deque
 from time import monotonic
 from typing import cast
 
-from ferryman.config.compile import ListenerPlan
 from ferryman.conn import connect, queueing
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
@@ -46,6 +45,7 @@ from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
 from ferryman.pipeline.admit.acl import AddressCheck
 from ferryman.pipeline.context import Client, RequestContext
+from ferryman.pipeline.plan import ListenerPlan
 from ferryman.pipeline.stage import CacheLookup, Connect, Respond, run, run_resolved
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.config.compile import CachePlan, Plan, PoolPlan
 from ferryman.conn.cache_flow import Cache, purge_acl
 from ferryman.conn.phases import Env, compile_phases
 from ferryman.observe.access_log import AccessLog
 from ferryman.pipeline.cache.store import MemoryStore, Store
+from ferryman.pipeline.plan import CachePlan, Plan, PoolPlan
 from ferryman.pipeline.stage import Phases
 from ferryman.upstream import dial
 from ferryman.upstream.connection import UpstreamConnection

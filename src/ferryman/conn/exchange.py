@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ferryman.config.compile import Plan
 from ferryman.http1.events import Framing, RequestHead, ResponseHead
 from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.plan import Plan
 from ferryman.pipeline.stage import Phases, Proxy
 
 if TYPE_CHECKING:

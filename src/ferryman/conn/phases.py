@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.config.compile import Plan
 from ferryman.pipeline.admit import clients, destination, loop, ports, size
 from ferryman.pipeline.cache import stage as cache_stage
 from ferryman.pipeline.context import Outcome, RequestContext
+from ferryman.pipeline.plan import Plan
 from ferryman.pipeline.route import forward, reverse
 from ferryman.pipeline.stage import AddrPhase, LogPhase, Phase, Phases
 

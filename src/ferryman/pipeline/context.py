@@ -26,7 +26,7 @@ from ferryman.pipeline.route.forwarded import Chain
 from ferryman.pipeline.route.router import Target
 
 if TYPE_CHECKING:
-    from ferryman.config.compile import ListenerPlan, Plan
+    from ferryman.pipeline.plan import ListenerPlan, Plan
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,12 +18,12 @@ import resource
 import signal
 import ssl
 import sys
+from typing import Protocol
 
-from ferryman.config.compile import ListenerPlan, Plan
-from ferryman.config.reload import ConfigSource, build_plan_async
 from ferryman.conn.engine import Engine
 from ferryman.errors import ConfigError
 from ferryman.observe.admin import AdminProtocol
+from ferryman.pipeline.plan import ListenerPlan, Plan
 from ferryman.server.listener import Bound, listener_key, start_listener
 from ferryman.server.tls import ServerTls
 
@@ -31,6 +31,16 @@ log = logging.getLogger("ferryman")
 
 HOLD_FOR = 0.25  # seconds between looks while accepting is held for want of descriptors
 HOLD_LOG_EVERY = 10.0
+
+
+class PlanSource(Protocol):
+    """Where a reload gets its new Plan: the cli hands in a `config.reload.ConfigSource`
+    (server/ sits below config/ and imports nothing from it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def build(self) -> Plan: ...
 
 
 def cache_summary(plan: Plan, mode: str) -> str:
@@ -71,7 +81,7 @@ def raise_nofile_limit() -> int:
 
 
 class Server:
-    def __init__(self, source: ConfigSource, plan: Plan, reuse_port: bool = False) -> None:
+    def __init__(self, source: PlanSource, plan: Plan, reuse_port: bool = False) -> None:
         self.source = source
         self.reuse_port = reuse_port
         self.plan = plan
@@ -203,7 +213,7 @@ class Server:
     async def _reload_once(self) -> bool:
         assert self.engine is not None
         try:
-            plan = await build_plan_async(self.source)
+            plan = await self.source.build()
         except ConfigError as exc:
             log.error("ferryman: reload refused, old config keeps serving:\n%s", exc.render())
             return False
@@ -263,7 +273,7 @@ class Server:
         engine.close()
 
 
-async def serve(source: ConfigSource, plan: Plan, reuse_port: bool = False) -> int:
+async def serve(source: PlanSource, plan: Plan, reuse_port: bool = False) -> int:
     server = Server(source, plan, reuse_port)
     try:
         await server.start()

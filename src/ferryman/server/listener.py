@@ -24,10 +24,10 @@ import os
 import socket
 from collections.abc import Callable
 
-from ferryman.config.compile import ListenerPlan
 from ferryman.conn.accept import protocol_for
 from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
+from ferryman.pipeline.plan import ListenerPlan
 from ferryman.server.tls import ServerTls
 
 log = logging.getLogger("ferryman")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ssl
 
-from ferryman.config.compile_reverse import TlsPlan
+from ferryman.pipeline.plan import TlsPlan
 
 
 def _version(min_version: str) -> ssl.TLSVersion:

@@ -6,9 +6,9 @@ arrives (the connection enforces the same limit).  Not in the list without a lim
 
 from __future__ import annotations
 
-from ferryman.config.compile import LimitsPlan
 from ferryman.errors import BodyTooLarge
 from ferryman.pipeline.context import RequestContext
+from ferryman.pipeline.plan import LimitsPlan
 from ferryman.pipeline.stage import CONTINUE, Decision, Phase, Respond
 
 
