@@ -6,14 +6,14 @@ from dataclasses import replace
 
 import pytest
 
+from ferryman.pipeline.cache.lru import LruIndex
+from ferryman.pipeline.cache.memory import MemoryStore
 from ferryman.pipeline.cache.store import (
     CHUNK,
     ENTRY_OVERHEAD,
     FIELD_OVERHEAD,
     BodyReader,
     EntryMeta,
-    LruIndex,
-    MemoryStore,
     entry_cost,
     meta_cost,
 )

@@ -42,12 +42,12 @@ from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.index import EntryIndex, selecting_fields, variant_bytes
 from ferryman.pipeline.cache.key import prefix_key, request_key, uri_key
+from ferryman.pipeline.cache.memory import MemoryStore
 from ferryman.pipeline.cache.store import (
     BodyReader,
     BytesReader,
     CacheEntryCorrupt,
     EntryMeta,
-    MemoryStore,
     Store,
     Writer,
 )

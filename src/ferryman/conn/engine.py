@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from ferryman.conn.cache_flow import Cache, purge_acl
 from ferryman.conn.phases import Env, compile_phases
 from ferryman.observe.access_log import AccessLog
-from ferryman.pipeline.cache.store import MemoryStore, Store
+from ferryman.pipeline.cache.memory import MemoryStore
+from ferryman.pipeline.cache.store import Store
 from ferryman.pipeline.plan import CachePlan, Plan, PoolPlan
 from ferryman.pipeline.stage import Phases
 from ferryman.upstream import dial

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from ferryman.pipeline.cache import disk_file as f
 from ferryman.pipeline.cache.disk_file import Ident, entry_name
+from ferryman.pipeline.cache.lru import LruIndex, Slot
 from ferryman.pipeline.cache.store import (
     CHUNK,
     BodyReader,
@@ -72,8 +73,6 @@ from ferryman.pipeline.cache.store import (
     CacheEntryCorrupt,
     EntryMeta,
     ErrorLog,
-    LruIndex,
-    Slot,
     check_range,
     encode_meta,
     new_version,

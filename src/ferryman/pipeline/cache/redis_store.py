@@ -76,13 +76,11 @@ only; a fill another process started before the purge may still publish.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -91,17 +89,23 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError, WatchError
 
+from ferryman.pipeline.cache.redis_format import Corrupt as _Corrupt
+from ferryman.pipeline.cache.redis_format import (
+    check_body,
+    encode_entry,
+    glob_escape,
+    key_hash,
+    parse_entry,
+    variant_hash,
+)
 from ferryman.pipeline.cache.store import (
-    BadMeta,
     BodyReader,
     BufferedWriter,
     BytesReader,
     EntryMeta,
     ErrorLog,
-    encode_meta,
     new_version,
 )
-from ferryman.pipeline.cache.store import decode_meta as decode_meta_shared
 
 if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
@@ -111,10 +115,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ferryman")
 T = TypeVar("T")
 
-_MAGIC: Final = b"FRYREDIS"
-_VERSION: Final = 2
-_FLAG_INLINE: Final = 1
-_HEAD: Final = struct.Struct(">8sHHIQII")
 _INLINE_MAX: Final = 1 << 20  # bodies up to this live in the meta field: one round trip per hit
 _TRANSFER_RATE: Final = 32 << 20  # bytes/s assumed for a body's time allowance
 _SCAN_COUNT: Final = 1000
@@ -124,82 +124,8 @@ _F_META: Final = b"m"
 _F_BODY: Final = b"b"
 
 
-class _Corrupt(Exception):
-    """Not a complete, well-formed entry."""
-
-
 class _Skip(Exception):
     """Redis is unavailable (this operation failed, or the breaker is open)."""
-
-
-# -- names and format (pure) -------------------------------------------------------------
-
-
-def key_hash(key: bytes) -> bytes:
-    return hashlib.blake2b(key, digest_size=16).hexdigest().encode("ascii")
-
-
-def variant_hash(variant: bytes) -> bytes:
-    return hashlib.blake2b(variant, digest_size=8).hexdigest().encode("ascii")
-
-
-def glob_escape(raw: bytes) -> bytes:
-    """``raw`` as a literal in a Redis glob pattern (SCAN MATCH)."""
-    out = bytearray()
-    for c in raw:
-        if c in b"\\*?[]^":
-            out += b"\\"
-        out.append(c)
-    return bytes(out)
-
-
-def _decode_meta(data: bytes, body_len: int) -> EntryMeta:
-    try:
-        return decode_meta_shared(data, body_len)
-    except BadMeta as exc:
-        raise _Corrupt(str(exc)) from None
-
-
-def encode_entry(meta: EntryMeta, body_len: int, body_crc: int, inline: bytes | None) -> bytes:
-    """The ``m`` field: head + meta, and the body itself when ``inline`` is given."""
-    meta_bytes = encode_meta(meta)
-    flags = _FLAG_INLINE if inline is not None else 0
-    head = _HEAD.pack(_MAGIC, _VERSION, flags, len(meta_bytes), body_len, zlib.crc32(meta_bytes), body_crc)
-    return head + meta_bytes + (inline or b"")
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    meta: EntryMeta
-    body_crc: int
-    body: bytes | None  # inline and checked; None: in the ``b`` field
-
-
-def parse_entry(raw: object) -> Parsed:
-    """Check and decode an ``m`` field (an inline body against its CRC too)."""
-    if not isinstance(raw, bytes) or len(raw) < _HEAD.size:
-        raise _Corrupt("short head")
-    magic, version, flags, meta_len, body_len, meta_crc, body_crc = _HEAD.unpack_from(raw)
-    if magic != _MAGIC or version != _VERSION or flags & ~_FLAG_INLINE:
-        raise _Corrupt("bad head")
-    inline = bool(flags & _FLAG_INLINE)
-    if len(raw) != _HEAD.size + meta_len + (body_len if inline else 0):
-        raise _Corrupt("length does not match the head")
-    meta_bytes = raw[_HEAD.size : _HEAD.size + meta_len]
-    if zlib.crc32(meta_bytes) != meta_crc:
-        raise _Corrupt("meta checksum mismatch")
-    meta = _decode_meta(meta_bytes, body_len)
-    body = None
-    if inline:
-        body = raw[_HEAD.size + meta_len :]
-        check_body(body, body_len, body_crc)
-    return Parsed(meta, body_crc, body)
-
-
-def check_body(body: object, body_len: int, body_crc: int) -> bytes:
-    if not isinstance(body, bytes) or len(body) != body_len or zlib.crc32(body) != body_crc:
-        raise _Corrupt("body does not match its meta (length or checksum)")
-    return body
 
 
 def _redacted(url: str) -> str:

@@ -30,10 +30,10 @@ Rules every tier keeps:
   the caller's call (it aborts on a truncated upstream body); the store keeps the
   number of bytes actually written as ``body_size``.
 
-The memory tier is an LRU bounded by bytes: an entry costs its body plus its key,
-variant and header bytes (``entry_cost``); get, put and evict are O(1) on an
-``OrderedDict``.  Bodies being written are not counted until commit (each is
-bounded by ``max_object_size``).
+The tiers: ``memory.py`` (in-process LRU), ``disk.py`` (files shared by a machine's
+workers), ``redis_store.py`` (shared by instances); ``lru.py`` is the LRU index the first
+two keep.  Here: the protocols, the meta codec and cost model they share, and the
+pieces more than one tier uses.
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ import json
 import logging
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
 from ferryman.errors import FerrymanError
 
@@ -264,198 +263,6 @@ class BytesReader:
         return None
 
 
-V = TypeVar("V")
-Slot = tuple[bytes, bytes]  # (key, variant)
-
-
-class LruIndex(Generic[V]):
-    """(key, variant) -> value with a byte cost, least recently used first.
-
-    Bounded three ways: total cost ``max_bytes``, ``max_entries`` slots, and
-    ``max_variants`` variants per key (past it, the key's least recently used variant
-    goes).  ``touch``, ``put``, ``pop`` and each eviction are O(1) (``OrderedDict``);
-    the variants of a key are listed (in their own LRU order) only for keys that have
-    a Vary variant, so a plain URL costs no second table.  Both tiers use it: memory
-    for its entries, disk for its index of files.
-    """
-
-    def __init__(self, max_bytes: int, max_entries: int = 1 << 62, max_variants: int = 1 << 62) -> None:
-        self.max_bytes = max_bytes
-        self.max_entries = max(1, max_entries)
-        self.max_variants = max(1, max_variants)
-        self.used = 0
-        self._items: OrderedDict[Slot, tuple[V, int]] = OrderedDict()
-        self._variants: dict[bytes, dict[bytes, None]] = {}  # keys with a Vary variant: all variants
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[Slot]:
-        """Slots, least recently used first."""
-        return iter(list(self._items))
-
-    def get(self, key: bytes, variant: bytes, *, touch: bool = True) -> V | None:
-        item = self._items.get((key, variant))
-        if item is None:
-            return None
-        if touch:
-            self._items.move_to_end((key, variant))
-            listed = self._variants.get(key)
-            if listed is not None:
-                del listed[variant]
-                listed[variant] = None
-        return item[0]
-
-    def put(self, key: bytes, variant: bytes, value: V, cost: int) -> list[tuple[Slot, V]]:
-        """Insert as most recent (replacing the slot); return what was evicted to fit."""
-        self.pop(key, variant)
-        evicted: list[tuple[Slot, V]] = []
-        listed = self._variants.get(key)
-        if listed is None and variant:
-            listed = self._variants[key] = {}
-            if (key, b"") in self._items:
-                listed[b""] = None
-        if listed is not None:
-            while len(listed) >= self.max_variants:
-                slot = (key, next(iter(listed)))
-                evicted.append((slot, self._remove(slot)))
-            listed = self._variants.setdefault(key, {})
-            listed[variant] = None
-        self._items[(key, variant)] = (value, cost)
-        self.used += cost
-        return evicted + self.evict()
-
-    def evict(self) -> list[tuple[Slot, V]]:
-        evicted: list[tuple[Slot, V]] = []
-        while (self.used > self.max_bytes or len(self._items) > self.max_entries) and self._items:
-            slot = next(iter(self._items))
-            evicted.append((slot, self._remove(slot)))
-        return evicted
-
-    def pop(self, key: bytes, variant: bytes) -> V | None:
-        if (key, variant) not in self._items:
-            return None
-        return self._remove((key, variant))
-
-    def pop_key(self, key: bytes) -> list[V]:
-        return [self._remove((key, v)) for v in self.variants(key)]
-
-    def variants(self, key: bytes) -> list[bytes]:
-        listed = self._variants.get(key)
-        if listed is not None:
-            return list(listed)
-        return [b""] if (key, b"") in self._items else []
-
-    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
-        return list(dict.fromkeys(k for k, _ in self._items if k.startswith(prefix)))
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._variants.clear()
-        self.used = 0
-
-    def _remove(self, slot: Slot) -> V:
-        value, cost = self._items.pop(slot)
-        self.used -= cost
-        listed = self._variants.get(slot[0])
-        if listed is not None:
-            listed.pop(slot[1], None)
-            if not listed:
-                del self._variants[slot[0]]
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class _MemEntry:
-    meta: EntryMeta
-    body: bytes
-
-
-class MemoryStore:
-    """In-process LRU bounded by what its entries really cost (``entry_cost``), by a number of
-    entries, and by a number of variants per key."""
-
-    def __init__(
-        self, max_bytes: int, max_object_size: int, *, max_entries: int = 1_000_000, max_variants: int = 32
-    ) -> None:
-        self.max_object_size = max_object_size
-        self._lru: LruIndex[_MemEntry] = LruIndex(max_bytes, max_entries, max_variants)
-        self._writers: set[_MemoryWriter] = set()
-        self._closed = False
-        self.on_evict: Callable[[bytes, bytes], None] | None = None  # told of every entry evicted
-
-    @property
-    def used_bytes(self) -> int:
-        return self._lru.used
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    async def get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
-        return self.get_nowait(key, variant)
-
-    def get_nowait(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BytesReader] | None:
-        """The same as `get` without a coroutine: memory hits are answered inline."""
-        entry = self._lru.get(key, variant)
-        if entry is None:
-            return None
-        return entry.meta, BytesReader(entry.body)
-
-    def begin(self, meta_without_size: EntryMeta) -> Writer | None:
-        meta = meta_without_size
-        if self._closed or meta.body_size > self.max_object_size:
-            return None
-        if meta_cost(meta) > self._lru.max_bytes:
-            return None
-        writer = _MemoryWriter(self, replace(meta, version=new_version()))
-        self._writers.add(writer)
-        return writer
-
-    async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
-        entry = self._lru.get(key, variant, touch=False)
-        if entry is None or (meta.version and meta.version != entry.meta.version):
-            return
-        old = entry.meta
-        meta = replace(meta, key=key, variant=variant, body_size=old.body_size, version=old.version)
-        self._evicted(self._lru.put(key, variant, _MemEntry(meta, entry.body), entry_cost(meta)))
-
-    async def delete(self, key: bytes) -> int:
-        self._abort_writers(lambda k: k == key)
-        return len(self._lru.pop_key(key))
-
-    async def purge_prefix(self, prefix: bytes) -> int:
-        self._abort_writers(lambda k: k.startswith(prefix))
-        return sum(len(self._lru.pop_key(k)) for k in self._lru.keys_with_prefix(prefix))
-
-    async def close(self) -> None:
-        self._closed = True
-        self._abort_writers(lambda k: True)
-        self._lru.clear()
-
-    def _abort_writers(self, match: _KeyMatch) -> None:
-        # A fill that started before a purge must not publish the content purged.
-        for writer in list(self._writers):
-            if match(writer.meta.key):
-                writer.abort()
-
-    def _publish(self, meta: EntryMeta, body: bytes) -> bool:
-        meta = replace(meta, body_size=len(body))
-        cost = entry_cost(meta)
-        if cost > self._lru.max_bytes:
-            return False
-        self._evicted(self._lru.put(meta.key, meta.variant, _MemEntry(meta, body), cost))
-        return True
-
-    def _evicted(self, gone: list[tuple[Slot, _MemEntry]]) -> None:
-        if self.on_evict is not None:
-            for (key, variant), _ in gone:
-                self.on_evict(key, variant)
-
-
-class _KeyMatch(Protocol):
-    def __call__(self, key: bytes, /) -> bool: ...
-
-
 class BufferedWriter:
     """A fill held in memory until commit (the memory and redis tiers; disk streams to a file).
 
@@ -500,18 +307,6 @@ class BufferedWriter:
         return body
 
 
-class _MemoryWriter(BufferedWriter):
-    __slots__ = ("_store",)
-
-    def __init__(self, store: MemoryStore, meta: EntryMeta) -> None:
-        super().__init__(store._writers, store.max_object_size, meta)
-        self._store = store
-
-    async def commit(self) -> bool:
-        body = self._take()
-        return body is not None and self._store._publish(self.meta, body)
-
-
 class ErrorLog:
     """Store errors, logged at most once a minute with a count of those held back: a broken
     disk or an unreachable Redis must not write one line per request."""
@@ -533,8 +328,3 @@ class ErrorLog:
             message += f" ({self._suppressed} similar errors suppressed)"
             self._suppressed = 0
         log.error("%s: %s", self.label, message)
-
-if TYPE_CHECKING:
-
-    def _conforms(store: MemoryStore, reader: BytesReader) -> tuple[Store, BodyReader]:
-        return store, reader
