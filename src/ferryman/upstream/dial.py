@@ -85,16 +85,19 @@ class Resolver:
             for fam, _, _, _, sa in infos:
                 if (fam, sa) not in addrs:
                     addrs.append((fam, sa))
-            if len(self._cache) >= self.max_entries:
-                self._cache.clear()
-            self._cache[key] = (loop.time() + self.ttl, addrs)
+            self._remember(key, loop.time() + self.ttl, addrs)
             fut.set_result(addrs)
         except OSError as exc:
-            self._cache[key] = (loop.time() + self.negative_ttl, None)
+            self._remember(key, loop.time() + self.negative_ttl, None)  # bounded like the rest
             fut.set_exception(DnsError(f"cannot resolve {host}: {exc.strerror or exc}"))
             fut.exception()  # mark retrieved: no waiter may be left
         finally:
             self._inflight.pop(key, None)
+
+    def _remember(self, key: tuple[str, int], expires: float, addrs: list[Addr] | None) -> None:
+        if len(self._cache) >= self.max_entries and key not in self._cache:
+            self._cache.clear()  # a flood of distinct names: start over rather than grow
+        self._cache[key] = (expires, addrs)
 
     def prune(self, now: float) -> None:
         for key in [k for k, (exp, _) in self._cache.items() if exp <= now]:
