@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Any
 
+from ferryman.config.compile_forward_control import check_notes
 from ferryman.config.reload import ConfigSource, build_plan_sync
 from ferryman.errors import ConfigError
 from ferryman.pipeline.plan import Plan
@@ -71,6 +72,8 @@ def _check(path: str) -> int:
         return 2
     n = len(plan.listeners)
     print(f"{path}: OK ({n} listener{'s' if n != 1 else ''})")
+    for note in check_notes(plan.forward.control):
+        print(f"{path}: note: {note}")
     return 0
 
 

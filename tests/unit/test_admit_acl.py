@@ -1,4 +1,5 @@
-"""Destination and client access control (pure matching, no I/O)."""
+"""Destination and client access control (pure matching, no I/O): domain forms, one
+rule's conditions, ordered rules and what is left for the dialled address."""
 
 from __future__ import annotations
 
@@ -9,35 +10,15 @@ import time
 import pytest
 
 from ferryman.errors import Forbidden
-from ferryman.pipeline.admit.acl import (
-    DEFAULT_ALLOW,
-    AddressCheck,
-    ClientAcl,
-    DestinationAcl,
-    DomainSet,
-    Matcher,
-    NeedsAddress,
-    Rule,
-    Verdict,
-)
+from ferryman.pipeline.admit.access import before_dns
+from ferryman.pipeline.admit.acl import ClientAcl
+from ferryman.pipeline.admit.address import AddressCheck
+from ferryman.pipeline.admit.domainset import DomainSet
+from ferryman.pipeline.admit.rules import AclRequest, RuleSet, compile_rules
 
 
 def net(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
-def matcher(
-    domains: list[str] | None = None,
-    networks: tuple[str, ...] = (),
-    ports: tuple[int, ...] = (),
-    methods: tuple[str, ...] = (),
-) -> Matcher:
-    return Matcher(
-        domains=DomainSet.build(domains) if domains is not None else None,
-        networks=net(*networks),
-        ports=frozenset(ports),
-        methods=frozenset(methods),
-    )
 
 
 # -- DomainSet forms -------------------------------------------------------------------
@@ -96,12 +77,11 @@ def test_entries_are_normalised() -> None:
     assert ds.matches("corp.io")
     assert ds.matches("x.corp.io")
     assert not ds.matches("# a comment")
-    assert len(ds) == 5  # 3 exact (example.com, www.other.net, corp.io) + 2 suffixes
+    assert len(ds) == 4  # example.com, www.other.net, *.cdn.org, .corp.io
 
 
 def test_exact_only_set_with_no_suffixes() -> None:
     ds = DomainSet.build(["a.com"])
-    assert ds.suffixes == frozenset()
     assert not ds.matches("x.a.com")
 
 
@@ -119,7 +99,7 @@ def test_large_domain_set_is_correct_and_fast() -> None:
         + [f"*.cdn{i}.org" for i in range(n // 4)]
     )
     ds = DomainSet.build(entries)
-    assert len(ds) == n + n // 4  # ".x" entries are also kept as exact names
+    assert len(ds) == n
 
     queries: list[tuple[str, bool]] = []
     for i in range(0, 10_000, 10):
@@ -145,42 +125,40 @@ def test_large_domain_set_is_correct_and_fast() -> None:
     assert elapsed < 0.5, f"10,000 lookups took {elapsed:.3f}s"
 
 
-# -- Matcher -------------------------------------------------------------------------------
+# -- one rule's conditions (through the ACL language, `rules.py`) -----------------------------
 
 
-def addr_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The router's parse: an IP literal host has its address, a name has none before DNS."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
+def one(**cond: object) -> RuleSet:
+    return compile_rules([{"name": "r", "deny": cond}])
 
 
-def hit(m: Matcher, method: str, host: str, port: int) -> bool | None:
-    return m.decide(method, host, port, addr_of(host))
+def hit(rs: RuleSet, method: str, host: str, port: int, address: str | None = None) -> bool | None:
+    """True: the rule matches; False: it does not; None: only the address can tell."""
+    d = rs.evaluate(AclRequest("127.0.0.1", method, host.strip("[]"), port, "/", address=address), 0.0)
+    return None if d.action == "resolve" else d.action == "deny"
 
 
 def test_empty_matcher_matches_everything() -> None:
-    m = matcher()
+    m = one()
     assert hit(m, "GET", "example.com", 80)
     assert hit(m, "CONNECT", "10.0.0.1", 443)
 
 
 def test_ports_condition() -> None:
-    m = matcher(ports=(80, 8080))
+    m = one(ports=[80, 8080])
     assert hit(m, "GET", "a.com", 80)
     assert hit(m, "GET", "a.com", 8080)
     assert hit(m, "GET", "a.com", 443) is False
 
 
 def test_methods_condition() -> None:
-    m = matcher(methods=("CONNECT",))
+    m = one(methods=["CONNECT"])
     assert hit(m, "CONNECT", "a.com", 443)
     assert hit(m, "GET", "a.com", 443) is False
 
 
 def test_networks_condition_ipv4_and_ipv6() -> None:
-    m = matcher(networks=("10.0.0.0/8", "fd00::/8"))
+    m = one(networks=["10.0.0.0/8", "fd00::/8"])
     assert hit(m, "GET", "10.1.2.3", 80)
     assert hit(m, "GET", "fd12::1", 80)
     assert hit(m, "GET", "[fd12::1]", 80)
@@ -189,22 +167,22 @@ def test_networks_condition_ipv4_and_ipv6() -> None:
 
 
 def test_networks_condition_on_a_name_waits_for_its_address() -> None:
-    m = matcher(networks=("10.0.0.0/8",))
-    assert m.decide("GET", "example.com", 80, None) is None  # not known before DNS
-    assert m.decide("GET", "example.com", 80, ipaddress.ip_address("10.9.9.9")) is True
-    assert m.decide("GET", "example.com", 80, ipaddress.ip_address("192.0.2.1")) is False
+    m = one(networks=["10.0.0.0/8"])
+    assert hit(m, "GET", "example.com", 80) is None  # not known before DNS
+    assert hit(m, "GET", "example.com", 80, "10.9.9.9") is True
+    assert hit(m, "GET", "example.com", 80, "192.0.2.1") is False
     # ports and methods that do not hold decide at once, without the address
-    assert matcher(networks=("10.0.0.0/8",), ports=(22,)).decide("GET", "example.com", 80, None) is False
+    assert hit(one(networks=["10.0.0.0/8"], ports=[22]), "GET", "example.com", 80) is False
 
 
 def test_domains_condition() -> None:
-    m = matcher(domains=[".example.com"])
+    m = one(domains=[".example.com"])
     assert hit(m, "GET", "www.example.com", 80)
     assert hit(m, "GET", "example.org", 80) is False
 
 
 def test_domains_or_networks_identify_the_destination() -> None:
-    m = matcher(domains=["intranet.corp"], networks=("192.168.0.0/16",))
+    m = one(domains=["intranet.corp"], networks=["192.168.0.0/16"])
     assert hit(m, "GET", "intranet.corp", 80)
     assert hit(m, "GET", "192.168.1.1", 80)
     assert hit(m, "GET", "example.com", 80) is None  # the address will tell
@@ -212,7 +190,7 @@ def test_domains_or_networks_identify_the_destination() -> None:
 
 
 def test_all_given_conditions_must_hold() -> None:
-    m = matcher(domains=["*.example.com"], ports=(443,), methods=("CONNECT",))
+    m = one(domains=["*.example.com"], ports=[443], methods=["CONNECT"])
     assert hit(m, "CONNECT", "www.example.com", 443)
     assert hit(m, "GET", "www.example.com", 443) is False
     assert hit(m, "CONNECT", "www.example.com", 8443) is False
@@ -220,102 +198,109 @@ def test_all_given_conditions_must_hold() -> None:
 
 
 def test_network_rule_matches_ipv4_mapped_ipv6_destination() -> None:
-    m = matcher(networks=("10.0.0.0/8",))
+    m = one(networks=["10.0.0.0/8"])
     assert hit(m, "GET", "::ffff:10.0.0.1", 80)
 
 
-# -- DestinationAcl ------------------------------------------------------------------------
+# -- ordered rules, and what is left for the address (`access.py`, `address.py`) -------------
+
+
+def verdict(rs: RuleSet, method: str, host: str, port: int) -> tuple[str, str]:
+    """The pre-resolve answer of the rules phase: (action, rule), or ("resolve", first rule)."""
+    req = AclRequest("127.0.0.1", method, host, port, "/")
+    d = rs.evaluate(req, 0.0)
+    if d.action == "resolve":
+        d = before_dns(rs, req, 0.0, d, parent=False)
+    return d.action, d.rule
+
+
+def rules(*specs: tuple[str, str, dict[str, object]]) -> RuleSet:
+    return compile_rules([{"name": n, a: c} for n, a, c in specs])
+
+
+def address_check(rs: RuleSet, method: str, host: str, port: int, start: int) -> AddressCheck:
+    return AddressCheck(host, port, rs, AclRequest("127.0.0.1", method, host, port, "/"), start)
 
 
 def test_no_rules_allows_by_default() -> None:
-    assert DestinationAcl(()).check("GET", "example.com", 80) == DEFAULT_ALLOW
-    assert DEFAULT_ALLOW == Verdict(True, "default")
+    assert verdict(compile_rules([]), "GET", "example.com", 80) == ("allow", "default")
 
 
 def test_first_matching_rule_wins_deny_first() -> None:
-    acl = DestinationAcl(
-        (
-            Rule("block-ads", False, matcher(domains=[".ads.example"])),
-            Rule("allow-example", True, matcher(domains=[".example"])),
-            Rule("deny-rest", False, matcher()),
-        )
+    acl = rules(
+        ("block-ads", "deny", {"domains": [".ads.example"]}),
+        ("allow-example", "allow", {"domains": [".example"]}),
+        ("deny-rest", "deny", {}),
     )
-    assert acl.check("GET", "x.ads.example", 80) == Verdict(False, "block-ads")
-    assert acl.check("GET", "www.example", 80) == Verdict(True, "allow-example")
-    assert acl.check("GET", "other.org", 80) == Verdict(False, "deny-rest")
+    assert verdict(acl, "GET", "x.ads.example", 80) == ("deny", "block-ads")
+    assert verdict(acl, "GET", "www.example", 80) == ("allow", "allow-example")
+    assert verdict(acl, "GET", "other.org", 80) == ("deny", "deny-rest")
 
 
 def test_first_matching_rule_wins_allow_first() -> None:
-    acl = DestinationAcl(
-        (
-            Rule("allow-example", True, matcher(domains=[".example"])),
-            Rule("block-ads", False, matcher(domains=[".ads.example"])),
-        )
+    acl = rules(
+        ("allow-example", "allow", {"domains": [".example"]}),
+        ("block-ads", "deny", {"domains": [".ads.example"]}),
     )
     # Same rules, other order: the earlier allow now decides.
-    assert acl.check("GET", "x.ads.example", 80) == Verdict(True, "allow-example")
+    assert verdict(acl, "GET", "x.ads.example", 80) == ("allow", "allow-example")
 
 
 def test_non_matching_rules_fall_through_to_default_allow() -> None:
-    acl = DestinationAcl((Rule("ssh", False, matcher(ports=(22,))),))
-    assert acl.check("CONNECT", "h", 22) == Verdict(False, "ssh")
-    assert acl.check("CONNECT", "h", 443) == DEFAULT_ALLOW
+    acl = rules(("ssh", "deny", {"ports": [22]}))
+    assert verdict(acl, "CONNECT", "h", 22) == ("deny", "ssh")
+    assert verdict(acl, "CONNECT", "h", 443) == ("allow", "default")
 
 
 def test_method_and_network_rules() -> None:
-    acl = DestinationAcl(
-        (
-            Rule("no-private", False, matcher(networks=("10.0.0.0/8", "127.0.0.0/8"))),
-            Rule("read-only", False, matcher(methods=("POST", "PUT", "DELETE"))),
-        )
+    acl = rules(
+        ("no-private", "deny", {"networks": ["10.0.0.0/8", "127.0.0.0/8"]}),
+        ("read-only", "deny", {"methods": ["POST", "PUT", "DELETE"]}),
     )
-    public = ipaddress.ip_address("192.0.2.1")
-    lo = ipaddress.ip_address("127.0.0.1")
-    assert acl.check("GET", "127.0.0.1", 80, lo) == Verdict(False, "no-private")
-    assert acl.check("POST", "example.com", 80, public) == Verdict(False, "read-only")
-    assert acl.check("GET", "example.com", 80, public).allowed
+    assert verdict(acl, "GET", "127.0.0.1", 80) == ("deny", "no-private")
+    check = address_check(acl, "POST", "example.com", 80, 0)
+    err = check.refusal("192.0.2.1")
+    assert err is not None and "(rule: read-only)" in err.detail
+    assert address_check(acl, "GET", "example.com", 80, 0).allows("192.0.2.1")
 
 
 def test_a_name_is_checked_from_the_first_rule_that_needs_its_address() -> None:
-    acl = DestinationAcl(
-        (
-            Rule("trusted", True, matcher(domains=["intranet.corp"])),
-            Rule("no-private", False, matcher(networks=("10.0.0.0/8",))),
-            Rule("rest", True, matcher()),
-        )
+    acl = rules(
+        ("trusted", "allow", {"domains": ["intranet.corp"]}),
+        ("no-private", "deny", {"networks": ["10.0.0.0/8"]}),
+        ("rest", "allow", {}),
     )
-    assert acl.check("GET", "intranet.corp", 80) == Verdict(True, "trusted")  # decided before DNS
-    assert acl.check("GET", "evil.example", 80) == NeedsAddress(1)
-    check = AddressCheck(acl, "GET", "evil.example", 80, 1)
-    assert check.verdict("10.1.1.1") == Verdict(False, "no-private")
-    assert check.verdict("::ffff:10.1.1.1") == Verdict(False, "no-private")
-    assert check.verdict("192.0.2.7") == Verdict(True, "rest")
+    assert verdict(acl, "GET", "intranet.corp", 80) == ("allow", "trusted")  # decided before DNS
+    assert verdict(acl, "GET", "evil.example", 80) == ("resolve", "no-private")
+    check = address_check(acl, "GET", "evil.example", 80, 1)
+    for ip in ("10.1.1.1", "::ffff:10.1.1.1"):
+        err = check.refusal(ip)
+        assert isinstance(err, Forbidden) and "(rule: no-private)" in err.detail, ip
+    assert check.allows("192.0.2.7")
     # without an address ever (a parent proxy resolves the name), networks cannot match a name
-    assert acl.check_name_only("GET", "evil.example", 80) == Verdict(True, "rest")
+    req = AclRequest("127.0.0.1", "GET", "evil.example", 80, "/")
+    d = before_dns(acl, req, 0.0, acl.evaluate(req, 0.0), parent=True)
+    assert (d.action, d.rule) == ("allow", "rest")
 
 
 def test_the_address_is_not_needed_when_it_cannot_change_the_verdict() -> None:
-    acl = DestinationAcl(
-        (
-            Rule("no-private", False, matcher(networks=("10.0.0.0/8",))),
-            Rule("blocked", False, matcher(domains=["blocked.example"])),
-            Rule("also-private", False, matcher(networks=("192.168.0.0/16",))),
-            Rule("ok", True, matcher(domains=["ok.example"])),
-        )
+    acl = rules(
+        ("no-private", "deny", {"networks": ["10.0.0.0/8"]}),
+        ("blocked", "deny", {"domains": ["blocked.example"]}),
+        ("also-private", "deny", {"networks": ["192.168.0.0/16"]}),
+        ("ok", "allow", {"domains": ["ok.example"]}),
     )
     # denied whatever the address: decided before DNS (no lookup of a blocked name)
-    assert acl.check("GET", "blocked.example", 80) == Verdict(False, "blocked")
+    assert verdict(acl, "GET", "blocked.example", 80) == ("deny", "blocked")
     # allowed by name, but an earlier deny might match its address
-    assert acl.check("GET", "ok.example", 80) == NeedsAddress(0)
+    assert verdict(acl, "GET", "ok.example", 80) == ("resolve", "no-private")
     # nothing surely matches: the default allow, unless a networks rule matches
-    assert acl.check("GET", "other.example", 80) == NeedsAddress(0)
-    only_allows = DestinationAcl((Rule("lan", True, matcher(networks=("10.0.0.0/8",))),))
-    assert only_allows.check("GET", "x.example", 80) == DEFAULT_ALLOW  # allowed either way
+    assert verdict(acl, "GET", "other.example", 80) == ("resolve", "no-private")
 
 
 def test_address_check_dials_only_allowed_addresses() -> None:
-    acl = DestinationAcl((Rule("lo", False, matcher(networks=("127.0.0.0/8", "::1/128"))),))
-    check = AddressCheck(acl, "GET", "localhost", 80, 0)
+    acl = rules(("lo", "deny", {"networks": ["127.0.0.0/8", "::1/128"]}))
+    check = address_check(acl, "GET", "localhost", 80, 0)
     v4, v6, pub = (2, ("127.0.0.1", 80)), (10, ("::1", 80, 0, 0)), (2, ("192.0.2.1", 80))
     assert check.admit([v4, pub, v6]) == [pub]
     with pytest.raises(Forbidden, match=r"access to localhost denied \(rule: lo\)"):

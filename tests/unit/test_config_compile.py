@@ -15,8 +15,47 @@ from ferryman.config.load import load_text, normalise
 from ferryman.config.schema import Config
 from ferryman.errors import ConfigError
 from ferryman.observe.access_log import AccessLogPlan
-from ferryman.pipeline.admit.acl import DEFAULT_ALLOW, NeedsAddress, Verdict
+from ferryman.pipeline.admit.access import before_dns
+from ferryman.pipeline.admit.rules import AclRequest
 from ferryman.pipeline.plan import DnsPlan, LimitsPlan, Plan, PoolPlan, TimeoutsPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    rule: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedsAddress:
+    start: int
+
+
+DEFAULT_ALLOW = Verdict(True, "default")
+
+
+class AclView:
+    """The Plan's forward rules, asked as the rules phase asks them (before DNS, or with
+    the address the name resolved to)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.rules = plan.forward.control.rules
+
+    def check(
+        self, method: str, host: str, port: int, addr: object = None
+    ) -> Verdict | NeedsAddress:
+        address = None if addr is None else str(addr)
+        req = AclRequest("127.0.0.1", method, host, port, "/", address=address)
+        d = self.rules.evaluate(req, 0.0)
+        if d.action == "resolve":
+            d = before_dns(self.rules, req, 0.0, d, parent=False)
+            if d.action == "resolve":
+                return NeedsAddress(d.index)
+        return Verdict(d.action == "allow", d.rule)
+
+
+def acl_of(plan: Plan) -> AclView:
+    return AclView(plan)
 
 
 def plan_of(text: str, source: str = "<test>") -> Plan:
@@ -43,8 +82,8 @@ def test_default_plan() -> None:
     fwd = plan.forward
     assert fwd.connect_ports == frozenset({443})
     assert fwd.parent is None
-    assert fwd.acl.rules == ()
-    assert fwd.acl.check("GET", "example.com", 80) == DEFAULT_ALLOW
+    assert fwd.control.rules.rules == ()
+    assert acl_of(plan).check("GET", "example.com", 80) == DEFAULT_ALLOW
     assert plan.timeouts == TimeoutsPlan(
         client_header=10.0, tls_handshake=10.0, client_idle=60.0, client_body=60.0, upstream_connect=5.0,
         upstream_header=60.0, upstream_idle=60.0, tunnel_idle=300.0, shutdown_grace=10.0,
@@ -163,11 +202,11 @@ forward:
     - {deny: {}}
 """
     )
-    rules = plan.forward.acl.rules
-    assert [(r.name, r.allow) for r in rules] == [
-        ("ads", False), ("forward.rules[1]", True), ("forward.rules[2]", False),
+    rules = plan.forward.control.rules.rules
+    assert [(r.name, r.action) for r in rules] == [
+        ("ads", "deny"), ("forward.rules[1]", "allow"), ("forward.rules[2]", "deny"),
     ]
-    acl = plan.forward.acl
+    acl = acl_of(plan)
     assert acl.check("GET", "x.ads.example", 80) == Verdict(False, "ads")
     assert acl.check("GET", "ads.example", 80) == Verdict(False, "ads")
     assert acl.check("GET", "www.example", 80) == Verdict(True, "forward.rules[1]")
@@ -183,7 +222,7 @@ forward:
     - {name: ro, deny: {methods: [post, Put]}}
 """
     )
-    acl = plan.forward.acl
+    acl = acl_of(plan)
     ip = ipaddress.ip_address
     assert acl.check("GET", "192.168.4.4", 80, ip("192.168.4.4")) == Verdict(False, "lan")
     assert acl.check("GET", "fd00::5", 80, ip("fd00::5")) == Verdict(False, "lan")
@@ -197,8 +236,8 @@ forward:
 
 def test_rule_ports_compiled() -> None:
     plan = plan_of("forward:\n  rules:\n    - {name: p, deny: {ports: [25, 465]}}\n")
-    assert plan.forward.acl.check("CONNECT", "mail.example", 25) == Verdict(False, "p")
-    assert plan.forward.acl.check("CONNECT", "mail.example", 443) == DEFAULT_ALLOW
+    assert acl_of(plan).check("CONNECT", "mail.example", 25) == Verdict(False, "p")
+    assert acl_of(plan).check("CONNECT", "mail.example", 443) == DEFAULT_ALLOW
 
 
 # -- domains files --------------------------------------------------------------------------
@@ -219,7 +258,7 @@ def test_domains_file_is_relative_to_the_config_file(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
 
-    acl = build_plan(str(path)).forward.acl
+    acl = acl_of(build_plan(str(path)))
     for host in ["ads.example", "x.tracker.example", "malware.example", "a.malware.example"]:
         assert acl.check("GET", host, 80) == Verdict(False, "bl"), host
     for host in ["tracker.example", "www.ads.example", "ok.example"]:
@@ -234,7 +273,7 @@ def test_domains_file_absolute_path(tmp_path: Path) -> None:
         tmp_path / "conf",
         f"forward:\n  rules:\n    - {{allow: {{domains_file: '{lst}'}}}}\n    - {{deny: {{}}}}\n",
     )
-    acl = build_plan(str(path)).forward.acl
+    acl = acl_of(build_plan(str(path)))
     assert acl.check("GET", "good.example", 80).allowed
     assert not acl.check("GET", "bad.example", 80).allowed
 
@@ -245,7 +284,7 @@ def test_inline_domains_and_file_are_merged(tmp_path: Path) -> None:
         tmp_path,
         "forward:\n  rules:\n    - deny: {domains: [a.example], domains_file: more.txt}\n",
     )
-    acl = build_plan(str(path)).forward.acl
+    acl = acl_of(build_plan(str(path)))
     assert not acl.check("GET", "a.example", 80).allowed
     assert not acl.check("GET", "b.example", 80).allowed
     assert acl.check("GET", "c.example", 80).allowed
@@ -256,7 +295,7 @@ def test_empty_domains_file_matches_nothing(tmp_path: Path) -> None:
     path = write_config(
         tmp_path, "forward:\n  rules:\n    - deny: {domains_file: empty.txt}\n"
     )
-    assert build_plan(str(path)).forward.acl.check("GET", "any.example", 80) == DEFAULT_ALLOW
+    assert acl_of(build_plan(str(path))).check("GET", "any.example", 80) == DEFAULT_ALLOW
 
 
 def test_missing_domains_file_names_the_field(tmp_path: Path) -> None:
@@ -291,7 +330,7 @@ def test_domains_file_inline_comments(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     path = write_config(tmp_path, "forward:\n  rules:\n    - {name: ads, deny: {domains_file: ads.txt}}\n")
-    acl = build_plan(str(path)).forward.acl
+    acl = acl_of(build_plan(str(path)))
     for host in ["example.com", "x.ads.example", "tracker.example", "a.tracker.example", "exact.example"]:
         assert acl.check("GET", host, 80) == Verdict(False, "ads"), host
     assert acl.check("GET", "ads.example", 80) == DEFAULT_ALLOW
@@ -350,7 +389,7 @@ def test_build_plan_from_file(tmp_path: Path) -> None:
 
 def test_explicit_empty_domain_list_matches_nothing() -> None:
     plan = plan_of("forward:\n  rules:\n    - {allow: {domains: []}}\n    - {deny: {}}\n")
-    assert not plan.forward.acl.check("GET", "anything.example", 80).allowed
+    assert not acl_of(plan).check("GET", "anything.example", 80).allowed
 
 
 # -- cache policy settings ----------------------------------------------------------------------

@@ -115,9 +115,9 @@ def test_config_error_render_prefixes_source() -> None:
 def test_rule_needs_exactly_one_action() -> None:
     both = "forward:\n  rules:\n    - {allow: {}, deny: {}}\n"
     neither = "forward:\n  rules:\n    - {allow: {}}\n    - {name: x}\n"
-    assert errors_of(both) == ["forward.rules[0]: a rule needs exactly one of 'allow' or 'deny'"]
+    assert errors_of(both) == ["forward.rules[0]: a rule needs exactly one of 'allow', 'deny' or 'auth'"]
     assert errors_of(neither) == [
-        "forward.rules[1]: a rule needs exactly one of 'allow' or 'deny'"
+        "forward.rules[1]: a rule needs exactly one of 'allow', 'deny' or 'auth'"
     ]
 
 

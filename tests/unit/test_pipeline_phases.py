@@ -94,7 +94,7 @@ def test_phases_that_do_not_apply_are_not_in_the_list() -> None:
     )
     assert names(full.request) == [
         "admit_body_size", "admit_client", "admit_no_via_loop", "parse_target", "admit_connect_port",
-        "admit_destination", "route_forward", "cache_lookup",
+        "admit_rules", "route_forward", "cache_lookup",
     ]
     assert names(full.resolved) == ["admit_address", "admit_not_self"]
     # the cache phase needs an open cache, not only its settings

@@ -17,12 +17,12 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from ferryman.config.compile_forward_control import compile_forward_control
 from ferryman.config.compile_reverse import cache_rules, compile_reverse, compile_tls
 from ferryman.config.hostport import split_hostport
-from ferryman.errors import ConfigError
 from ferryman.observe.access_log import AccessLogPlan
-from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl, DomainSet, Matcher, Rule
-from ferryman.pipeline.admit.domainset import normalise_entry
+from ferryman.pipeline.admit.acl import ClientAcl
+from ferryman.pipeline.admit.domainset import DomainSet, DomainSetError, normalise_entry
 from ferryman.pipeline.plan import CachePlan, DnsPlan, LimitsPlan, ListenerPlan, Plan, PoolPlan, TimeoutsPlan
 from ferryman.pipeline.route.plan import ForwardPlan
 
@@ -55,6 +55,34 @@ def _read_domains_file(path: str, base_dir: str, field: str) -> list[str]:
     return entries
 
 
+def _load_domains(path: str) -> DomainSet:
+    """A domains file for the rules; on error, the message names every bad line (up to
+    three) the way ``ferryman check`` always has."""
+    try:
+        return DomainSet.from_file(path)
+    except DomainSetError as exc:
+        try:
+            _read_domains_file(path, "/", "")
+        except ValueError as detail:
+            raise _DomainsFileError(path, 0, str(detail).removeprefix(": ")) from None
+        raise exc
+
+
+class _DomainsFileError(DomainSetError):
+    def __str__(self) -> str:
+        return self.message
+
+
+def _pac_proxy(listeners: list[ListenerPlan]) -> tuple[str, int]:
+    """The ``PROXY host:port`` of the PAC file: the first forward listener (by this
+    machine's name when it listens on every address)."""
+    lst = next((x for x in listeners if x.mode == "forward"), listeners[0])
+    host = lst.host
+    if host in ("", "0.0.0.0", "::", "*"):
+        host = socket.gethostname()
+    return host, lst.port
+
+
 def _admin_hosts(admin: Mapping[str, Any] | None) -> frozenset[str]:
     if not admin:
         return frozenset()
@@ -68,33 +96,7 @@ def _admin_hosts(admin: Mapping[str, Any] | None) -> frozenset[str]:
 def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
     """Build a Plan from a dict that already passed `load.validate` (normalised)."""
     base_dir = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else os.getcwd()
-    errors: list[str] = []
-    rules: list[Rule] = []
     fwd_cfg = data["forward"]
-    for i, r in enumerate(fwd_cfg["rules"]):
-        is_allow = r.get("allow") is not None
-        action = "allow" if is_allow else "deny"
-        match = r[action]
-        entries = list(match["domains"] or ())
-        if match.get("domains_file"):
-            try:
-                entries += _read_domains_file(
-                    match["domains_file"], base_dir, f"forward.rules[{i}].{action}.domains_file"
-                )
-            except ValueError as exc:
-                errors.append(str(exc))
-        has_domains = match["domains"] is not None or bool(match.get("domains_file"))
-        domains = DomainSet.build(entries) if has_domains else None
-        matcher = Matcher(
-            domains=domains,
-            networks=tuple(ipaddress.ip_network(n, strict=False) for n in match["networks"]),
-            ports=frozenset(match["ports"]),
-            methods=frozenset(m.upper() for m in match["methods"]),
-        )
-        rules.append(Rule(name=r.get("name") or f"forward.rules[{i}]", allow=is_allow, matcher=matcher))
-    if errors:
-        raise ConfigError(source, errors)
-
     listeners = []
     for i, lst in enumerate(data["listeners"]):
         host, port = split_hostport(lst["listen"])
@@ -114,9 +116,13 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
     if fwd_cfg["via"]:
         via = f"1.1 {socket.gethostname()}:{listeners[0].port} (ferryman)".encode("latin-1")
 
+    control = compile_forward_control(
+        fwd_cfg, base_dir=base_dir, clients=fwd_cfg["clients"], own=(), proxy=_pac_proxy(listeners),
+        source=source, load_domains=_load_domains,
+    )
     fwd = ForwardPlan(
         clients=ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in fwd_cfg["clients"])),
-        acl=DestinationAcl(tuple(rules)),
+        control=control,
         connect_ports=frozenset(fwd_cfg["connect_ports"]),
         parent=parent,
         via=via,

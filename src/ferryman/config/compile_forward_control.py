@@ -1,5 +1,5 @@
 """Normalised forward-control settings -> `ForwardControl` (issue 12), and the notes
-``ferryman check`` prints about them.  Not yet called by `compile.py`.
+``ferryman check`` prints about them.  Called by `compile.py` for the ``forward`` section.
 
 Reads the htpasswd, group and domains files (compile time, never per request).
 Every problem is collected and raised as one `ConfigError` whose lines name their
@@ -9,12 +9,13 @@ field paths, e.g. ``forward.auth.htpasswd: users.htpasswd:3: expected user:hash`
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.anonymity import DEFAULT_IDENTIFYING, AnonymityPolicy
 from ferryman.pipeline.admit.control import AuthPlan, FileStamp, ForwardControl
+from ferryman.pipeline.admit.domainset import DomainSet
 from ferryman.pipeline.admit.htpasswd import AuthFileError, UserDb
 from ferryman.pipeline.admit.rules import RuleError, RuleSet, compile_rules
 from ferryman.pipeline.admit.safety import SsrfGuard
@@ -73,6 +74,7 @@ def compile_forward_control(
     local_addresses: Sequence[str] = (),
     source: str = "<config>",
     path: str = "forward",
+    load_domains: Callable[[str], DomainSet] = DomainSet.from_file,
 ) -> ForwardControl:
     """``fwd``: the normalised ``forward`` mapping (keys of `ForwardControlCfg`);
     ``clients``: forward.clients; ``own``: every listener's and the admin API's
@@ -84,7 +86,9 @@ def compile_forward_control(
     raw_rules = list(fwd.get("rules") or ())
     rules = RuleSet(())
     try:
-        rules = compile_rules(raw_rules, base_dir, f"{path}.rules", fwd.get("default", "allow"))
+        rules = compile_rules(
+            raw_rules, base_dir, f"{path}.rules", fwd.get("default", "allow"), load_domains
+        )
     except RuleError as exc:
         errors.extend(exc.errors)
     if fwd.get("auth") and not any(r.action == "auth" for r in rules.rules):

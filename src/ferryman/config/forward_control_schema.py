@@ -1,5 +1,5 @@
 """The YAML shape of the forward proxy's control settings (issue 12), as frozen pydantic
-models.  Not yet joined to `schema.Forward`: these fields are to go there.
+models.  `schema.Forward` holds these fields (``rules``, ``auth``, ``anonymity``...).
 
 Pydantic checks the shape (types, unknown keys, networks); what needs compiling (a
 regex, a time of day, a time zone, a domains file, an htpasswd line) is checked by
@@ -11,9 +11,10 @@ meaning.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
 from ferryman.config.units import Duration, Networks
 from ferryman.pipeline.admit.anonymity import DEFAULT_IDENTIFYING
@@ -25,6 +26,24 @@ class _Model(BaseModel):
 
 def _listify(v: object) -> object:
     return [v] if isinstance(v, str | int) and not isinstance(v, bool) else v
+
+
+_PORT_RANGE = re.compile(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?")
+
+
+def _port_item(v: object) -> int | str:
+    """A port (1-65535) or a range such as ``8000-8999``."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if 1 <= v <= 65535:
+            return v
+    elif isinstance(v, str) and (m := _PORT_RANGE.fullmatch(v)):
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if 1 <= lo <= hi <= 65535:
+            return v
+    raise ValueError(f"expected a port (1-65535) or a range like 8000-8999, got {v!r}")
+
+
+PortSpec = Annotated[int | str, PlainValidator(_port_item)]
 
 
 class ProxyAuthCfg(_Model):
@@ -56,7 +75,7 @@ class ConditionsCfg(_Model):
     domain_regex: list[str] | None = None
     domains_file: str | list[str] | None = None
     networks: Networks | None = None
-    ports: list[Annotated[int, Field(ge=1, le=65535)] | str] | None = None
+    ports: list[PortSpec] | None = None
     methods: list[str] | None = None
     path_prefix: list[str] | None = None
     path_regex: list[str] | None = None

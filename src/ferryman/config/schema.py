@@ -12,9 +12,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ferryman.config.forward_control_schema import ProxyAuthCfg, RuleCfg
 from ferryman.config.hostport import split_hostport
 from ferryman.config.reverse_schema import ListenerTlsCfg, ReverseCfg, RouteCfg, UpstreamCfg
 from ferryman.config.units import Duration, Networks, Size, UpgradeProtocols
+from ferryman.pipeline.admit.anonymity import DEFAULT_IDENTIFYING
 
 
 class _Model(BaseModel):
@@ -36,34 +38,22 @@ class Listener(_Model):
         return v
 
 
-class Match(_Model):
-    """Destination matcher: every given condition must hold (an empty one matches all)."""
-
-    domains: list[str] | None = None
-    domains_file: str | None = None
-    networks: Networks = Field(default_factory=list)
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
-    methods: list[str] = Field(default_factory=list)
-
-
-class Rule(_Model):
-    name: str | None = None
-    allow: Match | None = None
-    deny: Match | None = None
-
-    @model_validator(mode="after")
-    def _one_action(self) -> Rule:
-        if (self.allow is None) == (self.deny is None):
-            raise ValueError("a rule needs exactly one of 'allow' or 'deny'")
-        return self
-
-
 class Forward(_Model):
     clients: Networks = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: [443])
-    rules: list[Rule] = Field(default_factory=list)
+    # The ACL language (issue 12): ordered rules, first match wins; see
+    # `pipeline/admit/rules.py`.  A superset of the older allow/deny rules.
+    rules: list[RuleCfg] = Field(default_factory=list)
+    default: Literal["allow", "deny"] = "allow"  # when no rule matches
+    auth: ProxyAuthCfg | None = None
     parent: str | None = None
     via: bool = True
+    anonymity: Literal["transparent", "anonymous", "elite"] = "anonymous"
+    identifying_headers: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTIFYING))
+    log_query: bool = False  # keep query strings in the access log of forward requests
+    direct: list[str] = Field(default_factory=list)  # PAC: domains reached without the proxy
+    direct_networks: Networks = Field(default_factory=list)  # PAC: networks reached directly
+    pac_resolve: bool = False  # PAC: browsers resolve names to test direct_networks
     upgrade_protocols: UpgradeProtocols = Field(default_factory=lambda: ["websocket"])
 
     @field_validator("parent")

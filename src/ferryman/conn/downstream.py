@@ -43,7 +43,7 @@ from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
-from ferryman.pipeline.admit.acl import AddressCheck
+from ferryman.pipeline.admit.address import AddressCheck
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan
 from ferryman.pipeline.stage import CacheLookup, Connect, Respond, run, run_resolved
@@ -60,7 +60,7 @@ def started_resp(ex: Exchange) -> bool:
 
 def _peer_allowed(conn: UpstreamConnection, check: AddressCheck) -> bool:
     peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
-    return peer is not None and check.verdict(str(peer[0])).allowed
+    return peer is not None and check.allows(str(peer[0]))
 
 _BUFFER_HIGH = 256 * 1024
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ferryman.http1.events import RequestHead
-from ferryman.pipeline.admit.acl import AddressCheck
+from ferryman.pipeline.admit.address import AddressCheck
 from ferryman.pipeline.route.action import Proxy
 from ferryman.pipeline.route.forwarded import Chain
 from ferryman.pipeline.route.router import Target
@@ -58,7 +58,7 @@ class RequestContext:
 
     __slots__ = (
         "client", "head", "plan", "client_ip", "identity", "route", "target", "proxy",
-        "address_check", "incoming",
+        "address_check", "by_network", "incoming",
     )
 
     def __init__(self, client: Client, head: RequestHead, plan: Plan) -> None:
@@ -72,7 +72,8 @@ class RequestContext:
         self.route = ""  # route name, for the log ("" in forward mode)
         self.target: Target | None = None  # forward: the parsed destination
         self.proxy: Proxy | None = None  # the route's decision, when the request goes upstream
-        self.address_check: AddressCheck | None = None  # destination rules left for the address
+        self.address_check: AddressCheck | None = None  # what is left to judge on the address
+        self.by_network = False  # the rules allowed the destination by its address (SSRF guard)
         self.incoming: Chain | None = None  # reverse: the hops a trusted peer reported
 
 

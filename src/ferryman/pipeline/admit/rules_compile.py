@@ -297,7 +297,8 @@ class _Compiler:
         return int(m.group(1)) * 60 + int(m.group(2))
 
     def destination(self, body: Mapping[str, Any]) -> Destination | None:
-        entries = self.strings(body, "domains")
+        never = body.get("domains") == []  # an explicit empty list: no name matches (as it always did)
+        entries = None if never else self.strings(body, "domains")
         exact: frozenset[str] = frozenset()
         suffixes: frozenset[str] = frozenset()
         if entries is not None:
@@ -325,5 +326,7 @@ class _Compiler:
             files.append((full, self.files[full]))
         networks = self.networks(body, "networks") or ()
         if not exact and not suffixes and not regexes and not files and not networks:
+            if never:
+                return Destination(files=(("(empty domains list)", DomainSet()),))
             return None
         return Destination(exact, suffixes, regexes, tuple(files), networks)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferryman.http1.events import Headers
-from ferryman.pipeline.admit.acl import AddressCheck
+from ferryman.pipeline.admit.address import AddressCheck
 from ferryman.pipeline.cache.policy import Rules
 from ferryman.pipeline.route.router import Target
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ferryman.pipeline.admit.acl import ClientAcl, DestinationAcl
+from ferryman.pipeline.admit.acl import ClientAcl
+from ferryman.pipeline.admit.control import ForwardControl
 from ferryman.pipeline.cache.policy import Rules
 from ferryman.pipeline.route.paths import DEFAULT_POLICY, PathPolicy
 from ferryman.pipeline.route.table import RouteTable
@@ -20,7 +21,7 @@ from ferryman.upstream.group import UpstreamPlan
 @dataclass(frozen=True, slots=True)
 class ForwardPlan:
     clients: ClientAcl
-    acl: DestinationAcl
+    control: ForwardControl  # rules, auth, SSRF guard, anonymity, PAC (issue 12)
     connect_ports: frozenset[int]
     parent: tuple[str, int] | None
     via: bytes | None  # the Via received-by token, or None when Via is off
