@@ -42,14 +42,10 @@ stale-if-error      on 500/502/503/504 or no answer, a stale entry within the re
                     request's window may be served (RFC 5861 4), unless the entry forbids stale
 ==================  ===========================================================================
 
-Bad input never raises.  Delta-seconds (1.2.2) above 2**31 become 2**31; a malformed or
-conflicting ``max-age`` / ``s-maxage`` makes the response stale (lifetime 0), as 4.2.1
-encourages, rather than being dropped (dropping could let Expires or a heuristic keep
-fresh a response whose origin meant to limit it; in a request it reads as ``max-age=0``,
-validate); other malformed directives are ignored.
-Repeated directives resolve to the most restrictive value; an Expires that is not exactly
-an HTTP-date (``http_date_strict``), or conflicting Expires lines, mean already expired
-(5.3); a malformed no-cache/private argument means the unqualified, stricter form.
+Bad input never raises.  How malformed, repeated or oversized Cache-Control directives
+read is ``directives.py``'s (a bad ``max-age`` makes the response stale; in a request it
+reads as ``max-age=0``, validate).  An Expires that is not exactly an HTTP-date
+(``http_date_strict``), or conflicting Expires lines, mean already expired (5.3).
 ``Rules.ignore_origin`` is the operator's override: the origin's Cache-Control and Expires
 are ignored and the route's TTL table decides, except that a request with Authorization
 still needs ``public``, and Set-Cookie follows the same rule as on the normal path.
@@ -58,13 +54,20 @@ still needs ``public``, and Set-Cookie follows the same rule as on the normal pa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
 from ferryman.http1.events import Headers
 from ferryman.http1.framing import header_values
+from ferryman.pipeline.cache.directives import (
+    DELTA_MAX,
+    CacheControl,
+    delta_seconds,
+    request_cache_control,
+    response_cache_control,
+)
 
 # the ``x as x`` names are re-exported: the engine imports the whole cache phase from here
 from ferryman.pipeline.cache.key import SAFE_METHODS as SAFE_METHODS
@@ -73,53 +76,18 @@ from ferryman.pipeline.cache.key import client_conditional_304 as client_conditi
 from ferryman.pipeline.cache.key import conditional_headers as conditional_headers
 from ferryman.pipeline.cache.key import format_http_date as format_http_date
 from ferryman.pipeline.cache.key import http_date as http_date
-from ferryman.pipeline.cache.key import (
-    http_date_strict,
-    secondary_key,
-    split_list,
-    unquote,
-    vary_fields,
-)
+from ferryman.pipeline.cache.key import http_date_strict, secondary_key, vary_fields
 from ferryman.pipeline.cache.key import invalidations as invalidations
 from ferryman.pipeline.cache.key import not_modified_headers as not_modified_headers
 from ferryman.pipeline.cache.key import update_from_304 as update_from_304
 from ferryman.pipeline.cache.key import validation_headers as validation_headers
-from ferryman.pipeline.cache.targeted import targeted_directives
 
-DELTA_MAX = 2**31  # RFC 9111 1.2.2: the largest delta-seconds a cache must represent
 # RFC 9110 15.1: statuses whose responses may get heuristic freshness
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # statuses whose caching rules ferryman implements (must-understand, 5.2.2.3); no 206: partial
 # content is never stored
 UNDERSTOOD_STATUSES = frozenset({200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501})
 ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 4: what stale-if-error covers
-_NONE: frozenset[bytes] = frozenset()  # shared: an empty frozenset per stored entry costs 216 B
-
-
-@dataclass(frozen=True, slots=True)
-class CacheControl:
-    """Parsed Cache-Control of a request or a response (RFC 9111 5.2); absent values are None.
-
-    ``no_cache`` / ``private`` are the unqualified forms; the qualified forms only fill
-    ``no_cache_fields`` / ``private_fields`` (lower-cased field names).
-    """
-
-    no_store: bool = False
-    no_cache: bool = False
-    no_cache_fields: frozenset[bytes] = frozenset()
-    private: bool = False
-    private_fields: frozenset[bytes] = frozenset()
-    public: bool = False
-    must_revalidate: bool = False
-    proxy_revalidate: bool = False
-    must_understand: bool = False
-    only_if_cached: bool = False
-    max_age: int | None = None
-    s_maxage: int | None = None
-    max_stale: float | None = None  # math.inf for a bare max-stale
-    min_fresh: int | None = None
-    stale_while_revalidate: int | None = None
-    stale_if_error: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,90 +176,6 @@ class Lookup:
 # -- Cache-Control -----------------------------------------------------------------------------
 
 
-def parse_cache_control(values: Iterable[bytes]) -> CacheControl:
-    """Parse every Cache-Control field line of a message; never raises (RFC 9111 5.2, 4.2.1)."""
-    flags: set[bytes] = set()
-    nums: dict[bytes, float] = {}
-    lists: dict[bytes, set[bytes]] = {}
-    for value in values:
-        for member in split_list(value):
-            raw_name, eq, raw_arg = member.partition(b"=")
-            name = raw_name.strip().lower()
-            if not name:
-                continue
-            arg = unquote(raw_arg.strip()) if eq else None
-            if name in (b"no-cache", b"private"):
-                names = _field_names(arg) if eq else None
-                if names:
-                    lists.setdefault(name, set()).update(names)
-                else:  # bare, empty or malformed argument: the unqualified, stricter form
-                    flags.add(name)
-            elif name in (b"no-store", b"must-revalidate", b"proxy-revalidate", b"only-if-cached"):
-                flags.add(name)  # restrictive: honoured even with a stray argument
-            elif name in (b"public", b"must-understand"):
-                if not eq:  # permissive: only in its exact form
-                    flags.add(name)
-            elif name in (b"max-age", b"s-maxage"):
-                d = _delta(arg)
-                _keep(nums, name, 0 if d is None else d, min)  # invalid freshness -> stale (4.2.1)
-            elif name == b"max-stale":
-                stale = math.inf if not eq else _delta(arg)
-                if stale is not None:
-                    _keep(nums, name, stale, min)
-            elif name in (b"min-fresh", b"stale-while-revalidate", b"stale-if-error"):
-                d = _delta(arg)
-                if d is not None:
-                    _keep(nums, name, d, max if name == b"min-fresh" else min)
-
-    def num(key: bytes) -> int | None:
-        v = nums.get(key)
-        return None if v is None else int(v)
-
-    return CacheControl(
-        no_store=b"no-store" in flags,
-        no_cache=b"no-cache" in flags,
-        no_cache_fields=frozenset(lists[b"no-cache"]) if b"no-cache" in lists else _NONE,
-        private=b"private" in flags,
-        private_fields=frozenset(lists[b"private"]) if b"private" in lists else _NONE,
-        public=b"public" in flags,
-        must_revalidate=b"must-revalidate" in flags,
-        proxy_revalidate=b"proxy-revalidate" in flags,
-        must_understand=b"must-understand" in flags,
-        only_if_cached=b"only-if-cached" in flags,
-        max_age=num(b"max-age"),
-        s_maxage=num(b"s-maxage"),
-        max_stale=nums.get(b"max-stale"),
-        min_fresh=num(b"min-fresh"),
-        stale_while_revalidate=num(b"stale-while-revalidate"),
-        stale_if_error=num(b"stale-if-error"),
-    )
-
-
-def request_cache_control(req_headers: Headers) -> CacheControl:
-    """A request's directives; ``Pragma: no-cache`` counts as no-cache only without Cache-Control (5.4)."""
-    values = header_values(req_headers, b"cache-control")
-    if values:
-        return parse_cache_control(values)
-    for value in header_values(req_headers, b"pragma"):
-        if any(p.strip().lower() == b"no-cache" for p in value.split(b",")):
-            return _PRAGMA_NO_CACHE
-    return _NO_DIRECTIVES
-
-
-_NO_DIRECTIVES = CacheControl()
-_PRAGMA_NO_CACHE = CacheControl(no_cache=True)
-
-
-def response_cache_control(resp_headers: Headers, rules: Rules = DEFAULT_RULES) -> tuple[CacheControl, bool]:
-    """A response's directives for this cache, and whether they came from a targeted field
-    (RFC 9213 2.2: then Cache-Control and Expires are ignored)."""
-    if rules.targets:
-        targeted = targeted_directives(resp_headers, rules.targets)
-        if targeted is not None:
-            return parse_cache_control((targeted,)), True
-    return parse_cache_control(header_values(resp_headers, b"cache-control")), False
-
-
 # -- storing, freshness, age -------------------------------------------------------------------
 
 
@@ -309,7 +193,7 @@ def storable(
         return Verdict(False, "status")
     if request_cache_control(req_headers).no_store:
         return Verdict(False, "request-no-store")
-    cc, targeted = response_cache_control(resp_headers, rules)
+    cc, targeted = response_cache_control(resp_headers, rules.targets)
     if cc.must_understand and status not in UNDERSTOOD_STATUSES:
         return Verdict(False, "must-understand")
     if vary_fields(header_values(resp_headers, b"vary")) is None:
@@ -367,7 +251,7 @@ def freshness_lifetime(
     if rules.ignore_origin:
         return max(0.0, rules.default_ttls.get(status, 0.0))
     if cc is None:
-        cc, targeted = response_cache_control(resp_headers, rules)
+        cc, targeted = response_cache_control(resp_headers, rules.targets)
     if rules.shared and cc.s_maxage is not None:
         return float(cc.s_maxage)
     if cc.max_age is not None:
@@ -417,7 +301,7 @@ def _entry(
     response_time: float,
     rules: Rules,
 ) -> Entry:
-    cc, targeted = response_cache_control(headers, rules)
+    cc, targeted = response_cache_control(headers, rules.targets)
     if rules.shared and cc.private_fields:  # 5.2.2.7: a shared cache must not store them
         headers = [(n, v) for n, v in headers if n.lower() not in cc.private_fields]
     lifetime = freshness_lifetime(status, headers, response_time, rules, cc, targeted)
@@ -595,27 +479,10 @@ def _initial_age(headers: Headers, request_time: float, response_time: float) ->
     # 5.1: of a list-based Age (several values or several lines) only the first member counts,
     # and an invalid one is ignored
     values = header_values(headers, b"age")
-    age_value = (_delta(values[0].split(b",", 1)[0].strip()) or 0) if values else 0
+    age_value = (delta_seconds(values[0].split(b",", 1)[0].strip()) or 0) if values else 0
     date = _date(headers, b"date")
     apparent = 0.0 if date is None else max(0.0, response_time - date)
     return max(apparent, age_value + max(0.0, response_time - request_time))
-
-
-def _delta(arg: bytes | None) -> int | None:
-    if not arg or not arg.isdigit():
-        return None
-    return DELTA_MAX if len(arg) > 10 else min(int(arg), DELTA_MAX)
-
-
-def _keep(nums: dict[bytes, float], key: bytes, value: float, pick: Callable[[float, float], float]) -> None:
-    old = nums.get(key)
-    nums[key] = value if old is None else pick(old, value)
-
-
-def _field_names(arg: bytes | None) -> set[bytes]:
-    if arg is None:
-        return set()
-    return {n for n in (p.strip().lower() for p in arg.split(b",")) if n}
 
 
 def _select(entries: Sequence[Entry], req_headers: Headers) -> Entry | None:

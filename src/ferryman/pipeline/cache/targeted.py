@@ -3,7 +3,7 @@
 A targeted field (``CDN-Cache-Control``, or ferryman's own, e.g. ``Ferryman-Cache-Control``)
 has the semantics of Cache-Control but the syntax of a Structured Field Dictionary
 (RFC 8941 3.2), parsed here with ``http_sf``.  ``as_cache_control`` turns a valid, non-empty
-one into the equivalent Cache-Control value, so that ``policy.parse_cache_control`` gives the
+one into the equivalent Cache-Control value, so that ``directives.parse_cache_control`` gives the
 directives the same meaning and precedence in both (RFC 9213 2.2: no-store and no-cache make
 max-age inoperative, unknown extensions are ignored).
 
