@@ -96,7 +96,7 @@ def test_phases_that_do_not_apply_are_not_in_the_list() -> None:
         "admit_body_size", "admit_client", "admit_no_via_loop", "parse_target", "admit_connect_port",
         "admit_rules", "route_forward", "cache_lookup",
     ]
-    assert names(full.resolved) == ["admit_address", "admit_not_self"]
+    assert names(full.resolved) == ["admit_not_self", "admit_address"]
     # the cache phase needs an open cache, not only its settings
     closed = compile_phases(plan_of("cache: {store: memory}\n"), "forward", env())
     assert "cache_lookup" not in names(closed.request)

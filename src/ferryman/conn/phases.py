@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.pipeline.admit import access, clients, loop, ports, size
+from ferryman.pipeline.admit import access, clients, guard, loop, ports, size
 from ferryman.pipeline.cache import stage as cache_stage
 from ferryman.pipeline.context import Outcome, RequestContext
 from ferryman.pipeline.plan import Plan
@@ -44,12 +44,13 @@ FORWARD: list[Row] = [
     lambda p, env: forward.parse_target,
     lambda p, env: ports.phase(p.forward.connect_ports),
     lambda p, env: access.phase(p.forward),
+    lambda p, env: guard.phase(p.forward, env.is_self),
     lambda p, env: forward.route(p.forward),
     lambda p, env: cache_stage.phase(False) if env.cache and p.forward.cache_rules is not None else None,
 ]
 FORWARD_RESOLVED: list[AddrRow] = [
-    lambda p, env: access.resolved(p.forward),
     lambda p, env: loop.resolved(p.forward.parent, env.is_self),
+    lambda p, env: access.resolved(p.forward),
 ]
 REVERSE: list[Row] = [
     lambda p, env: size.phase(p.limits),

@@ -82,6 +82,7 @@ def phase(fwd: ForwardPlan, ask: Challenge | None = None) -> Phase | None:
         return None  # nothing to judge
     needs_path = any(isinstance(c, Path) for r in rules.rules for c in r.conditions)
     behind_parent = fwd.parent is not None
+    guard = None if fwd.control.safety.laptop or behind_parent else fwd.control.safety
     on_auth = ask if ask is not None else challenge(fwd.control.auth)
     evaluate = rules.evaluate
 
@@ -105,7 +106,7 @@ def phase(fwd: ForwardPlan, ask: Challenge | None = None) -> Phase | None:
         if d.action == "resolve":
             d = before_dns(rules, req, now, d, behind_parent)
             if d.action == "resolve":
-                ctx.address_check = AddressCheck(t.host, t.port, rules, req, d.index, now)
+                ctx.address_check = AddressCheck(t.host, t.port, rules, req, d.index, now, guard)
                 return CONTINUE
         action = d.action
         if action == "allow":
@@ -122,8 +123,9 @@ def resolved(fwd: ForwardPlan) -> AddrPhase | None:
     """Judge each resolved address by what the pre-resolve phases left (`AddressCheck`)."""
     if fwd.parent is not None:
         return None  # the parent resolves: the only address dialled is the parent's
-    if not any(r.destination is not None and r.destination.networks for r in fwd.control.rules.rules):
-        return None  # no rule waits for the address
+    waits = any(r.destination is not None and r.destination.networks for r in fwd.control.rules.rules)
+    if not waits and fwd.control.safety.laptop:
+        return None  # neither a rule nor the SSRF guard waits for the address
 
     def admit_address(ctx: RequestContext, host: str, port: int, addrs: list[Addr]) -> list[Addr] | Respond:
         check = ctx.address_check

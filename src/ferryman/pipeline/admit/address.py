@@ -33,6 +33,17 @@ def denied(host: str, rule: str, message: str | None = None) -> Forbidden:
     return Forbidden(f"{why}: {message}" if message else why)
 
 
+def ssrf_refusal(guard: SsrfGuard, host: str, ip: str, port: int, by_network: bool) -> Forbidden | None:
+    """The SSRF guard's refusal of dialling ``ip`` for ``host``, or None."""
+    v = guard.check(ip, port, by_network)
+    if v.allowed:
+        return None
+    return Forbidden(
+        f"access to {host} denied: {ip} is a {v.reason} address (rule: SSRF guard; "
+        "a rule may allow it by networks)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AddressCheck:
     host: str
@@ -57,12 +68,7 @@ class AddressCheck:
             by_network = d.by_network
         guard = self.guard
         if guard is not None:
-            v = guard.check(ip, self.port, by_network)
-            if not v.allowed:
-                return Forbidden(
-                    f"access to {self.host} denied: {ip} is a {v.reason} address "
-                    "(rule: SSRF guard; a rule may allow it by networks)"
-                )
+            return ssrf_refusal(guard, self.host, ip, self.port, by_network)
         return None
 
     def allows(self, ip: str) -> bool:
