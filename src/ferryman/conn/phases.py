@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.pipeline.admit import access, clients, guard, loop, ports, size
+from ferryman.pipeline.admit import access, clients, guard, loop, ports, privacy, size
 from ferryman.pipeline.cache import stage as cache_stage
 from ferryman.pipeline.context import Outcome, RequestContext
 from ferryman.pipeline.plan import Plan
@@ -46,6 +46,7 @@ FORWARD: list[Row] = [
     lambda p, env: access.phase(p.forward),
     lambda p, env: guard.phase(p.forward, env.is_self),
     lambda p, env: forward.route(p.forward),
+    lambda p, env: privacy.phase(p.forward),
     lambda p, env: cache_stage.phase(False) if env.cache and p.forward.cache_rules is not None else None,
 ]
 FORWARD_RESOLVED: list[AddrRow] = [
@@ -59,7 +60,10 @@ REVERSE: list[Row] = [
     lambda p, env: cache_stage.phase(True) if env.cache else None,
 ]
 REVERSE_RESOLVED: list[AddrRow] = []  # an upstream group's servers are the config's own
-LOG: list[LogRow] = [
+FORWARD_LOG: list[LogRow] = [
+    lambda p, env: access_log(env.access_log, keep_query=p.forward.control.log_query),
+]
+REVERSE_LOG: list[LogRow] = [
     lambda p, env: access_log(env.access_log),
 ]
 
@@ -68,25 +72,33 @@ def compile_phases(plan: Plan, mode: str, env: Env) -> Phases:
     """The phases of a ``mode`` listener under ``plan`` (a reverse listener of a Plan
     without a reverse section routes as a forward proxy, as it always has)."""
     if mode == "reverse" and plan.reverse is not None:
-        rows, addr_rows = REVERSE, REVERSE_RESOLVED
+        rows, addr_rows, log_rows = REVERSE, REVERSE_RESOLVED, REVERSE_LOG
     else:
-        rows, addr_rows = FORWARD, FORWARD_RESOLVED
+        rows, addr_rows, log_rows = FORWARD, FORWARD_RESOLVED, FORWARD_LOG
     request = tuple(ph for ph in (row(plan, env) for row in rows) if ph is not None)
     resolved = tuple(ph for ph in (row(plan, env) for row in addr_rows) if ph is not None)
-    logs = tuple(ph for ph in (row(plan, env) for row in LOG) if ph is not None)
+    logs = tuple(ph for ph in (row(plan, env) for row in log_rows) if ph is not None)
     return Phases(request, resolved, logs)
 
 
-def access_log(current: Callable[[], AccessLog]) -> LogPhase:
-    """The access-log line of every exchange, with its error if there was one."""
+def access_log(current: Callable[[], AccessLog], keep_query: bool = True) -> LogPhase:
+    """The access-log line of every exchange, with its error if there was one.  Without
+    ``keep_query`` (forward mode's default, ``forward.log_query: false``, as Squid's
+    ``strip_query_terms``), the target is logged without its query: URLs carry tokens
+    and search terms."""
 
     def log_access(ctx: RequestContext, out: Outcome) -> None:
         lg = current()
         if not lg.enabled:
             return
         head = ctx.head
+        target = head.target
+        if not keep_query:
+            q = target.find(b"?")
+            if q >= 0:
+                target = target[:q]
         lg.log(
-            ctx.client_ip, ctx.identity.user, head.method, head.target.decode("latin-1"), head.version,
+            ctx.client_ip, ctx.identity.user, head.method, target.decode("latin-1"), head.version,
             out.status, out.bytes_in, out.bytes_out, monotonic() - out.t0,
             out.t_connect, out.t_first, out.cache_result, out.upstream_label, out.error,
         )
