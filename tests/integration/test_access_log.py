@@ -20,7 +20,9 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ferryman]:
     """JSON access log, a named deny rule, and a short upstream_header timeout."""
     rules = [{"name": "no-ads", "deny": {"domains": [".ads.test"]}}]
-    with run_ferryman(tmp_path_factory.mktemp("log"), forward={"rules": rules},
+    # log_query: these tests find their line by a query string (the forward default drops
+    # it: tests/integration/test_forward_anonymity.py)
+    with run_ferryman(tmp_path_factory.mktemp("log"), forward={"rules": rules, "log_query": True},
                       timeouts={"upstream_header": "1s"}) as fm:
         yield fm
 
