@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from ferryman.conn import fill as fill_mod
-from ferryman.conn.cache_follow import if_range_holds, range_of
 from ferryman.conn.fill import Budget, Fill
 
 
@@ -43,17 +42,6 @@ def test_invalidated_and_revalidated_fills_serve_no_new_follower() -> None:
     g = Fill(b"k", limit=100)
     g.revalidated(object())
     assert g.not_modified and g.done and g.stored is True and not g.serves([])
-
-
-def test_range_helpers() -> None:
-    assert range_of([(b"Range", b"bytes=0-9")], 100) == (0, 10)
-    assert range_of([(b"Range", b"bytes=-5")], 100) == (95, 100)
-    assert range_of([(b"Range", b"bytes=100-")], 100) == "bad"
-    assert range_of([(b"Range", b"bytes=0-1,5-6")], 100) is None
-    etag = [(b"ETag", b'"a"')]
-    assert if_range_holds([], etag)
-    assert if_range_holds([(b"If-Range", b'"a"')], etag)
-    assert not if_range_holds([(b"If-Range", b'W/"a"')], etag)
 
 
 def test_all_fills_together_stay_within_the_budget_and_give_it_back() -> None:

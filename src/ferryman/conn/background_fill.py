@@ -24,12 +24,13 @@ from ferryman.http1.headers import forward_response_headers
 from ferryman.http1.parser import ResponseParser
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.index import selecting_fields, variant_bytes
+from ferryman.pipeline.cache.lookup import Stored
 from ferryman.pipeline.cache.store import EntryMeta, Writer
 from ferryman.pipeline.stage import Proxy
 from ferryman.upstream.dial import open_connection
 
 if TYPE_CHECKING:
-    from ferryman.conn.cache_flow import Cache, Stored
+    from ferryman.conn.cache_front import CacheFront
     from ferryman.conn.engine import Engine
 
 log = logging.getLogger("ferryman")
@@ -38,7 +39,7 @@ _DROP = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since"
 
 class _FillClient(asyncio.Protocol):
     def __init__(
-        self, cache: Cache, fill: Fill, req: RequestHead, rules: policy.Rules, validate: Stored | None
+        self, cache: CacheFront, fill: Fill, req: RequestHead, rules: policy.Rules, validate: Stored | None
     ) -> None:
         self.cache, self.fill, self.key, self.req, self.rules = cache, fill, fill.key, req, rules
         self.validate = validate
@@ -71,8 +72,6 @@ class _FillClient(asyncio.Protocol):
             self._finish("failed: connection lost")
 
     def on_response_head(self, head: ResponseHead) -> None:
-        from ferryman.conn.cache_flow import Stored
-
         if head.status < 200:
             return
         now = time.time()
@@ -165,7 +164,7 @@ def _resume(transport: asyncio.Transport) -> None:
 
 
 async def fill_whole_object(
-    engine: Engine, cache: Cache, fill: Fill, d: Proxy, req: RequestHead, rules: policy.Rules,
+    engine: Engine, cache: CacheFront, fill: Fill, d: Proxy, req: RequestHead, rules: policy.Rules,
     client_ip: str, validate: Stored | None,
 ) -> None:
     plan = engine.plan

@@ -1,7 +1,9 @@
 """The CACHE phase at the connection edge: look up, serve, validate, fill, coalesce.
 
-`pipeline/cache/policy.py` decides (RFC 9111, pure); the stores keep bytes;
-this module carries the decisions out for one client connection.
+`pipeline/cache/policy.py` decides (RFC 9111, pure) and `pipeline/cache/lookup.py`
+shapes the answer from an entry (pure); the stores keep bytes; `cache_front.py` holds
+the per-process state (index, fills in flight, invalidation, commits); this module
+carries the decisions out for one client's exchange.
 
 Rules it owns:
 - an entry is only ever served from a complete, committed body (stores publish
@@ -10,47 +12,39 @@ Rules it owns:
   fetch (the *fill*, `fill.py`); the followers stream it as it arrives, each at its
   own pace (`cache_follow.py`), and fall back to their own fetch if it turns out
   uncacheable.  A Range miss starts or joins a whole-object fill, never a second;
-- every fill in flight is registered per key, so an invalidation (PURGE, admin
-  purge, an unsafe method) marks it and it stores nothing;
 - a store slower than the client slows the fill down (``Writer.ready``): a
   response marked ``stored`` is stored whatever the client's speed;
 - a store failure never fails the request: it becomes a pass-through miss.
-
-Per-request index: `Cache.index` maps a primary key to the entries stored under
-it (one per Vary variant) as policy `Entry` values, so a lookup costs no I/O;
-the body is fetched from the store only to serve it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
-from collections.abc import Sized
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ferryman.conn.background_fill import fill_whole_object
-from ferryman.conn.cache_follow import follow, follow_range, if_range_holds, range_of
+from ferryman.conn.cache_follow import follow, follow_range
+from ferryman.conn.cache_front import CacheFront, CacheState
 from ferryman.conn.exchange import Exchange
-from ferryman.conn.fill import Budget, Fill
+from ferryman.conn.fill import Fill
 from ferryman.errors import FerrymanError
 from ferryman.http1.events import Framing, Headers, ResponseHead
 from ferryman.http1.headers import forward_response_headers
-from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
-from ferryman.pipeline.cache.index import EntryIndex, selecting_fields, variant_bytes
-from ferryman.pipeline.cache.key import prefix_key, request_key, uri_key
-from ferryman.pipeline.cache.memory import MemoryStore
-from ferryman.pipeline.cache.store import (
-    BodyReader,
-    BytesReader,
-    CacheEntryCorrupt,
-    EntryMeta,
-    Store,
-    Writer,
+from ferryman.pipeline.cache.index import selecting_fields, variant_bytes
+from ferryman.pipeline.cache.key import request_key, uri_key
+from ferryman.pipeline.cache.lookup import (
+    Answer,
+    Stored,
+    answer,
+    conditional,
+    has_range,
+    status_field,
+    validating,
 )
+from ferryman.pipeline.cache.store import BodyReader, BytesReader, CacheEntryCorrupt, EntryMeta
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
@@ -59,125 +53,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ferryman")
 
-_NO_STORE_HEADERS = frozenset({b"age", b"cache-status", b"via", b"set-cookie", b"date"})
 
-
-
-@dataclass(slots=True)
-class Stored:
-    entry: policy.Entry
-    variant: bytes
-    version: int = 0  # the store's record version this entry was read from or filled as
-    block: bytes | None = None  # the stored fields as wire bytes for `block_via`, built on first hit
-    block_via: bytes | None = None
-
-
-@dataclass(slots=True)
-class CacheState:
-    """What the cache phase remembers about one exchange."""
-
-    key: bytes
-    rules: policy.Rules
-    lookup: policy.Lookup | None = None
-    stored: Stored | None = None  # the entry being validated
-    fill: Fill | None = None
-    writer: Writer | None = None
-    request_time: float = 0.0
-    status_detail: bytes = b""
-
-
-INDEX_KEYS = 16_384  # keys whose heads a process keeps in memory for a disk or Redis store
-
-
-class Cache:
-    """Per-process cache front: the entry index, fills in flight, and the store."""
-
-    def __init__(
-        self, store: Store, max_object_size: int, purge_clients: ClientAcl, coalesce: bool,
-        range_fill: bool = True, max_entries: int = 1_000_000, max_variants: int = 32,
-    ) -> None:
-        self.store = store
-        self.range_fill = range_fill
-        self.max_object_size = max_object_size
-        self.purge_clients = purge_clients
-        self.coalesce = coalesce
-        self.persistent = not isinstance(store, MemoryStore)
-        self.inline = store if isinstance(store, MemoryStore) else None  # hits without a task
-        # Memory: the store's evictions are the index's (``on_evict``); max_entries is a backstop.
-        # Disk, Redis: the index is a bounded cache of heads, reloaded from the store on demand.
-        max_keys = max_entries if self.inline is not None else min(max_entries, INDEX_KEYS)
-        self.index: EntryIndex[Stored] = EntryIndex(max_keys, max_variants)
-        evicts = getattr(store, "on_evict", False)
-        if evicts is None:
-            store.on_evict = self.index.drop  # type: ignore[attr-defined]
-        self.checked: set[bytes] = set()  # keys already looked for in a persistent store
-        self._keys: dict[tuple[str, bytes, bytes], bytes] = {}  # (scheme, authority, target) -> key
-        self.fills: dict[bytes, list[Fill]] = {}  # every fill in flight, per key
-        self.fill_budget = Budget()  # memory the fills hold for their followers
-        self.hits = 0
-        self.misses = 0
-
-    # -- index ----------------------------------------------------------------
-    def entries(self, key: bytes) -> list[policy.Entry]:
-        return [s.entry for s in self.index.all(key)]
-
-    def remember(self, key: bytes, stored: Stored) -> None:
-        for dropped in self.index.remember(key, stored):
-            self.checked.discard(dropped)  # let go of: look in the store again when asked
-
-    def forget(self, key: bytes) -> None:
-        self.index.pop(key)
-        self.checked.discard(key)
-
-    def invalidate(self, key: bytes) -> None:
-        """Forget ``key`` and mark its fills in flight: none of them may store what it fetched."""
-        self.forget(key)
-        for fill in self.fills.pop(key, ()):
-            fill.invalidate()
-
-    async def purge(self, uri_or_prefix: str, prefix: bool) -> int:
-        if prefix:
-            raw = prefix_key(uri_or_prefix) or uri_or_prefix.encode("latin-1")
-            stale_keys = {*self.index.keys_with_prefix(raw), *(k for k in self.fills if k.startswith(raw))}
-            for k in stale_keys:
-                self.invalidate(k)
-            return await self.store.purge_prefix(raw)
-        key = uri_key(uri_or_prefix)
-        if key is None:
-            return 0
-        self.invalidate(key)
-        return await self.store.delete(key)
-
-    def status(self) -> dict[str, object]:
-        fills = sum(len(f) for f in self.fills.values())
-        doc: dict[str, object] = {
-            "keys": len(self.index), "hits": self.hits, "misses": self.misses, "fills": fills,
-            "fill_buffer_bytes": self.fill_budget.used,
-        }
-        if isinstance(self.store, Sized):
-            doc["entries"] = len(self.store)  # this process's entries (memory), or files it knows (disk)
-        return doc
+class Cache(CacheFront):
+    """The cache front plus what one client's exchange does with it (request and response side)."""
 
     # -- fills in flight ------------------------------------------------------
-    def _fill(self, key: bytes) -> Fill:
-        fill = Fill(key, self.max_object_size, self.fill_budget)
-        self.fills.setdefault(key, []).append(fill)
-        return fill
-
-    def _joinable(self, key: bytes, req_headers: Headers) -> Fill | None:
-        for fill in self.fills.get(key, ()):
-            if fill.serves(req_headers):
-                return fill
-        return None
-
-    def _end_fill(self, fill: Fill) -> None:
-        fill.release()
-        fills = self.fills.get(fill.key)
-        if fills is not None and fill in fills:
-            fills.remove(fill)
-            if not fills:
-                del self.fills[fill.key]
-
     def _background(
         self, ds: Downstream, ex: Exchange, d: Proxy, key: bytes, rules: policy.Rules,
         validate: Stored | None,
@@ -234,20 +114,6 @@ class Cache:
         if not self._decide(ds, ex, d, rules, key):
             ds.resume_proxy(ex)
 
-    async def _stored_metas(self, key: bytes) -> list[EntryMeta]:
-        """Every variant's meta the persistent store holds for ``key``."""
-        listing = getattr(self.store, "metas", None)
-        if listing is not None:
-            return list(await listing(key))  # redis: every instance's variants, from the shared set
-        known = getattr(self.store, "variants", None)  # disk: the variants this process indexed
-        metas: list[EntryMeta] = []
-        for variant in known(key) if known is not None else [b""]:
-            got = await self.store.get(key, variant)
-            if got is not None:
-                got[1].close()
-                metas.append(got[0])
-        return metas
-
     def _decide(self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes) -> bool:
         head = ex.head
         method = head.method
@@ -276,7 +142,7 @@ class Cache:
             return True
         self.misses += 1
         stale = self._stored_for(key, look.entry) if out is policy.Outcome.MUST_VALIDATE else None
-        if method == "GET" and _has_range(head.headers):
+        if method == "GET" and has_range(head.headers):
             # One whole-object fill per object, whoever starts it: this Range joins the fill in
             # flight (answered from it once its bytes are there) or starts one in the background.
             fill = self._joinable(key, head.headers) if self.coalesce else None
@@ -289,7 +155,7 @@ class Cache:
         if method != "GET":  # HEAD: never stored, validated as it passes
             if stale is not None:
                 state.stored = stale
-                d.headers = _validating(d, stale)
+                d.headers = validating(d.fields(), stale)
                 ex.cache_result = "revalidate"
             return False
         fill = self._joinable(key, head.headers) if self.coalesce else None
@@ -301,12 +167,12 @@ class Cache:
         if stale is not None:
             # One conditional request per stale entry; concurrent requests wait for it.
             state.stored = stale
-            d.headers = _validating(d, stale)
+            d.headers = validating(d.fields(), stale)
             ex.cache_result = "revalidate"
             fill = state.fill = self._fill(key)
             fill.set_variant(stale.entry.vary_fields, stale.entry.vary, stale.variant)
             return False
-        if _has_range(head.headers):
+        if has_range(head.headers):
             return False  # a Range miss with range fills off: passed through, not stored
         state.fill = self._fill(key)
         ex.cache_result = "miss"
@@ -319,9 +185,6 @@ class Cache:
             return
         if not self._decide(ds, ex, d, state.rules, state.key):
             ds.resume_proxy(ex)
-
-    def _stored_for(self, key: bytes, entry: policy.Entry | None) -> Stored | None:
-        return None if entry is None else self.index.find(key, entry)
 
     async def _purge_request(self, ds: Downstream, ex: Exchange, key: bytes) -> None:
         if not self.purge_clients.allows(ex.client_ip):
@@ -352,11 +215,11 @@ class Cache:
         verdict = policy.storable(req.method, head.status, req.headers, head.headers, state.rules)
         if not verdict or ex.decision is None:
             self._drop_fill(state)
-            return _status(False, fwd or "uri-miss", False, detail=verdict.reason or None)
+            return status_field(False, fwd or "uri-miss", False, detail=verdict.reason or None)
         if state.fill is not None and state.fill.invalidated:
             # Purged or invalidated while this fetch was in flight: what it brings is not stored.
             self._drop_fill(state)
-            return _status(False, fwd or "uri-miss", False, detail="invalidated")
+            return status_field(False, fwd or "uri-miss", False, detail="invalidated")
         entry = policy.make_entry(
             head.status, req.headers, stored_headers, state.request_time, now, state.rules
         )
@@ -368,14 +231,14 @@ class Cache:
         writer = self.store.begin(meta)
         if writer is None:
             self._drop_fill(state)
-            return _status(False, fwd or "uri-miss", False, detail="not-stored")
+            return status_field(False, fwd or "uri-miss", False, detail="not-stored")
         state.writer = writer
         state.stored = Stored(entry, variant, writer.meta.version)
         if state.fill is not None:
             state.fill.set_variant(entry.vary_fields, entry.vary, variant)
             length = head.content_length if head.framing is Framing.LENGTH else -1
             state.fill.publish_head(head.status, head.reason, stored_headers, length)
-        return _status(False, fwd or "uri-miss", True, ttl=entry.lifetime)
+        return status_field(False, fwd or "uri-miss", True, ttl=entry.lifetime)
 
     def on_response_body(self, ex: Exchange, data: bytes, conn: UpstreamConnection | None = None) -> None:
         state = ex.cache
@@ -398,43 +261,6 @@ class Cache:
             return
         self._complete(state)
 
-    def _complete(self, state: CacheState) -> None:
-        """The whole body has arrived: commit it (unless invalidated meanwhile) and release the fill."""
-        writer, state.writer = state.writer, None
-        fill, state.fill = state.fill, None
-        if fill is not None:
-            fill.finish()
-        if writer is not None and state.stored is not None:
-            asyncio.get_running_loop().create_task(self.commit(state.key, state.stored, writer, fill))
-        elif fill is not None:
-            fill.set_stored(False)
-            self._end_fill(fill)
-
-    async def commit(self, key: bytes, stored: Stored, writer: Writer, fill: Fill | None) -> bool:
-        if fill is not None and fill.invalidated:
-            writer.abort()
-            log.info("ferryman: cache fill of %s not stored: purged or invalidated meanwhile",
-                     key.decode("latin-1"))
-            ok = False
-        else:
-            try:
-                ok = await writer.commit()
-            except Exception:  # noqa: BLE001 - a store failure is a miss, never an error
-                log.exception("ferryman: cache commit failed")
-                ok = False
-            if not ok:
-                log.info("ferryman: cache fill of %s not stored: the store refused or lost it",
-                         key.decode("latin-1"))
-        if ok and fill is not None and fill.invalidated:
-            await self.store.delete(key)  # invalidated while it was being published
-            ok = False
-        if ok:
-            self.remember(key, stored)
-        if fill is not None:
-            fill.set_stored(ok)
-            self._end_fill(fill)
-        return ok
-
     def on_abort(self, ex: Exchange, why: str = "") -> None:
         state = ex.cache
         if state is None:
@@ -445,12 +271,6 @@ class Cache:
             log.info("ferryman: cache fill of %s abandoned: %s", state.key.decode("latin-1"),
                      why or ex.error or "the exchange failed")
         self._drop_fill(state)
-
-    def _drop_fill(self, state: CacheState) -> None:
-        fill, state.fill = state.fill, None
-        if fill is not None:
-            fill.fail()
-            self._end_fill(fill)
 
     def takeover(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:
         """Answer a validated request from the entry: on 304, or on 5xx with stale-if-error."""
@@ -501,30 +321,6 @@ class Cache:
         ex.cache_result = "revalidated"
         ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
         return True
-
-    def refreshed(self, key: bytes, stale: Stored, entry: policy.Entry, fill: Fill | None) -> Stored:
-        """A revalidation got its 304: the entry is fresh again, for the fill's followers too."""
-        stored = Stored(entry, stale.variant, stale.version)
-        if fill is None or not fill.invalidated:
-            self.remember(key, stored)
-            asyncio.get_running_loop().create_task(self._update_meta(key, stored))
-        if fill is not None:
-            fill.revalidated(stored)
-            self._end_fill(fill)
-        return stored
-
-    async def _update_meta(self, key: bytes, stored: Stored) -> None:
-        got = await self.store.get(key, stored.variant)
-        if got is None:
-            return
-        meta, reader = got
-        reader.close()
-        if meta.version != stored.version:
-            return  # replaced by a newer fill (another process): not this 304's to refresh
-        e = stored.entry
-        new = EntryMeta(key, stored.variant, e.status, tuple(e.headers), meta.request_headers,
-                        e.request_time, e.response_time, meta.body_size, stored.version)
-        await self.store.update_meta(key, stored.variant, new)
 
     def serve_stale_on_error(self, ds: Downstream, ex: Exchange, exc: FerrymanError) -> bool:
         """RFC 5861 stale-if-error: the origin failed, a stale entry may still answer."""
@@ -579,7 +375,7 @@ class Cache:
         built on its first hit, so a hit only formats Age and Cache-Status.
         """
         entry = stored.entry
-        if not look.strip and ex.head.method == "GET" and not _conditional(ex.head.headers):
+        if not look.strip and ex.head.method == "GET" and not conditional(ex.head.headers):
             plan = ex.plan
             via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
             if stored.block is None or stored.block_via != via:
@@ -612,32 +408,12 @@ class Cache:
 
     def _prepare(
         self, ds: Downstream, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool
-    ) -> tuple[Headers, bytes, int, int, int]:
+    ) -> Answer:
         """Headers, extra bytes, status and byte range for answering from ``entry``."""
-        head = ex.head
-        now = time.time()
-        headers = policy.strip_fields(entry.headers, look.strip) if look.strip else entry.headers
-        age = int(entry.age(now))
-        status_member = policy.cache_status(hit, None if hit else "stale", False, ttl=entry.lifetime - age)
         plan = ex.plan
         via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
         drop = ex.cache.rules.serve_drop if ex.cache is not None else policy.DEFAULT_RULES.serve_drop
-        hdrs = forward_response_headers(headers, drop, via)  # our Age replaces the stored one (4.2.3)
-        extra = b"Age: %d\r\nCache-Status: %s\r\n" % (age, status_member)
-        if policy.client_conditional_304(
-            head.method, head.headers, entry.status, entry.headers, entry.response_time
-        ):
-            return policy.not_modified_headers(hdrs), extra, 304, 0, 0
-        rng = None
-        if entry.status == 200 and if_range_holds(head.headers, entry.headers):
-            rng = range_of(head.headers, size)
-        if rng == "bad":
-            return hdrs, extra, 416, 0, 0
-        if isinstance(rng, tuple):
-            start, end = rng
-            extra += b"Content-Range: bytes %d-%d/%d\r\n" % (start, end - 1, size)
-            return hdrs, extra, 206, start, end
-        return hdrs, extra, entry.status, 0, size
+        return answer(ex.head.method, ex.head.headers, entry, size, look, hit, via, drop, time.time())
 
     async def _send_entry(
         self, ds: Downstream, ex: Exchange, entry: policy.Entry, reader: BodyReader, look: policy.Lookup,
@@ -713,30 +489,3 @@ def _hold(conn: UpstreamConnection | None, wait: asyncio.Future[None]) -> None:
     wait.add_done_callback(resume)
 
 
-def _validating(d: Proxy, stale: Stored) -> Headers:
-    """The request's fields with our validators in place of the client's (RFC 9111 4.3.1)."""
-    drop = (b"if-none-match", b"if-modified-since")
-    kept = [(n, v) for n, v in d.fields() if n.lower() not in drop]
-    return kept + policy.conditional_headers(stale.entry.headers)
-
-
-def _status(
-    hit: bool, fwd: str | None, stored: bool, ttl: float | None = None, detail: str | None = None
-) -> bytes:
-    return b"Cache-Status: " + policy.cache_status(hit, fwd, stored, ttl=ttl, detail=detail) + b"\r\n"
-
-
-_CONDITIONAL = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since"})
-
-
-def _conditional(headers: Headers) -> bool:
-    """Does the request need more than the plain stored response (ranges, client validators)?"""
-    return any(n.lower() in _CONDITIONAL for n, _ in headers)
-
-
-def _has_range(headers: Headers) -> bool:
-    return any(n.lower() == b"range" for n, _ in headers)
-
-
-def purge_acl(nets: list[str]) -> ClientAcl:
-    return ClientAcl(tuple(ipaddress.ip_network(n, strict=False) for n in nets))

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, cast
 
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.fill import Fill
-from ferryman.http1.events import Headers
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.cache import policy
+from ferryman.pipeline.cache.lookup import Stored, if_range_holds, range_of
 from ferryman.pipeline.cache.store import CacheEntryCorrupt
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
-    from ferryman.conn.cache_flow import Cache, Stored
+    from ferryman.conn.cache_flow import Cache
     from ferryman.conn.downstream import Downstream
 
 
@@ -103,7 +103,7 @@ async def follow_range(cache: Cache, ds: Downstream, ex: Exchange, d: Proxy, fil
 
 def _serve_refreshed(cache: Cache, ds: Downstream, ex: Exchange, fill: Fill) -> None:
     """A follower of a revalidation answered 304: served from the freshened entry."""
-    stored = cast("Stored", fill.refreshed)
+    stored = cast(Stored, fill.refreshed)
     state = ex.cache
     assert stored is not None and state is not None
     state.stored = stored
@@ -182,45 +182,3 @@ def pass_through(ds: Downstream, ex: Exchange, keep: bool = False) -> None:
         ex.cache = None
     ex.cache_result = "miss"
     ds.resume_proxy(ex)
-
-
-def if_range_holds(req_headers: Headers, stored: Headers) -> bool:
-    """RFC 9110 13.1.5: a Range with If-Range applies only if the validator matches strongly."""
-    values = [v.strip() for n, v in req_headers if n.lower() == b"if-range"]
-    if not values:
-        return True
-    want = values[0]
-    for n, v in stored:
-        name = n.lower()
-        if name == b"etag" and want.startswith((b'"', b"W/")):
-            return not want.startswith(b"W/") and not v.strip().startswith(b"W/") and v.strip() == want
-        if name == b"last-modified" and not want.startswith((b'"', b"W/")):
-            return v.strip() == want
-    return False
-
-
-def range_of(headers: Headers, size: int) -> tuple[int, int] | str | None:
-    """A single byte range (RFC 9110 14.1.2); multiple ranges are answered in full."""
-    for name, value in headers:
-        if name.lower() != b"range":
-            continue
-        unit, _, spec = value.strip().partition(b"=")
-        if unit.strip().lower() != b"bytes" or b"," in spec:
-            return None
-        first, dash, last = spec.strip().partition(b"-")
-        if not dash:
-            return None
-        try:
-            if not first:
-                n = int(last)
-                if n <= 0:
-                    return "bad"
-                return (max(0, size - n), size)
-            a = int(first)
-            b = int(last) + 1 if last else size
-        except ValueError:
-            return None
-        if a >= size:
-            return "bad"
-        return (a, min(b, size)) if b > a else None
-    return None

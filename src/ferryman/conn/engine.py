@@ -16,7 +16,8 @@ from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.conn.cache_flow import Cache, purge_acl
+from ferryman.conn.cache_flow import Cache
+from ferryman.conn.cache_front import purge_acl
 from ferryman.conn.phases import Env, compile_phases
 from ferryman.observe.access_log import AccessLog
 from ferryman.pipeline.cache.memory import MemoryStore

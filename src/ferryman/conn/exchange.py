@@ -18,7 +18,7 @@ from ferryman.pipeline.plan import Plan
 from ferryman.pipeline.stage import Phases, Proxy
 
 if TYPE_CHECKING:
-    from ferryman.conn.cache_flow import CacheState
+    from ferryman.conn.cache_front import CacheState
     from ferryman.conn.queueing import Queued
     from ferryman.upstream.connection import UpstreamConnection
     from ferryman.upstream.group import Lease, UpstreamGroup
