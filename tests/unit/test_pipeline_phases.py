@@ -74,7 +74,8 @@ CACHED_REVERSE = (
 def test_forward_list_in_path_order() -> None:
     p = compile_phases(plan_of(""), "forward", env())
     assert names(p.request) == [
-        "admit_client", "admit_no_via_loop", "parse_target", "admit_connect_port", "route_forward",
+        "admit_client", "serve_pac", "admit_no_via_loop", "parse_target", "admit_connect_port",
+        "route_forward",
     ]
     assert names(p.resolved) == ["admit_not_self"]
     assert names(p.log) == ["log_access"]
@@ -93,8 +94,8 @@ def test_phases_that_do_not_apply_are_not_in_the_list() -> None:
         "forward", env(cache=True),
     )
     assert names(full.request) == [
-        "admit_body_size", "admit_client", "admit_no_via_loop", "parse_target", "admit_connect_port",
-        "admit_rules", "route_forward", "cache_lookup",
+        "admit_body_size", "admit_client", "serve_pac", "admit_no_via_loop", "parse_target",
+        "admit_connect_port", "admit_rules", "route_forward", "cache_lookup",
     ]
     assert names(full.resolved) == ["admit_not_self", "admit_address"]
     # the cache phase needs an open cache, not only its settings
@@ -245,3 +246,17 @@ def test_log_phase_gets_the_error() -> None:
     for phase in p.log:
         phase(ctx_for(plan, head(b"http://o.test/")), out)
     assert lines == [("127.0.0.1", 403, "denied")]
+
+
+def test_the_pac_file_is_answered_before_the_target_phase() -> None:
+    plan = plan_of("forward: {direct: [.corp.example]}\n")
+    p = compile_phases(plan, "forward", env())
+    for target in (b"/proxy.pac", b"/wpad.dat", b"/proxy.pac?v=2"):
+        d = run(p.request, ctx_for(plan, head(target)))
+        assert isinstance(d, Respond) and d.error is None and d.status == 200, target
+        assert b"application/x-ns-proxy-autoconfig" in d.data and b".corp.example" in d.data
+    head_only = run(p.request, ctx_for(plan, head(b"/proxy.pac", method="HEAD")))
+    assert isinstance(head_only, Respond) and b"FindProxyForURL" not in head_only.data
+    assert refusal(run(p.request, ctx_for(plan, head(b"/proxy.pac", method="POST")))) is ClientProtocolError
+    assert refusal(run(p.request, ctx_for(plan, head(b"/index.html")))) is ClientProtocolError
+    assert refusal(run(p.request, ctx_for(plan, head(b"/proxy.pac"), peer="192.0.2.1"))) is Forbidden

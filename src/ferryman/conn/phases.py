@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.pipeline.admit import access, clients, guard, loop, ports, privacy, size
+from ferryman.pipeline.admit import access, clients, guard, loop, pac_file, ports, privacy, size
 from ferryman.pipeline.cache import stage as cache_stage
 from ferryman.pipeline.context import Outcome, RequestContext
 from ferryman.pipeline.plan import Plan
@@ -40,6 +40,7 @@ LogRow = Callable[[Plan, Env], LogPhase | None]
 FORWARD: list[Row] = [
     lambda p, env: size.phase(p.limits),
     lambda p, env: clients.phase(p.forward),
+    lambda p, env: pac_file.phase(p.forward),
     lambda p, env: loop.via(p.forward.via),
     lambda p, env: forward.parse_target,
     lambda p, env: ports.phase(p.forward.connect_ports),
