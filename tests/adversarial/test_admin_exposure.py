@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.procs import Ferryman, free_port, run_ferryman, wait_port
-from tests.helpers.rawhttp import Response, assert_error_and_closed, exchange, wait_until
+from tests.helpers.procs import Ferryman, free_port, run_ferryman
+from tests.helpers.rawhttp import Response, assert_error_and_closed, exchange
+from tests.helpers.wait import wait_for, wait_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,7 +146,7 @@ def test_state_changes_with_json_or_the_custom_header(
     before = reloads(proxy)
     resp = admin_call(admin_port, "POST", "/reload", extra=extra, body=body)
     assert (resp.status, json.loads(resp.body)) == (200, {"reloaded": True})
-    assert wait_until(lambda: reloads(proxy) == before + 1, 5)
+    wait_for(lambda: reloads(proxy) == before + 1, 5)
     resp = admin_call(admin_port, "POST", "/purge", extra=extra, body=body)
     assert resp.status == 404  # no cache configured: the call itself was accepted
 

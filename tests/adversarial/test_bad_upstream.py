@@ -30,11 +30,9 @@ from tests.helpers.rawhttp import (
     read_response,
     read_to_eof,
     tidy_origin,
-    wait_log,
 )
-from tests.helpers.rawhttp import (
-    read_head as client_read_head,
-)
+from tests.helpers.rawhttp import read_head as client_read_head
+from tests.helpers.wait import wait_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -151,7 +149,7 @@ def test_invalid_upstream_response_gives_502(proxy: Ferryman, handler: Handler, 
     assert_error_and_closed(resp, 502)
     assert cause in resp.text.lower(), resp.text
     assert MARK not in resp.raw, "bytes of the invalid response were relayed"
-    line = wait_log(proxy, lambda x: x["target"] == url)
+    line = wait_log(proxy.access_log, lambda x: x["target"] == url)
     assert line["status"] == 502 and line["error"], line
 
 
@@ -174,7 +172,7 @@ def test_invalid_chunk_size_from_upstream_is_never_relayed(proxy: Ferryman) -> N
     else:
         assert resp.status == 200 and resp.header("transfer-encoding") == b"chunked", raw
         assert not resp.complete, f"a broken body was passed off as complete: {raw!r}"
-    line = wait_log(proxy, lambda x: x["target"] == url)
+    line = wait_log(proxy.access_log, lambda x: x["target"] == url)
     assert line["error"], line
 
 
@@ -197,7 +195,7 @@ def test_truncated_body_closes_client_before_completion(proxy: Ferryman, respons
     resp = parse_response(raw)
     assert resp.status == 200
     assert not resp.complete, f"a truncated body was passed off as complete: {raw!r}"
-    line = wait_log(proxy, lambda x: x["target"] == url)
+    line = wait_log(proxy.access_log, lambda x: x["target"] == url)
     assert line["status"] == 200 and "middle of the body" in line["error"], line
 
 
@@ -247,7 +245,7 @@ def test_upstream_stalling_mid_body_closes_client(proxy: Ferryman) -> None:
     resp = parse_response(head + rest + tail)
     assert resp.status == 200 and not resp.complete
     assert elapsed < 3.0, elapsed
-    line = wait_log(proxy, lambda x: x["target"] == url)
+    line = wait_log(proxy.access_log, lambda x: x["target"] == url)
     assert line["error"], line
 
 

@@ -17,12 +17,11 @@ from tests.helpers.rawhttp import (
     connect,
     exchange,
     get,
-    log_lines,
     read_response,
     run_ferryman_at,
     tidy_origin,
-    wait_log,
 )
+from tests.helpers.wait import json_lines, wait_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -63,8 +62,9 @@ def test_absolute_url_to_own_port_gets_508(proxy: Ferryman, host: str) -> None:
     resp = exchange(proxy.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url.encode(), timeout=FAST + 1)
     assert time.monotonic() - t0 < FAST
     assert_error_and_closed(resp, 508)
-    wait_log(proxy, lambda x: x["target"] == url)
-    assert [x["status"] for x in log_lines(proxy) if x["target"] == url] == [508], "the request recursed"
+    wait_log(proxy.access_log, lambda x: x["target"] == url)
+    statuses = [x["status"] for x in json_lines(proxy.access_log()) if x["target"] == url]
+    assert statuses == [508], "the request recursed"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
@@ -77,8 +77,8 @@ def test_connect_to_own_port_gets_508(proxy: Ferryman, host: str) -> None:
     )
     assert time.monotonic() - t0 < FAST
     assert_error_and_closed(resp, 508)
-    wait_log(proxy, lambda x: x["target"] == authority)
-    assert [x["status"] for x in log_lines(proxy) if x["target"] == authority] == [508]
+    wait_log(proxy.access_log, lambda x: x["target"] == authority)
+    assert [x["status"] for x in json_lines(proxy.access_log()) if x["target"] == authority] == [508]
 
 
 def test_request_carrying_our_own_via_gets_508(proxy: Ferryman, origin: RawOrigin) -> None:
@@ -116,8 +116,9 @@ def test_self_as_parent_request_stops_at_second_hop(self_parent: Ferryman, origi
         resp = read_response(sock, FAST + 1)
     assert time.monotonic() - t0 < FAST
     assert resp.status == 508 and resp.body.startswith(b"ferryman: 508"), resp.raw
-    wait_log(self_parent, lambda x: x["target"] == url and x["status"] == 508)
-    assert len([x for x in log_lines(self_parent) if x["target"] == url]) <= 2, "the request recursed"
+    wait_log(self_parent.access_log, lambda x: x["target"] == url and x["status"] == 508)
+    lines = [x for x in json_lines(self_parent.access_log()) if x["target"] == url]
+    assert len(lines) <= 2, "the request recursed"
     assert not any(b"/via-parent" in r for r in origin.requests)
 
 
@@ -127,4 +128,4 @@ def test_self_as_parent_connect_gets_508(self_parent: Ferryman) -> None:
     resp = exchange(self_parent.port, req, timeout=FAST + 1)
     assert time.monotonic() - t0 < FAST
     assert resp.status == 508, resp.raw[:300]
-    assert len([x for x in log_lines(self_parent) if x["target"] == "example.com:443"]) <= 2
+    assert len([x for x in json_lines(self_parent.access_log()) if x["target"] == "example.com:443"]) <= 2

@@ -32,10 +32,9 @@ from tests.helpers.rawhttp import (
     reset_close,
     send_quietly,
     tidy_origin,
-    wait_log,
-    wait_until,
 )
 from tests.helpers.rawhttp import read_head as client_read_head
+from tests.helpers.wait import wait_for, wait_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -174,7 +173,7 @@ def test_client_reset_mid_response_leaves_proxy_serving(proxy: Ferryman, origin:
         assert upstream_released.wait(5), "ferryman kept the upstream connection of a vanished client"
         assert not streamed_all, "ferryman read the whole body for a client that was gone"
     assert_serving(proxy, origin)
-    line = wait_log(proxy, lambda x: x["target"] == url)
+    line = wait_log(proxy.access_log, lambda x: x["target"] == url)
     assert line["bytes_out"] < total, line
 
 
@@ -195,7 +194,7 @@ def test_client_reset_mid_response_is_logged_as_error(proxy: Ferryman) -> None:
                 sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (url.encode(), bulk.port))
                 client_read_head(sock, 3)
                 reset_close(sock)
-            line = wait_log(proxy, lambda x: x["target"] == url)
+            line = wait_log(proxy.access_log, lambda x: x["target"] == url)
         finally:
             client_gone.set()
     assert line["error"], f"an aborted transfer logged as complete: {line}"
@@ -219,9 +218,9 @@ def test_abandoned_connections_do_not_leak(proxy: Ferryman, origin: RawOrigin) -
             sock.sendall(partial)
             held.append(sock)
     try:
-        assert wait_until(lambda: fd_count(pid) >= base + len(held) // 2, 5), "proxy never took them"
+        wait_for(lambda: fd_count(pid) >= base + len(held) // 2, 5, "proxy never took them")
         # The held ones are timed out (client_header 1 s) and every descriptor comes back.
-        assert wait_until(lambda: fd_count(pid) <= base + 2, 6), (base, fd_count(pid))
+        wait_for(lambda: fd_count(pid) <= base + 2, 6, lambda: repr((base, fd_count(pid))))
         for sock in held:
             raw, _ = read_to_eof(sock, 2)
             assert raw.startswith(b"HTTP/1.1 408 "), raw[:100]
@@ -251,5 +250,5 @@ def test_flood_of_malformed_requests(proxy: Ferryman, origin: RawOrigin) -> None
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(one, range(500)))
     assert statuses == [400] * 500, {s: statuses.count(s) for s in set(statuses)}
-    assert wait_until(lambda: fd_count(pid) <= base + 2, 5), (base, fd_count(pid))
+    wait_for(lambda: fd_count(pid) <= base + 2, 5, lambda: repr((base, fd_count(pid))))
     assert_serving(proxy, origin)

@@ -8,8 +8,8 @@ reading a request, or to hold requests under ``/slow`` until released.
 ``/health`` answers 200 or 503 after ``healthy`` and is not recorded.
 
 `ws_echo_backend` is a `websockets` echo server; `run_reverse` starts
-``ferryman run -c FILE`` with one reverse listener; `poll` is the bounded
-wait every test uses instead of a sleep.
+``ferryman run -c FILE`` with one reverse listener; waits are
+`tests.helpers.wait.wait_for`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,21 +32,10 @@ import yaml
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from tests.helpers.procs import REPO, Ferryman, free_port, wait_port
+from tests.helpers.procs import REPO, Ferryman, free_port
+from tests.helpers.wait import wait_port
 
 T = TypeVar("T")
-
-
-def poll(fn: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
-    """Call ``fn`` until it returns something truthy (bounded); return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"condition not met within {timeout}s: {what or fn}")
-        time.sleep(interval)
 
 
 @dataclass

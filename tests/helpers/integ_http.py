@@ -8,14 +8,12 @@ Every read is bounded by the socket timeout; nothing here sleeps to synchronise.
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -214,40 +212,6 @@ def raw_client(port: int, timeout: float = 10.0) -> Iterator[RawClient]:
         yield c
     finally:
         c.close()
-
-
-# -- bounded polling -----------------------------------------------------------
-def poll_until(fn: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    """Call ``fn`` until it returns something truthy, for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fn()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def json_log(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def wait_log_entry(read: Callable[[], str], pred: Callable[[dict[str, Any]], bool],
-                   timeout: float = 10.0) -> dict[str, Any]:
-    """Poll a JSON access log (flushed once per event-loop turn) for a matching line."""
-
-    def find() -> dict[str, Any] | None:
-        for entry in json_log(read()):
-            if pred(entry):
-                return entry
-        return None
-
-    return poll_until(find, timeout, "an access-log line")
-
-
-def wait_text(read: Callable[[], str], needle: str, timeout: float = 10.0) -> str:
-    return poll_until(lambda: read() if needle in read() else None, timeout, repr(needle))
 
 
 def curl(*args: str, stdin: bytes | None = None, timeout: float = 30.0,

@@ -9,17 +9,15 @@ file, /proc) against a deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 from tests.helpers import procs
@@ -215,40 +213,6 @@ def assert_error_and_closed(resp: Response, status: int | tuple[int, ...]) -> No
 # -- the proxy process ---------------------------------------------------------
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``pred`` until it holds or ``timeout`` passes (a bounded wait on outside state)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def log_lines(fm: Ferryman) -> list[dict[str, Any]]:
-    out = []
-    for line in fm.access_log().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue  # a line still being written
-    return out
-
-
-def wait_log(fm: Ferryman, pred: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
-    """The first access-log line matching ``pred``, waiting (bounded) for the flush."""
-    found: list[dict[str, Any]] = []
-
-    def check() -> bool:
-        found[:] = [x for x in log_lines(fm) if pred(x)]
-        return bool(found)
-
-    if not wait_until(check, timeout):
-        raise AssertionError(f"no matching access-log line within {timeout}s:\n{fm.access_log()[-2000:]}")
-    return found[0]
 
 
 @contextmanager

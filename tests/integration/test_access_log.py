@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.integ_http import curl, get, json_log, poll_until, raw_client, wait_log_entry
+from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.integ_servers import Origin, origin_server, read_request
 from tests.helpers.procs import Ferryman, Nginx, free_port, run_ferryman
+from tests.helpers.wait import json_lines, wait_for, wait_log
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
@@ -32,7 +33,7 @@ def test_json_line_for_a_get(logged: Ferryman, nginx: Nginx) -> None:
     with raw_client(logged.port) as c:
         r = c.request(get(url))
     assert r.status == 200
-    e = wait_log_entry(logged.access_log, lambda e: e["target"] == url)
+    e = wait_log(logged.access_log, lambda e: e["target"] == url)
     assert ISO_UTC.match(e["time"]), e["time"]
     assert e["client"] == "127.0.0.1"
     assert e["user"] == ""
@@ -51,7 +52,7 @@ def test_json_line_counts_request_body_bytes(logged: Ferryman, nginx: Nginx) -> 
     url = f"{nginx.url}/echo?json-post"
     out = curl("-x", logged.proxy, "--data-binary", "z" * 12_345, "-H", "Expect:", url)
     assert out.stdout == b"POST /echo?json-post\n"
-    e = wait_log_entry(logged.access_log, lambda e: e["target"] == url)
+    e = wait_log(logged.access_log, lambda e: e["target"] == url)
     assert e["method"] == "POST" and e["status"] == 200
     assert e["bytes_in"] == 12_345
     assert e["bytes_out"] >= len(b"POST /echo?json-post\n")
@@ -76,7 +77,7 @@ def test_combined_format(tmp_path: Path, nginx: Nginx) -> None:
             lines = fm.access_log().splitlines()
             return lines if len(lines) >= 2 else None
 
-        ok_line, err_line = poll_until(two_lines, 10, "two combined log lines")[:2]
+        ok_line, err_line = wait_for(two_lines, 10, "two combined log lines")[:2]
     m = COMBINED.match(ok_line)
     assert m, ok_line
     assert (m["method"], m["target"], m["status"]) == ("POST", url, "200")
@@ -109,11 +110,11 @@ def test_tunnel_logged_with_exact_byte_counts_when_it_closes(tmp_path: Path, ngi
         # while the tunnel is open it has no line yet (a later request's line is already there)
         with raw_client(fm.port) as other:
             assert other.request(get(f"{nginx.url}/small")).status == 200
-        wait_log_entry(fm.access_log, lambda e: e["method"] == "GET")
-        assert not [e for e in json_log(fm.access_log()) if e["method"] == "CONNECT"]
+        wait_log(fm.access_log, lambda e: e["method"] == "GET")
+        assert not [e for e in json_lines(fm.access_log()) if e["method"] == "CONNECT"]
         c.shutdown_write()
         assert c.read_to_eof() == b""
-        e = wait_log_entry(fm.access_log, lambda e: e["method"] == "CONNECT")
+        e = wait_log(fm.access_log, lambda e: e["method"] == "CONNECT")
     assert e["target"] == f"127.0.0.1:{o.port}" and e["status"] == 200
     assert e["bytes_in"] == 1000
     assert e["bytes_out"] == 2500
@@ -129,7 +130,7 @@ def _error_entry(fm: Ferryman, request: bytes, target: str) -> tuple[int, dict[s
     with raw_client(fm.port) as c:
         status = c.request(request).status
         assert c.at_eof(5), "an error response must close the connection"
-    return status, wait_log_entry(fm.access_log, lambda e: e["target"] == target)
+    return status, wait_log(fm.access_log, lambda e: e["target"] == target)
 
 
 def test_errors_are_logged_with_their_status(logged: Ferryman) -> None:

@@ -28,9 +28,10 @@ from tests.helpers.cache_integ import (
     path_of,
     reverse_cache_config,
 )
-from tests.helpers.integ_http import Response, poll_until, raw_client
+from tests.helpers.integ_http import Response, raw_client
 from tests.helpers.integ_servers import Origin
-from tests.helpers.procs import Ferryman, free_port, run_ferryman, wait_port
+from tests.helpers.procs import Ferryman, free_port, run_ferryman
+from tests.helpers.wait import wait_for, wait_port
 
 OLD = "Mon, 01 Jan 2024 00:00:00 GMT"  # a Last-Modified long past: heuristic freshness of a day
 FUTURE = "Fri, 01 Jan 2100 00:00:00 GMT"
@@ -219,7 +220,7 @@ def test_the_disk_store_writes_nothing_for_responses_it_could_never_serve(tmp_pa
             # a cacheable response afterwards: once its entry is on disk, the bare ones
             # would have been too, had they been written
             assert is_stored(client.get(f"{base}/control"))
-            poll_until(lambda: is_hit(client.get(f"{base}/control")), 10, "the control entry")
+            wait_for(lambda: is_hit(client.get(f"{base}/control")), 10, "the control entry")
             written = sum(p.stat().st_size for p in _files(cache_dir))
             assert written < BIG, [(p.name, p.stat().st_size) for p in _files(cache_dir)]
             assert count(origin, "/bare/disk") == 20

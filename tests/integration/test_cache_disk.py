@@ -27,9 +27,9 @@ from tests.helpers.cache_integ import (
     path_of,
     reverse_cache_config,
 )
-from tests.helpers.integ_http import poll_until
 from tests.helpers.integ_servers import Origin, header_value, response
-from tests.helpers.procs import free_port, run_ferryman, wait_port
+from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.wait import wait_for, wait_port
 
 HOST = {"Host": "site.test"}
 HEAD = 24  # the entry file's head: magic | version | block shift | meta length | body length
@@ -72,7 +72,7 @@ def wait_entries(root: Path, n: int = 1) -> list[Path]:
         files = entry_files(root)
         return files if len(files) >= n else None
 
-    return poll_until(found, 10, f"{n} entry file(s)")
+    return wait_for(found, 10, f"{n} entry file(s)")
 
 
 def fetch_raw(url: str) -> tuple[int, int | None, bytes, bool]:

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cache_integ import count, counting_origin, path_of, reverse_cache_config
-from tests.helpers.integ_http import poll_until
 from tests.helpers.integ_servers import Origin, response
 from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.wait import wait_for
 
 SIZE = 64 * 1024 * 1024 + 12345
 BODY = hashlib.shake_256(b"integrity").digest(SIZE)
@@ -83,7 +83,7 @@ def test_no_damaged_byte_of_a_large_entry_reaches_a_client(tmp_path: Path, where
     ) as fm:
         head, body, complete = fetch(fm.port)
         assert complete and body == BODY and b"stored" in cache_status(head)
-        path = poll_until(lambda: entry_file(cache_dir), 20, "the entry on disk")
+        path = wait_for(lambda: entry_file(cache_dir), 20, "the entry on disk")
         start = body_start(path)
         offset = {
             "meta": path.read_bytes()[:start].index(b"octet-stream") + 2,  # a stored header's value

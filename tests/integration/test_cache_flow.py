@@ -29,9 +29,10 @@ from tests.helpers.cache_integ import (
     path_of,
     reverse_cache_config,
 )
-from tests.helpers.integ_http import curl, poll_until, raw_client
+from tests.helpers.integ_http import curl, raw_client
 from tests.helpers.integ_servers import Origin, header_value, response
-from tests.helpers.procs import Ferryman, Nginx, free_port, run_ferryman, run_nginx, wait_port
+from tests.helpers.procs import Ferryman, Nginx, free_port, run_ferryman, run_nginx
+from tests.helpers.wait import wait_for, wait_port
 
 MiB = 1 << 20
 LINE = re.compile(rb'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/1\.[01]" (?P<status>\d{3}) (?P<bytes>\d+)')
@@ -104,7 +105,7 @@ def test_fast_client_fills_of_a_big_object_are_all_published(tmp_path: Path, ori
             fields, size = fetch(fm, f"{origin.url}/big64?n={i}")
             assert size == 64 * MiB
             assert "stored" in fields["cache-status"], fields
-        files = poll_until(lambda: (f := entry_files(tmp_path / "cache")) and len(f) >= fills and f, 20,
+        files = wait_for(lambda: (f := entry_files(tmp_path / "cache")) and len(f) >= fills and f, 20,
                            f"{fills} published entries")
         assert len(files) == fills
         for i in range(fills):
@@ -143,7 +144,7 @@ def test_concurrent_range_misses_and_a_plain_miss_make_one_whole_object_fill(
                 status, body, _ = whole.result(60)
                 assert status == 200 and body == data
             if wave == 1:
-                poll_until(lambda: entry_files(tmp_path / "cache"), 20, "the object stored")
+                wait_for(lambda: entry_files(tmp_path / "cache"), 20, "the object stored")
                 first = origin_log(origin)
         hits = origin_log(origin)
     whole_fetches = [h for h in hits if h.path == "/update.bin" and h.status == 200]
@@ -165,7 +166,7 @@ def test_a_range_already_arrived_is_answered_from_the_fill(tmp_path: Path, origi
             assert status == 206 and body == data[MiB : 2 * MiB] and "collapsed" in cs
             assert origin_log(origin) == []  # nginx logs a request when it ends: only the fill runs
             assert leader.read_exact(size - 4 * MiB) == data[4 * MiB :]
-        poll_until(lambda: origin_log(origin), 10, "the fill logged")
+        wait_for(lambda: origin_log(origin), 10, "the fill logged")
     assert [(h.path, h.status) for h in origin_log(origin)] == [("/slowread.bin", 200)]
 
 
@@ -182,7 +183,7 @@ def test_an_object_of_exactly_max_object_size_is_cached(
         if not first_range:
             assert "stored" in first["cache-status"], first
         # A request during the background fill follows it: it asks the origin nothing more.
-        poll_until(lambda: "hit" in fetch(fm, f"{origin.url}/exact")[0]["cache-status"], 5, "a hit")
+        wait_for(lambda: "hit" in fetch(fm, f"{origin.url}/exact")[0]["cache-status"], 5, "a hit")
     assert len(origin_log(origin)) == 1
 
 
@@ -193,7 +194,7 @@ def test_the_disk_store_by_default_caches_objects_bigger_than_the_memory_limit(
     with disk_proxy(tmp_path) as fm:
         first, size = fetch(fm, f"{origin.url}/big80")
         assert size == 80 * MiB and "stored" in first["cache-status"], first
-        poll_until(lambda: entry_files(tmp_path / "cache"), 20, "the entry published")
+        wait_for(lambda: entry_files(tmp_path / "cache"), 20, "the entry published")
         second, size = fetch(fm, f"{origin.url}/big80")
         assert size == 80 * MiB and "hit" in second["cache-status"], second
     assert len(origin_log(origin)) == 1
@@ -257,7 +258,7 @@ class Proxied:
             c = admin_cache(self.admin)
             return c["fills"] == 0 and c["fill_buffer_bytes"] == 0
 
-        poll_until(done, 5, "no fill in flight")
+        wait_for(done, 5, "no fill in flight")
 
 
 @pytest.fixture
@@ -276,7 +277,7 @@ def test_invalidation_while_a_fill_waits_for_its_head_is_not_lost(proxied: Proxi
     path = f"/gate/{how.lower()}"
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(proxied.get, path)
-        poll_until(lambda: count(proxied.origin, path) == 1, 5, "the fill at the origin")
+        wait_for(lambda: count(proxied.origin, path) == 1, 5, "the fill at the origin")
         if how.startswith("admin"):
             kind = how.split("-")[1]
             target = proxied.url(path if kind == "url" else "/gate/")
@@ -298,7 +299,7 @@ def test_purge_during_a_background_range_fill_is_not_lost(proxied: Proxied) -> N
     path = "/gate/range"
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(proxied.get, path, Range="bytes=0-3")
-        poll_until(lambda: count(proxied.origin, path) == 1, 5, "the fill at the origin")
+        wait_for(lambda: count(proxied.origin, path) == 1, 5, "the fill at the origin")
         r = httpx.request("PURGE", proxied.url(path), timeout=5, trust_env=False)
         assert r.status_code in (200, 404)
         proxied.origin.event(f"go:{path}").set()
@@ -315,7 +316,7 @@ def test_concurrent_revalidations_of_one_entry_make_one_conditional_request(prox
     misses = proxied.misses()
     with ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(proxied.get, path) for _ in range(clients)]
-        poll_until(lambda: proxied.misses() >= misses + clients, 10, "every request waiting")
+        wait_for(lambda: proxied.misses() >= misses + clients, 10, "every request waiting")
         proxied.origin.event(f"go:{path}").set()
         results = [f.result(15) for f in futures]
     assert all(r.status_code == 200 and r.content == f"{path} #1".encode() for r in results)
@@ -331,7 +332,7 @@ def test_stale_while_revalidate_refresh_is_conditional(proxied: Proxied) -> None
     assert is_stored(proxied.get(path))
     stale = proxied.get(path)
     assert stale.content == f"{path} #1".encode()
-    poll_until(lambda: count(proxied.origin, path) == 2, 5, "the background refresh")
+    wait_for(lambda: count(proxied.origin, path) == 2, 5, "the background refresh")
     assert header_value(heads_for(proxied.origin, path)[1], "if-none-match") == ETAG
 
 
@@ -355,7 +356,7 @@ def test_a_variant_requested_during_anothers_fill_is_stored(proxied: Proxied) ->
         assert "stored" in (leader.read_head().get("cache-status") or "")
         with ThreadPoolExecutor(1) as pool:
             other = pool.submit(proxied.get, path, **{"Accept-Encoding": "identity", "Host": "site.test"})
-            poll_until(lambda: count(proxied.origin, path) == 2, 5, "the other variant at the origin")
+            wait_for(lambda: count(proxied.origin, path) == 2, 5, "the other variant at the origin")
             proxied.origin.event(f"go:{path}").set()
             r = other.result(15)
         assert r.content.startswith(b"identity #2") and is_stored(r), r.headers

@@ -15,9 +15,10 @@ import httpx
 
 from tests.helpers.backends import child_env, ferryman_cmd, stop_process
 from tests.helpers.cache_integ import count, counting_origin, is_hit, is_stored, path_of
-from tests.helpers.integ_http import Head, curl, parse_head, wait_text
+from tests.helpers.integ_http import Head, curl, parse_head
 from tests.helpers.integ_servers import Origin, response
-from tests.helpers.procs import free_port, run_ferryman, wait_port
+from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.wait import wait_port, wait_text
 
 
 async def versioned(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> None:

@@ -14,7 +14,8 @@ import httpx
 from tests.helpers.cache_integ import count, counting_origin, is_hit, is_stored, reverse_cache_config
 from tests.helpers.integ_http import get, raw_client
 from tests.helpers.integ_servers import Origin, request_path, response
-from tests.helpers.procs import free_port, run_ferryman, wait_port
+from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.wait import wait_port
 
 
 async def fresh(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> None:

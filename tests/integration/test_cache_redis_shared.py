@@ -14,8 +14,9 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers.backends import Backend, backends, poll, run_reverse, upstream
+from tests.helpers.backends import Backend, backends, run_reverse, upstream
 from tests.helpers.procs import Ferryman
+from tests.helpers.wait import wait_for
 from tests.integration.test_cache_store_redis import RedisServer
 
 
@@ -62,7 +63,7 @@ def test_what_one_instance_stores_the_other_serves(pair: Pair) -> None:
     first = get(pair.a, "/page")
     assert first.status_code == 200 and first.text == "origin"
     assert "stored" in first.headers["cache-status"]
-    poll(lambda: stored_entries(pair.redis.url) == 1, 5, what="A's fill committed to Redis")
+    wait_for(lambda: stored_entries(pair.redis.url) == 1, 5, what="A's fill committed to Redis")
 
     second = get(pair.b, "/page")
     assert second.status_code == 200 and second.text == "origin"
@@ -77,7 +78,7 @@ def test_what_one_instance_stores_the_other_serves(pair: Pair) -> None:
 
 def test_redis_stopped_is_pass_through_never_500(pair: Pair) -> None:
     get(pair.a, "/known")
-    poll(lambda: stored_entries(pair.redis.url) == 1, 5, what="A's fill committed to Redis")
+    wait_for(lambda: stored_entries(pair.redis.url) == 1, 5, what="A's fill committed to Redis")
     assert "hit" in get(pair.b, "/known").headers["cache-status"]
     before = pair.origin.count()
 
@@ -96,7 +97,7 @@ def test_redis_stopped_is_pass_through_never_500(pair: Pair) -> None:
 
 def test_redis_hung_costs_at_most_a_timeout(pair: Pair) -> None:
     get(pair.a, "/hung")
-    poll(lambda: stored_entries(pair.redis.url) == 1, 5, what="A's fill committed to Redis")
+    wait_for(lambda: stored_entries(pair.redis.url) == 1, 5, what="A's fill committed to Redis")
     pair.redis.pause()  # accepts connections, answers nothing
     try:
         for fm in (pair.a, pair.b):

@@ -34,9 +34,10 @@ from tests.helpers.cache_integ import (
     reverse_cache_config,
     ttl_of,
 )
-from tests.helpers.integ_http import curl, parse_head, poll_until, raw_client, wait_log_entry
+from tests.helpers.integ_http import curl, parse_head, raw_client
 from tests.helpers.integ_servers import Origin, header_value, response
-from tests.helpers.procs import Ferryman, free_port, run_ferryman, wait_port
+from tests.helpers.procs import Ferryman, free_port, run_ferryman
+from tests.helpers.wait import wait_for, wait_log, wait_port
 
 LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
 RANGE_BODY = b"".join(b"%02d" % i for i in range(50))  # 100 bytes: "000102...49"
@@ -253,7 +254,7 @@ def test_expired_entry_is_revalidated_with_if_none_match_and_304(site: Site) -> 
         assert r.status_code == 200 and r.content == first.content  # hits, then the validated one
         return r if site.count(path) == 2 else None
 
-    r = poll_until(revalidated, timeout=5, what="the entry to go stale and be revalidated")
+    r = wait_for(revalidated, timeout=5, what="the entry to go stale and be revalidated")
     conditional = heads_for(site.origin, path)[1]
     assert header_value(conditional, "if-none-match") == '"r1"'
     assert site.script.sent.count((path, 304)) == 1
@@ -335,7 +336,7 @@ def test_stale_if_error_serves_the_stale_body_when_the_origin_is_down(tmp_path: 
                     ttl = ttl_of(r)
                     return r if ttl is not None and ttl < 0 else None
 
-                r = poll_until(stale, timeout=5, what="the stale-if-error entry to be served stale")
+                r = wait_for(stale, timeout=5, what="the stale-if-error entry to be served stale")
                 assert is_hit(r) and int(r.headers["age"]) >= 1
                 # Without stale-if-error the stale entry is not served when the origin fails.
                 assert client.get(f"{base}/plain").status_code == 502
@@ -349,7 +350,7 @@ def test_stale_if_error_also_covers_an_origin_5xx_answer(site: Site) -> None:
         r = site.get(path)
         return r if site.count(path) == 2 else None
 
-    r = poll_until(asked_again, timeout=5, what="the entry to go stale and the origin to be asked")
+    r = wait_for(asked_again, timeout=5, what="the entry to go stale and the origin to be asked")
     assert site.script.sent[-1] == (path, 503)
     assert r.status_code == 200 and r.content == b"/sie503 #1"
 
@@ -394,9 +395,9 @@ def test_coalescing_respects_vary(site: Site) -> None:
 
     with ThreadPoolExecutor(2) as pool:
         gz = pool.submit(get, "gzip")
-        poll_until(lambda: site.count(path) == 1, 5, "the first request at the origin")
+        wait_for(lambda: site.count(path) == 1, 5, "the first request at the origin")
         ident = pool.submit(get, "identity")
-        poll_until(lambda: admin_cache(site.admin_port)["misses"] >= misses + 2, 5, "the second miss")
+        wait_for(lambda: admin_cache(site.admin_port)["misses"] >= misses + 2, 5, "the second miss")
         site.origin.event(f"go:{path}").set()
         r_gz, r_ident = gz.result(15), ident.result(15)
     assert r_gz.status_code == 200 and r_gz.content.startswith(b"variant gzip #")
@@ -412,10 +413,10 @@ def test_followers_get_the_whole_body_when_the_leader_resets(site: Site) -> None
         assert "stored" in (leader.read_head().get("cache-status") or "")
         assert leader.read_exact(len(GATED_A)) == GATED_A
         follower.send(request)
-        poll_until(lambda: admin_cache(site.admin_port)["misses"] >= misses + 2, 5, "the follower's miss")
+        wait_for(lambda: admin_cache(site.admin_port)["misses"] >= misses + 2, 5, "the follower's miss")
         leader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         leader.close()  # RST
-        wait_log_entry(
+        wait_log(
             site.fm.access_log,
             lambda e: e.get("target") == path and "client closed" in str(e.get("error") or ""),
         )
@@ -457,7 +458,7 @@ def test_range_miss_is_answered_from_the_whole_object_fill(site: Site) -> None:
     first = site.get("/rangefill", Range="bytes=0-9")
     assert first.status_code == 206 and first.content == RANGE_BODY[:10]
     assert first.headers["content-range"] == "bytes 0-9/100"
-    poll_until(lambda: admin_cache(site.admin_port)["keys"] >= keys + 1, 5, "the background fill")
+    wait_for(lambda: admin_cache(site.admin_port)["keys"] >= keys + 1, 5, "the background fill")
     heads = heads_for(site.origin, "/rangefill")
     assert [header_value(h, "range") for h in heads] == [None]  # the whole object, once
     later = site.get("/rangefill", Range="bytes=10-19")

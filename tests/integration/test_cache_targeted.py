@@ -24,7 +24,8 @@ from tests.helpers.cache_integ import (
     reverse_cache_config,
 )
 from tests.helpers.integ_servers import Origin, response
-from tests.helpers.procs import Ferryman, free_port, run_ferryman, wait_port
+from tests.helpers.procs import Ferryman, free_port, run_ferryman
+from tests.helpers.wait import wait_port
 
 FUTURE = "Fri, 01 Jan 2100 00:00:00 GMT"
 FIELDS: dict[str, dict[str, str]] = {

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers.cache_integ import counting_origin
-from tests.helpers.integ_http import poll_until
 from tests.helpers.integ_servers import Origin, header_value, response
 from tests.helpers.procs import free_port, run_ferryman
 from tests.helpers.rawhttp import Response, exchange
+from tests.helpers.wait import wait_for
 from tests.integration.test_cache_store_redis import RedisServer
 
 V1 = b"plain text, version one\n" * 40
@@ -98,7 +98,7 @@ def test_two_workers_on_one_disk_store_never_mix_versions(tmp_path: Path) -> Non
         switch.version = 2
         # One worker revalidates (the client asks it to) and stores v2 over the v1 file.
         assert consistent(fetch(fm.port, "Cache-Control: no-cache\r\n")) == "v2"
-        poll_until(lambda: any(b'\\"v2\\"' in p.read_bytes() for p in cache_dir.rglob("*-*")
+        wait_for(lambda: any(b'\\"v2\\"' in p.read_bytes() for p in cache_dir.rglob("*-*")
                                if p.is_file() and not p.name.startswith(".tmp-")) or None,
                    10, "the v2 entry on disk")
         check_after_switch([fm.port], 30)
@@ -118,12 +118,12 @@ def test_two_instances_on_one_redis_never_mix_versions(tmp_path: Path) -> None:
                 tmp_path / "b", **config(pb, origin, cfg, shared=shared)
             ) as b:
                 assert consistent(fetch(a.port)) == "v1"
-                poll_until(lambda: fetch(b.port).header("cache-status") is not None
+                wait_for(lambda: fetch(b.port).header("cache-status") is not None
                            and b"hit" in (fetch(b.port).header("cache-status") or b"") or None,
                            10, "B serving v1 from Redis")
                 switch.version = 2
                 assert consistent(fetch(a.port, "Cache-Control: no-cache\r\n")) == "v2"
-                poll_until(lambda: consistent(fetch(a.port)) == "v2" or None, 10, "A serving v2")
+                wait_for(lambda: consistent(fetch(a.port)) == "v2" or None, 10, "A serving v2")
                 # B still indexes the v1 head; Redis holds v2 now.
                 check_after_switch([b.port, a.port], 10)
     finally:

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers.procs import free_port, wait_port
-from tests.helpers.rawhttp import read_response, wait_until
+from tests.helpers.procs import free_port
+from tests.helpers.rawhttp import read_response
+from tests.helpers.wait import wait_for, wait_port
 
 ORIGINS = 5000
 
@@ -156,7 +157,7 @@ def test_explicit_idle_cap_is_kept(tmp_path: Path) -> None:
             # 20 idle + this request's connection at most, once the loop has closed the evicted
             # sockets (a close takes effect on the loop's next turn)
             fds = Path(f"/proc/{proc.pid}/fd")
-            assert wait_until(lambda: len(list(fds.iterdir())) <= base + 21, 5), len(list(fds.iterdir()))
+            wait_for(lambda: len(list(fds.iterdir())) <= base + 21, 5, lambda: repr(len(list(fds.iterdir()))))
 
 
 def test_out_of_descriptors_closes_idle_connections_and_retries(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import yaml
 
 from tests.helpers.origin import canned
 from tests.helpers.procs import base_config, run_ferryman
-from tests.helpers.rawhttp import assert_error_and_closed, exchange, tidy_origin, wait_until
+from tests.helpers.rawhttp import assert_error_and_closed, exchange, tidy_origin
+from tests.helpers.wait import wait_for
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -69,7 +70,7 @@ def test_a_reload_with_a_bad_line_is_refused(tmp_path: Path) -> None:
     with run_ferryman(tmp_path, forward={"rules": rules}) as fm:
         (tmp_path / "block.txt").write_text("ads.example # ads\nnot a domain\n")
         fm.reload()
-        assert wait_until(lambda: "reload refused" in fm.stderr(), 10), fm.stderr()
+        wait_for(lambda: "reload refused" in fm.stderr(), 10, lambda: repr(fm.stderr()))
         assert "block.txt line 2: " in fm.stderr()
         resp = exchange(fm.port, b"GET http://ads.example/ HTTP/1.1\r\nHost: ads.example\r\n\r\n")
         assert_error_and_closed(resp, 403)  # the old rules keep serving

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.integ_http import curl, raw_client, wait_log_entry
+from tests.helpers.integ_http import curl, raw_client
 from tests.helpers.integ_servers import TLS_BODY, Origin, Tls, origin_server
 from tests.helpers.procs import run_ferryman
+from tests.helpers.wait import wait_log
 
 
 def connect_request(port: int, host: str = "127.0.0.1") -> bytes:
@@ -113,7 +114,7 @@ def test_tunnel_logged_with_byte_counts_after_close(tmp_path: Path, tls: Tls, tl
     with run_ferryman(tmp_path, forward={"connect_ports": [tls_origin.port]}) as fm:
         with httpx.Client(proxy=fm.proxy, verify=tls.client_ctx(), trust_env=False, timeout=10) as client:
             assert client.get(f"https://localhost:{tls_origin.port}/logged").content == TLS_BODY
-        entry = wait_log_entry(fm.access_log, lambda e: e["method"] == "CONNECT")
+        entry = wait_log(fm.access_log, lambda e: e["method"] == "CONNECT")
     assert entry["status"] == 200
     assert entry["target"] == f"localhost:{tls_origin.port}"
     # TLS handshake + request one way, handshake + response the other

@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.integ_http import curl, get, raw_client, wait_log_entry
+from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.integ_servers import TLS_BODY, Origin, Tls
 from tests.helpers.procs import Ferryman, Nginx, run_ferryman
+from tests.helpers.wait import wait_log
 
 
 @pytest.fixture
@@ -39,8 +40,8 @@ def test_http_through_two_proxies_carries_two_via_entries(chain: tuple[Ferryman,
     via_resp = [e.strip() for e in (r.head.get("via") or "").split(",")]
     assert len(via_resp) == 2 and via_resp[0].endswith(f":{parent.port} (ferryman)")
     # both hops logged the request
-    wait_log_entry(parent.access_log, lambda e: e["target"] == f"{nginx.url}/headers")
-    entry = wait_log_entry(child.access_log, lambda e: e["target"] == f"{nginx.url}/headers")
+    wait_log(parent.access_log, lambda e: e["target"] == f"{nginx.url}/headers")
+    entry = wait_log(child.access_log, lambda e: e["target"] == f"{nginx.url}/headers")
     assert entry["upstream"] == f"127.0.0.1:{parent.port}"
 
 
@@ -58,8 +59,8 @@ def test_connect_through_two_proxies(chain: tuple[Ferryman, Ferryman], tls: Tls,
     out = curl("--cacert", str(tls.ca_file), "-x", child.proxy, f"https://127.0.0.1:{tls_origin.port}/c")
     assert out.stdout == TLS_BODY
     target = f"localhost:{tls_origin.port}"
-    p = wait_log_entry(parent.access_log, lambda e: e["method"] == "CONNECT" and e["target"] == target)
-    c = wait_log_entry(child.access_log, lambda e: e["method"] == "CONNECT" and e["target"] == target)
+    p = wait_log(parent.access_log, lambda e: e["method"] == "CONNECT" and e["target"] == target)
+    c = wait_log(child.access_log, lambda e: e["method"] == "CONNECT" and e["target"] == target)
     assert p["status"] == c["status"] == 200
     assert c["upstream"] == f"127.0.0.1:{parent.port}"
 
@@ -72,5 +73,5 @@ def test_parent_refusal_of_connect_is_a_502_from_the_child(chain: tuple[Ferryman
         assert r.status == 502
         assert b"parent proxy refused CONNECT" in r.body and b"403" in r.body
         assert c.at_eof(5)
-    p = wait_log_entry(parent.access_log, lambda e: e["method"] == "CONNECT")
+    p = wait_log(parent.access_log, lambda e: e["method"] == "CONNECT")
     assert p["status"] == 403

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers.integ_http import curl, get, poll_until, raw_client, wait_log_entry, wait_text
+from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.integ_servers import Origin, origin_server, read_request
-from tests.helpers.procs import Nginx, base_config, free_port, run_ferryman, wait_port
+from tests.helpers.procs import Nginx, base_config, free_port, run_ferryman
+from tests.helpers.wait import wait_for, wait_log, wait_port, wait_text
 
 
 def ferryman_cmd() -> list[str]:
@@ -120,7 +121,7 @@ def test_forward_one_liner(tmp_path: Path, nginx: Nginx) -> None:
         wait_port(port, proc)
         out = curl("-x", f"http://127.0.0.1:{port}", f"{nginx.url}/small")
         assert out.stdout == b"hello from nginx\n"
-        entry = wait_log_entry(lambda: log.read_text() if log.exists() else "",
+        entry = wait_log(lambda: log.read_text() if log.exists() else "",
                                lambda e: e["target"] == f"{nginx.url}/small")
         assert entry["status"] == 200
         proc.send_signal(signal.SIGTERM)
@@ -150,13 +151,13 @@ def test_sigterm_lets_a_slow_response_finish_then_exits_0(tmp_path: Path) -> Non
         assert head.status == 200 and head.get("content-length") == "10"
         fm.proc.send_signal(signal.SIGTERM)
         wait_text(fm.stderr, "shutting down")
-        poll_until(lambda: refuses_connections(fm.port), 5, "the listener to close")
+        wait_for(lambda: refuses_connections(fm.port), 5, "the listener to close")
         assert fm.proc.poll() is None  # still draining the response in flight
         o.event("release").set()
         assert c.read_exact(10) == b"0123456789"
         assert fm.proc.wait(timeout=15) == 0
         assert c.at_eof(5)
-    entry = wait_log_entry(fm.access_log, lambda e: e["target"] == f"{o.url}/slow", timeout=2)
+    entry = wait_log(fm.access_log, lambda e: e["target"] == f"{o.url}/slow", timeout=2)
     assert entry["status"] == 200
 
 

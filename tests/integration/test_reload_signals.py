@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.helpers.procs import free_port, wait_port
+from tests.helpers.procs import free_port
+from tests.helpers.wait import wait_port
 
 RULE = re.compile(rb"\(rule: (v\d+)\)")
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.backends import Backend, backends, poll, run_reverse, upstream
+from tests.helpers.backends import Backend, backends, run_reverse, upstream
 from tests.helpers.procs import Ferryman
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_least_conn_avoids_the_busy_server(tmp_path: Path, two: list[Backend]) -
                                                                      timeout=10)))
         t.start()
         try:
-            busy = poll(lambda: next((x for x in two if x.count() == 1), None), what="slow request arrived")
+            busy = wait_for(lambda: next((x for x in two if x.count() == 1), None), what="slow request")
             idle = b if busy is a else a
             # ... so every quick request goes to the other one (round robin would alternate).
             with _client(fm) as c:
@@ -113,7 +114,7 @@ def test_backup_only_when_primaries_are_down(tmp_path: Path) -> None:
             assert [(r.status_code, r.text) for r in got] == [(200, "spare")] * 10
 
             p1.start()  # same port; traffic goes back once the check sees it up
-            poll(lambda: c.get("/back").text == "p1", what="traffic back on p1")
+            wait_for(lambda: c.get("/back").text == "p1", what="traffic back on p1")
             spare_before = spare.count()
             assert {c.get(f"/after/{i}").text for i in range(10)} == {"p1"}
             assert spare.count() == spare_before

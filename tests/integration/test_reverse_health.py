@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.backends import Backend, backends, poll, run_reverse, upstream
+from tests.helpers.backends import Backend, backends, run_reverse, upstream
 from tests.helpers.procs import Ferryman
+from tests.helpers.wait import wait_for
 
 CHECK = {"path": "/health", "interval": "200ms", "timeout": "1s", "rise": 2, "fall": 2}
 
@@ -54,7 +55,7 @@ def test_killing_one_backend_mid_run_gives_no_client_errors(tmp_path: Path, two:
         workers = [threading.Thread(target=client_loop, args=(fm, n)) for n in range(threads)]
         for w in workers:
             w.start()
-        poll(lambda: done >= 100 or errors, what="100 requests before the kill")
+        wait_for(lambda: done >= 100 or errors, what="100 requests before the kill")
         a.stop()
         killed.set()
         for w in workers:
@@ -80,7 +81,7 @@ def test_all_backends_down_503_quickly_with_retry_after(tmp_path: Path, two: lis
         a.stop()
         b.stop()
         # No traffic meanwhile: only the active checks can find them down.
-        poll(lambda: _down_logged(fm, a, b), timeout=5, what="both servers marked down")
+        wait_for(lambda: _down_logged(fm, a, b), timeout=5, what="both servers marked down")
         for i in range(10):
             t0 = time.monotonic()
             r = httpx.get(f"{fm.proxy}/{i}", trust_env=False, timeout=10)
@@ -124,17 +125,17 @@ def test_active_health_check_takes_a_server_out_and_back(tmp_path: Path, two: li
     ups = {"web": upstream(a.url, b.url, health=CHECK)}
     with run_reverse(tmp_path, routes=[{"upstream": "web"}], upstreams=ups) as fm, _client(fm) as c:
         assert {c.get(f"/{i}").text for i in range(4)} == {"a", "b"}
-        poll(lambda: a.health_checks >= 2 and b.health_checks >= 2, what="probes arrive")
+        wait_for(lambda: a.health_checks >= 2 and b.health_checks >= 2, what="probes arrive")
 
         a.healthy = False  # /health says 503; normal requests would still succeed
-        poll(lambda: all(c.get("/probe").text == "b" for _ in range(2)), timeout=5, what="a taken out")
-        poll(lambda: f"{a.url.removeprefix('http://')} is down" in fm.stderr(), timeout=5, what="log line")
+        wait_for(lambda: all(c.get("/probe").text == "b" for _ in range(2)), timeout=5, what="a taken out")
+        wait_for(lambda: f"{a.url.removeprefix('http://')} is down" in fm.stderr(), 5, "log line")
         before = a.count()
         assert [c.get(f"/down/{i}").text for i in range(20)] == ["b"] * 20
         assert a.count() == before
 
         a.healthy = True
-        poll(lambda: c.get("/probe").text == "a", timeout=5, what="a back in rotation")
+        wait_for(lambda: c.get("/probe").text == "a", timeout=5, what="a back in rotation")
         got = [c.get(f"/up/{i}").text for i in range(10)]
         assert got.count("a") == 5 and got.count("b") == 5
 

@@ -28,9 +28,10 @@ import trustme
 import yaml
 
 from ferryman.http1 import proxy_protocol as pp
-from tests.helpers.backends import Backend, backends, poll, run_reverse, stop_process, upstream
-from tests.helpers.procs import Ferryman, free_port, wait_port
+from tests.helpers.backends import Backend, backends, run_reverse, stop_process, upstream
+from tests.helpers.procs import Ferryman, free_port
 from tests.helpers.rawhttp import EOF, RESET, read_to_eof
+from tests.helpers.wait import wait_for, wait_port
 
 BALANCER = "127.0.0.2"
 
@@ -108,7 +109,7 @@ def _set_proxy_protocol(fm: Ferryman, tls_handshake: str | None = None) -> None:
     fm.write_config(cfg)
     before = fm.stderr().count("configuration reloaded")
     fm.reload()
-    poll(lambda: fm.stderr().count("configuration reloaded") > before, timeout=30, what="reload")
+    wait_for(lambda: fm.stderr().count("configuration reloaded") > before, timeout=30, what="reload")
 
 
 def _from_balancer(port: int) -> socket.socket:
@@ -185,7 +186,7 @@ def test_tls_pp_listener_refuses_tls_without_a_header(
         if not tls.recv(100):
             raise ConnectionResetError("closed")
     raw.close()
-    poll(lambda: "rejected PROXY header from 127.0.0.2:" in tls_pp.stderr(), what="log line")
+    wait_for(lambda: "rejected PROXY header from 127.0.0.2:" in tls_pp.stderr(), what="log line")
 
 
 def test_tls_pp_listener_refuses_an_untrusted_peer_at_accept(tls_pp: Ferryman, app: Backend) -> None:
@@ -279,7 +280,7 @@ def test_haproxy_send_proxy_in_front_of_a_tls_listener(
     seen = app.last()
     assert seen.target == f"/haproxy-{version}"
     assert seen.header("x-forwarded-for") == "127.0.0.3"  # not the balancer's 127.0.0.2
-    poll(lambda: f"/haproxy-{version}" in tls_pp.access_log(), what="access log line")
+    wait_for(lambda: f"/haproxy-{version}" in tls_pp.access_log(), what="access log line")
     line = [ln for ln in tls_pp.access_log().splitlines() if f"/haproxy-{version}" in ln][-1]
     assert "127.0.0.3" in line
 
@@ -305,7 +306,7 @@ def test_malformed_proxy_header_is_closed_and_logged(plain_pp: Ferryman, app: Ba
     s.close()
     assert data == b"" and ended in (EOF, RESET)
     assert app.count() == before
-    poll(lambda: "rejected PROXY header from 127.0.0.2:" in plain_pp.stderr(), what="log line")
+    wait_for(lambda: "rejected PROXY header from 127.0.0.2:" in plain_pp.stderr(), what="log line")
 
 
 def test_plain_listener_takes_a_good_header_split_across_sends(plain_pp: Ferryman, app: Backend) -> None:
@@ -328,9 +329,9 @@ def test_reload_changes_the_tls_handshake_timeout_on_the_same_socket(
         cfg["timeouts"]["tls_handshake"] = "1s"
         fm.write_config(cfg)
         fm.reload()
-        poll(lambda: "configuration reloaded" in fm.stderr(), timeout=30, what="reload")
+        wait_for(lambda: "configuration reloaded" in fm.stderr(), timeout=30, what="reload")
         # the new server is built a moment after the reload line: wait for its first connection
-        s = poll(lambda: _silent_closed_within(fm.port, 4.0), timeout=15, what="1 s handshake timeout")
+        s = wait_for(lambda: _silent_closed_within(fm.port, 4.0), timeout=15, what="1 s handshake timeout")
         assert s
         with socket.create_connection(("127.0.0.1", fm.port), timeout=5) as raw:  # still serving
             with cert.client_ctx().wrap_socket(raw, server_hostname="site.test") as tls:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.helpers.backends import poll, run_reverse
+from tests.helpers.backends import run_reverse
 from tests.helpers.procs import Ferryman, free_port
 from tests.helpers.rawhttp import Response, connect, read_response, reset_close
 from tests.helpers.scripted_origin import ScriptedOrigin, scripted_origin
+from tests.helpers.wait import wait_for
 
 
 @dataclass
@@ -48,7 +49,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         routes = [{"match": {"path_prefix": f"/{g}/"}, "upstream": g} for g in ups]
         with run_reverse(tmp, routes=routes, upstreams=ups, admin={"listen": f"127.0.0.1:{admin}"},
                          timeouts={"upstream_header": "10s", "shutdown_grace": "1s"}) as fm:
-            poll(lambda: _up(admin), what="admin listener")
+            wait_for(lambda: _up(admin), what="admin listener")
             yield Setup(fm, admin, origin)
 
 
@@ -74,21 +75,21 @@ def _answer(sock: socket.socket) -> Response:
 def _occupy(s: Setup, group: str, key: str) -> socket.socket:
     """A slow request holding the group's only slot."""
     sock = _send(s, f"/{group}/hold-{key}")
-    poll(lambda: s.origin.count(f"/{group}/hold-{key}") == 1, what="slow request at the origin")
+    wait_for(lambda: s.origin.count(f"/{group}/hold-{key}") == 1, what="slow request at the origin")
     return sock
 
 
 def test_over_max_conns_a_request_waits_for_the_slot(setup: Setup) -> None:
     slow = _occupy(setup, "q", "a")
     waiting = _send(setup, "/q/after/ok")
-    poll(lambda: setup.queued("q") == 1, what="second request queued")
+    wait_for(lambda: setup.queued("q") == 1, what="second request queued")
     assert setup.origin.count("/q/after/ok") == 0  # not let through while the slot is taken
     setup.origin.release("a")
     assert _answer(slow).status == 200
     resp = _answer(waiting)
     assert resp.status == 200 and resp.body == b"ok"  # served, not 503 no healthy server
     assert setup.queued("q") == 0
-    poll(lambda: setup.active("q") == 0, what="slot given back")
+    wait_for(lambda: setup.active("q") == 0, what="slot given back")
 
 
 def test_waiters_are_served_in_arrival_order(setup: Setup) -> None:
@@ -96,7 +97,7 @@ def test_waiters_are_served_in_arrival_order(setup: Setup) -> None:
     socks = []
     for i in range(3):
         socks.append(_send(setup, f"/q/order-{i}/ok"))
-        poll(lambda n=i + 1: setup.queued("q") == n, what=f"{i + 1} queued")  # type: ignore[misc]
+        wait_for(lambda n=i + 1: setup.queued("q") == n, what=f"{i + 1} queued")  # type: ignore[misc]
     start = len(setup.origin.heads)
     setup.origin.release("b")
     assert _answer(slow).status == 200
@@ -109,11 +110,11 @@ def test_a_waiter_meeting_a_dead_pooled_connection_keeps_its_turn(setup: Setup) 
     # The slot's connection is parked in the pool, but the origin drops it on the next
     # request: the first waiter's re-send must keep the slot, not go to the back of the queue.
     slow = _send(setup, "/q/hold1-g")
-    poll(lambda: setup.origin.count("/q/hold1-g") == 1, what="slow request at the origin")
+    wait_for(lambda: setup.origin.count("/q/hold1-g") == 1, what="slow request at the origin")
     socks = []
     for i in range(3):
         socks.append(_send(setup, f"/q/stale-{i}/ok"))
-        poll(lambda n=i + 1: setup.queued("q") == n, what=f"{i + 1} queued")  # type: ignore[misc]
+        wait_for(lambda n=i + 1: setup.queued("q") == n, what=f"{i + 1} queued")  # type: ignore[misc]
     start = len(setup.origin.seen)
     setup.origin.release("g")
     assert _answer(slow).status == 200
@@ -143,7 +144,7 @@ def test_full_queue_answers_503_at_once(setup: Setup) -> None:
     slow = _occupy(setup, "q", "d")
     socks = [_send(setup, f"/q/fill-{i}/ok") for i in range(3)]
     try:
-        poll(lambda: setup.queued("q") == 3, what="queue full (max 3)")
+        wait_for(lambda: setup.queued("q") == 3, what="queue full (max 3)")
         t0 = time.monotonic()
         resp = _answer(_send(setup, "/q/one-too-many/ok"))
         assert resp.status == 503 and time.monotonic() - t0 < 2.0
@@ -167,10 +168,10 @@ def test_queue_off_answers_503_full_at_once(setup: Setup) -> None:
 def test_a_client_leaving_the_queue_frees_its_place(setup: Setup) -> None:
     slow = _occupy(setup, "q", "f")
     gone = _send(setup, "/q/gone/ok")
-    poll(lambda: setup.queued("q") == 1, what="queued")
+    wait_for(lambda: setup.queued("q") == 1, what="queued")
     reset_close(gone)
-    poll(lambda: setup.queued("q") == 0, what="left the queue")
+    wait_for(lambda: setup.queued("q") == 0, what="left the queue")
     setup.origin.release("f")
     assert _answer(slow).status == 200
-    poll(lambda: setup.active("q") == 0, what="slot given back")
+    wait_for(lambda: setup.active("q") == 0, what="slot given back")
     assert setup.origin.count("/q/gone/ok") == 0

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers.backends import Backend, backends, poll, run_reverse, upstream
+from tests.helpers.backends import Backend, backends, run_reverse, upstream
 from tests.helpers.procs import Ferryman
+from tests.helpers.wait import wait_for
 
 TRUSTED = ["127.0.0.1/32", "10.0.0.0/8"]
 
@@ -80,7 +81,7 @@ def test_access_log_shows_the_real_client(proxy: Ferryman) -> None:
         recs = [json.loads(ln) for ln in proxy.access_log().splitlines()]
         return next((r for r in recs if r["target"] == "/logged-client"), None)
 
-    assert poll(line, what="access log line")["client"] == "192.0.2.77"
+    assert wait_for(line, what="access log line")["client"] == "192.0.2.77"
 
 
 def test_acl_sees_the_real_client(proxy: Ferryman) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.backends import backends, poll, reverse_config, run_reverse, upstream
+from tests.helpers.backends import backends, reverse_config, run_reverse, upstream
+from tests.helpers.wait import wait_for
 
 OLD_ROUTES = [{"name": "main", "match": {"path_prefix": "/"}, "upstream": "web"}]
 NEW_ROUTES = [{"name": "new", "match": {"path_prefix": "/new"}, "upstream": "beta"}, *OLD_ROUTES]
@@ -62,7 +63,7 @@ def test_invalid_config_on_reload_keeps_the_old_one(tmp_path: Path) -> None:
                 bad = [{"name": "broken", "upstream": "nowhere"}]
                 fm.write_config(reverse_config(fm.port, fm.log_path, routes=bad, upstreams=ups))
                 fm.reload()
-                poll(lambda: "reload refused" in fm.stderr(), what="reload refused in the log")
+                wait_for(lambda: "reload refused" in fm.stderr(), what="reload refused in the log")
                 assert "routes[0].upstream: unknown upstream 'nowhere'" in fm.stderr()
                 # The old routes still serve, on the same connection and on new ones.
                 assert [c.get("/new/x").text, c.get("/y").text] == ["beta", "web"]
@@ -71,5 +72,5 @@ def test_invalid_config_on_reload_keeps_the_old_one(tmp_path: Path) -> None:
                 # A later valid file is taken again.
                 fm.write_config(reverse_config(fm.port, fm.log_path, routes=OLD_ROUTES, upstreams=ups))
                 fm.reload()
-                poll(lambda: c.get("/new/x").text == "web", what="valid reload after a refused one")
+                wait_for(lambda: c.get("/new/x").text == "web", what="valid reload after a refused one")
             assert fm.proc.poll() is None

@@ -17,12 +17,12 @@ from tests.helpers.backends import (
     backends,
     child_env,
     ferryman_cmd,
-    poll,
     run_reverse,
     stop_process,
     upstream,
 )
-from tests.helpers.procs import Ferryman, free_port, wait_port
+from tests.helpers.procs import Ferryman, free_port
+from tests.helpers.wait import wait_for, wait_port
 
 
 def _respond(name: str, match: dict[str, object], **extra: object) -> dict[str, object]:
@@ -237,7 +237,7 @@ def test_reverse_one_liner_spreads_over_two_backends(tmp_path: Path) -> None:
                     assert r.status_code == 200
                     seen[r.text] += 1
             assert seen == {"one": 10, "two": 10}
-            assert poll(lambda: b1.count() == 10 and b2.count() == 10)
+            wait_for(lambda: b1.count() == 10 and b2.count() == 10)
         finally:
             stop_process(proc)
             assert proc.stderr is not None

@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.backends import poll, run_reverse
+from tests.helpers.backends import run_reverse
 from tests.helpers.procs import Ferryman, free_port
-from tests.helpers.rawhttp import connect, read_head, read_response, read_to_eof, reset_close, wait_log
+from tests.helpers.rawhttp import connect, read_head, read_response, read_to_eof, reset_close
 from tests.helpers.scripted_origin import ScriptedOrigin, scripted_origin
+from tests.helpers.wait import wait_for, wait_log
 
 TIMEOUTS = {"upstream_header": "700ms", "upstream_idle": "700ms", "upstream_connect": "2s",
             "shutdown_grace": "1s"}
@@ -72,7 +73,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         ]
         with run_reverse(tmp, routes=routes, upstreams=ups, timeouts=TIMEOUTS,
                          admin={"listen": f"127.0.0.1:{admin}"}) as fm:
-            poll(lambda: _admin_up(admin), what="admin listener")
+            wait_for(lambda: _admin_up(admin), what="admin listener")
             yield Proxy(fm, admin, o1, o2, dead)
 
 
@@ -143,9 +144,9 @@ def _client_abort(px: Proxy) -> None:
     before = px.origin.count("/w/gone/hang")
     s = connect(px.fm.port)
     s.sendall(_request("/w/gone/hang"))
-    poll(lambda: px.origin.count("/w/gone/hang") > before, what="request reached the origin")
+    wait_for(lambda: px.origin.count("/w/gone/hang") > before, what="request reached the origin")
     reset_close(s)  # a FIN alone would be a half-close, which still gets its response
-    wait_log(px.fm, lambda e: e["target"] == "/w/gone/hang" and e["status"] == 499)
+    wait_log(px.fm.access_log, lambda e: e["target"] == "/w/gone/hang" and e["status"] == 499)
 
 
 def _connect_failure_then_retry(px: Proxy) -> None:
@@ -179,7 +180,7 @@ def test_every_end_of_an_exchange_releases_its_server_once(proxy: Proxy, name: s
         assert sum(counts) == held, counts
     finally:
         witness.finish()
-    poll(lambda: proxy.active(group) == [0] * len(proxy.active(group)), what=f"{group} back to zero")
+    wait_for(lambda: proxy.active(group) == [0] * len(proxy.active(group)), what=f"{group} back to zero")
 
 
 def test_max_conns_still_holds_after_a_504(proxy: Proxy) -> None:
@@ -198,7 +199,7 @@ def test_max_conns_still_holds_after_a_504(proxy: Proxy) -> None:
             b.finish()
     finally:
         a.finish()
-    poll(lambda: proxy.active("cap") == [0], what="cap back to zero")
+    wait_for(lambda: proxy.active("cap") == [0], what="cap back to zero")
 
 
 def test_two_timeouts_do_not_eject_a_server_set_to_four_failures(proxy: Proxy) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import trustme
 
 from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.wait import wait_for
 
 
 def peer_serial(port: int, ca: trustme.CA) -> int:
@@ -22,15 +22,6 @@ def peer_serial(port: int, ca: trustme.CA) -> int:
     from cryptography import x509
 
     return x509.load_der_x509_certificate(der).serial_number
-
-
-def wait_for(pred: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_new_certificate_served_after_sighup_and_bad_one_refused(tmp_path: Path) -> None:
@@ -48,11 +39,11 @@ def test_new_certificate_served_after_sighup_and_bad_one_refused(tmp_path: Path)
         first = peer_serial(port, ca)
         ca.issue_cert("a.test").private_key_and_cert_chain_pem.write_to_path(str(pem))
         fm.reload()
-        wait_for(lambda: peer_serial(port, ca) != first)
+        wait_for(lambda: peer_serial(port, ca) != first, what="the new certificate served")
         second = peer_serial(port, ca)
         assert "configuration reloaded" in fm.stderr()
 
         pem.write_text("not a certificate\n")
         fm.reload()
-        wait_for(lambda: "reload refused" in fm.stderr())
+        wait_for(lambda: "reload refused" in fm.stderr(), what="reload refused")
         assert peer_serial(port, ca) == second  # the old certificate keeps serving

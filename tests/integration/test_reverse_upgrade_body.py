@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.backends import poll, run_reverse
+from tests.helpers.backends import run_reverse
 from tests.helpers.procs import Ferryman
 from tests.helpers.rawhttp import connect, read_head
 from tests.helpers.scripted_origin import ScriptedOrigin, scripted_origin
+from tests.helpers.wait import wait_for
 
 UPGRADE = "Connection: Upgrade\r\nUpgrade: websocket\r\n"
 WS = ("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
@@ -47,7 +48,7 @@ def _switch(s: socket.socket) -> bytes:
 
 
 def _seen(origin: ScriptedOrigin, path: str) -> bytes:
-    found = poll(lambda: [x for x in origin.seen if x.target == path], what=f"{path} at the origin")
+    found = wait_for(lambda: [x for x in origin.seen if x.target == path], what=f"{path} at the origin")
     return found[0].body
 
 
@@ -61,7 +62,7 @@ def test_content_length_body_of_an_upgrade_request_reaches_the_origin(
     with connect(fm.port) as s:
         if split:
             s.sendall(head)
-            poll(lambda: any(f" {path} ".encode() in h for h in origin.heads), what="head at the origin")
+            wait_for(lambda: any(f" {path} ".encode() in h for h in origin.heads), what="head at the origin")
             s.sendall(b"hello")
         else:
             s.sendall(head + b"hello")

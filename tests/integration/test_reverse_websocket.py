@@ -14,7 +14,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.helpers.backends import WsBackend, poll, reverse_config, run_reverse, upstream, ws_echo_backend
+from tests.helpers.backends import WsBackend, reverse_config, run_reverse, upstream, ws_echo_backend
+from tests.helpers.wait import wait_for
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_open_websocket_survives_reload(tmp_path: Path, ws_backend: WsBackend) -
         new_routes = [*_routes(), new_route]
         fm.write_config(reverse_config(fm.port, fm.log_path, routes=new_routes, upstreams=ups))
         fm.reload()
-        poll(lambda: httpx.get(f"{fm.proxy}/new", trust_env=False, timeout=5).text == "new",
+        wait_for(lambda: httpx.get(f"{fm.proxy}/new", trust_env=False, timeout=5).text == "new",
              what="reloaded config serving /new")
 
         ws.send("after")
@@ -97,5 +98,5 @@ def test_tunnel_idle_timeout_closes_an_idle_websocket(tmp_path: Path, ws_backend
         def tunnels() -> list[dict[str, Any]]:
             return [e for e in map(json.loads, fm.access_log().splitlines()) if e["status"] == 101]
 
-        entries = poll(tunnels, what="tunnel logged when it closed")
+        entries = wait_for(tunnels, what="tunnel logged when it closed")
         assert entries[0]["target"] == "/ws/chat" and entries[0]["bytes_in"] > 0

@@ -19,10 +19,10 @@ import trustme
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.helpers.backends import poll, run_reverse
+from tests.helpers.backends import run_reverse
 from tests.helpers.origin import RawOrigin, raw_origin
 from tests.helpers.procs import Ferryman
-from tests.helpers.rawhttp import wait_log
+from tests.helpers.wait import wait_for, wait_log
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -106,7 +106,7 @@ def test_backend_closing_its_tcp_connection_reaches_the_wss_client(setup: Setup)
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)  # tunnel_idle is 60 s: only the passed-on close ends this
         assert time.monotonic() - t0 < 2.0
-    wait_log(setup.fm, lambda e: e["status"] == 101 and e["target"] == "/ws/bye")
+    wait_log(setup.fm.access_log, lambda e: e["status"] == 101 and e["target"] == "/ws/bye")
 
 
 def test_wss_client_end_closes_the_backend_connection(setup: Setup) -> None:
@@ -117,4 +117,4 @@ def test_wss_client_end_closes_the_backend_connection(setup: Setup) -> None:
     assert setup.origin.saw_eof.wait(5)
     assert setup.origin.closed_by_proxy.wait(5), "the proxy left the backend's socket open"
     assert time.monotonic() - t0 < 3.0
-    poll(lambda: setup.fm.access_log().count('"/ws/linger"') > 0, what="tunnel logged when it closed")
+    wait_for(lambda: setup.fm.access_log().count('"/ws/linger"') > 0, what="tunnel logged when it closed")
