@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.backends import run_reverse, upstream
-from tests.helpers.origin import RawOrigin, canned
+from tests.helpers.origin import Origin, canned, serve
 from tests.helpers.procs import Ferryman, run_ferryman
-from tests.helpers.rawhttp import (
-    assert_error_and_closed,
-    connect,
-    exchange,
-    read_head,
-    read_response,
-    tidy_origin,
-)
+from tests.helpers.rawhttp import assert_error_and_closed, connect, exchange, read_head, read_response
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,26 +30,26 @@ SPELLINGS_OF_127_0_0_2 = [
 
 
 @pytest.fixture(scope="module")
-def denied() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK), host="127.0.0.2") as o:
+def denied() -> Iterator[Origin]:
+    with serve(canned(OK), host="127.0.0.2") as o:
         yield o
 
 
 @pytest.fixture(scope="module")
-def allowed() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK), host="127.0.0.3") as o:
+def allowed() -> Iterator[Origin]:
+    with serve(canned(OK), host="127.0.0.3") as o:
         yield o
 
 
 @pytest.fixture(scope="module")
-def local() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK)) as o:  # 127.0.0.1, which `localhost` resolves to
+def local() -> Iterator[Origin]:
+    with serve(canned(OK)) as o:  # 127.0.0.1, which `localhost` resolves to
         yield o
 
 
 @pytest.fixture(scope="module")
 def proxy(
-    tmp_path_factory: pytest.TempPathFactory, denied: RawOrigin, allowed: RawOrigin, local: RawOrigin
+    tmp_path_factory: pytest.TempPathFactory, denied: Origin, allowed: Origin, local: Origin
 ) -> Iterator[Ferryman]:
     rules = [
         {"name": "no-lo2", "deny": {"networks": ["127.0.0.2/32"]}},
@@ -82,7 +75,7 @@ def _connect(host: str, port: int) -> bytes:
 @pytest.mark.parametrize("method", ["GET", "CONNECT"])
 @pytest.mark.parametrize("host", SPELLINGS_OF_127_0_0_2)
 def test_every_spelling_of_a_denied_address_is_denied(
-    proxy: Ferryman, denied: RawOrigin, host: str, method: str
+    proxy: Ferryman, denied: Origin, host: str, method: str
 ) -> None:
     before = denied.connections
     req = _get(proxy, host, denied.port) if method == "GET" else _connect(host, denied.port)
@@ -93,7 +86,7 @@ def test_every_spelling_of_a_denied_address_is_denied(
 
 
 def test_numeric_spellings_of_an_allowed_address_reach_it_canonically(
-    proxy: Ferryman, allowed: RawOrigin
+    proxy: Ferryman, allowed: Origin
 ) -> None:
     for host in ("2130706435", "0x7f000003", "127.3", "0177.0.0.3"):
         with connect(proxy.port) as s:
@@ -104,7 +97,7 @@ def test_numeric_spellings_of_an_allowed_address_reach_it_canonically(
         assert b"\r\nHost: 127.0.0.3:%d\r\n" % allowed.port in allowed.requests[-1], allowed.requests[-1]
 
 
-def test_connect_by_a_numeric_spelling_of_an_allowed_address(proxy: Ferryman, allowed: RawOrigin) -> None:
+def test_connect_by_a_numeric_spelling_of_an_allowed_address(proxy: Ferryman, allowed: Origin) -> None:
     with connect(proxy.port) as s:
         s.sendall(_connect("0x7f000003", allowed.port))
         head, rest = read_head(s)
@@ -117,7 +110,7 @@ def test_connect_by_a_numeric_spelling_of_an_allowed_address(proxy: Ferryman, al
 
 @pytest.mark.parametrize("method", ["GET", "CONNECT"])
 def test_a_name_resolving_into_a_denied_network_is_denied(
-    proxy: Ferryman, local: RawOrigin, method: str
+    proxy: Ferryman, local: Origin, method: str
 ) -> None:
     # `localhost` is 127.0.0.1 here: the rule sees the address DNS gave, the one dialled
     before = local.connections
@@ -131,7 +124,7 @@ def test_a_name_resolving_into_a_denied_network_is_denied(
 @pytest.mark.parametrize("method", ["GET", "CONNECT"])
 @pytest.mark.parametrize("host", ["blocked.test..", "blocked.test...", "BLOCKED.test..", "localhost.."])
 def test_more_than_one_trailing_dot_is_a_400(
-    proxy: Ferryman, local: RawOrigin, host: str, method: str
+    proxy: Ferryman, local: Origin, host: str, method: str
 ) -> None:
     before = local.connections
     req = _get(proxy, host, local.port) if method == "GET" else _connect(host, local.port)
@@ -154,7 +147,7 @@ def test_a_number_that_is_no_address_is_a_400(proxy: Ferryman, host: str) -> Non
     assert_error_and_closed(exchange(proxy.port, _connect(host, 443)), 400)
 
 
-def test_host_header_with_trailing_dots_cannot_dodge_a_host_route(tmp_path: Path, local: RawOrigin) -> None:
+def test_host_header_with_trailing_dots_cannot_dodge_a_host_route(tmp_path: Path, local: Origin) -> None:
     routes = [
         {"name": "admin", "match": {"host": "admin.test"}, "respond": {"status": 403, "body": "no"}},
         {"name": "rest", "match": {}, "upstream": "o"},
@@ -173,7 +166,7 @@ def test_host_header_with_trailing_dots_cannot_dodge_a_host_route(tmp_path: Path
 def test_a_pooled_connection_is_checked_for_the_request_that_reuses_it(tmp_path: Path) -> None:
     rules = [{"name": "no-post-lo", "deny": {"networks": ["127.0.0.1/32"], "methods": ["POST"]}}]
     with (
-        tidy_origin(canned(OK, close=False)) as origin,
+        serve(canned(OK, close=False)) as origin,
         run_ferryman(tmp_path, forward={"rules": rules}) as fm,
     ):
         url = b"http://localhost:%d/x" % origin.port

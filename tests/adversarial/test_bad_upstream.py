@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import Handler, canned, read_head
+from tests.helpers.origin import Handler, Origin, canned, read_head, serve
 from tests.helpers.procs import Ferryman, free_port, run_ferryman
 from tests.helpers.rawhttp import (
     assert_error_and_closed,
@@ -29,7 +29,6 @@ from tests.helpers.rawhttp import (
     parse_response,
     read_response,
     read_to_eof,
-    tidy_origin,
 )
 from tests.helpers.rawhttp import read_head as client_read_head
 from tests.helpers.wait import wait_log
@@ -55,7 +54,7 @@ def request_bytes(url: str, close: bool = False) -> bytes:
 
 # -- origin behaviours ----------------------------------------------------------
 def close_after_head() -> Handler:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.close()
 
@@ -63,7 +62,7 @@ def close_after_head() -> Handler:
 
 
 def reset_after_head() -> Handler:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -75,7 +74,7 @@ def reset_after_head() -> Handler:
 def answer_then_hold(response: bytes) -> Handler:
     """Send ``response`` (maybe nothing) and keep the connection open until the proxy drops it."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         if response:
             writer.write(response)
@@ -143,7 +142,7 @@ INVALID = [
 
 @pytest.mark.parametrize(("handler", "cause"), INVALID)
 def test_invalid_upstream_response_gives_502(proxy: Ferryman, handler: Handler, cause: str) -> None:
-    with tidy_origin(handler) as origin:
+    with serve(handler) as origin:
         url = f"{origin.url}/bad"
         resp = exchange(proxy.port, request_bytes(url), timeout=3)
     assert_error_and_closed(resp, 502)
@@ -160,7 +159,7 @@ def test_invalid_chunk_size_from_upstream_is_never_relayed(proxy: Ferryman) -> N
     chunked body end without its last chunk.)
     """
     bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz%s\r\n%s\r\n0\r\n\r\n" % (MARK, MARK)
-    with tidy_origin(canned(bad)) as origin:
+    with serve(canned(bad)) as origin:
         url = f"{origin.url}/bad-chunk"
         with connect(proxy.port, 3) as sock:
             sock.sendall(request_bytes(url))
@@ -187,7 +186,7 @@ TRUNCATED = [
 
 @pytest.mark.parametrize("response", TRUNCATED)
 def test_truncated_body_closes_client_before_completion(proxy: Ferryman, response: bytes) -> None:
-    with tidy_origin(canned(response)) as origin:
+    with serve(canned(response)) as origin:
         url = f"{origin.url}/cut"
         with connect(proxy.port, 3) as sock:
             sock.sendall(request_bytes(url))
@@ -201,7 +200,7 @@ def test_truncated_body_closes_client_before_completion(proxy: Ferryman, respons
 
 @pytest.mark.parametrize("response", TRUNCATED)
 def test_truncated_body_is_an_error_for_curl(proxy: Ferryman, response: bytes) -> None:
-    with tidy_origin(canned(response)) as origin:
+    with serve(canned(response)) as origin:
         out = subprocess.run(
             ["curl", "-sS", "-o", "/dev/null", "--max-time", "5", "-x", proxy.proxy, f"{origin.url}/curl"],
             capture_output=True, timeout=10,
@@ -224,7 +223,7 @@ def test_dns_failure_gives_502_naming_dns(proxy: Ferryman) -> None:
 
 
 def test_upstream_that_never_answers_gives_504(proxy: Ferryman) -> None:
-    with tidy_origin(answer_then_hold(b"")) as origin:
+    with serve(answer_then_hold(b"")) as origin:
         t0 = time.monotonic()
         resp = exchange(proxy.port, request_bytes(f"{origin.url}/silent"), timeout=5)
         elapsed = time.monotonic() - t0
@@ -234,7 +233,7 @@ def test_upstream_that_never_answers_gives_504(proxy: Ferryman) -> None:
 
 def test_upstream_stalling_mid_body_closes_client(proxy: Ferryman) -> None:
     stall = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789"
-    with tidy_origin(answer_then_hold(stall)) as origin:
+    with serve(answer_then_hold(stall)) as origin:
         url = f"{origin.url}/stall"
         with connect(proxy.port, 5) as sock:
             sock.sendall(request_bytes(url))
@@ -255,8 +254,8 @@ def first_conn_then(first: Handler) -> Handler:
     counter = itertools.count()
     later = canned(OK_KEEPALIVE, close=False)
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await (first if next(counter) == 0 else later)(reader, writer)
+    async def handler(o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await (first if next(counter) == 0 else later)(o, reader, writer)
 
     return handler
 
@@ -265,7 +264,9 @@ def test_pooled_connection_closed_while_idle_is_not_reused(proxy: Ferryman) -> N
     first_done = threading.Event()
     origin_closed = threading.Event()
 
-    async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def answer_once_then_close(
+        _o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await read_head(reader)
         writer.write(OK_KEEPALIVE)
         await writer.drain()
@@ -274,7 +275,7 @@ def test_pooled_connection_closed_while_idle_is_not_reused(proxy: Ferryman) -> N
         await writer.wait_closed()
         origin_closed.set()
 
-    with tidy_origin(first_conn_then(answer_once_then_close)) as origin:
+    with serve(first_conn_then(answer_once_then_close)) as origin:
         one = get(proxy.port, f"{origin.url}/one")
         assert one.status == 200 and one.body == b"ok"
         first_done.set()
@@ -287,14 +288,16 @@ def test_pooled_connection_closed_while_idle_is_not_reused(proxy: Ferryman) -> N
 def test_pooled_connection_closed_on_reuse_is_retried(proxy: Ferryman) -> None:
     """The origin reads the second request on the pooled connection and hangs up unanswered."""
 
-    async def answer_once_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def answer_once_then_drop(
+        _o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await read_head(reader)
         writer.write(OK_KEEPALIVE)
         await writer.drain()
         await read_head(reader)
         writer.close()
 
-    with tidy_origin(first_conn_then(answer_once_then_drop)) as origin:
+    with serve(first_conn_then(answer_once_then_drop)) as origin:
         assert get(proxy.port, f"{origin.url}/one").status == 200
         two = get(proxy.port, f"{origin.url}/two")
         assert two.status == 200 and two.body == b"ok", two.raw
@@ -305,14 +308,16 @@ def test_pooled_connection_closed_on_reuse_is_retried(proxy: Ferryman) -> None:
 def test_request_with_body_on_dropped_pooled_connection_is_not_replayed(proxy: Ferryman) -> None:
     """A POST whose body went out on a connection that died is not sent again: 502."""
 
-    async def answer_once_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def answer_once_then_drop(
+        _o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await read_head(reader)
         writer.write(OK_KEEPALIVE)
         await writer.drain()
         await read_head(reader)
         writer.close()
 
-    with tidy_origin(first_conn_then(answer_once_then_drop)) as origin:
+    with serve(first_conn_then(answer_once_then_drop)) as origin:
         assert get(proxy.port, f"{origin.url}/one").status == 200
         authority = f"127.0.0.1:{origin.port}".encode()
         post = b"POST %s/post HTTP/1.1\r\nHost: %s\r\nContent-Length: 5\r\n\r\nhello" % (
@@ -329,7 +334,7 @@ def extra_after_first(first: bytes) -> Handler:
     anything else with a proper response naming the connection it came on."""
     conn_ids = itertools.count()
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         n = next(conn_ids)
         try:
             while True:
@@ -361,7 +366,7 @@ EXTRA = [
 @pytest.mark.parametrize("first", EXTRA)
 def test_unsolicited_bytes_after_response_are_never_forwarded(proxy: Ferryman, first: bytes) -> None:
     """RFC 9112 6.3: extra data after a response must not be forwarded as (part of) another response."""
-    with tidy_origin(extra_after_first(first)) as origin:
+    with serve(extra_after_first(first)) as origin:
         one = get(proxy.port, f"{origin.url}/first")
         assert one.status in (200, 204, 304)
         with connect(proxy.port, 3) as sock:
@@ -377,7 +382,7 @@ def test_unsolicited_bytes_after_response_are_never_forwarded(proxy: Ferryman, f
 def test_head_response_with_body_does_not_desync(proxy: Ferryman) -> None:
     """A HEAD answered with a body: the body is dropped with the connection, never read as the
     next response, and the client's next request on the same connection gets its own answer."""
-    with tidy_origin(extra_after_first(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + MARK)) as origin:
+    with serve(extra_after_first(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + MARK)) as origin:
         with connect(proxy.port, 3) as sock:
             sock.sendall(b"HEAD %s/first HTTP/1.1\r\nHost: x\r\n\r\n" % origin.url.encode())
             head = read_response(sock, 3, method="HEAD")

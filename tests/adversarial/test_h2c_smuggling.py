@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.backends import run_reverse, upstream
-from tests.helpers.origin import RawOrigin, read_head
+from tests.helpers.origin import Origin, read_head, serve
 from tests.helpers.procs import Ferryman, run_ferryman
-from tests.helpers.rawhttp import EOF, exchange, tidy_origin
+from tests.helpers.rawhttp import EOF, exchange
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,7 +27,7 @@ H2C = (
 )
 
 
-async def h2c_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def h2c_backend(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """101 for whatever Upgrade still arrives (as an h2c / WebSocket server would), else 200."""
     try:
         while True:
@@ -70,8 +70,8 @@ def assert_plain(head: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[RawOrigin]:
-    with tidy_origin(h2c_backend) as o:
+def origin() -> Iterator[Origin]:
+    with serve(h2c_backend) as o:
         yield o
 
 
@@ -82,14 +82,14 @@ def forward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ferryman]:
 
 
 @pytest.fixture(scope="module")
-def reverse(tmp_path_factory: pytest.TempPathFactory, origin: RawOrigin) -> Iterator[Ferryman]:
+def reverse(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterator[Ferryman]:
     routes = [{"name": "all", "match": {}, "upstream": "o"}]  # the default allow-list: websocket
     ups = {"o": upstream(origin.url)}
     with run_reverse(tmp_path_factory.mktemp("h2c-rev"), routes=routes, upstreams=ups) as fm:
         yield fm
 
 
-def _send(fm: Ferryman, origin: RawOrigin, mode: str, path: str, extra: bytes) -> tuple[int, bytes, bytes]:
+def _send(fm: Ferryman, origin: Origin, mode: str, path: str, extra: bytes) -> tuple[int, bytes, bytes]:
     """One request; (status, body, the head the origin received). The proxy must close after it."""
     before = len(origin.requests)
     target = f"{origin.url}{path}" if mode == "forward" else path
@@ -111,7 +111,7 @@ def _send(fm: Ferryman, origin: RawOrigin, mode: str, path: str, extra: bytes) -
     ],
 )
 def test_refused_upgrade_is_forwarded_as_a_plain_request(
-    request: pytest.FixtureRequest, origin: RawOrigin, mode: str, extra: bytes
+    request: pytest.FixtureRequest, origin: Origin, mode: str, extra: bytes
 ) -> None:
     fm = request.getfixturevalue(mode)
     status, body, head = _send(fm, origin, mode, "/page", extra)
@@ -121,7 +121,7 @@ def test_refused_upgrade_is_forwarded_as_a_plain_request(
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 def test_http2_settings_is_dropped_even_without_an_upgrade(
-    request: pytest.FixtureRequest, origin: RawOrigin, mode: str
+    request: pytest.FixtureRequest, origin: Origin, mode: str
 ) -> None:
     fm = request.getfixturevalue(mode)
     extra = b"HTTP2-Settings: " + SETTINGS + b"\r\nConnection: close\r\n"
@@ -142,7 +142,7 @@ def test_http2_settings_is_dropped_even_without_an_upgrade(
     ],
 )
 def test_only_the_allowed_protocol_of_an_offer_is_passed_on(
-    request: pytest.FixtureRequest, origin: RawOrigin, mode: str, extra: bytes
+    request: pytest.FixtureRequest, origin: Origin, mode: str, extra: bytes
 ) -> None:
     fm = request.getfixturevalue(mode)
     status, _, head = _send(fm, origin, mode, "/ws", extra)
@@ -153,7 +153,7 @@ def test_only_the_allowed_protocol_of_an_offer_is_passed_on(
     assert f[b"connection"] == [b"upgrade"], head
 
 
-def test_route_allow_list_is_configurable(tmp_path: Path, origin: RawOrigin) -> None:
+def test_route_allow_list_is_configurable(tmp_path: Path, origin: Origin) -> None:
     routes = [
         {"name": "extra", "match": {"path_prefix": "/extra"}, "upstream": "o",
          "upgrade_protocols": ["websocket", "foo"]},
@@ -163,7 +163,7 @@ def test_route_allow_list_is_configurable(tmp_path: Path, origin: RawOrigin) -> 
         _route_allow_list(fm, origin)
 
 
-def _route_allow_list(reverse: Ferryman, origin: RawOrigin) -> None:
+def _route_allow_list(reverse: Ferryman, origin: Origin) -> None:
     status, _, head = _send(reverse, origin, "reverse", "/extra/x", FOO)
     assert status == 101 and fields_of(head)[b"upgrade"] == [b"foo/2"]
     # h2c stays refused on a route that lists other protocols
@@ -176,7 +176,7 @@ def _route_allow_list(reverse: Ferryman, origin: RawOrigin) -> None:
     assert_plain(head)
 
 
-def test_forward_allow_list_is_its_own(tmp_path: Path, origin: RawOrigin) -> None:
+def test_forward_allow_list_is_its_own(tmp_path: Path, origin: Origin) -> None:
     with run_ferryman(tmp_path, forward={"upgrade_protocols": []}) as fm:
         status, _, head = _send(fm, origin, "forward", "/ws", WS)
         assert status == 200

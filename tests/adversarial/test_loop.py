@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import RawOrigin, canned
+from tests.helpers.origin import Origin, canned, serve
 from tests.helpers.procs import Ferryman, free_port
 from tests.helpers.rawhttp import (
     assert_error_and_closed,
@@ -19,7 +19,6 @@ from tests.helpers.rawhttp import (
     get,
     read_response,
     run_ferryman_at,
-    tidy_origin,
 )
 from tests.helpers.wait import json_lines, wait_log
 
@@ -50,8 +49,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ferryman]:
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK, close=False)) as o:
+def origin() -> Iterator[Origin]:
+    with serve(canned(OK, close=False)) as o:
         yield o
 
 
@@ -81,7 +80,7 @@ def test_connect_to_own_port_gets_508(proxy: Ferryman, host: str) -> None:
     assert [x["status"] for x in json_lines(proxy.access_log()) if x["target"] == authority] == [508]
 
 
-def test_request_carrying_our_own_via_gets_508(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_request_carrying_our_own_via_gets_508(proxy: Ferryman, origin: Origin) -> None:
     """Another proxy sent our request back to us (A -> B -> A): our own Via gives it away."""
     via = get(proxy.port, f"{origin.url}/via").header("via")
     assert via and b"ferryman" in via
@@ -107,7 +106,7 @@ def self_parent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ferryman]:
         yield fm
 
 
-def test_self_as_parent_request_stops_at_second_hop(self_parent: Ferryman, origin: RawOrigin) -> None:
+def test_self_as_parent_request_stops_at_second_hop(self_parent: Ferryman, origin: Origin) -> None:
     """Chained to itself, the request comes back once, is recognised by its Via and refused."""
     url = f"{origin.url}/via-parent"
     t0 = time.monotonic()

@@ -4,7 +4,7 @@ Each request must get the right status from ferryman itself (its plain-text
 error body) and the connection must then be closed: the test reads until EOF
 with a bounded socket timeout.  The origin is deliberately naive (it reads
 request heads only and never a body), so any body bytes a proxy let through
-as a "second request" would show up in ``RawOrigin.requests``.
+as a "second request" would show up in ``Origin.requests``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import RawOrigin, canned
+from tests.helpers.origin import Origin, canned, serve
 from tests.helpers.procs import Ferryman, run_ferryman
 from tests.helpers.rawhttp import (
     assert_error_and_closed,
@@ -26,7 +26,6 @@ from tests.helpers.rawhttp import (
     read_response,
     read_to_eof,
     send_quietly,
-    tidy_origin,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -36,8 +35,8 @@ MAX_BODY = 1024
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK, close=False)) as o:
+def origin() -> Iterator[Origin]:
+    with serve(canned(OK, close=False)) as o:
         yield o
 
 
@@ -48,7 +47,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ferryman]:
         yield fm
 
 
-def fill(template: bytes, origin: RawOrigin) -> bytes:
+def fill(template: bytes, origin: Origin) -> bytes:
     """Templates name the origin as ORIGIN (host:port), so that the table stays readable."""
     return template.replace(b"ORIGIN", b"127.0.0.1:%d" % origin.port)
 
@@ -130,7 +129,7 @@ MALFORMED = [
 ]
 
 
-def test_control_well_formed_request_is_forwarded(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_control_well_formed_request_is_forwarded(proxy: Ferryman, origin: Origin) -> None:
     """The table below is only meaningful if the same origin is reachable when asked properly."""
     resp = get(proxy.port, f"{origin.url}/control")
     assert resp.status == 200 and resp.body == b"ok"
@@ -138,7 +137,7 @@ def test_control_well_formed_request_is_forwarded(proxy: Ferryman, origin: RawOr
 
 @pytest.mark.parametrize(("template", "status", "where"), MALFORMED)
 def test_malformed_request_gets_error_and_close(
-    proxy: Ferryman, origin: RawOrigin, template: bytes, status: int | tuple[int, ...], where: str
+    proxy: Ferryman, origin: Origin, template: bytes, status: int | tuple[int, ...], where: str
 ) -> None:
     request = fill(template, origin)
     before = len(origin.requests)
@@ -166,7 +165,7 @@ SMUGGLING = [
 
 
 @pytest.mark.parametrize("template", SMUGGLING)
-def test_smuggling_attempt_never_reaches_origin(proxy: Ferryman, origin: RawOrigin, template: bytes) -> None:
+def test_smuggling_attempt_never_reaches_origin(proxy: Ferryman, origin: Origin, template: bytes) -> None:
     """A body that hides ``GET /smuggled`` behind ambiguous framing: 400, and the origin never sees it."""
     hidden = fill(b"0\r\n\r\nGET /smuggled HTTP/1.1\r\n" + H + b"\r\n", origin)
     request = fill(template % len(hidden), origin) + hidden
@@ -182,7 +181,7 @@ def test_smuggling_attempt_never_reaches_origin(proxy: Ferryman, origin: RawOrig
 
 
 def test_error_after_good_request_on_keep_alive_connection_closes(
-    proxy: Ferryman, origin: RawOrigin
+    proxy: Ferryman, origin: Origin
 ) -> None:
     """A connection that served a request is still closed by an error, and nothing follows it."""
     with connect(proxy.port, 3) as sock:
@@ -197,7 +196,7 @@ def test_error_after_good_request_on_keep_alive_connection_closes(
     assert_error_and_closed(resp, 400)
 
 
-async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def swallow(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """An origin that reads the whole request, body included, and never answers."""
     await reader.read()
 
@@ -205,7 +204,7 @@ async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 def test_body_over_limit_sent_in_pieces_gets_413(proxy: Ferryman) -> None:
     """The body limit holds however the body arrives: here chunked, over several writes,
     while the head is already upstream (the origin waits for the body)."""
-    with tidy_origin(swallow) as sink, connect(proxy.port, 3) as sock:
+    with serve(swallow) as sink, connect(proxy.port, 3) as sock:
         sock.sendall(fill(CHUNKED, sink))
         for _ in range(3):  # 1536 bytes in all
             if not send_quietly(sock, b"200\r\n" + b"x" * 0x200 + b"\r\n"):
@@ -216,7 +215,7 @@ def test_body_over_limit_sent_in_pieces_gets_413(proxy: Ferryman) -> None:
     assert_error_and_closed(resp, 413)
 
 
-def test_declared_content_length_over_limit_refused_upfront(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_declared_content_length_over_limit_refused_upfront(proxy: Ferryman, origin: Origin) -> None:
     """Content-Length already says the body is too large: 413 at once, the origin never asked."""
     before = len(origin.requests)
     with connect(proxy.port, 3) as sock:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import RawOrigin, canned, read_head
+from tests.helpers.origin import Origin, canned, read_head, serve
 from tests.helpers.procs import Ferryman, run_ferryman
 from tests.helpers.rawhttp import (
     EOF,
@@ -31,7 +31,6 @@ from tests.helpers.rawhttp import (
     read_to_eof,
     reset_close,
     send_quietly,
-    tidy_origin,
 )
 from tests.helpers.rawhttp import read_head as client_read_head
 from tests.helpers.wait import wait_for, wait_log
@@ -43,8 +42,8 @@ TIMEOUTS = {"client_header": "1s", "client_idle": "1s", "client_body": "1s"}
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK, close=False)) as o:
+def origin() -> Iterator[Origin]:
+    with serve(canned(OK, close=False)) as o:
         yield o
 
 
@@ -55,19 +54,19 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ferryman]:
         yield fm
 
 
-def request(origin: RawOrigin, path: str, extra: bytes = b"") -> bytes:
+def request(origin: Origin, path: str, extra: bytes = b"") -> bytes:
     return b"GET %s%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (
         origin.url.encode(), path.encode(), origin.port, extra,
     )
 
 
-def assert_serving(proxy: Ferryman, origin: RawOrigin) -> None:
+def assert_serving(proxy: Ferryman, origin: Origin) -> None:
     assert proxy.proc.poll() is None, f"ferryman died:\n{proxy.stderr()[-2000:]}"
     resp = get(proxy.port, f"{origin.url}/still-serving")
     assert resp.status == 200 and resp.body == b"ok"
 
 
-def test_slowloris_head_gets_408_and_close(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_slowloris_head_gets_408_and_close(proxy: Ferryman, origin: Origin) -> None:
     head = request(origin, "/slowloris", b"User-Agent: slowloris\r\nX-Pad: " + b"a" * 40 + b"\r\n")
     t0 = time.monotonic()
     sent = 0
@@ -89,7 +88,7 @@ def test_slowloris_head_gets_408_and_close(proxy: Ferryman, origin: RawOrigin) -
     assert elapsed < 3.0, elapsed
 
 
-def test_idle_keep_alive_connection_closed_after_client_idle(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_idle_keep_alive_connection_closed_after_client_idle(proxy: Ferryman, origin: Origin) -> None:
     with connect(proxy.port, 5) as sock:
         sock.sendall(request(origin, "/keep-alive"))
         resp = read_response(sock, 3)
@@ -111,13 +110,13 @@ def test_silent_new_connection_closed_after_client_header(proxy: Ferryman) -> No
     assert 0.8 <= elapsed < 3.0, elapsed
 
 
-async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def swallow(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """An origin that reads the request and waits for the body forever (never answers)."""
     await reader.read()
 
 
 def test_slow_request_body_closed_after_client_body(proxy: Ferryman) -> None:
-    with tidy_origin(swallow) as sink:
+    with serve(swallow) as sink:
         head = b"POST %s/upload HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 100\r\n\r\n" % (
             sink.url.encode(), sink.port,
         )
@@ -133,7 +132,7 @@ def test_slow_request_body_closed_after_client_body(proxy: Ferryman) -> None:
     assert 0.8 <= elapsed < 3.0, elapsed
 
 
-def test_client_reset_mid_response_leaves_proxy_serving(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_client_reset_mid_response_leaves_proxy_serving(proxy: Ferryman, origin: Origin) -> None:
     """The client resets while a large body streams: the upstream leg is dropped, nothing crashes.
 
     The origin sends 512 KiB, waits for the reset, then keeps streaming (16 MiB declared):
@@ -146,7 +145,7 @@ def test_client_reset_mid_response_leaves_proxy_serving(proxy: Ferryman, origin:
     upstream_released = threading.Event()
     streamed_all: list[bool] = []
 
-    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def big(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total + b"a" * piece)
         await writer.drain()
@@ -161,7 +160,7 @@ def test_client_reset_mid_response_leaves_proxy_serving(proxy: Ferryman, origin:
             pass  # ferryman dropped the upstream connection: what we want
         upstream_released.set()
 
-    with tidy_origin(big) as bulk:
+    with serve(big) as bulk:
         url = f"{bulk.url}/big"
         with connect(proxy.port, 5) as sock:
             sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (url.encode(), bulk.port))
@@ -180,14 +179,14 @@ def test_client_reset_mid_response_leaves_proxy_serving(proxy: Ferryman, origin:
 def test_client_reset_mid_response_is_logged_as_error(proxy: Ferryman) -> None:
     client_gone = threading.Event()
 
-    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def big(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (1 << 20) + b"a" * 65536)
         await writer.drain()
         await asyncio.get_running_loop().run_in_executor(None, client_gone.wait, 5)
         await reader.read()
 
-    with tidy_origin(big) as bulk:
+    with serve(big) as bulk:
         url = f"{bulk.url}/aborted"
         try:
             with connect(proxy.port, 5) as sock:
@@ -200,7 +199,7 @@ def test_client_reset_mid_response_is_logged_as_error(proxy: Ferryman) -> None:
     assert line["error"], f"an aborted transfer logged as complete: {line}"
 
 
-def test_abandoned_connections_do_not_leak(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_abandoned_connections_do_not_leak(proxy: Ferryman, origin: Origin) -> None:
     """200 connections: a third closed at once, a third reset, a third left open mid-head."""
     pid = proxy.proc.pid
     assert_serving(proxy, origin)  # warm: the pooled upstream connection is in the baseline
@@ -239,7 +238,7 @@ FLOOD_KINDS = [
 ]
 
 
-def test_flood_of_malformed_requests(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_flood_of_malformed_requests(proxy: Ferryman, origin: Origin) -> None:
     pid = proxy.proc.pid
     assert_serving(proxy, origin)
     base = fd_count(pid)

@@ -1,56 +1,14 @@
-"""Shared pieces of the cache integration tests: a path-dispatching origin that counts
-what it is asked, Cache-Status parsing, and the config blocks of a caching ferryman.
-
-The origin answers each request with ``answer(origin, head, writer)`` (an async
-function that writes one whole response), so a test can script delays and events;
-every request head is recorded in ``Origin.requests`` by ``read_request``.
-"""
+"""Shared pieces of the cache integration tests: Cache-Status parsing, the config blocks
+of a caching ferryman, and its admin counters.  (The origin is `tests.helpers.origin`:
+``serve(answering(answer))`` and ``count(origin, path)``.)"""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
-
-from tests.helpers.integ_servers import Origin, origin_server, read_request, request_path
-
-Answer = Callable[[Origin, bytes, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextmanager
-def counting_origin(answer: Answer) -> Iterator[Origin]:
-    """A keep-alive origin on 127.0.0.1 that answers every request with ``answer``."""
-
-    async def handler(origin: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            head, _ = await read_request(origin, reader)
-            await answer(origin, head, writer)
-
-    with origin_server(handler) as origin:
-        yield origin
-
-
-def method_of(head: bytes) -> str:
-    return head.split(b" ", 1)[0].decode("latin-1")
-
-
-def path_of(head: bytes) -> str:
-    return request_path(head).split("?", 1)[0]
-
-
-def count(origin: Origin, path: str, method: str | None = "GET") -> int:
-    """How many requests for ``path`` (exact, query ignored) the origin has received."""
-    return sum(
-        1 for h in list(origin.requests) if path_of(h) == path and (method is None or method_of(h) == method)
-    )
-
-
-def heads_for(origin: Origin, path: str) -> list[bytes]:
-    return [h for h in list(origin.requests) if path_of(h) == path]
 
 
 def cache_status(r: httpx.Response | Mapping[str, str]) -> str:

@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,3 +184,35 @@ def run_nginx(tmp: Path) -> Iterator[Nginx]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- memory of the ferryman process ---------------------------------------------------
+class RssSampler:
+    """Samples a ferryman's VmRSS on a thread every ``interval`` seconds; keeps the peak."""
+
+    def __init__(self, fm: Ferryman, interval: float = 0.02) -> None:
+        self.fm = fm
+        self.interval = interval
+        self.baseline = fm.rss_kib()
+        self.peak = self.baseline
+        self.samples = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with suppress(OSError, RuntimeError):
+                self.peak = max(self.peak, self.fm.rss_kib())
+                self.samples += 1
+
+    def __enter__(self) -> RssSampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(5)
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.baseline) / 1024

@@ -8,11 +8,9 @@ file, /proc) against a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,7 +19,6 @@ from pathlib import Path
 from unittest import mock
 
 from tests.helpers import procs
-from tests.helpers.origin import Handler, RawOrigin, raw_origin
 from tests.helpers.procs import Ferryman
 
 # How a connection ended once the proxy was done with it.
@@ -224,39 +221,3 @@ def run_ferryman_at(tmp: Path, port: int, **overrides: object) -> Iterator[Ferry
         with mock.patch.object(procs, "free_port", return_value=port):
             fm = stack.enter_context(procs.run_ferryman(tmp, **overrides))
         yield fm
-
-
-@contextmanager
-def tidy_origin(handler: Handler, host: str = "127.0.0.1") -> Iterator[RawOrigin]:
-    """`raw_origin`, but every connection still open at the end is closed, and its handler
-    finished, before the origin's loop stops (the proxy keeps pooled connections open;
-    left alone they would die with the loop as ResourceWarnings)."""
-    active: set[asyncio.StreamWriter] = set()
-    loops: list[asyncio.AbstractEventLoop] = []
-    idle = threading.Event()
-    idle.set()
-
-    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not loops:
-            loops.append(asyncio.get_running_loop())
-        active.add(writer)
-        idle.clear()
-        try:
-            await handler(reader, writer)
-        finally:
-            writer.close()
-            active.discard(writer)
-            if not active:
-                idle.set()
-
-    def abort_all() -> None:
-        for w in list(active):
-            w.transport.abort()
-
-    with raw_origin(tracked, host) as origin:
-        try:
-            yield origin
-        finally:
-            if loops:
-                loops[0].call_soon_threadsafe(abort_all)
-                idle.wait(5)

@@ -10,11 +10,12 @@ The conveniences below are `wait_for` over one kind of outside state.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -41,6 +42,24 @@ def wait_for(
             name = what() if callable(what) else what
             raise TimeoutError(f"not within {timeout}s: {name or getattr(cond, '__name__', cond)}")
         time.sleep(interval)
+
+
+async def wait_for_async(
+    cond: Callable[[], Awaitable[T | None]],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "",
+    interval: float = INTERVAL,
+) -> T:
+    """`wait_for` inside an event loop: ``await cond()`` until truthy, sleeping between tries."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            name = what() if callable(what) else what
+            raise TimeoutError(f"not within {timeout}s: {name or getattr(cond, '__name__', cond)}")
+        await asyncio.sleep(interval)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.integ_servers import Origin, Tls, make_tls, origin_server, tls_http_handler
+from tests.helpers.origin import Origin, Tls, make_tls, serve, tls_http_handler
 
 
 @pytest.fixture(scope="session")
@@ -18,5 +18,5 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 @pytest.fixture(scope="session")
 def tls_origin(tls: Tls) -> Iterator[Origin]:
     """A loopback HTTPS origin (keep-alive, answers every GET with TLS_BODY)."""
-    with origin_server(tls_http_handler, ssl_ctx=tls.server_ctx) as origin:
+    with serve(tls_http_handler, ssl_ctx=tls.server_ctx) as origin:
         yield origin

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.integ_http import curl, get, raw_client
-from tests.helpers.integ_servers import Origin, origin_server, read_request
+from tests.helpers.origin import Origin, read_request, serve
 from tests.helpers.procs import Ferryman, Nginx, free_port, run_ferryman
 from tests.helpers.wait import json_lines, wait_for, wait_log
 
@@ -101,7 +101,7 @@ async def answer_then_wait_eof(origin: Origin, reader: asyncio.StreamReader,
 
 
 def test_tunnel_logged_with_exact_byte_counts_when_it_closes(tmp_path: Path, nginx: Nginx) -> None:
-    with origin_server(answer_then_wait_eof) as o, \
+    with serve(answer_then_wait_eof) as o, \
             run_ferryman(tmp_path, forward={"connect_ports": [o.port]}) as fm, raw_client(fm.port) as c:
         c.send(f"CONNECT 127.0.0.1:{o.port} HTTP/1.1\r\nHost: 127.0.0.1:{o.port}\r\n\r\n".encode())
         assert c.read_head().status == 200
@@ -147,7 +147,7 @@ def test_errors_are_logged_with_their_status(logged: Ferryman) -> None:
         assert entry["status"] == status, entry
         assert entry["error"], entry
         assert entry["client"] == "127.0.0.1"
-    with origin_server(never_answers) as o:
+    with serve(never_answers) as o:
         target = f"{o.url}/slow"
         got, entry = _error_entry(logged, get(target), target)
     assert got == 504 and entry["status"] == 504 and "no response" in str(entry["error"])

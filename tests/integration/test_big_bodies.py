@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.integ_http import get, parse_head
-from tests.helpers.integ_servers import CHUNK, RssSampler, bulk_origin
-from tests.helpers.procs import run_ferryman
+from tests.helpers.origin import CHUNK, bulk_origin
+from tests.helpers.procs import RssSampler, run_ferryman
 
 SIZE = 2 << 30  # 2 GiB
 MAX_GROWTH_MIB = 64

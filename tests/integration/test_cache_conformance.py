@@ -18,18 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.cache_integ import (
-    admin_cache,
-    count,
-    counting_origin,
-    is_hit,
-    is_stored,
-    members,
-    path_of,
-    reverse_cache_config,
-)
+from tests.helpers.cache_integ import admin_cache, is_hit, is_stored, members, reverse_cache_config
 from tests.helpers.integ_http import Response, raw_client
-from tests.helpers.integ_servers import Origin
+from tests.helpers.origin import Origin, answering, count, path_of, serve
 from tests.helpers.procs import Ferryman, free_port, run_ferryman
 from tests.helpers.wait import wait_for, wait_port
 
@@ -109,7 +100,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with counting_origin(origin_answer) as origin:
+    with serve(answering(origin_answer)) as origin:
         port, admin = free_port(), free_port()
         routes = [
             {
@@ -209,7 +200,7 @@ def _files(root: Path) -> list[Path]:
 
 def test_the_disk_store_writes_nothing_for_responses_it_could_never_serve(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    with counting_origin(origin_answer) as origin:
+    with serve(answering(origin_answer)) as origin:
         port, admin = free_port(), free_port()
         cfg = reverse_cache_config(port, admin, origin.url, cache={"store": "disk", "path": str(cache_dir)})
         with run_ferryman(tmp_path, **cfg) as fm, httpx.Client(timeout=10, trust_env=False) as client:

@@ -19,15 +19,8 @@ import httpx
 import pytest
 
 from tests.helpers.backends import child_env, ferryman_cmd, stop_process
-from tests.helpers.cache_integ import (
-    count,
-    counting_origin,
-    is_hit,
-    is_stored,
-    path_of,
-    reverse_cache_config,
-)
-from tests.helpers.integ_servers import Origin, header_value, response
+from tests.helpers.cache_integ import is_hit, is_stored, reverse_cache_config
+from tests.helpers.origin import Origin, answering, count, header_value, path_of, response, serve
 from tests.helpers.procs import free_port, run_ferryman
 from tests.helpers.wait import wait_for, wait_port
 
@@ -90,7 +83,7 @@ def fetch_raw(url: str) -> tuple[int, int | None, bytes, bool]:
 
 def test_disk_entry_survives_a_restart(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    with counting_origin(answer) as origin:
+    with serve(answering(answer)) as origin:
         (tmp_path / "a").mkdir()
         with run_ferryman(tmp_path / "a", **disk_config(free_port(), free_port(), origin, cache_dir)) as fm:
             first = httpx.get(f"{fm.proxy}/persist", headers=HOST, timeout=10, trust_env=False)
@@ -123,7 +116,7 @@ def test_disk_entry_survives_a_restart(tmp_path: Path) -> None:
 def test_vary_variants_on_disk_survive_a_restart(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     variants = {"gzip": b"variant gzip #1", "identity": b"variant identity #2"}
-    with counting_origin(answer) as origin:
+    with serve(answering(answer)) as origin:
         (tmp_path / "a").mkdir()
         with run_ferryman(tmp_path / "a", **disk_config(free_port(), free_port(), origin, cache_dir)) as fm:
             for ae, body in variants.items():
@@ -143,7 +136,7 @@ def test_vary_variants_on_disk_survive_a_restart(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["/small", "/mid"])
 def test_truncated_cache_file_is_never_served(tmp_path: Path, path: str) -> None:
     cache_dir = tmp_path / "cache"
-    with counting_origin(answer) as origin, run_ferryman(
+    with serve(answering(answer)) as origin, run_ferryman(
         tmp_path, **disk_config(free_port(), free_port(), origin, cache_dir)
     ) as fm:
         url = f"{fm.proxy}{path}"
@@ -170,7 +163,7 @@ def test_corrupt_byte_in_a_large_entry_never_reaches_a_client_as_a_whole_body(
     tmp_path: Path, verified_first: bool
 ) -> None:
     cache_dir = tmp_path / "cache"
-    with counting_origin(answer) as origin, run_ferryman(
+    with serve(answering(answer)) as origin, run_ferryman(
         tmp_path, **disk_config(free_port(), free_port(), origin, cache_dir)
     ) as fm:
         url = f"{fm.proxy}/big"
@@ -215,7 +208,7 @@ def test_unusable_cache_directory_means_uncached_pass_through(tmp_path: Path, wh
     else:
         cache_dir = blocker = tmp_path / "cache"  # fine at start, replaced by a file below
     admin = free_port()
-    with counting_origin(answer) as origin, run_ferryman(
+    with serve(answering(answer)) as origin, run_ferryman(
         tmp_path, **disk_config(free_port(), admin, origin, cache_dir)
     ) as fm:
         wait_port(admin, fm.proc)

@@ -14,13 +14,12 @@ import asyncio
 import hashlib
 import socket
 import struct
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.cache_integ import count, counting_origin, path_of, reverse_cache_config
-from tests.helpers.integ_servers import Origin, response
+from tests.helpers.cache_integ import reverse_cache_config
+from tests.helpers.origin import Origin, answering, count, path_of, response, serve
 from tests.helpers.procs import free_port, run_ferryman
 from tests.helpers.wait import wait_for
 
@@ -78,7 +77,7 @@ def body_start(path: Path) -> int:
 def test_no_damaged_byte_of_a_large_entry_reaches_a_client(tmp_path: Path, where: str) -> None:
     cache_dir = tmp_path / "cache"
     cache = {"store": "disk", "path": str(cache_dir), "max_object_size": "128MiB", "max_size": "1GiB"}
-    with counting_origin(answer) as origin, run_ferryman(
+    with serve(answering(answer)) as origin, run_ferryman(
         tmp_path, **reverse_cache_config(free_port(), free_port(), origin.url, cache=cache)
     ) as fm:
         head, body, complete = fetch(fm.port)
@@ -107,10 +106,7 @@ def test_no_damaged_byte_of_a_large_entry_reaches_a_client(tmp_path: Path, where
             assert count(origin, "/big") == asked + 1  # a miss: served whole from the origin
         else:
             assert b"hit" in cache_status(head)  # cut short (connection closed) before the damaged block
-            deadline = time.monotonic() + 10
-            while path.exists() and time.monotonic() < deadline:  # the entry is deleted
-                time.sleep(0.01)
-            assert not path.exists()
+            wait_for(lambda: not path.exists(), 10, "the damaged entry deleted")
             head, body, complete = fetch(fm.port)
             assert complete and body == BODY and count(origin, "/big") == asked + 1
             assert b"hit" not in cache_status(head), head

@@ -18,19 +18,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.cache_integ import (
-    admin_cache,
+from tests.helpers.cache_integ import admin_cache, is_hit, is_stored, reverse_cache_config
+from tests.helpers.integ_http import curl, raw_client
+from tests.helpers.origin import (
+    Origin,
+    answering,
     count,
-    counting_origin,
+    header_value,
     heads_for,
-    is_hit,
-    is_stored,
     method_of,
     path_of,
-    reverse_cache_config,
+    response,
+    serve,
 )
-from tests.helpers.integ_http import curl, raw_client
-from tests.helpers.integ_servers import Origin, header_value, response
 from tests.helpers.procs import Ferryman, Nginx, free_port, run_ferryman, run_nginx
 from tests.helpers.wait import wait_for, wait_port
 
@@ -263,7 +263,7 @@ class Proxied:
 
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[Proxied]:
-    with counting_origin(scripted_answer) as origin:
+    with serve(answering(scripted_answer)) as origin:
         port, admin = free_port(), free_port()
         cfg = reverse_cache_config(port, admin, origin.url)
         with run_ferryman(tmp_path, **cfg) as fm:

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 
 from tests.helpers.backends import child_env, ferryman_cmd, stop_process
-from tests.helpers.cache_integ import count, counting_origin, is_hit, is_stored, path_of
+from tests.helpers.cache_integ import is_hit, is_stored
 from tests.helpers.integ_http import Head, curl, parse_head
-from tests.helpers.integ_servers import Origin, response
+from tests.helpers.origin import Origin, answering, count, path_of, response, serve
 from tests.helpers.procs import free_port, run_ferryman
 from tests.helpers.wait import wait_port, wait_text
 
@@ -55,7 +55,7 @@ def curl_get(*args: str) -> tuple[Head, bytes]:
 
 
 def test_forward_one_liner_with_cache_hits_on_the_second_request(tmp_path: Path) -> None:
-    with counting_origin(versioned) as a, counting_origin(versioned) as b, one_liner(
+    with serve(answering(versioned)) as a, serve(answering(versioned)) as b, one_liner(
         tmp_path, "forward", "--cache"
     ) as port:
         proxy = f"http://127.0.0.1:{port}"
@@ -75,7 +75,7 @@ def test_forward_one_liner_with_cache_hits_on_the_second_request(tmp_path: Path)
 
 def test_forward_one_liner_shares_a_memory_cache_by_default(tmp_path: Path) -> None:
     stderr = tmp_path / "one-liner.stderr"
-    with counting_origin(versioned) as origin, one_liner(tmp_path, "forward") as port:
+    with serve(answering(versioned)) as origin, one_liner(tmp_path, "forward") as port:
         wait_text(stderr.read_text, "cache: memory 64MiB")
         proxy = f"http://127.0.0.1:{port}"
         head1, body1 = curl_get("-x", proxy, f"{origin.url}/default")
@@ -87,7 +87,7 @@ def test_forward_one_liner_shares_a_memory_cache_by_default(tmp_path: Path) -> N
 
 def test_forward_one_liner_with_no_cache_asks_the_origin_every_time(tmp_path: Path) -> None:
     stderr = tmp_path / "one-liner.stderr"
-    with counting_origin(versioned) as origin, one_liner(tmp_path, "forward", "--no-cache") as port:
+    with serve(answering(versioned)) as origin, one_liner(tmp_path, "forward", "--no-cache") as port:
         wait_text(stderr.read_text, "cache: off")
         proxy = f"http://127.0.0.1:{port}"
         heads = [curl_get("-x", proxy, f"{origin.url}/nocache")[0] for _ in range(2)]
@@ -96,7 +96,7 @@ def test_forward_one_liner_with_no_cache_asks_the_origin_every_time(tmp_path: Pa
 
 
 def test_forward_traffic_is_not_cached_when_cache_forward_is_off(tmp_path: Path) -> None:
-    with counting_origin(versioned) as origin, run_ferryman(
+    with serve(answering(versioned)) as origin, run_ferryman(
         tmp_path, cache={"store": "memory", "forward": False}
     ) as fm, httpx.Client(proxy=fm.proxy, trust_env=False, timeout=10) as client:
         responses = [client.get(f"{origin.url}/fwd-off") for _ in range(2)]
@@ -108,7 +108,7 @@ def test_forward_traffic_is_not_cached_when_cache_forward_is_off(tmp_path: Path)
 
 
 def test_forward_cache_with_httpx_as_the_client(tmp_path: Path) -> None:
-    with counting_origin(versioned) as origin, run_ferryman(
+    with serve(answering(versioned)) as origin, run_ferryman(
         tmp_path, cache={"store": "memory"}
     ) as fm, httpx.Client(proxy=fm.proxy, trust_env=False, timeout=10) as client:
         first = client.get(f"{origin.url}/fwd-on")
@@ -118,7 +118,7 @@ def test_forward_cache_with_httpx_as_the_client(tmp_path: Path) -> None:
 
 
 def test_reverse_one_liner_with_cache(tmp_path: Path) -> None:
-    with counting_origin(versioned) as origin, one_liner(
+    with serve(answering(versioned)) as origin, one_liner(
         tmp_path, "reverse", "--to", origin.url, "--cache"
     ) as port:
         url = f"http://127.0.0.1:{port}/one-liner"

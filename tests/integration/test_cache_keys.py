@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.cache_integ import count, counting_origin, is_hit, is_stored, reverse_cache_config
+from tests.helpers.cache_integ import is_hit, is_stored, reverse_cache_config
 from tests.helpers.integ_http import get, raw_client
-from tests.helpers.integ_servers import Origin, request_path, response
+from tests.helpers.origin import Origin, answering, count, request_path, response, serve
 from tests.helpers.procs import free_port, run_ferryman
 from tests.helpers.wait import wait_port
 
@@ -36,7 +36,7 @@ def admin_purge(admin: int, **params: str) -> int:
 
 # -- admin purge = PURGE method, with a parent (issue 8 item 5) ---------------------------------
 def test_admin_purge_by_url_finds_the_entry_when_a_parent_is_configured(tmp_path: Path) -> None:
-    with counting_origin(fresh) as parent:  # the parent proxy: answers absolute-form requests
+    with serve(answering(fresh)) as parent:  # the parent proxy: answers absolute-form requests
         admin = free_port()
         cfg = {
             "forward": {"parent": parent.url},
@@ -70,7 +70,7 @@ def test_admin_purge_by_url_finds_the_entry_when_a_parent_is_configured(tmp_path
 
 # -- a purge prefix is normalised (item 10) -------------------------------------------------------
 def test_admin_prefix_purge_is_normalised_like_the_cache_keys(tmp_path: Path) -> None:
-    with counting_origin(fresh) as origin:
+    with serve(answering(fresh)) as origin:
         port, admin = free_port(), free_port()
         with run_ferryman(tmp_path, **reverse_cache_config(port, admin, origin.url)) as fm:
             wait_port(admin, fm.proc)
@@ -95,7 +95,7 @@ def test_admin_prefix_purge_is_normalised_like_the_cache_keys(tmp_path: Path) ->
 
 # -- a fragment in the request target (item 8) ----------------------------------------------------
 def test_a_fragment_in_the_target_is_refused_in_reverse_mode(tmp_path: Path) -> None:
-    with counting_origin(fresh) as origin:
+    with serve(answering(fresh)) as origin:
         port, admin = free_port(), free_port()
         with run_ferryman(tmp_path, **reverse_cache_config(port, admin, origin.url)) as fm:
             for target in ("/frag#sec1", "/frag?a=1#x", "http://site.test/frag#sec1"):
@@ -110,7 +110,7 @@ def test_a_fragment_in_the_target_is_refused_in_reverse_mode(tmp_path: Path) -> 
 
 
 def test_a_fragment_in_the_target_is_refused_in_forward_mode(tmp_path: Path) -> None:
-    with counting_origin(fresh) as origin, run_ferryman(tmp_path, cache={"store": "memory"}) as fm:
+    with serve(answering(fresh)) as origin, run_ferryman(tmp_path, cache={"store": "memory"}) as fm:
         for target in (f"{origin.url}/frag#sec1", f"{origin.url}/#"):
             with raw_client(fm.port, timeout=5) as c:
                 r = c.request(get(target))

@@ -21,21 +21,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.cache_integ import (
-    admin_cache,
+from tests.helpers.cache_integ import admin_cache, is_hit, is_stored, members, reverse_cache_config, ttl_of
+from tests.helpers.integ_http import curl, parse_head, raw_client
+from tests.helpers.origin import (
+    Origin,
+    answering,
     count,
-    counting_origin,
+    header_value,
     heads_for,
-    is_hit,
-    is_stored,
-    members,
     method_of,
     path_of,
-    reverse_cache_config,
-    ttl_of,
+    response,
+    serve,
 )
-from tests.helpers.integ_http import curl, parse_head, raw_client
-from tests.helpers.integ_servers import Origin, header_value, response
 from tests.helpers.procs import Ferryman, free_port, run_ferryman
 from tests.helpers.wait import wait_for, wait_log, wait_port
 
@@ -165,7 +163,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     script = Script()
-    with counting_origin(script) as origin:
+    with serve(answering(script)) as origin:
         port, admin = free_port(), free_port()
         routes = [
             {"name": "off", "match": {"path_prefix": "/off/"}, "upstream": "o"},
@@ -321,7 +319,7 @@ def test_stale_if_error_serves_the_stale_body_when_the_origin_is_down(tmp_path: 
         await writer.drain()
 
     with ExitStack() as origin_alive:
-        origin = origin_alive.enter_context(counting_origin(answer))
+        origin = origin_alive.enter_context(serve(answering(answer)))
         port, admin = free_port(), free_port()
         with run_ferryman(tmp_path, **reverse_cache_config(port, admin, origin.url)) as fm:
             base = f"http://127.0.0.1:{fm.port}"

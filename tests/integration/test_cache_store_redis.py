@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ from redis.asyncio import Redis
 from ferryman.pipeline.cache.redis_store import RedisStore, key_hash, variant_hash
 from ferryman.pipeline.cache.store import BodyReader, EntryMeta
 from tests.helpers.procs import free_port
+from tests.helpers.wait import wait_for, wait_for_async
 
 BIG = 2 * 1024 * 1024 + 77  # above the 1 MiB inline limit: a second round trip, its own field
 MAX = 4 * 1024 * 1024
@@ -47,20 +47,24 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # ready when it answers PING
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+        proc = self.proc
+
+        def pong() -> bool:  # ready when it answers PING
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return self
+                    return s.recv(64).startswith(b"+PONG")
             except OSError:
-                pass
-            time.sleep(0.02)
-        self.stop()
-        raise TimeoutError(f"redis-server on port {self.port} did not answer PING")
+                return False
+
+        try:
+            wait_for(pong, 10, f"redis-server on port {self.port} to answer PING")
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def pause(self) -> None:
         assert self.proc is not None
@@ -92,8 +96,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+# Tests that are not about time give Redis all the time a loaded machine needs: with the
+# default 0.25 s a slow round trip is an outage (a miss, nothing deleted, the breaker open).
+STEADY = 5.0
+
+
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    s = RedisStore(redis_server.url, MAX, op_timeout=STEADY)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def timed_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    """The default op_timeout (0.25 s), for the tests of outages and the breaker."""
     s = RedisStore(redis_server.url, MAX)
     yield s
     await s.close()
@@ -171,7 +188,7 @@ async def test_round_trip_small_and_large_bodies(store: RedisStore, raw: Redis) 
 
 
 async def test_entries_and_sets_expire_after_ttl(redis_server: RedisServer, raw: Redis) -> None:
-    s = RedisStore(redis_server.url, MAX, prefix=b"t:", ttl=120)
+    s = RedisStore(redis_server.url, MAX, prefix=b"t:", ttl=120, op_timeout=STEADY)
     try:
         assert await put(s, meta(b"http://a/t"), b"x")
         assert 0 < await raw.ttl(b"t:e:" + key_hash(b"http://a/t") + b":" + variant_hash(b"")) <= 120
@@ -199,7 +216,8 @@ async def test_metas_lists_every_variant_for_other_instances(
 ) -> None:
     for v in (b"gzip", b"br"):
         assert await put(store, meta(b"http://a/m", v), b"body " + v)
-    other = RedisStore(redis_server.url, 64 << 20)  # a second instance: knows nothing locally
+    # A second instance: knows nothing locally.
+    other = RedisStore(redis_server.url, 64 << 20, op_timeout=STEADY)
     try:
         assert sorted(m.variant for m in await other.metas(b"http://a/m")) == [b"br", b"gzip"]
         assert await other.metas(b"http://a/none") == []
@@ -278,7 +296,7 @@ async def test_update_meta_keeps_the_body(store: RedisStore) -> None:
 
 
 async def test_two_stores_share_entries(redis_server: RedisServer, store: RedisStore) -> None:
-    other = RedisStore(redis_server.url, MAX)
+    other = RedisStore(redis_server.url, MAX, op_timeout=STEADY)
     try:
         data = pattern(BIG, 9)
         assert await put(store, meta(b"http://a/s"), b"from A")
@@ -297,7 +315,7 @@ async def test_two_stores_share_entries(redis_server: RedisServer, store: RedisS
 
 
 async def test_prefixes_keep_stores_apart(redis_server: RedisServer, store: RedisStore) -> None:
-    other = RedisStore(redis_server.url, MAX, prefix=b"other:")
+    other = RedisStore(redis_server.url, MAX, prefix=b"other:", op_timeout=STEADY)
     try:
         assert await put(store, meta(b"http://a/p"), b"mine")
         assert await other.get(b"http://a/p", b"") is None
@@ -393,8 +411,9 @@ async def test_redis_down_is_a_quick_miss(caplog: pytest.LogCaptureFixture) -> N
 
 
 async def test_hung_redis_costs_one_timeout_then_recovers(
-    redis_server: RedisServer, store: RedisStore, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer, timed_store: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
+    store = timed_store
     caplog.set_level(logging.WARNING, logger="ferryman")
     assert await put(store, meta(b"http://a/h"), b"before")
     store.breaker_seconds = 0.5
@@ -408,15 +427,17 @@ async def test_hung_redis_costs_one_timeout_then_recovers(
         assert store.begin(meta(b"http://a/h")) is None
     finally:
         redis_server.resume()
-    deadline = time.monotonic() + 5
-    while await body(store, b"http://a/h") != b"before":
-        assert time.monotonic() < deadline, "the store never tried Redis again"
-        await asyncio.sleep(0.02)
+
+    async def served() -> bool:
+        return await body(store, b"http://a/h") == b"before"
+
+    await wait_for_async(served, 5, "the store to try Redis again")
     assert store.available
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
-async def test_breaker_recovers_after_a_restart(redis_server: RedisServer, store: RedisStore) -> None:
+async def test_breaker_recovers_after_a_restart(redis_server: RedisServer, timed_store: RedisStore) -> None:
+    store = timed_store
     store.breaker_seconds = 0.3
     assert await put(store, meta(b"http://a/r"), b"before")
     redis_server.stop()
@@ -427,10 +448,10 @@ async def test_breaker_recovers_after_a_restart(redis_server: RedisServer, store
     redis_server.start()  # same port, empty (no persistence)
     if time.monotonic() - tripped < 0.25:
         assert not await put(store, meta(b"http://a/r"), b"early")  # the breaker still keeps Redis out
-    deadline = time.monotonic() + 5
-    while not await put(store, meta(b"http://a/r"), b"after"):
-        assert time.monotonic() < deadline, "the store never tried Redis again"
-        await asyncio.sleep(0.02)
+    async def stored() -> bool:
+        return await put(store, meta(b"http://a/r"), b"after")
+
+    await wait_for_async(stored, 5, "the store to try Redis again")
     assert await body(store, b"http://a/r") == b"after"
 
 

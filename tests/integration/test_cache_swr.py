@@ -8,14 +8,15 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.origin import raw_origin, read_head
+from tests.helpers.origin import Origin, read_head, serve
 from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.wait import wait_for
 
 
 def test_stale_served_at_once_and_refreshed_behind(tmp_path: Path) -> None:
     served = {"n": 0}
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 await read_head(reader)
@@ -31,7 +32,7 @@ def test_stale_served_at_once_and_refreshed_behind(tmp_path: Path) -> None:
         finally:
             writer.close()
 
-    with raw_origin(handler) as origin:
+    with serve(handler) as origin:
         port = free_port()
         with run_ferryman(
             tmp_path,
@@ -46,8 +47,5 @@ def test_stale_served_at_once_and_refreshed_behind(tmp_path: Path) -> None:
                 time.sleep(1.6)  # max-age=1 must run out: here time itself is what is tested
                 stale = c.get(url)
                 assert stale.text == "version 1" and "hit" in stale.headers["cache-status"]
-                deadline = time.monotonic() + 5
-                while c.get(url).text != "version 2":
-                    assert time.monotonic() < deadline, "the background refresh never landed"
-                    time.sleep(0.05)
+                wait_for(lambda: c.get(url).text == "version 2", 5, "the background refresh to land")
             assert served["n"] == 2  # one refresh, not one per stale request

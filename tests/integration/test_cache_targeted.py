@@ -14,16 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.cache_integ import (
-    count,
-    counting_origin,
-    is_hit,
-    is_stored,
-    members,
-    path_of,
-    reverse_cache_config,
-)
-from tests.helpers.integ_servers import Origin, response
+from tests.helpers.cache_integ import is_hit, is_stored, members, reverse_cache_config
+from tests.helpers.origin import Origin, answering, count, path_of, response, serve
 from tests.helpers.procs import Ferryman, free_port, run_ferryman
 from tests.helpers.wait import wait_port
 
@@ -66,7 +58,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with counting_origin(answer) as origin:
+    with serve(answering(answer)) as origin:
         port, admin = free_port(), free_port()
         cfg = reverse_cache_config(port, admin, origin.url)
         with run_ferryman(tmp_path_factory.mktemp("targeted"), **cfg) as fm:
@@ -114,7 +106,7 @@ def test_own_targeted_field_is_honoured_first_and_never_passed_on(site: Site) ->
 def test_a_forward_proxy_honours_targeted_fields_only_when_configured(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with counting_origin(answer) as origin:
+    with serve(answering(answer)) as origin:
         with run_ferryman(tmp_path / "a", cache={"store": "memory"}) as plain, httpx.Client(
             proxy=plain.proxy, trust_env=False, timeout=10
         ) as client:

@@ -14,8 +14,7 @@ import gzip
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.cache_integ import counting_origin
-from tests.helpers.integ_servers import Origin, header_value, response
+from tests.helpers.origin import Origin, answering, header_value, response, serve
 from tests.helpers.procs import free_port, run_ferryman
 from tests.helpers.rawhttp import Response, exchange
 from tests.helpers.wait import wait_for
@@ -89,7 +88,7 @@ def test_two_workers_on_one_disk_store_never_mix_versions(tmp_path: Path) -> Non
     switch = Switch()
     cache_dir = tmp_path / "cache"
     port = free_port()
-    with counting_origin(switch.answer) as origin, run_ferryman(
+    with serve(answering(switch.answer)) as origin, run_ferryman(
         tmp_path, **config(port, origin, {"store": "disk", "path": str(cache_dir)}, workers=2)
     ) as fm:
         # Fresh connections spread over both workers: each indexes the v1 head.
@@ -108,7 +107,7 @@ def test_two_instances_on_one_redis_never_mix_versions(tmp_path: Path) -> None:
     switch = Switch()
     server = RedisServer(tmp_path).start()
     try:
-        with counting_origin(switch.answer) as origin:
+        with serve(answering(switch.answer)) as origin:
             cfg = {"store": "redis"}
             shared = {"redis": server.url}
             (tmp_path / "a").mkdir()

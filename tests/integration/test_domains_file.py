@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers.origin import canned
+from tests.helpers.origin import canned, serve
 from tests.helpers.procs import base_config, run_ferryman
-from tests.helpers.rawhttp import assert_error_and_closed, exchange, tidy_origin
+from tests.helpers.rawhttp import assert_error_and_closed, exchange
 from tests.helpers.wait import wait_for
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -20,7 +20,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 def test_inline_comments_are_part_of_the_format(tmp_path: Path) -> None:
     (tmp_path / "block.txt").write_text("# blocklist\nlocalhost   # the loopback name\nads.example # ads\n")
     rules = [{"name": "blocklist", "deny": {"domains_file": "block.txt"}}]
-    with tidy_origin(canned(OK)) as origin, run_ferryman(tmp_path, forward={"rules": rules}) as fm:
+    with serve(canned(OK)) as origin, run_ferryman(tmp_path, forward={"rules": rules}) as fm:
         url = b"http://localhost:%d/x" % origin.port
         resp = exchange(fm.port, b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % url)
         assert_error_and_closed(resp, 403)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers.integ_http import curl, raw_client
-from tests.helpers.integ_servers import TLS_BODY, Origin, Tls, origin_server
+from tests.helpers.origin import TLS_BODY, Origin, Tls, serve
 from tests.helpers.procs import run_ferryman
 from tests.helpers.wait import wait_log
 
@@ -68,7 +68,7 @@ def test_connect_to_port_not_in_connect_ports_is_403(tmp_path: Path, tls_origin:
 
 def test_tunnel_half_close_still_delivers_answer(tmp_path: Path) -> None:
     payload = b"x" * 100_000
-    with origin_server(answer_after_eof) as o, \
+    with serve(answer_after_eof) as o, \
             run_ferryman(tmp_path, forward={"connect_ports": [o.port]}) as fm, \
             raw_client(fm.port) as c:
         c.send(connect_request(o.port))
@@ -80,7 +80,7 @@ def test_tunnel_half_close_still_delivers_answer(tmp_path: Path) -> None:
 
 def test_tunnel_half_close_sent_with_the_connect_request(tmp_path: Path) -> None:
     """A client may write its bytes and FIN right behind CONNECT, before the 200 arrives."""
-    with origin_server(answer_after_eof) as o, \
+    with serve(answer_after_eof) as o, \
             run_ferryman(tmp_path, forward={"connect_ports": [o.port]}) as fm, \
             raw_client(fm.port, timeout=5) as c:
         c.send(connect_request(o.port) + b"early bytes")
@@ -91,7 +91,7 @@ def test_tunnel_half_close_sent_with_the_connect_request(tmp_path: Path) -> None
 
 
 def test_idle_tunnel_closed_by_tunnel_idle_timeout(tmp_path: Path) -> None:
-    with origin_server(echo_until_eof) as o, \
+    with serve(echo_until_eof) as o, \
             run_ferryman(tmp_path, forward={"connect_ports": [o.port]},
                          timeouts={"tunnel_idle": "1s"}) as fm, \
             raw_client(fm.port) as c:

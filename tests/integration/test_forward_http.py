@@ -13,15 +13,7 @@ import httpx
 import pytest
 
 from tests.helpers.integ_http import curl, get, raw_client
-from tests.helpers.integ_servers import (
-    Origin,
-    echo_handler,
-    origin_server,
-    read_request,
-    request_path,
-    response,
-    scripted,
-)
+from tests.helpers.origin import Origin, echo_handler, read_request, request_path, response, scripted, serve
 from tests.helpers.procs import Ferryman, Nginx
 
 
@@ -31,7 +23,7 @@ def _json(data: bytes) -> dict[str, object]:
 
 @pytest.fixture
 def echo() -> Iterator[Origin]:
-    with origin_server(echo_handler) as o:
+    with serve(echo_handler) as o:
         yield o
 
 
@@ -167,7 +159,7 @@ async def drop_second_request(origin: Origin, reader: asyncio.StreamReader,
 
 
 def test_stale_pooled_connection_retried_for_get(ferryman: Ferryman) -> None:
-    with origin_server(drop_second_request) as o, raw_client(ferryman.port) as c:
+    with serve(drop_second_request) as o, raw_client(ferryman.port) as c:
         assert c.request(get(f"{o.url}/one")).body == b"answered"
         r = c.request(get(f"{o.url}/two"))
         assert (r.status, r.body) == (200, b"answered")
@@ -176,7 +168,7 @@ def test_stale_pooled_connection_retried_for_get(ferryman: Ferryman) -> None:
 
 
 def test_non_idempotent_request_not_retried_on_stale_pooled_connection(ferryman: Ferryman) -> None:
-    with origin_server(drop_second_request) as o, raw_client(ferryman.port) as c:
+    with serve(drop_second_request) as o, raw_client(ferryman.port) as c:
         assert c.request(get(f"{o.url}/one")).body == b"answered"
         r = c.request(get(f"{o.url}/order", method="POST", headers={"Content-Length": "0"}))
         # the origin may have acted on the POST before closing: it must not see it twice
@@ -232,7 +224,7 @@ def test_hop_by_hop_response_headers_not_relayed(ferryman: Ferryman) -> None:
         "Connection": "X-Foo", "X-Foo": "1", "Keep-Alive": "timeout=5",
         "Proxy-Authenticate": 'Basic realm="origin"', "X-Bar": "2",
     })
-    with origin_server(scripted(lambda _h: raw)) as o, raw_client(ferryman.port) as c:
+    with serve(scripted(lambda _h: raw)) as o, raw_client(ferryman.port) as c:
         r = c.request(get(f"{o.url}/r"))
         assert r.status == 200 and r.body == b"body"
         names = r.head.names()
@@ -316,7 +308,7 @@ EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
 
 
 def test_103_early_hints_relayed_to_http11_client(ferryman: Ferryman) -> None:
-    with origin_server(scripted(lambda _h: [EARLY_HINTS, response(200, b"final")])) as o, \
+    with serve(scripted(lambda _h: [EARLY_HINTS, response(200, b"final")])) as o, \
             raw_client(ferryman.port) as c:
         r = c.request(get(f"{o.url}/hints"))
     assert [h.status for h in r.interim] == [103]
@@ -325,7 +317,7 @@ def test_103_early_hints_relayed_to_http11_client(ferryman: Ferryman) -> None:
 
 
 def test_103_early_hints_not_sent_to_http10_client(ferryman: Ferryman) -> None:
-    with origin_server(scripted(lambda _h: [EARLY_HINTS, response(200, b"final")])) as o, \
+    with serve(scripted(lambda _h: [EARLY_HINTS, response(200, b"final")])) as o, \
             raw_client(ferryman.port) as c:
         c.send(f"GET {o.url}/hints HTTP/1.0\r\n\r\n".encode())
         first = c.read_head()
@@ -348,7 +340,7 @@ def _by_path(head: bytes) -> bytes:
 
 
 def test_204_304_head_framing_keeps_client_connection_usable(ferryman: Ferryman) -> None:
-    with origin_server(scripted(_by_path)) as o, raw_client(ferryman.port) as c:
+    with serve(scripted(_by_path)) as o, raw_client(ferryman.port) as c:
         r = c.request(get(f"{o.url}/204"))
         assert r.status == 204 and r.head.get("x-a") == "1"
         assert not r.head.has("transfer-encoding") and not r.head.has("content-length")
@@ -368,7 +360,7 @@ CHUNKED = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhell
 
 
 def test_chunked_response_relayed_chunked_to_http11(ferryman: Ferryman) -> None:
-    with origin_server(scripted(lambda _h: list(CHUNKED))) as o, raw_client(ferryman.port) as c:
+    with serve(scripted(lambda _h: list(CHUNKED))) as o, raw_client(ferryman.port) as c:
         r = c.request(get(f"{o.url}/chunked"))
         assert r.framing == "chunked" and r.body == b"hello world"
         r = c.request(get(f"{o.url}/chunked"))
@@ -376,7 +368,7 @@ def test_chunked_response_relayed_chunked_to_http11(ferryman: Ferryman) -> None:
 
 
 def test_chunked_response_close_delimited_to_http10(ferryman: Ferryman) -> None:
-    with origin_server(scripted(lambda _h: list(CHUNKED))) as o, raw_client(ferryman.port) as c:
+    with serve(scripted(lambda _h: list(CHUNKED))) as o, raw_client(ferryman.port) as c:
         c.send(f"GET {o.url}/chunked HTTP/1.0\r\n\r\n".encode())
         r = c.read_response()
     assert r.status == 200 and r.framing == "close" and r.body == b"hello world"
@@ -385,7 +377,7 @@ def test_chunked_response_close_delimited_to_http10(ferryman: Ferryman) -> None:
 
 def test_close_delimited_origin_response_relayed_chunked_and_complete(ferryman: Ferryman) -> None:
     pieces = [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"part one, ", b"part two"]
-    with origin_server(scripted(lambda _h: list(pieces), close=True)) as o, \
+    with serve(scripted(lambda _h: list(pieces), close=True)) as o, \
             raw_client(ferryman.port) as c:
         r = c.request(get(f"{o.url}/eof"))
         assert r.status == 200 and r.framing == "chunked" and r.body == b"part one, part two"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.helpers.integ_http import curl, get, raw_client
-from tests.helpers.integ_servers import TLS_BODY, Origin, Tls
+from tests.helpers.origin import TLS_BODY, Origin, Tls
 from tests.helpers.procs import Ferryman, Nginx, run_ferryman
 from tests.helpers.wait import wait_log
 

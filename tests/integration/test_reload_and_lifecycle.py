@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.helpers.integ_http import curl, get, raw_client
-from tests.helpers.integ_servers import Origin, origin_server, read_request
+from tests.helpers.origin import Origin, read_request, serve
 from tests.helpers.procs import Nginx, base_config, free_port, run_ferryman
 from tests.helpers.wait import wait_for, wait_log, wait_port, wait_text
 
@@ -145,7 +145,7 @@ async def slow_body(origin: Origin, reader: asyncio.StreamReader, writer: asynci
 
 
 def test_sigterm_lets_a_slow_response_finish_then_exits_0(tmp_path: Path) -> None:
-    with origin_server(slow_body) as o, run_ferryman(tmp_path) as fm, raw_client(fm.port) as c:
+    with serve(slow_body) as o, run_ferryman(tmp_path) as fm, raw_client(fm.port) as c:
         c.send(get(f"{o.url}/slow"))
         head = c.read_head()
         assert head.status == 200 and head.get("content-length") == "10"

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import httpx
 import yaml
 
 from tests.helpers.procs import free_port
-from tests.helpers.wait import wait_port
+from tests.helpers.wait import wait_for, wait_port
 
 RULE = re.compile(rb"\(rule: (v\d+)\)")
 
@@ -75,13 +74,13 @@ class Proxy:
     def wait_served(self, version: int, timeout: float = 10.0, connections: int = 1) -> None:
         """Until ``connections`` new connections in a row are all served ``version``."""
         want = f"v{version}"
-        deadline = time.monotonic() + timeout
-        while True:
-            got = [self.served() for _ in range(connections)]
-            if set(got) == {want}:
-                return
-            assert time.monotonic() < deadline, f"still serving {got}, want {want}:\n{self.stderr()[-2000:]}"
-            time.sleep(0.05)
+        got: list[str] = []
+
+        def all_served() -> bool:
+            got[:] = [self.served() for _ in range(connections)]
+            return set(got) == {want}
+
+        wait_for(all_served, timeout, lambda: f"serving {want}, still {got}:\n{self.stderr()[-2000:]}")
 
 
 @contextmanager
@@ -116,15 +115,16 @@ def proxy(tmp: Path, workers: int = 1) -> Iterator[Proxy]:
 def held_reload(fifo: Path, timeout: float = 10.0) -> Iterator[int]:
     """The FIFO's write end, once a reload has opened it to read (the reload is blocked until
     the write end closes, which happens on leaving, whatever the test's outcome)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def opened() -> int | None:
         try:
-            w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK) + 1  # + 1: descriptor 0 is falsy
         except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
                 raise
-            time.sleep(0.01)
+            return None
+
+    w = wait_for(opened, timeout, "a reload to open the FIFO") - 1
     try:
         yield w
     finally:
@@ -132,10 +132,8 @@ def held_reload(fifo: Path, timeout: float = 10.0) -> Iterator[int]:
 
 
 def wait_stderr(px: Proxy, needle: str, count: int = 1, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while px.stderr().count(needle) < count:
-        assert time.monotonic() < deadline, f"no {needle!r} (x{count}) in:\n{px.stderr()[-2000:]}"
-        time.sleep(0.02)
+    wait_for(lambda: px.stderr().count(needle) >= count, timeout,
+             lambda: f"{needle!r} (x{count}) in:\n{px.stderr()[-2000:]}")
 
 
 def test_sighup_during_a_reload_is_followed_by_one_more_reload(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from tests.helpers.backends import run_reverse
+from tests.helpers.origin import ScriptedOrigin, scripted_origin
 from tests.helpers.procs import Ferryman, free_port
 from tests.helpers.rawhttp import Response, connect, read_response, reset_close
-from tests.helpers.scripted_origin import ScriptedOrigin, scripted_origin
 from tests.helpers.wait import wait_for
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers.backends import Backend, backends, run_reverse, upstream
+from tests.helpers.backends import run_reverse, upstream
+from tests.helpers.origin import Backend, backends
 from tests.helpers.procs import Ferryman
 from tests.helpers.wait import wait_for
 

@@ -12,15 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.backends import (
-    Backend,
-    backends,
-    child_env,
-    ferryman_cmd,
-    run_reverse,
-    stop_process,
-    upstream,
-)
+from tests.helpers.backends import child_env, ferryman_cmd, run_reverse, stop_process, upstream
+from tests.helpers.origin import Backend, backends
 from tests.helpers.procs import Ferryman, free_port
 from tests.helpers.wait import wait_for, wait_port
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from tests.helpers.backends import run_reverse
+from tests.helpers.origin import ScriptedOrigin, scripted_origin
 from tests.helpers.procs import Ferryman, free_port
 from tests.helpers.rawhttp import connect, read_head, read_response, read_to_eof, reset_close
-from tests.helpers.scripted_origin import ScriptedOrigin, scripted_origin
 from tests.helpers.wait import wait_for, wait_log
 
 TIMEOUTS = {"upstream_header": "700ms", "upstream_idle": "700ms", "upstream_connect": "2s",

@@ -17,8 +17,6 @@ import trustme
 import yaml
 
 from tests.helpers.backends import (
-    Backend,
-    backends,
     child_env,
     ferryman_check,
     ferryman_cmd,
@@ -26,6 +24,7 @@ from tests.helpers.backends import (
     run_reverse,
     upstream,
 )
+from tests.helpers.origin import Backend, backends
 from tests.helpers.procs import Ferryman, free_port
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.backends import run_reverse
+from tests.helpers.origin import ScriptedOrigin, scripted_origin
 from tests.helpers.procs import Ferryman
 from tests.helpers.rawhttp import connect, read_head
-from tests.helpers.scripted_origin import ScriptedOrigin, scripted_origin
 from tests.helpers.wait import wait_for
 
 UPGRADE = "Connection: Upgrade\r\nUpgrade: websocket\r\n"

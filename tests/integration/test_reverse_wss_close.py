@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.helpers.backends import run_reverse
-from tests.helpers.origin import RawOrigin, raw_origin
+from tests.helpers.origin import Origin, serve
 from tests.helpers.procs import Ferryman
 from tests.helpers.wait import wait_for, wait_log
 
@@ -33,11 +33,11 @@ class WsOrigin:
     closes its TCP connection (no close frame); ``/linger`` echoes and keeps its socket open
     after the client's end, recording that it saw EOF and when the proxy closed it."""
 
-    raw: RawOrigin | None = None
+    raw: Origin | None = None
     saw_eof: threading.Event = field(default_factory=threading.Event)
     closed_by_proxy: threading.Event = field(default_factory=threading.Event)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, _o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         key = b""
         for line in head.split(b"\r\n"):
@@ -86,7 +86,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
     origin = WsOrigin()
-    with raw_origin(origin.handle) as raw:
+    with serve(origin.handle) as raw:
         origin.raw = raw
         with run_reverse(tmp, routes=[{"upstream": "ws"}], upstreams={"ws": {"servers": [{"url": raw.url}]}},
                          tls={"certificates": [{"cert": str(cert), "key": str(key)}]},
