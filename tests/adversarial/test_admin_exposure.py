@@ -170,7 +170,7 @@ def test_no_cors_grant_is_ever_sent(proxy: Ferryman, admin_port: int) -> None:
     responses.append(admin_call(admin_port, "POST", "/reload", extra=b"Origin: http://evil.example\r\n"
                                 b"X-Ferryman-Admin: 1\r\n"))
     for r in responses:
-        assert not [n for n, _ in r.headers if n.lower().startswith(b"access-control-")], r.raw[:300]
+        assert not [n for n, _ in r.headers if n.lower().startswith("access-control-")], r.raw[:300]
 
 
 def test_builtin_default_proxy_refuses_its_own_admin_api(tmp_path: Path) -> None:

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.origin import Origin, canned, read_head, serve
-from tests.helpers.procs import Ferryman, run_ferryman
+from tests.helpers.procs import Ferryman, fd_count, run_ferryman
 from tests.helpers.rawhttp import (
     EOF,
     assert_error_and_closed,
     connect,
     exchange,
-    fd_count,
     get,
     parse_response,
     read_response,
@@ -92,7 +91,7 @@ def test_idle_keep_alive_connection_closed_after_client_idle(proxy: Ferryman, or
     with connect(proxy.port, 5) as sock:
         sock.sendall(request(origin, "/keep-alive"))
         resp = read_response(sock, 3)
-        assert resp.status == 200 and (resp.header("connection") or b"").lower() != b"close"
+        assert resp.status == 200 and (resp.header("connection") or "").lower() != "close"
         t0 = time.monotonic()
         raw, ended = read_to_eof(sock, 4)
         elapsed = time.monotonic() - t0

@@ -21,6 +21,11 @@ from tests.helpers.wait import wait_port
 REPO = Path(__file__).resolve().parents[2]
 
 
+def fd_count(pid: int) -> int:
+    """How many descriptors process ``pid`` has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,9 +80,13 @@ def base_config(port: int, log_path: Path, **overrides: object) -> dict[str, obj
 
 
 @contextmanager
-def run_ferryman(tmp: Path, **overrides: object) -> Iterator[Ferryman]:
-    """Start `ferryman run -c FILE` with a JSON access log; stop it afterwards."""
-    port = free_port()
+def run_ferryman(tmp: Path, port: int | None = None, **overrides: object) -> Iterator[Ferryman]:
+    """Start `ferryman run -c FILE` with a JSON access log; stop it afterwards.
+
+    ``port`` is the listener's (free by default); give it when the config must name it
+    (a loop test puts the proxy's own port in ``forward.connect_ports`` or ``forward.parent``).
+    """
+    port = free_port() if port is None else port
     log_path = tmp / "access.log"
     cfg_path = tmp / "ferryman.yaml"
     cfg = base_config(port, log_path, **overrides)

@@ -1,33 +1,314 @@
-"""Raw-socket HTTP/1.1 pieces for the adversarial tests (tests/adversarial/).
+"""The raw-socket HTTP/1 client of the tests, and its one response parser.
 
-Every wait here is bounded: a socket timeout on each ``recv`` against one
-overall deadline, so a proxy that hangs fails the test instead of the suite.
-Nothing here sleeps to synchronise; `wait_until` polls external state (a
-file, /proc) against a deadline.
+Tests send exactly the bytes they mean and read what comes back strictly by
+RFC 9112 6.3 (no-body statuses, HEAD, chunked, Content-Length, close-delimited),
+keeping the framing seen so they can assert on it.  One reader does all the
+parsing, over a socket (`RawClient`, `read_response`, `exchange`) or over bytes
+already read (`parse_response`).  Every read is bounded by one deadline per call;
+nothing here sleeps to synchronise.
+
+- `RawClient` / `raw_client(port)`: a connection kept across requests (pipelining,
+  keep-alive, 1xx interim responses collected); a response cut short raises EOFError.
+- `connect`, `read_response(sock)`, `exchange(port, request)`, `get(port, url)`: a
+  response cut short is returned with ``complete`` False, and ``ended`` says whether
+  the connection ended with a FIN (`EOF`) or an RST (`RESET`).
+- `proxy_request(url, ...)`: the bytes of an absolute-form request; `curl(...)`.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from unittest import mock
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-from tests.helpers import procs
-from tests.helpers.procs import Ferryman
-
-# How a connection ended once the proxy was done with it.
+# How a connection ended once the peer was done with it.
 EOF = "eof"  # recv returned b""
 RESET = "reset"  # the peer closed with unread input, so the kernel sent an RST
 
 
-def connect(port: int, timeout: float = 5.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+@dataclass
+class Head:
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    raw: bytes
+
+    def get(self, name: str) -> str | None:
+        n = name.lower()
+        for k, v in self.headers:
+            if k.lower() == n:
+                return v
+        return None
+
+    def all(self, name: str) -> list[str]:
+        n = name.lower()
+        return [v for k, v in self.headers if k.lower() == n]
+
+    def has(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def names(self) -> set[str]:
+        return {k.lower() for k, _ in self.headers}
+
+
+@dataclass
+class Response:
+    head: Head
+    body: bytes = b""
+    framing: str = "none"  # "none" | "length" | "chunked" | "close"
+    interim: list[Head] = field(default_factory=list)
+    raw_body: bytes = b""  # the body as it was on the wire (chunk framing included)
+    complete: bool = True  # the body as framed by the head was all there
+    rest: bytes = b""  # bytes read past this response (there must be none after an error)
+    ended: str = ""  # EOF / RESET when the connection was read to its end
+    raw: bytes = b""  # every byte read for it: head, body and rest
+
+    @property
+    def status(self) -> int:
+        return self.head.status
+
+    @property
+    def reason(self) -> str:
+        return self.head.reason
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return self.head.headers
+
+    def header(self, name: str) -> str | None:
+        return self.head.get(name)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def parse_head(raw: bytes) -> Head:
+    lines = raw.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    status_s, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or not status_s.isdigit():
+        raise AssertionError(f"not a status line: {lines[0][:200]!r}")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(":")
+        headers.append((name, value.strip()))
+    return Head(version, int(status_s), reason, headers, raw)
+
+
+# -- the reader -------------------------------------------------------------------------
+class _Incomplete(EOFError):
+    """The bytes ended inside a response body."""
+
+
+class Reader:
+    """Buffered reads from a socket (or from bytes alone) against one deadline per call."""
+
+    def __init__(self, sock: socket.socket | None = None, data: bytes = b"") -> None:
+        self.sock = sock
+        self.buf = bytearray(data)
+        self.ended = ""
+        self.taken = bytearray()  # every byte handed out since `mark`
+        self._deadline = float("inf")
+
+    def mark(self, timeout: float) -> None:
+        self._deadline = time.monotonic() + timeout
+        self.taken.clear()
+
+    def _fill(self) -> bool:
+        if self.sock is None or self.ended:
+            self.ended = self.ended or EOF
+            return False
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"deadline passed; got {bytes(self.taken + self.buf)[:300]!r}")
+        self.sock.settimeout(min(left, 3600.0))
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            self.ended = RESET
+            return False
+        except TimeoutError:
+            raise TimeoutError(f"no more bytes in time; got {bytes(self.taken + self.buf)[:300]!r}") from None
+        if not chunk:
+            self.ended = EOF
+            return False
+        self.buf += chunk
+        return True
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.taken += out
+        return out
+
+    def read_until(self, sep: bytes) -> bytes:
+        start = 0
+        while True:
+            i = self.buf.find(sep, start)
+            if i >= 0:
+                return self._take(i + len(sep))
+            start = max(0, len(self.buf) - len(sep) + 1)
+            if not self._fill():
+                raise EOFError(f"EOF before {sep!r}; got {bytes(self.taken + self.buf)[:300]!r}")
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                got = self._take(len(self.buf))
+                raise _Incomplete(f"EOF after {len(got)} of {n} bytes", got)
+        return self._take(n)
+
+    def read_to_eof(self) -> bytes:
+        while self._fill():
+            pass
+        return self._take(len(self.buf))
+
+
+def _read_chunked(r: Reader) -> tuple[bytes, bool]:
+    """The de-chunked body, and whether it was all there (False when the bytes end, or stop
+    being chunked, before the last chunk and the trailer section)."""
+    body = bytearray()
+    size = 0
+    try:
+        while True:
+            line = r.read_until(b"\r\n")
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while r.read_until(b"\r\n") != b"\r\n":  # trailer section up to the empty line
+                    pass
+                return bytes(body), True
+            data = r.read_exact(size + 2)
+            body += data[:size]
+            if data[size:] != b"\r\n":
+                return bytes(body), False
+    except _Incomplete as exc:
+        return bytes(body + exc.args[1][:size]), False
+    except (EOFError, ValueError):
+        return bytes(body), False
+
+
+def read_message(r: Reader, method: str = "GET", timeout: float = 5.0, interim: bool = False) -> Response:
+    """Read one response by its framing (with ``interim``, the 1xx responses before a final one
+    are collected in its ``interim``).  A body cut short comes back with ``complete`` False;
+    EOFError before a whole head."""
+    r.mark(timeout)
+    heads: list[Head] = []
+    while True:
+        head = parse_head(r.read_until(b"\r\n\r\n"))
+        if interim and 100 <= head.status < 200 and head.status != 101:
+            heads.append(head)
+            continue
+        break
+    mark = len(r.taken)
+    resp = Response(head, interim=heads)
+    if method == "HEAD" or head.status in (204, 304) or head.status < 200:
+        pass
+    elif (te := head.get("transfer-encoding")) is not None and te.lower() == "chunked":
+        resp.framing = "chunked"
+        resp.body, resp.complete = _read_chunked(r)
+        resp.raw_body = bytes(r.taken[mark:])
+    elif (cl := head.get("content-length")) is not None and cl.isdigit():
+        resp.framing = "length"
+        try:
+            resp.body = resp.raw_body = r.read_exact(int(cl))
+        except _Incomplete as exc:
+            resp.body = resp.raw_body = exc.args[1]
+            resp.complete = False
+    else:
+        resp.framing = "close"
+        resp.body = resp.raw_body = r.read_to_eof()
+    resp.ended = r.ended
+    resp.raw = bytes(r.taken)
+    return resp
+
+
+# -- a connection kept across requests ---------------------------------------------------
+class RawClient:
+    def __init__(self, port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+        self.timeout = timeout
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.reader = Reader(self.sock)
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def buf(self) -> bytearray:
+        return self.reader.buf
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def read_until(self, sep: bytes) -> bytes:
+        self.reader.mark(self.timeout)
+        return self.reader.read_until(sep)
+
+    def read_exact(self, n: int) -> bytes:
+        self.reader.mark(self.timeout)
+        try:
+            return self.reader.read_exact(n)
+        except _Incomplete as exc:
+            raise EOFError(exc.args[0]) from None
+
+    def read_to_eof(self) -> bytes:
+        self.reader.mark(self.timeout)
+        return self.reader.read_to_eof()
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """True when the peer closed (EOF or reset) within ``timeout`` with no more data."""
+        if self.reader.buf:
+            return False
+        self.reader.mark(timeout)
+        try:
+            return not self.reader._fill()
+        except TimeoutError:
+            return False
+
+    def read_head(self) -> Head:
+        return parse_head(self.read_until(b"\r\n\r\n"))
+
+    def read_response(self, method: str = "GET") -> Response:
+        """Read one final response (collecting 1xx interim responses before it); EOFError if
+        its body is cut short."""
+        resp = read_message(self.reader, method, self.timeout, interim=True)
+        if not resp.complete:
+            raise EOFError(f"response body cut short: {resp.raw[:300]!r}")
+        return resp
+
+    def request(self, data: bytes, method: str = "GET") -> Response:
+        self.send(data)
+        return self.read_response(method)
+
+
+@contextmanager
+def raw_client(port: int, timeout: float = 10.0) -> Iterator[RawClient]:
+    c = RawClient(port, timeout)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+# -- one socket, one response -------------------------------------------------------------
+def connect(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> bool:
@@ -46,118 +327,52 @@ def reset_close(sock: socket.socket) -> None:
 
 
 def read_to_eof(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, str]:
-    """Read until the peer closes; fail if it has not within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    buf = bytearray()
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"connection still open after {timeout}s; got {bytes(buf[:300])!r}")
-        sock.settimeout(left)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(buf), RESET
-        if not data:
-            return bytes(buf), EOF
-        buf += data
+    """Read until the peer closes: (bytes, EOF or RESET); fail if it has not within ``timeout``."""
+    r = Reader(sock)
+    r.mark(timeout)
+    try:
+        data = r.read_to_eof()
+    except TimeoutError:
+        raise AssertionError(f"still open after {timeout}s; got {bytes(r.taken)[:300]!r}") from None
+    return data, r.ended
 
 
 def read_head(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, bytes]:
-    """Read to the end of a response head; returns (head, bytes already read past it)."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"no response head within {timeout}s; got {buf[:300]!r}")
-        sock.settimeout(left)
-        data = sock.recv(65536)
-        if not data:
-            raise AssertionError(f"connection closed before a response head; got {buf[:300]!r}")
-        buf += data
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return head + b"\r\n\r\n", rest
-
-
-@dataclass
-class Response:
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    rest: bytes = b""  # bytes after the first response (must be none after an error)
-    ended: str = ""  # EOF / RESET when read to the end of the connection
-    complete: bool = True  # the body as framed by the head was all there
-    raw: bytes = b""
-
-    def header(self, name: str) -> bytes | None:
-        n = name.lower().encode()
-        for k, v in self.headers:
-            if k.lower() == n:
-                return v
-        return None
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-
-def _dechunk(data: bytes) -> tuple[bytes, bytes, bool]:
-    """(body, bytes after the message, complete?) for a chunked body without trailers."""
-    body = b""
-    while True:
-        line, sep, rest = data.partition(b"\r\n")
-        if not sep:
-            return body, b"", False
-        try:
-            size = int(line.split(b";")[0], 16)
-        except ValueError:
-            return body, data, False
-        if size == 0:
-            if rest.startswith(b"\r\n"):
-                return body, rest[2:], True
-            end = rest.find(b"\r\n\r\n")
-            return (body, rest[end + 4 :], True) if end >= 0 else (body, b"", False)
-        if len(rest) < size + 2:
-            return body + rest[:size], b"", False
-        body += rest[:size]
-        data = rest[size + 2 :]
+    """Read to the end of a response head: (head, bytes already read past it)."""
+    r = Reader(sock)
+    r.mark(timeout)
+    try:
+        head = r.read_until(b"\r\n\r\n")
+    except (EOFError, TimeoutError) as exc:
+        raise AssertionError(f"no response head within {timeout}s: {exc}") from None
+    return head, bytes(r.buf)
 
 
 def parse_response(raw: bytes, method: str = "GET") -> Response:
-    """Parse the first response in ``raw``: status, headers, framed body, leftovers."""
-    head, sep, after = raw.partition(b"\r\n\r\n")
-    if not sep:
+    """The first response in ``raw`` (bytes already read): status, headers, framed body, and
+    in ``rest`` whatever follows it."""
+    if b"\r\n\r\n" not in raw:
         raise AssertionError(f"no complete response head in {raw[:300]!r}")
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise AssertionError(f"not a status line: {lines[0][:200]!r}")
-    headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.append((name, value.strip()))
-    resp = Response(int(parts[1]), parts[2] if len(parts) > 2 else b"", headers, b"", raw=raw)
-    te = resp.header("transfer-encoding")
-    cl = resp.header("content-length")
-    if method == "HEAD" or resp.status in (204, 304) or resp.status < 200:
-        resp.rest = after
-    elif te is not None and te.lower() == b"chunked":
-        resp.body, resp.rest, resp.complete = _dechunk(after)
-    elif cl is not None:
-        n = int(cl)
-        resp.body, resp.rest = after[:n], after[n:]
-        resp.complete = len(after) >= n
-    else:
-        resp.body = after  # close-delimited
+    r = Reader(data=raw)
+    resp = read_message(r, method)
+    resp.rest = bytes(r.buf)
+    resp.raw = raw
+    resp.ended = ""
+    return resp
+
+
+def read_response(sock: socket.socket, timeout: float = 5.0, method: str = "GET") -> Response:
+    """Read one response by its framing, leaving the connection open (keep-alive); bytes read
+    past it are in ``rest``."""
+    r = Reader(sock)
+    resp = read_message(r, method, timeout)
+    resp.rest = bytes(r.buf)
+    resp.raw += resp.rest
     return resp
 
 
 def exchange(port: int, request: bytes, timeout: float = 5.0) -> Response:
-    """Send ``request`` on a fresh connection and read until the proxy closes it."""
+    """Send ``request`` on a fresh connection and read until the peer closes it."""
     with connect(port, timeout) as sock:
         send_quietly(sock, request)
         raw, ended = read_to_eof(sock, timeout)
@@ -166,33 +381,23 @@ def exchange(port: int, request: bytes, timeout: float = 5.0) -> Response:
     return resp
 
 
-def read_response(sock: socket.socket, timeout: float = 5.0, method: str = "GET") -> Response:
-    """Read one response by its framing, leaving the connection open (keep-alive)."""
-    head, rest = read_head(sock, timeout)
-    resp = parse_response(head + rest, method)
-    deadline = time.monotonic() + timeout
-    delimited = resp.header("content-length") is not None or resp.header("transfer-encoding") is not None
-    while not resp.complete or not (delimited or resp.status in (204, 304) or method == "HEAD"):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"response body incomplete after {timeout}s: {resp.raw[:300]!r}")
-        sock.settimeout(left)
-        data = sock.recv(65536)
-        if not data:
-            resp.ended = EOF
-            break
-        rest += data
-        resp = parse_response(head + rest, method)
-    return resp
-
-
 def get(port: int, url: str, timeout: float = 5.0) -> Response:
     """A well-formed proxy GET (absolute-form, Connection: close) on a fresh connection."""
-    authority = url.split("/", 3)[2]
-    req = b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (url.encode(), authority.encode())
     with connect(port, timeout) as sock:
-        sock.sendall(req)
+        sock.sendall(proxy_request(url, headers={"Connection": "close"}))
         return read_response(sock, timeout)
+
+
+def proxy_request(url: str, version: str = "1.1", headers: dict[str, str] | None = None,
+                  method: str = "GET", body: bytes = b"") -> bytes:
+    """Absolute-form request bytes for a forward proxy."""
+    hostport = url.split("//", 1)[1].split("/", 1)[0]
+    hdrs = {"Host": hostport}
+    if body:
+        hdrs["Content-Length"] = str(len(body))
+    hdrs.update(headers or {})
+    lines = [f"{method} {url} HTTP/{version}"] + [f"{k}: {v}" for k, v in hdrs.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def assert_error_and_closed(resp: Response, status: int | tuple[int, ...]) -> None:
@@ -200,24 +405,18 @@ def assert_error_and_closed(resp: Response, status: int | tuple[int, ...]) -> No
     wanted = (status,) if isinstance(status, int) else status
     assert resp.status in wanted, f"status {resp.status} not in {wanted}: {resp.raw[:300]!r}"
     assert resp.body.startswith(b"ferryman: %d" % resp.status), resp.raw[:300]
-    assert (resp.header("content-type") or b"").startswith(b"text/plain"), resp.raw[:300]
-    assert (resp.header("connection") or b"").lower() == b"close", resp.raw[:300]
+    assert (resp.header("content-type") or "").startswith("text/plain"), resp.raw[:300]
+    assert (resp.header("connection") or "").lower() == "close", resp.raw[:300]
     assert resp.complete, f"error body cut short: {resp.raw[:300]!r}"
     assert resp.rest == b"", f"bytes after the error response: {resp.rest[:300]!r}"
     assert resp.ended in (EOF, RESET), "connection not closed after the error"
 
 
-# -- the proxy process ---------------------------------------------------------
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def curl(*args: str, stdin: bytes | None = None, timeout: float = 30.0,
+         check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """Run curl quietly (errors still shown) with a bounded wall time."""
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", str(int(timeout)), *args],
+        input=stdin, capture_output=True, timeout=timeout + 5, check=check,
+    )
 
-
-@contextmanager
-def run_ferryman_at(tmp: Path, port: int, **overrides: object) -> Iterator[Ferryman]:
-    """`run_ferryman` on a port the caller chose, so that the config can name it (a loop test
-    puts the proxy's own port in ``forward.connect_ports`` or ``forward.parent``).
-    `run_ferryman` picks its port with `procs.free_port`; that one call is pointed at ``port``."""
-    with ExitStack() as stack:
-        with mock.patch.object(procs, "free_port", return_value=port):
-            fm = stack.enter_context(procs.run_ferryman(tmp, **overrides))
-        yield fm

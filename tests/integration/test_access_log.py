@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.origin import Origin, read_request, serve
 from tests.helpers.procs import Ferryman, Nginx, free_port, run_ferryman
+from tests.helpers.rawhttp import curl, proxy_request, raw_client
 from tests.helpers.wait import json_lines, wait_for, wait_log
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -29,9 +29,9 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ferryman]:
 
 
 def test_json_line_for_a_get(logged: Ferryman, nginx: Nginx) -> None:
-    url = f"{nginx.url}/small?json-get"
+    url = f"{nginx.url}/small?json-proxy_request"
     with raw_client(logged.port) as c:
-        r = c.request(get(url))
+        r = c.request(proxy_request(url))
     assert r.status == 200
     e = wait_log(logged.access_log, lambda e: e["target"] == url)
     assert ISO_UTC.match(e["time"]), e["time"]
@@ -109,7 +109,7 @@ def test_tunnel_logged_with_exact_byte_counts_when_it_closes(tmp_path: Path, ngi
         assert c.read_exact(2500) == b"y" * 2500
         # while the tunnel is open it has no line yet (a later request's line is already there)
         with raw_client(fm.port) as other:
-            assert other.request(get(f"{nginx.url}/small")).status == 200
+            assert other.request(proxy_request(f"{nginx.url}/small")).status == 200
         wait_log(fm.access_log, lambda e: e["method"] == "GET")
         assert not [e for e in json_lines(fm.access_log()) if e["method"] == "CONNECT"]
         c.shutdown_write()
@@ -136,9 +136,9 @@ def _error_entry(fm: Ferryman, request: bytes, target: str) -> tuple[int, dict[s
 def test_errors_are_logged_with_their_status(logged: Ferryman) -> None:
     cases: list[tuple[bytes, str, int]] = []
     denied = "http://www.ads.test/x"
-    cases.append((get(denied), denied, 403))
+    cases.append((proxy_request(denied), denied, 403))
     closed = f"http://127.0.0.1:{free_port()}/closed"
-    cases.append((get(closed), closed, 502))
+    cases.append((proxy_request(closed), closed, 502))
     cases.append((b"GET /origin-form HTTP/1.1\r\nHost: x\r\n\r\n", "/origin-form", 400))
     cases.append((b"CONNECT 127.0.0.1:25 HTTP/1.1\r\nHost: 127.0.0.1:25\r\n\r\n", "127.0.0.1:25", 403))
     for request, target, status in cases:
@@ -149,5 +149,5 @@ def test_errors_are_logged_with_their_status(logged: Ferryman) -> None:
         assert entry["client"] == "127.0.0.1"
     with serve(never_answers) as o:
         target = f"{o.url}/slow"
-        got, entry = _error_entry(logged, get(target), target)
+        got, entry = _error_entry(logged, proxy_request(target), target)
     assert got == 504 and entry["status"] == 504 and "no response" in str(entry["error"])

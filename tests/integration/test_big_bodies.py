@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.integ_http import get, parse_head
 from tests.helpers.origin import CHUNK, bulk_origin
 from tests.helpers.procs import RssSampler, run_ferryman
+from tests.helpers.rawhttp import parse_head, proxy_request
 
 SIZE = 2 << 30  # 2 GiB
 MAX_GROWTH_MIB = 64
@@ -31,7 +31,7 @@ def test_2gib_download_with_bounded_rss(tmp_path: Path) -> None:
     with bulk_origin("source", SIZE) as origin, run_ferryman(tmp_path) as fm, \
             socket.create_connection(("127.0.0.1", fm.port), timeout=30) as sock, RssSampler(fm) as rss:
         t0 = time.monotonic()
-        sock.sendall(get(f"http://127.0.0.1:{origin.port}/big"))
+        sock.sendall(proxy_request(f"http://127.0.0.1:{origin.port}/big"))
         raw_head, rest = _recv_head(sock)
         head = parse_head(raw_head)
         assert head.status == 200 and head.get("content-length") == str(SIZE)
@@ -54,7 +54,7 @@ def test_2gib_upload_with_bounded_rss(tmp_path: Path) -> None:
     with bulk_origin("sink", SIZE) as origin, run_ferryman(tmp_path) as fm, \
             socket.create_connection(("127.0.0.1", fm.port), timeout=30) as sock, RssSampler(fm) as rss:
         t0 = time.monotonic()
-        sock.sendall(get(f"http://127.0.0.1:{origin.port}/big", method="POST",
+        sock.sendall(proxy_request(f"http://127.0.0.1:{origin.port}/big", method="POST",
                          headers={"Content-Length": str(SIZE)}))
         block = memoryview(bytes(CHUNK))
         left = SIZE

@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from tests.helpers.cache_integ import admin_cache, is_hit, is_stored, members, reverse_cache_config
-from tests.helpers.integ_http import Response, raw_client
 from tests.helpers.origin import Origin, answering, count, path_of, serve
 from tests.helpers.procs import Ferryman, free_port, run_ferryman
+from tests.helpers.rawhttp import Response, raw_client
 from tests.helpers.wait import wait_for, wait_port
 
 OLD = "Mon, 01 Jan 2024 00:00:00 GMT"  # a Last-Modified long past: heuristic freshness of a day

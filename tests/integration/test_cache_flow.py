@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from tests.helpers.cache_integ import admin_cache, is_hit, is_stored, reverse_cache_config
-from tests.helpers.integ_http import curl, raw_client
 from tests.helpers.origin import (
     Origin,
     answering,
@@ -32,6 +31,7 @@ from tests.helpers.origin import (
     serve,
 )
 from tests.helpers.procs import Ferryman, Nginx, free_port, run_ferryman, run_nginx
+from tests.helpers.rawhttp import curl, raw_client
 from tests.helpers.wait import wait_for, wait_port
 
 MiB = 1 << 20

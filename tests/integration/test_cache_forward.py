@@ -15,9 +15,9 @@ import httpx
 
 from tests.helpers.backends import child_env, ferryman_cmd, stop_process
 from tests.helpers.cache_integ import is_hit, is_stored
-from tests.helpers.integ_http import Head, curl, parse_head
 from tests.helpers.origin import Origin, answering, count, path_of, response, serve
 from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.rawhttp import Head, curl, parse_head
 from tests.helpers.wait import wait_port, wait_text
 
 

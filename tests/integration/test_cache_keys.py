@@ -1,7 +1,7 @@
 """Which stored response a request or a purge is about, through a real ferryman: the admin
 purge by URL finds what the PURGE method finds when a parent proxy is configured, a purge
 prefix is normalised like the cache keys, and a request target with a fragment is refused
-(it must never reach the origin, nor get a key of its own).
+(it must never reach the origin, nor proxy_request a key of its own).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 
 from tests.helpers.cache_integ import is_hit, is_stored, reverse_cache_config
-from tests.helpers.integ_http import get, raw_client
 from tests.helpers.origin import Origin, answering, count, request_path, response, serve
 from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.rawhttp import proxy_request, raw_client
 from tests.helpers.wait import wait_port
 
 
@@ -49,7 +49,7 @@ def test_admin_purge_by_url_finds_the_entry_when_a_parent_is_configured(tmp_path
 
             def fetch() -> httpx.Response:
                 with raw_client(fm.port, timeout=5) as c:
-                    r = c.request(get(url))
+                    r = c.request(proxy_request(url))
                 return httpx.Response(r.status, headers=r.head.headers, content=r.body)
 
             first = fetch()
@@ -60,7 +60,7 @@ def test_admin_purge_by_url_finds_the_entry_when_a_parent_is_configured(tmp_path
             assert not is_hit(after) and after.content == f"{url} #2".encode()
             # the PURGE method, sent through the proxy, drops the same entry
             with raw_client(fm.port, timeout=5) as c:
-                assert c.request(get(url, method="PURGE")).status == 200
+                assert c.request(proxy_request(url, method="PURGE")).status == 200
             assert not is_hit(fetch())
             assert sum(1 for h in list(parent.requests) if request_path(h) == url) == 3
             # the purge URL is normalised like the key: host case, default port
@@ -113,10 +113,10 @@ def test_a_fragment_in_the_target_is_refused_in_forward_mode(tmp_path: Path) -> 
     with serve(answering(fresh)) as origin, run_ferryman(tmp_path, cache={"store": "memory"}) as fm:
         for target in (f"{origin.url}/frag#sec1", f"{origin.url}/#"):
             with raw_client(fm.port, timeout=5) as c:
-                r = c.request(get(target))
+                r = c.request(proxy_request(target))
                 assert r.status == 400, target
                 assert c.at_eof()
         with raw_client(fm.port, timeout=5) as c:
-            assert c.request(get(f"{origin.url}/frag")).status == 200
+            assert c.request(proxy_request(f"{origin.url}/frag")).status == 200
         assert [request_path(h) for h in origin.requests] == ["/frag"]
         assert count(origin, "/frag") == 1

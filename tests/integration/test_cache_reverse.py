@@ -22,7 +22,6 @@ import httpx
 import pytest
 
 from tests.helpers.cache_integ import admin_cache, is_hit, is_stored, members, reverse_cache_config, ttl_of
-from tests.helpers.integ_http import curl, parse_head, raw_client
 from tests.helpers.origin import (
     Origin,
     answering,
@@ -35,6 +34,7 @@ from tests.helpers.origin import (
     serve,
 )
 from tests.helpers.procs import Ferryman, free_port, run_ferryman
+from tests.helpers.rawhttp import curl, parse_head, raw_client
 from tests.helpers.wait import wait_for, wait_log, wait_port
 
 LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"

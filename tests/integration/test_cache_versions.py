@@ -51,12 +51,12 @@ def consistent(r: Response) -> str:
     """Which version ``r`` is, after checking its body is the one its headers describe."""
     tag, enc, ctype = r.header("etag"), r.header("content-encoding"), r.header("content-type")
     assert r.status == 200, r.raw[:300]
-    if tag == b'"v1"':
-        assert enc is None and ctype == b"text/plain", r.raw[:300]
+    if tag == '"v1"':
+        assert enc is None and ctype == "text/plain", r.raw[:300]
         assert r.body == V1, f"v1 head, other body: {r.raw[:400]!r}"
         return "v1"
-    assert tag == b'"v2"', r.raw[:300]
-    assert enc == b"gzip" and ctype == b"application/json", r.raw[:300]
+    assert tag == '"v2"', r.raw[:300]
+    assert enc == "gzip" and ctype == "application/json", r.raw[:300]
     assert r.body == V2 and gzip.decompress(r.body) == V2_JSON, f"v2 head, other body: {r.raw[:400]!r}"
     return "v2"
 
@@ -118,7 +118,7 @@ def test_two_instances_on_one_redis_never_mix_versions(tmp_path: Path) -> None:
             ) as b:
                 assert consistent(fetch(a.port)) == "v1"
                 wait_for(lambda: fetch(b.port).header("cache-status") is not None
-                           and b"hit" in (fetch(b.port).header("cache-status") or b"") or None,
+                           and "hit" in (fetch(b.port).header("cache-status") or "") or None,
                            10, "B serving v1 from Redis")
                 switch.version = 2
                 assert consistent(fetch(a.port, "Cache-Control: no-cache\r\n")) == "v2"

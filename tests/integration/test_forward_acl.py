@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.procs import Ferryman, Nginx, run_ferryman
+from tests.helpers.rawhttp import curl, proxy_request, raw_client
 
 
 def status_and_body(port: int, url: str, method: str = "GET") -> tuple[int, bytes]:
     with raw_client(port) as c:
-        r = c.request(get(url, method=method, body=b"x" if method == "POST" else b""))
+        r = c.request(proxy_request(url, method=method, body=b"x" if method == "POST" else b""))
         return r.status, r.body
 
 

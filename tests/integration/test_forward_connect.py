@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.integ_http import curl, raw_client
 from tests.helpers.origin import TLS_BODY, Origin, Tls, serve
 from tests.helpers.procs import run_ferryman
+from tests.helpers.rawhttp import curl, raw_client
 from tests.helpers.wait import wait_log
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.origin import Origin, echo_handler, read_request, request_path, response, scripted, serve
 from tests.helpers.procs import Ferryman, Nginx
+from tests.helpers.rawhttp import curl, proxy_request, raw_client
 
 
 def _json(data: bytes) -> dict[str, object]:
@@ -111,8 +111,8 @@ def test_curl_keep_alive_reuses_client_and_upstream_connections(ferryman: Ferrym
 
 def test_pipelined_requests_answered_in_order(ferryman: Ferryman, nginx: Nginx) -> None:
     with raw_client(ferryman.port) as c:
-        c.send(get(f"{nginx.url}/echo?first") + get(f"{nginx.url}/echo?second")
-               + get(f"{nginx.url}/small"))
+        c.send(proxy_request(f"{nginx.url}/echo?first") + proxy_request(f"{nginx.url}/echo?second")
+               + proxy_request(f"{nginx.url}/small"))
         r1, r2, r3 = c.read_response(), c.read_response(), c.read_response()
     assert (r1.status, r1.body) == (200, b"GET /echo?first\n")
     assert (r2.status, r2.body) == (200, b"GET /echo?second\n")
@@ -122,8 +122,9 @@ def test_pipelined_requests_answered_in_order(ferryman: Ferryman, nginx: Nginx) 
 def test_pipelined_post_bodies_stay_with_their_requests(ferryman: Ferryman, echo: Origin) -> None:
     a, b = b"A" * 50_000, b"B" * 70
     with raw_client(ferryman.port) as c:
-        c.send(get(f"{echo.url}/a", method="POST", body=a) + get(f"{echo.url}/b", method="POST", body=b)
-               + get(f"{echo.url}/c"))
+        c.send(proxy_request(f"{echo.url}/a", method="POST", body=a)
+               + proxy_request(f"{echo.url}/b", method="POST", body=b)
+               + proxy_request(f"{echo.url}/c"))
         infos = [_json(c.read_response().body) for _ in range(3)]
     assert [i["line"] for i in infos] == ["POST /a HTTP/1.1", "POST /b HTTP/1.1", "GET /c HTTP/1.1"]
     assert [i["len"] for i in infos] == [len(a), len(b), 0]
@@ -133,7 +134,7 @@ def test_pipelined_post_bodies_stay_with_their_requests(ferryman: Ferryman, echo
 
 def test_client_half_close_after_request_still_gets_response(ferryman: Ferryman, nginx: Nginx) -> None:
     with raw_client(ferryman.port) as c:
-        c.send(get(f"{nginx.url}/small"))
+        c.send(proxy_request(f"{nginx.url}/small"))
         c.shutdown_write()
         r = c.read_response()
         assert r.status == 200 and r.body == b"hello from nginx\n"
@@ -160,8 +161,8 @@ async def drop_second_request(origin: Origin, reader: asyncio.StreamReader,
 
 def test_stale_pooled_connection_retried_for_get(ferryman: Ferryman) -> None:
     with serve(drop_second_request) as o, raw_client(ferryman.port) as c:
-        assert c.request(get(f"{o.url}/one")).body == b"answered"
-        r = c.request(get(f"{o.url}/two"))
+        assert c.request(proxy_request(f"{o.url}/one")).body == b"answered"
+        r = c.request(proxy_request(f"{o.url}/two"))
         assert (r.status, r.body) == (200, b"answered")
         assert [request_path(h) for h in o.requests] == ["/one", "/two", "/two"]
         assert o.connections == 2
@@ -169,8 +170,8 @@ def test_stale_pooled_connection_retried_for_get(ferryman: Ferryman) -> None:
 
 def test_non_idempotent_request_not_retried_on_stale_pooled_connection(ferryman: Ferryman) -> None:
     with serve(drop_second_request) as o, raw_client(ferryman.port) as c:
-        assert c.request(get(f"{o.url}/one")).body == b"answered"
-        r = c.request(get(f"{o.url}/order", method="POST", headers={"Content-Length": "0"}))
+        assert c.request(proxy_request(f"{o.url}/one")).body == b"answered"
+        r = c.request(proxy_request(f"{o.url}/order", method="POST", headers={"Content-Length": "0"}))
         # the origin may have acted on the POST before closing: it must not see it twice
         assert [request_path(h) for h in o.requests].count("/order") == 1
         assert r.status == 502
@@ -178,7 +179,7 @@ def test_non_idempotent_request_not_retried_on_stale_pooled_connection(ferryman:
 
 def test_request_aimed_at_the_proxy_itself_is_508(ferryman: Ferryman) -> None:
     with raw_client(ferryman.port) as c:
-        r = c.request(get(f"http://127.0.0.1:{ferryman.port}/loop"))
+        r = c.request(proxy_request(f"http://127.0.0.1:{ferryman.port}/loop"))
         assert r.status == 508
         assert c.at_eof(5)
 
@@ -197,7 +198,7 @@ HOP_REQUEST = {
 
 def test_hop_by_hop_request_headers_not_forwarded(ferryman: Ferryman, echo: Origin) -> None:
     with raw_client(ferryman.port) as c:
-        r = c.request(get(f"{echo.url}/hop", headers=HOP_REQUEST))
+        r = c.request(proxy_request(f"{echo.url}/hop", headers=HOP_REQUEST))
     assert r.status == 200
     (head,) = echo.requests
     lines = head.decode("latin-1").split("\r\n")[1:]
@@ -225,7 +226,7 @@ def test_hop_by_hop_response_headers_not_relayed(ferryman: Ferryman) -> None:
         "Proxy-Authenticate": 'Basic realm="origin"', "X-Bar": "2",
     })
     with serve(scripted(lambda _h: raw)) as o, raw_client(ferryman.port) as c:
-        r = c.request(get(f"{o.url}/r"))
+        r = c.request(proxy_request(f"{o.url}/r"))
         assert r.status == 200 and r.body == b"body"
         names = r.head.names()
         for gone in ("x-foo", "keep-alive", "proxy-authenticate"):
@@ -233,12 +234,12 @@ def test_hop_by_hop_response_headers_not_relayed(ferryman: Ferryman) -> None:
         assert r.head.get("x-bar") == "2"
         assert all("x-foo" not in v.lower() for v in r.head.all("connection"))
         # still keep-alive: a second request on the same client connection works
-        assert c.request(get(f"{o.url}/again")).body == b"body"
+        assert c.request(proxy_request(f"{o.url}/again")).body == b"body"
 
 
 def test_via_added_to_request_and_response(ferryman: Ferryman, nginx: Nginx) -> None:
     with raw_client(ferryman.port) as c:
-        r = c.request(get(f"{nginx.url}/headers", headers={"Via": "1.1 earlier-proxy"}))
+        r = c.request(proxy_request(f"{nginx.url}/headers", headers={"Via": "1.1 earlier-proxy"}))
     assert r.status == 200
     via_resp = r.head.get("via")
     assert via_resp is not None and via_resp.startswith("1.1 ") and "(ferryman)" in via_resp
@@ -250,14 +251,14 @@ def test_via_added_to_request_and_response(ferryman: Ferryman, nginx: Nginx) -> 
 
 def test_via_names_the_received_protocol_version(ferryman: Ferryman, nginx: Nginx) -> None:
     with raw_client(ferryman.port) as c:
-        r = c.request(get(f"{nginx.url}/headers", version="1.0"))
+        r = c.request(proxy_request(f"{nginx.url}/headers", version="1.0"))
     assert r.status == 200
     assert b" via=1.0 " in r.body
 
 
 def test_absolute_form_authority_wins_over_host_header(ferryman: Ferryman, nginx: Nginx) -> None:
     with raw_client(ferryman.port) as c:
-        r = c.request(get(f"{nginx.url}/headers", headers={"Host": "elsewhere.example:8080"}))
+        r = c.request(proxy_request(f"{nginx.url}/headers", headers={"Host": "elsewhere.example:8080"}))
     assert r.status == 200
     assert r.body.startswith(f"host=127.0.0.1:{nginx.port} ".encode())
 
@@ -276,7 +277,8 @@ def test_http10_client_gets_delimited_response_then_close(ferryman: Ferryman, ng
 def test_http10_keep_alive_client_reuses_connection(ferryman: Ferryman, nginx: Nginx) -> None:
     with raw_client(ferryman.port) as c:
         for _ in range(2):
-            r = c.request(get(f"{nginx.url}/small", version="1.0", headers={"Connection": "keep-alive"}))
+            keep_alive = {"Connection": "keep-alive"}
+            r = c.request(proxy_request(f"{nginx.url}/small", version="1.0", headers=keep_alive))
             assert r.status == 200 and r.framing == "length" and r.body == b"hello from nginx\n"
             assert (r.head.get("connection") or "").lower() == "keep-alive"
 
@@ -295,7 +297,7 @@ def test_curl_expect_100_continue(ferryman: Ferryman, echo: Origin, tmp_path: Pa
 
 def test_raw_client_waits_for_100_continue_before_sending_body(ferryman: Ferryman, echo: Origin) -> None:
     with raw_client(ferryman.port) as c:
-        c.send(get(f"{echo.url}/wait", method="POST",
+        c.send(proxy_request(f"{echo.url}/wait", method="POST",
                    headers={"Content-Length": "5", "Expect": "100-continue"}))
         interim = c.read_head()  # bounded by the socket timeout: no body has been sent yet
         assert interim.status == 100
@@ -310,7 +312,7 @@ EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
 def test_103_early_hints_relayed_to_http11_client(ferryman: Ferryman) -> None:
     with serve(scripted(lambda _h: [EARLY_HINTS, response(200, b"final")])) as o, \
             raw_client(ferryman.port) as c:
-        r = c.request(get(f"{o.url}/hints"))
+        r = c.request(proxy_request(f"{o.url}/hints"))
     assert [h.status for h in r.interim] == [103]
     assert r.interim[0].get("link") == "</style.css>; rel=preload"
     assert r.status == 200 and r.body == b"final"
@@ -341,16 +343,16 @@ def _by_path(head: bytes) -> bytes:
 
 def test_204_304_head_framing_keeps_client_connection_usable(ferryman: Ferryman) -> None:
     with serve(scripted(_by_path)) as o, raw_client(ferryman.port) as c:
-        r = c.request(get(f"{o.url}/204"))
+        r = c.request(proxy_request(f"{o.url}/204"))
         assert r.status == 204 and r.head.get("x-a") == "1"
         assert not r.head.has("transfer-encoding") and not r.head.has("content-length")
-        r = c.request(get(f"{o.url}/304", headers={"If-None-Match": '"v1"'}))
+        r = c.request(proxy_request(f"{o.url}/304", headers={"If-None-Match": '"v1"'}))
         assert r.status == 304 and r.head.get("etag") == '"v1"'
         assert not r.head.has("transfer-encoding")
-        r = c.request(get(f"{o.url}/head", method="HEAD"), method="HEAD")
+        r = c.request(proxy_request(f"{o.url}/head", method="HEAD"), method="HEAD")
         assert r.status == 200 and r.head.get("content-length") == "1000"
         # any stray body byte or chunk terminator would corrupt this next response
-        r = c.request(get(f"{o.url}/ok"))
+        r = c.request(proxy_request(f"{o.url}/ok"))
         assert r.status == 200 and r.body == b"ok"
         assert not c.buf
 
@@ -361,9 +363,9 @@ CHUNKED = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\nhell
 
 def test_chunked_response_relayed_chunked_to_http11(ferryman: Ferryman) -> None:
     with serve(scripted(lambda _h: list(CHUNKED))) as o, raw_client(ferryman.port) as c:
-        r = c.request(get(f"{o.url}/chunked"))
+        r = c.request(proxy_request(f"{o.url}/chunked"))
         assert r.framing == "chunked" and r.body == b"hello world"
-        r = c.request(get(f"{o.url}/chunked"))
+        r = c.request(proxy_request(f"{o.url}/chunked"))
         assert r.framing == "chunked" and r.body == b"hello world"
 
 
@@ -379,9 +381,9 @@ def test_close_delimited_origin_response_relayed_chunked_and_complete(ferryman: 
     pieces = [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", b"part one, ", b"part two"]
     with serve(scripted(lambda _h: list(pieces), close=True)) as o, \
             raw_client(ferryman.port) as c:
-        r = c.request(get(f"{o.url}/eof"))
+        r = c.request(proxy_request(f"{o.url}/eof"))
         assert r.status == 200 and r.framing == "chunked" and r.body == b"part one, part two"
         # the client connection survives the origin's close
-        r = c.request(get(f"{o.url}/eof"))
+        r = c.request(proxy_request(f"{o.url}/eof"))
         assert r.body == b"part one, part two"
         assert o.connections == 2

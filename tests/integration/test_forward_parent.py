@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.origin import TLS_BODY, Origin, Tls
 from tests.helpers.procs import Ferryman, Nginx, run_ferryman
+from tests.helpers.rawhttp import curl, proxy_request, raw_client
 from tests.helpers.wait import wait_log
 
 
@@ -30,7 +30,7 @@ def test_http_through_two_proxies_carries_two_via_entries(chain: tuple[Ferryman,
                                                            nginx: Nginx) -> None:
     parent, child = chain
     with raw_client(child.port) as c:
-        r = c.request(get(f"{nginx.url}/headers"))
+        r = c.request(proxy_request(f"{nginx.url}/headers"))
     assert r.status == 200
     via_req = r.body.decode().split(" via=", 1)[1].split(" conn=", 1)[0]
     entries = [e.strip() for e in via_req.split(",")]

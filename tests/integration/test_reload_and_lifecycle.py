@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers.integ_http import curl, get, raw_client
 from tests.helpers.origin import Origin, read_request, serve
 from tests.helpers.procs import Nginx, base_config, free_port, run_ferryman
+from tests.helpers.rawhttp import curl, proxy_request, raw_client
 from tests.helpers.wait import wait_for, wait_log, wait_port, wait_text
 
 
@@ -35,13 +35,13 @@ def refuses_connections(port: int) -> bool:
 # -- SIGHUP --------------------------------------------------------------------------
 def test_sighup_with_valid_config_applies_to_new_requests(tmp_path: Path, nginx: Nginx) -> None:
     with run_ferryman(tmp_path) as fm, raw_client(fm.port) as c:
-        assert c.request(get(f"{nginx.url}/small")).status == 200
+        assert c.request(proxy_request(f"{nginx.url}/small")).status == 200
         rules = [{"name": "reloaded-rule", "deny": {"networks": ["127.0.0.0/8"]}}]
         fm.write_config(base_config(fm.port, fm.log_path, forward={"rules": rules}))
         fm.reload()
         wait_text(fm.stderr, "configuration reloaded")
         # the next request on the same keep-alive connection uses the new Plan ...
-        r = c.request(get(f"{nginx.url}/small"))
+        r = c.request(proxy_request(f"{nginx.url}/small"))
         assert r.status == 403 and b"(rule: reloaded-rule)" in r.body
         # ... and so does a request on a new connection
         assert "HTTP/1.1 403" in curl("-i", "-x", fm.proxy, f"{nginx.url}/small").stdout.decode()
@@ -70,15 +70,15 @@ def test_sighup_with_invalid_config_keeps_old_config(tmp_path: Path, nginx: Ngin
 
 def test_sighup_revoking_a_client_applies_to_its_open_connection(tmp_path: Path, nginx: Nginx) -> None:
     with run_ferryman(tmp_path) as fm, raw_client(fm.port) as c:
-        assert c.request(get(f"{nginx.url}/small")).status == 200
+        assert c.request(proxy_request(f"{nginx.url}/small")).status == 200
         fm.write_config(base_config(fm.port, fm.log_path, forward={"clients": ["10.0.0.0/8"]}))
         fm.reload()
         wait_text(fm.stderr, "configuration reloaded")
         # a new connection is refused ...
         with raw_client(fm.port) as fresh:
-            assert fresh.request(get(f"{nginx.url}/small")).status == 403
+            assert fresh.request(proxy_request(f"{nginx.url}/small")).status == 403
         # ... and so must be the next request on the connection opened before the reload
-        r = c.request(get(f"{nginx.url}/small"))
+        r = c.request(proxy_request(f"{nginx.url}/small"))
         assert r.status == 403 and b"forward.clients" in r.body
 
 
@@ -146,7 +146,7 @@ async def slow_body(origin: Origin, reader: asyncio.StreamReader, writer: asynci
 
 def test_sigterm_lets_a_slow_response_finish_then_exits_0(tmp_path: Path) -> None:
     with serve(slow_body) as o, run_ferryman(tmp_path) as fm, raw_client(fm.port) as c:
-        c.send(get(f"{o.url}/slow"))
+        c.send(proxy_request(f"{o.url}/slow"))
         head = c.read_head()
         assert head.status == 200 and head.get("content-length") == "10"
         fm.proc.send_signal(signal.SIGTERM)
@@ -163,7 +163,7 @@ def test_sigterm_lets_a_slow_response_finish_then_exits_0(tmp_path: Path) -> Non
 
 def test_sigterm_closes_idle_keep_alive_connections_promptly(tmp_path: Path, nginx: Nginx) -> None:
     with run_ferryman(tmp_path) as fm, raw_client(fm.port) as c:
-        assert c.request(get(f"{nginx.url}/small")).status == 200
+        assert c.request(proxy_request(f"{nginx.url}/small")).status == 200
         fm.proc.send_signal(signal.SIGTERM)
         assert c.at_eof(5), "idle keep-alive connection was not closed on SIGTERM"
         assert fm.proc.wait(timeout=5) == 0

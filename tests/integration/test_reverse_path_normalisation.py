@@ -128,7 +128,7 @@ def test_redirect_gets_the_normal_form(default: Ferryman) -> None:
     raw, _ = read_to_eof(s)
     s.close()
     r = parse_response(raw)
-    assert r.status == 301 and r.header("location") == b"https://new.test/back/y?q=1"
+    assert r.status == 301 and r.header("location") == "https://new.test/back/y?q=1"
 
 
 @pytest.mark.parametrize("target", ["/admin;x", "/admin;jsessionid=1/users", "//admin;x"])
