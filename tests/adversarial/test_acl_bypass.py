@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.backends import run_reverse, upstream
 from tests.helpers.origin import Origin, canned, serve
-from tests.helpers.procs import Ferryman, run_ferryman
+from tests.helpers.procs import Ferryman, run_ferryman, run_reverse, upstream
 from tests.helpers.rawhttp import assert_error_and_closed, connect, exchange, read_head, read_response
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.backends import run_reverse, upstream
 from tests.helpers.origin import Origin, read_head, serve
-from tests.helpers.procs import Ferryman, run_ferryman
+from tests.helpers.procs import Ferryman, run_ferryman, run_reverse, upstream
 from tests.helpers.rawhttp import EOF, exchange
 
 pytestmark = pytest.mark.timeout(30)

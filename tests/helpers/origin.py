@@ -77,10 +77,12 @@ class OriginServer:
     """The server behind `serve` and `Backend`: a loop in a thread; start, stop, start again
     on the same port, close."""
 
-    def __init__(self, handler: Handler, origin: Origin, ssl_ctx: ssl.SSLContext | None = None) -> None:
+    def __init__(self, handler: Handler, origin: Origin, ssl_ctx: ssl.SSLContext | None = None,
+                 backlog: int = 100) -> None:
         self.handler = handler
         self.origin = origin
         self.ssl_ctx = ssl_ctx
+        self.backlog = backlog
         self.failures: list[BaseException] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -120,7 +122,8 @@ class OriginServer:
     async def _start(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(
-                self._on_conn, self.origin.host, self.origin.port, ssl=self.ssl_ctx, reuse_address=True
+                self._on_conn, self.origin.host, self.origin.port, ssl=self.ssl_ctx, reuse_address=True,
+                backlog=self.backlog,
             )
             self.origin.port = self._server.sockets[0].getsockname()[1]
 
@@ -185,10 +188,11 @@ class OriginServer:
 
 @contextmanager
 def serve(
-    handler: Handler, *, host: str = "127.0.0.1", ssl_ctx: ssl.SSLContext | None = None
+    handler: Handler, *, host: str = "127.0.0.1", ssl_ctx: ssl.SSLContext | None = None, backlog: int = 100
 ) -> Iterator[Origin]:
-    """A started origin serving ``handler``; stopped, tidily, on leaving."""
-    server = OriginServer(handler, Origin(host=host, tls=ssl_ctx is not None), ssl_ctx)
+    """A started origin serving ``handler``; stopped, tidily, on leaving.  (``host="0.0.0.0"``
+    answers on every 127.x.y.z address.)"""
+    server = OriginServer(handler, Origin(host=host, tls=ssl_ctx is not None), ssl_ctx, backlog)
     try:
         server.start()
         yield server.origin

@@ -1,4 +1,7 @@
-"""Real processes for tests: ferryman itself and an nginx origin, ready-checked by port."""
+"""Real processes for tests: the one ferryman launcher (`launch`, and `run_ferryman` /
+`run_reverse` / `run_config` over it; `ferryman_cli` for a run to its end), an nginx
+origin, and measures of a process (descriptors, RSS).  Each is ready-checked by its port
+and stopped on leaving."""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -51,7 +55,7 @@ class Ferryman:
     def stderr(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path.exists() else ""
 
-    def write_config(self, cfg: dict[str, object]) -> None:
+    def write_config(self, cfg: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(cfg))
 
     def reload(self) -> None:
@@ -64,57 +68,142 @@ class Ferryman:
         raise RuntimeError("no VmRSS")
 
 
-def base_config(port: int, log_path: Path, **overrides: object) -> dict[str, object]:
-    cfg: dict[str, object] = {
-        "listeners": [{"listen": f"127.0.0.1:{port}", "mode": "forward"}],
-        "access_log": {"path": str(log_path), "format": "json"},
-    }
+# -- the one launcher -----------------------------------------------------------------------
+def child_env() -> dict[str, str]:
+    """The environment for ferryman children: this checkout's ``src`` first on the path
+    (a relative PYTHONPATH would not survive the children's ``cwd``)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def ferryman_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ferryman", *args]
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def launch(tmp: Path, *args: str, port: int, log_path: Path | None = None, stderr_path: Path | None = None,
+           preexec_fn: Callable[[], None] | None = None) -> Iterator[Ferryman]:
+    """``python -m ferryman ARGS`` in ``tmp`` (stderr to a file), ready once ``port`` accepts;
+    stopped with SIGTERM (then SIGKILL) on leaving.  `run_ferryman` and `run_reverse` write a
+    config file and launch ``run -c`` on it; a one-liner launches its own arguments."""
+    stderr_path = stderr_path or tmp / "ferryman.stderr"
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(
+            ferryman_cmd(*args), stdout=subprocess.DEVNULL, stderr=err, cwd=tmp, env=child_env(),
+            preexec_fn=preexec_fn,
+        )
+    fm = Ferryman(proc, port, tmp / "ferryman.yaml", log_path or tmp / "access.log", stderr_path)
+    try:
+        try:
+            wait_port(port, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; stderr:\n{fm.stderr()}") from None
+        yield fm
+    finally:
+        stop_process(proc)
+
+
+@contextmanager
+def run_config(tmp: Path, cfg: dict[str, Any], port: int, **launch_kw: Any) -> Iterator[Ferryman]:
+    """`launch` ``run -c tmp/ferryman.yaml`` with ``cfg`` written there; ``port`` is the
+    listener that tells it is ready."""
+    path = tmp / "ferryman.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with launch(tmp, "run", "-c", str(path), port=port, **launch_kw) as fm:
+        yield fm
+
+
+def _merge(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            merged = dict(cfg[key])  # type: ignore[arg-type]
-            merged.update(value)
-            cfg[key] = merged
+            cfg[key] = {**cfg[key], **value}
         else:
             cfg[key] = value
     return cfg
 
 
+def base_config(port: int, log_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A forward listener on ``port`` with a JSON access log; ``overrides`` merged on top."""
+    return _merge({
+        "listeners": [{"listen": f"127.0.0.1:{port}", "mode": "forward"}],
+        "access_log": {"path": str(log_path), "format": "json"},
+    }, overrides)
+
+
+def reverse_config(port: int, log_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A reverse listener on ``port`` (``tls=`` sets its TLS block), a JSON access log and a
+    1 s shutdown grace; give ``routes=`` and ``upstreams=``; other keys override the top level."""
+    cfg: dict[str, Any] = {
+        "listeners": [{"listen": f"127.0.0.1:{port}", "mode": "reverse"}],
+        "access_log": {"path": str(log_path), "format": "json"},
+        "timeouts": {"shutdown_grace": "1s"},
+    }
+    if "tls" in overrides:
+        cfg["listeners"][0]["tls"] = overrides.pop("tls")
+    return _merge(cfg, overrides)
+
+
+def upstream(*urls: str, **extra: Any) -> dict[str, Any]:
+    """An upstream block: ``upstream(a.url, b.url, balance="least_conn")``."""
+    return {"servers": [{"url": u} for u in urls], **extra}
+
+
+def _ready_port(cfg: dict[str, Any], port: int) -> int:
+    listeners = cfg.get("listeners")
+    if isinstance(listeners, list) and listeners:
+        # Overridden listeners: readiness is the first one's port.
+        return int(str(listeners[0]["listen"]).rsplit(":", 1)[1])
+    return port
+
+
 @contextmanager
-def run_ferryman(tmp: Path, port: int | None = None, **overrides: object) -> Iterator[Ferryman]:
-    """Start `ferryman run -c FILE` with a JSON access log; stop it afterwards.
+def run_ferryman(tmp: Path, port: int | None = None, **overrides: Any) -> Iterator[Ferryman]:
+    """`ferryman run -c FILE` with a forward listener and a JSON access log (`base_config`).
 
     ``port`` is the listener's (free by default); give it when the config must name it
     (a loop test puts the proxy's own port in ``forward.connect_ports`` or ``forward.parent``).
     """
-    port = free_port() if port is None else port
-    log_path = tmp / "access.log"
-    cfg_path = tmp / "ferryman.yaml"
-    cfg = base_config(port, log_path, **overrides)
-    listeners = cfg.get("listeners")
-    if isinstance(listeners, list) and listeners:
-        # Overridden listeners: readiness is the first one's port.
-        port = int(str(listeners[0]["listen"]).rsplit(":", 1)[1])
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    stderr_path = tmp / "ferryman.stderr"
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ferryman", "run", "-c", str(cfg_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=tmp,
-        )
-    fm = Ferryman(proc, port, cfg_path, log_path, stderr_path)
-    try:
-        wait_port(port, proc)
+    cfg = base_config(free_port() if port is None else port, tmp / "access.log", **overrides)
+    with run_config(tmp, cfg, _ready_port(cfg, 0)) as fm:
         yield fm
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+
+
+@contextmanager
+def run_reverse(tmp: Path, port: int | None = None, **overrides: Any) -> Iterator[Ferryman]:
+    """`ferryman run -c FILE` with one reverse listener (`reverse_config`).
+    ``fm.write_config(reverse_config(fm.port, fm.log_path, ...))`` plus ``fm.reload()``
+    changes it later."""
+    port = free_port() if port is None else port
+    with run_config(tmp, reverse_config(port, tmp / "access.log", **overrides), port) as fm:
+        yield fm
+
+
+def ferryman_cli(tmp: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``python -m ferryman ARGS`` in ``tmp`` to its end (``check``, a start that must fail);
+    the completed process, in text mode."""
+    return subprocess.run(
+        ferryman_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=tmp, check=False,
+        env=child_env(),
+    )
+
+
+def ferryman_check(tmp: Path, cfg: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """``ferryman check -c FILE`` on ``cfg``; the completed process (text mode)."""
+    path = tmp / "check.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return ferryman_cli(tmp, "check", "-c", str(path))
 
 
 NGINX_CONF = """

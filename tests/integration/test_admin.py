@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.procs import ferryman_cli, free_port, run_ferryman
 
 
 def test_status_reload_and_purge(tmp_path: Path) -> None:
@@ -33,11 +31,9 @@ def test_status_reload_and_purge(tmp_path: Path) -> None:
 def test_admin_refuses_a_public_address(tmp_path: Path) -> None:
     cfg = tmp_path / "f.yaml"
     cfg.write_text('admin: {listen: "0.0.0.0:9901"}\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "ferryman", "check", "-c", str(cfg)], capture_output=True, timeout=30
-    )
+    out = ferryman_cli(tmp_path, "check", "-c", str(cfg))
     assert out.returncode != 0
-    assert b"admin: admin.listen must be a loopback address" in out.stderr
+    assert "admin: admin.listen must be a loopback address" in out.stderr
 
 
 def test_status_is_json_with_upstream_health(tmp_path: Path) -> None:

@@ -12,16 +12,14 @@ import asyncio
 import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers.backends import child_env, ferryman_cmd, stop_process
 from tests.helpers.cache_integ import is_hit, is_stored, reverse_cache_config
 from tests.helpers.origin import Origin, answering, count, header_value, path_of, response, serve
-from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.procs import free_port, launch, run_ferryman
 from tests.helpers.wait import wait_for, wait_port
 
 HOST = {"Host": "site.test"}
@@ -98,18 +96,11 @@ def test_disk_entry_survives_a_restart(tmp_path: Path) -> None:
 
         # The one-liner's --cache-dir reads the same directory.
         port = free_port()
-        with open(tmp_path / "one-liner.stderr", "wb") as err:
-            proc = subprocess.Popen(
-                ferryman_cmd("reverse", "--listen", f"127.0.0.1:{port}", "--to", origin.url,
-                             "--cache-dir", str(cache_dir), "--access-log", "off"),
-                stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path, env=child_env(),
-            )
-        try:
-            wait_port(port, proc)
+        with launch(tmp_path, "reverse", "--listen", f"127.0.0.1:{port}", "--to", origin.url,
+                    "--cache-dir", str(cache_dir), "--access-log", "off", port=port,
+                    stderr_path=tmp_path / "one-liner.stderr"):
             third = httpx.get(f"http://127.0.0.1:{port}/persist", headers=HOST, timeout=10, trust_env=False)
             assert third.status_code == 200 and is_hit(third) and third.content == b"/persist #1"
-        finally:
-            stop_process(proc)
         assert count(origin, "/persist") == 1
 
 

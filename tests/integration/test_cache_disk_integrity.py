@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import struct
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from tests.helpers.cache_integ import reverse_cache_config
 from tests.helpers.origin import Origin, answering, count, path_of, response, serve
 from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.rawhttp import exchange
 from tests.helpers.wait import wait_for
 
 SIZE = 64 * 1024 * 1024 + 12345
@@ -37,20 +37,9 @@ async def answer(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> N
 
 def fetch(port: int) -> tuple[bytes, bytes, bool]:
     """(head, body bytes received, complete?) of GET /big on a fresh connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"GET /big HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
-        chunks = []
-        while True:
-            data = sock.recv(1 << 20)
-            if not data:
-                break
-            chunks.append(data)
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    assert length == SIZE and len(body) <= SIZE, head
-    return head, body, len(body) == SIZE
+    resp = exchange(port, b"GET /big HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n", timeout=30)
+    assert resp.header("content-length") == str(SIZE) and resp.rest == b"", resp.head.raw
+    return resp.head.raw, resp.body, resp.complete
 
 
 def cache_status(head: bytes) -> bytes:

@@ -6,19 +6,17 @@ for forward traffic, and ``ferryman reverse --to URL --cache``."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.helpers.backends import child_env, ferryman_cmd, stop_process
 from tests.helpers.cache_integ import is_hit, is_stored
 from tests.helpers.origin import Origin, answering, count, path_of, response, serve
-from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.procs import free_port, launch, run_ferryman
 from tests.helpers.rawhttp import Head, curl, parse_head
-from tests.helpers.wait import wait_port, wait_text
+from tests.helpers.wait import wait_text
 
 
 async def versioned(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> None:
@@ -33,19 +31,9 @@ async def versioned(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -
 def one_liner(tmp: Path, *args: str) -> Iterator[int]:
     """``ferryman <args> --listen 127.0.0.1:PORT --access-log off``; yields PORT once it listens."""
     port = free_port()
-    with open(tmp / "one-liner.stderr", "wb") as err:
-        proc = subprocess.Popen(
-            ferryman_cmd(*args, "--listen", f"127.0.0.1:{port}", "--access-log", "off"),
-            stdout=subprocess.DEVNULL, stderr=err, cwd=tmp, env=child_env(),
-        )
-    try:
-        try:
-            wait_port(port, proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}: {(tmp / 'one-liner.stderr').read_text()}") from None
+    with launch(tmp, *args, "--listen", f"127.0.0.1:{port}", "--access-log", "off", port=port,
+                stderr_path=tmp / "one-liner.stderr"):
         yield port
-    finally:
-        stop_process(proc)
 
 
 def curl_get(*args: str) -> tuple[Head, bytes]:

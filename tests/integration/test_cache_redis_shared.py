@@ -14,9 +14,8 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers.backends import run_reverse, upstream
 from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman
+from tests.helpers.procs import Ferryman, run_reverse, upstream
 from tests.helpers.wait import wait_for
 from tests.integration.test_cache_store_redis import RedisServer
 

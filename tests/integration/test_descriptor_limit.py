@@ -13,21 +13,17 @@ import ipaddress
 import os
 import re
 import resource
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
-from tests.helpers.procs import free_port
-from tests.helpers.rawhttp import read_response
-from tests.helpers.wait import wait_for, wait_port, wait_text
+from tests.helpers.origin import Origin, serve
+from tests.helpers.procs import free_port, run_config
+from tests.helpers.rawhttp import connect, read_response
+from tests.helpers.wait import wait_for, wait_text
 
 ORIGINS = 5000
 
@@ -36,43 +32,19 @@ ORIGINS = 5000
 def many_host_origin() -> Iterator[int]:
     """One keep-alive HTTP server answering on every 127.x.y.z address (bound to the wildcard
     address; anything not from loopback is closed at once)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    port: list[int] = []
-    stop: list[asyncio.Event] = []
 
-    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            peer = writer.get_extra_info("peername")
-            if not ipaddress.ip_address(peer[0]).is_loopback:
-                return
-            local = writer.get_extra_info("sockname")[0].encode()
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(local), local))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def on_conn(_o: Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not ipaddress.ip_address(peer[0]).is_loopback:
+            return
+        local = writer.get_extra_info("sockname")[0].encode()
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(local), local))
+            await writer.drain()
 
-    async def main() -> None:
-        server = await asyncio.start_server(on_conn, "0.0.0.0", 0, backlog=1024)
-        port.append(server.sockets[0].getsockname()[1])
-        stop.append(asyncio.Event())
-        ready.set()
-        await stop[0].wait()
-        server.close()
-
-    t = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
-    t.start()
-    assert ready.wait(5)
-    try:
-        yield port[0]
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        t.join(5)
-        loop.close()
+    with serve(on_conn, host="0.0.0.0", backlog=1024) as origin:
+        yield origin.port
 
 
 @contextmanager
@@ -80,32 +52,17 @@ def ferryman_with_limit(
     tmp: Path, soft: int, hard: int, **cfg: object
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     port = free_port()
-    path = tmp / "ferryman.yaml"
     conf: dict[str, object] = {
         "listeners": [{"listen": f"127.0.0.1:{port}", "mode": "forward"}],
         "access_log": {"enabled": False},
         **cfg,
     }
-    path.write_text(yaml.safe_dump(conf))
-    err = tmp / "stderr"
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    with open(err, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ferryman", "run", "-c", str(path)], stderr=fh, cwd=tmp, preexec_fn=limit
-        )
-    try:
-        wait_port(port, proc)
-        yield proc, port, err
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with run_config(tmp, conf, port, preexec_fn=limit) as fm:
+        yield fm.proc, port, fm.stderr_path
 
 
 def host(i: int) -> str:
@@ -120,7 +77,7 @@ def get(sock: socket.socket, host: str, port: int) -> tuple[int, bytes]:
 
 def test_5000_origins_in_a_row_under_a_1024_descriptor_limit(tmp_path: Path) -> None:
     with many_host_origin() as oport, ferryman_with_limit(tmp_path, 1024, 1024) as (proc, port, err):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        with connect(port, timeout=10) as c:
             t0 = time.monotonic()
             for i in range(ORIGINS):
                 status, body = get(c, host(i), oport)
@@ -150,7 +107,7 @@ def test_explicit_idle_cap_is_kept(tmp_path: Path) -> None:
     with many_host_origin() as oport, ferryman_with_limit(
         tmp_path, 1024, 1024, pool={"max_idle": 20}
     ) as (proc, port, _err):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        with connect(port, timeout=10) as c:
             base = len(list(Path(f"/proc/{proc.pid}/fd").iterdir()))
             for i in range(200):
                 assert get(c, host(i), oport)[0] == 200
@@ -165,7 +122,7 @@ def test_out_of_descriptors_closes_idle_connections_and_retries(tmp_path: Path) 
     with many_host_origin() as oport, ferryman_with_limit(
         tmp_path, 1024, 1024, pool={"max_idle": 5000}
     ) as (_proc, port, err):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        with connect(port, timeout=10) as c:
             for i in range(1500):
                 status, body = get(c, host(i), oport)
                 assert (status, body) == (200, host(i).encode()), f"origin #{i}: {status} {body[:200]!r}"

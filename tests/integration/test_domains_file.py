@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from tests.helpers.origin import canned, serve
-from tests.helpers.procs import base_config, run_ferryman
+from tests.helpers.procs import base_config, ferryman_cli, run_ferryman
 from tests.helpers.rawhttp import assert_error_and_closed, exchange
 from tests.helpers.wait import wait_for
 
@@ -39,10 +36,7 @@ def _bad_setup(tmp_path: Path) -> Path:
 
 def test_check_names_the_file_and_line(tmp_path: Path) -> None:
     path = _bad_setup(tmp_path)
-    out = subprocess.run(
-        [sys.executable, "-m", "ferryman", "check", "-c", str(path)],
-        capture_output=True, text=True, timeout=30,
-    )
+    out = ferryman_cli(tmp_path, "check", "-c", str(path))
     assert out.returncode == 2, out
     assert f"forward.rules[0].deny.domains_file: {tmp_path / 'block.txt'} line 3: " in out.stderr
     assert "'0.0.0.0 ads.example'" in out.stderr
@@ -50,18 +44,9 @@ def test_check_names_the_file_and_line(tmp_path: Path) -> None:
 
 def test_start_up_refuses_the_file(tmp_path: Path) -> None:
     path = _bad_setup(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferryman", "run", "-c", str(path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-    assert proc.returncode != 0
-    assert f"{tmp_path / 'block.txt'} line 3: " in err
+    out = ferryman_cli(tmp_path, "run", "-c", str(path))
+    assert out.returncode != 0
+    assert f"{tmp_path / 'block.txt'} line 3: " in out.stderr
 
 
 def test_a_reload_with_a_bad_line_is_refused(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers.origin import Origin, read_head, serve
 from tests.helpers.procs import Ferryman, run_ferryman
-from tests.helpers.rawhttp import read_response
+from tests.helpers.rawhttp import connect, read_response
 
 BIG = 8 << 20
 SLOW_READERS = 26
@@ -120,7 +120,7 @@ def slow_readers(fm: Ferryman, origin: Origin) -> None:
 
 def parallel_gets(fm: Ferryman, origin: Origin, paths: list[str]) -> list[tuple[int, float, bytes]]:
     """Send every request at once, each on its own client connection: (status, seconds, body)."""
-    socks = [socket.create_connection(("127.0.0.1", fm.port), timeout=10) for _ in paths]
+    socks = [connect(fm.port, timeout=10) for _ in paths]
     t0 = time.monotonic()
     try:
         for s, p in zip(socks, paths, strict=True):

@@ -4,24 +4,16 @@ on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from tests.helpers.origin import Origin, read_request, serve
-from tests.helpers.procs import Nginx, base_config, free_port, run_ferryman
+from tests.helpers.procs import Nginx, base_config, ferryman_cli, free_port, launch, run_ferryman
 from tests.helpers.rawhttp import curl, proxy_request, raw_client
-from tests.helpers.wait import wait_for, wait_log, wait_port, wait_text
-
-
-def ferryman_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "ferryman"
-    return [str(exe)] if exe.exists() else [shutil.which("ferryman") or "ferryman"]
+from tests.helpers.wait import wait_for, wait_log, wait_text
 
 
 def refuses_connections(port: int) -> bool:
@@ -89,9 +81,9 @@ def test_check_prints_each_error_with_its_field_path(tmp_path: Path) -> None:
         "forward": {"bogus": 1, "connect_ports": [70000]},
         "timeouts": {"client_idle": "soon"},
     }))
-    p = subprocess.run([*ferryman_cmd(), "check", "-c", str(bad)], capture_output=True, timeout=30)
+    p = ferryman_cli(tmp_path, "check", "-c", str(bad))
     assert p.returncode != 0
-    lines = p.stderr.decode().splitlines()
+    lines = p.stderr.splitlines()
     assert f"{bad}: forward.bogus: unknown setting" in lines, lines
     assert any(ln.startswith(f"{bad}: forward.connect_ports[0]: ") for ln in lines), lines
     assert any(ln.startswith(f"{bad}: timeouts.client_idle: ") for ln in lines), lines
@@ -102,34 +94,23 @@ def test_check_accepts_a_good_file(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(base_config(free_port(), tmp_path / "a.log",
                                                forward={"connect_ports": [443, 8443]})))
-    p = subprocess.run([*ferryman_cmd(), "check", "-c", str(good)], capture_output=True, timeout=30)
+    p = ferryman_cli(tmp_path, "check", "-c", str(good))
     assert p.returncode == 0, p.stderr
-    assert b"OK" in p.stdout
+    assert "OK" in p.stdout
 
 
 # -- the one-liner ----------------------------------------------------------------------------
 def test_forward_one_liner(tmp_path: Path, nginx: Nginx) -> None:
     port = free_port()
     log = tmp_path / "one-liner.log"
-    with open(tmp_path / "stderr", "wb") as err:
-        proc = subprocess.Popen(
-            [*ferryman_cmd(), "forward", "--listen", f"127.0.0.1:{port}",
-             "--access-log", str(log), "--log-format", "json"],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path,
-        )
-    try:
-        wait_port(port, proc)
+    with launch(tmp_path, "forward", "--listen", f"127.0.0.1:{port}", "--access-log", str(log),
+                "--log-format", "json", port=port, log_path=log) as fm:
         out = curl("-x", f"http://127.0.0.1:{port}", f"{nginx.url}/small")
         assert out.stdout == b"hello from nginx\n"
-        entry = wait_log(lambda: log.read_text() if log.exists() else "",
-                               lambda e: e["target"] == f"{nginx.url}/small")
+        entry = wait_log(fm.access_log, lambda e: e["target"] == f"{nginx.url}/small")
         assert entry["status"] == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        fm.proc.send_signal(signal.SIGTERM)
+        assert fm.proc.wait(timeout=15) == 0
 
 
 # -- SIGTERM drains -------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +23,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.helpers.procs import free_port
-from tests.helpers.wait import wait_for, wait_port
+from tests.helpers.procs import free_port, launch
+from tests.helpers.wait import wait_for
 
 RULE = re.compile(rb"\(rule: (v\d+)\)")
 
@@ -94,21 +93,10 @@ def proxy(tmp: Path, workers: int = 1) -> Iterator[Proxy]:
         cfg["workers"] = workers
         cfg.pop("admin")
         px.cfg.write_text(yaml.safe_dump(cfg))
-    with open(px.err, "wb") as err:
-        px.proc = subprocess.Popen(
-            [sys.executable, "-m", "ferryman", "run", "-c", str(px.cfg)], stderr=err, cwd=tmp
-        )
-    try:
-        wait_port(px.port, px.proc)
+    with launch(tmp, "run", "-c", str(px.cfg), port=px.port, stderr_path=px.err) as fm:
+        px.proc = fm.proc
         px.wait_served(1)
         yield px
-    finally:
-        px.proc.send_signal(signal.SIGTERM)
-        try:
-            px.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            px.proc.kill()
-            px.proc.wait()
 
 
 @contextmanager

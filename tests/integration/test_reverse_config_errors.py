@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.backends import ferryman_check, reverse_config, upstream
-from tests.helpers.procs import free_port
+from tests.helpers.procs import ferryman_check, free_port, reverse_config, upstream
 
 WEB = "http://127.0.0.1:9"
 

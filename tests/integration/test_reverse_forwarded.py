@@ -8,9 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers.backends import run_reverse, upstream
 from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman
+from tests.helpers.procs import Ferryman, run_reverse, upstream
 
 
 @pytest.fixture(scope="module")

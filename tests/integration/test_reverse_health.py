@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.backends import run_reverse, upstream
 from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman
+from tests.helpers.procs import Ferryman, run_reverse, upstream
 from tests.helpers.wait import wait_for
 
 CHECK = {"path": "/health", "interval": "200ms", "timeout": "1s", "rise": 2, "fall": 2}

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.backends import run_reverse, upstream
 from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman
+from tests.helpers.procs import Ferryman, run_reverse, upstream
 from tests.helpers.rawhttp import connect, parse_response, read_to_eof
 
 

@@ -28,9 +28,8 @@ import trustme
 import yaml
 
 from ferryman.http1 import proxy_protocol as pp
-from tests.helpers.backends import run_reverse, stop_process, upstream
 from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman, free_port
+from tests.helpers.procs import Ferryman, free_port, run_reverse, stop_process, upstream
 from tests.helpers.rawhttp import EOF, RESET, read_to_eof
 from tests.helpers.wait import wait_for, wait_port
 

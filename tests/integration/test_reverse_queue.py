@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.helpers.backends import run_reverse
 from tests.helpers.origin import ScriptedOrigin, scripted_origin
-from tests.helpers.procs import Ferryman, free_port
+from tests.helpers.procs import Ferryman, free_port, run_reverse
 from tests.helpers.rawhttp import Response, connect, read_response, reset_close
-from tests.helpers.wait import wait_for
+from tests.helpers.wait import wait_for, wait_port
 
 
 @dataclass
@@ -49,16 +48,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         routes = [{"match": {"path_prefix": f"/{g}/"}, "upstream": g} for g in ups]
         with run_reverse(tmp, routes=routes, upstreams=ups, admin={"listen": f"127.0.0.1:{admin}"},
                          timeouts={"upstream_header": "10s", "shutdown_grace": "1s"}) as fm:
-            wait_for(lambda: _up(admin), what="admin listener")
+            wait_port(admin)
             yield Setup(fm, admin, origin)
 
-
-def _up(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _send(s: Setup, path: str) -> socket.socket:

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers.backends import run_reverse, upstream
 from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman
+from tests.helpers.procs import Ferryman, run_reverse, upstream
 from tests.helpers.wait import wait_for
 
 TRUSTED = ["127.0.0.1/32", "10.0.0.0/8"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers.backends import reverse_config, run_reverse, upstream
 from tests.helpers.origin import backends
+from tests.helpers.procs import reverse_config, run_reverse, upstream
 from tests.helpers.wait import wait_for
 
 OLD_ROUTES = [{"name": "main", "match": {"path_prefix": "/"}, "upstream": "web"}]

@@ -12,10 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.backends import child_env, ferryman_cmd, run_reverse, stop_process, upstream
 from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman, free_port
-from tests.helpers.wait import wait_for, wait_port
+from tests.helpers.procs import (
+    Ferryman,
+    free_port,
+    launch,
+    run_reverse,
+    upstream,
+)
+from tests.helpers.rawhttp import connect, read_response
+from tests.helpers.wait import wait_for
 
 
 def _respond(name: str, match: dict[str, object], **extra: object) -> dict[str, object]:
@@ -179,25 +185,14 @@ def test_fixed_respond(client: httpx.Client, api: Backend) -> None:
 def _exchange(sock: socket.socket, host: str, path: str) -> tuple[int, bytes]:
     """One GET on an open socket; the status and the body (Content-Length framed)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the response to {path} (had {buf!r})"
-        buf += chunk
-    head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    fields = dict(ln.lower().partition(":")[::2] for ln in lines[1:])
-    length = int(fields["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed mid-body"
-        body += chunk
-    return int(lines[0].split()[1]), body
+    resp = read_response(sock)
+    assert resp.framing == "length" and resp.complete and not resp.ended, resp.raw[:300]
+    return resp.status, resp.body
 
 
 def test_keep_alive_survives_synthetic_answers(proxy: Ferryman) -> None:
     # A raw socket: httpx would quietly reconnect and hide a closed connection.
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+    with connect(proxy.port) as s:
         for _ in range(3):  # respond, redirect, then a proxied request, all on one connection
             assert _exchange(s, "api.test", "/ping") == (200, b"pong")
             assert _exchange(s, "old.test", "/x")[0] == 301
@@ -216,13 +211,8 @@ def test_404_when_nothing_matches(client: httpx.Client, api: Backend, host: str)
 def test_reverse_one_liner_spreads_over_two_backends(tmp_path: Path) -> None:
     with backends("one", "two") as (b1, b2):
         port = free_port()
-        proc = subprocess.Popen(
-            ferryman_cmd("reverse", "--listen", f"127.0.0.1:{port}", "--to", b1.url, "--to", b2.url,
-                         "--access-log", "off"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, env=child_env(),
-        )
-        try:
-            wait_port(port, proc)
+        with launch(tmp_path, "reverse", "--listen", f"127.0.0.1:{port}", "--to", b1.url, "--to", b2.url,
+                    "--access-log", "off", port=port):
             seen: Counter[str] = Counter()
             with httpx.Client(trust_env=False, timeout=10) as c:
                 for i in range(20):
@@ -231,7 +221,3 @@ def test_reverse_one_liner_spreads_over_two_backends(tmp_path: Path) -> None:
                     seen[r.text] += 1
             assert seen == {"one": 10, "two": 10}
             wait_for(lambda: b1.count() == 10 and b2.count() == 10)
-        finally:
-            stop_process(proc)
-            assert proc.stderr is not None
-            proc.stderr.close()

@@ -11,7 +11,6 @@ half the configured failures.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,11 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.backends import run_reverse
 from tests.helpers.origin import ScriptedOrigin, scripted_origin
-from tests.helpers.procs import Ferryman, free_port
+from tests.helpers.procs import Ferryman, free_port, run_reverse
 from tests.helpers.rawhttp import connect, read_head, read_response, read_to_eof, reset_close
-from tests.helpers.wait import wait_for, wait_log
+from tests.helpers.wait import wait_for, wait_log, wait_port
 
 TIMEOUTS = {"upstream_header": "700ms", "upstream_idle": "700ms", "upstream_connect": "2s",
             "shutdown_grace": "1s"}
@@ -73,16 +71,9 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         ]
         with run_reverse(tmp, routes=routes, upstreams=ups, timeouts=TIMEOUTS,
                          admin={"listen": f"127.0.0.1:{admin}"}) as fm:
-            wait_for(lambda: _admin_up(admin), what="admin listener")
+            wait_port(admin)
             yield Proxy(fm, admin, o1, o2, dead)
 
-
-def _admin_up(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _request(path: str, method: str = "GET", body: bytes = b"", extra: str = "") -> bytes:

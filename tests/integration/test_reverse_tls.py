@@ -16,16 +16,16 @@ import pytest
 import trustme
 import yaml
 
-from tests.helpers.backends import (
-    child_env,
+from tests.helpers.origin import Backend, backends
+from tests.helpers.procs import (
+    Ferryman,
     ferryman_check,
-    ferryman_cmd,
+    ferryman_cli,
+    free_port,
     reverse_config,
     run_reverse,
     upstream,
 )
-from tests.helpers.origin import Backend, backends
-from tests.helpers.procs import Ferryman, free_port
 
 
 @dataclass
@@ -175,8 +175,7 @@ def test_missing_certificate_file_is_named_by_check(tmp_path: Path, certs: Certs
 def test_missing_certificate_file_is_named_by_run(tmp_path: Path, certs: Certs) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_missing_cert_config(tmp_path, certs)))
-    out = subprocess.run(ferryman_cmd("run", "-c", str(path)), capture_output=True, text=True, timeout=30,
-                         cwd=tmp_path, env=child_env(), check=False)
+    out = ferryman_cli(tmp_path, "run", "-c", str(path))
     assert out.returncode == 2
     assert f"listeners[0].tls.certificates[0].cert: cannot read {tmp_path / 'missing.pem'}" in out.stderr
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.backends import run_reverse
 from tests.helpers.origin import ScriptedOrigin, scripted_origin
-from tests.helpers.procs import Ferryman
+from tests.helpers.procs import Ferryman, run_reverse
 from tests.helpers.rawhttp import connect, read_head
 from tests.helpers.wait import wait_for
 

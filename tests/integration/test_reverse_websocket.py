@@ -14,8 +14,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.helpers.backends import reverse_config, run_reverse, upstream
 from tests.helpers.origin import WsBackend, ws_echo_backend
+from tests.helpers.procs import reverse_config, run_reverse, upstream
 from tests.helpers.wait import wait_for
 
 

@@ -19,9 +19,8 @@ import trustme
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.helpers.backends import run_reverse
 from tests.helpers.origin import Origin, serve
-from tests.helpers.procs import Ferryman
+from tests.helpers.procs import Ferryman, run_reverse
 from tests.helpers.wait import wait_for, wait_log
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
