@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from tests.helpers.cache_integ import admin_cache, reverse_cache_config
-from tests.helpers.integ_servers import RssSampler
-from tests.helpers.procs import free_port, run_ferryman, run_nginx
+from tests.helpers.procs import RssSampler, free_port, run_ferryman, run_nginx
+from tests.helpers.wait import wait_for
 
 OBJECTS = 100_000
 THREADS = 2
@@ -73,9 +73,8 @@ def test_memory_cache_rss_stays_within_max_size_after_100k_distinct_objects(tmp_
                 try:
                     # Each wrk thread stops at its share, but wrk waits out -d: interrupt it
                     # (it prints its summary) once the cache has seen every request.
-                    deadline = time.monotonic() + 290
-                    while admin_cache(admin)["misses"] < OBJECTS and time.monotonic() < deadline:
-                        time.sleep(0.2)
+                    wait_for(lambda: admin_cache(admin)["misses"] >= OBJECTS, 290,
+                             "every request at the cache", interval=0.2)
                     wrk.send_signal(signal.SIGINT)
                     out, _ = wrk.communicate(timeout=20)
                 finally:

@@ -479,7 +479,7 @@ async def test_an_unusable_url_is_a_pass_through_store() -> None:
 async def test_variants_per_key_are_capped_least_recently_used_first(
     redis_server: RedisServer, raw: Redis
 ) -> None:
-    store = RedisStore(redis_server.url, MAX, max_variants=3)
+    store = RedisStore(redis_server.url, MAX, max_variants=3, op_timeout=STEADY)
     try:
         for v in (b"a", b"b", b"c"):
             assert await put(store, meta(b"http://a/v", v), v)

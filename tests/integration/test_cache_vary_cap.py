@@ -13,14 +13,14 @@ values; before, lookup compared the request with every stored variant in turn).
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
-from tests.helpers.cache_integ import admin_cache, counting_origin, path_of, reverse_cache_config
-from tests.helpers.integ_http import poll_until
-from tests.helpers.integ_servers import Origin, header_value, response
+from tests.helpers.cache_integ import admin_cache, reverse_cache_config
+from tests.helpers.origin import Origin, answering, header_value, path_of, response, serve
 from tests.helpers.procs import free_port, run_ferryman
+from tests.helpers.rawhttp import RawClient
+from tests.helpers.wait import wait_for
 
 
 async def answer(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> None:
@@ -36,34 +36,24 @@ async def answer(origin: Origin, head: bytes, writer: asyncio.StreamWriter) -> N
 
 
 class Client:
-    """One keep-alive connection; responses read by Content-Length."""
+    """One keep-alive connection: (Cache-Status, body) of each GET."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
+        self.raw = RawClient(port)
 
     def get(self, path: str, agent: str) -> tuple[bytes, bytes]:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: site.test\r\nUser-Agent: {agent}\r\n\r\n".encode())
-        while b"\r\n\r\n" not in self.buf:
-            self.buf += self.sock.recv(65536)
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:")))
-        while len(self.buf) < length:
-            self.buf += self.sock.recv(65536)
-        body, self.buf = self.buf[:length], self.buf[length:]
-        status = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"cache-status:")), b"")
-        return status, body
+        req = f"GET {path} HTTP/1.1\r\nHost: site.test\r\nUser-Agent: {agent}\r\n\r\n"
+        resp = self.raw.request(req.encode())
+        return (resp.header("cache-status") or "").encode("latin-1"), resp.body
 
     def close(self) -> None:
-        self.sock.close()
+        self.raw.close()
 
 
 def test_variants_per_url_are_capped_least_recently_used_first(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     cache = {"store": "disk", "path": str(cache_dir), "max_variants": 8}
-    with counting_origin(answer) as origin, run_ferryman(
+    with serve(answering(answer)) as origin, run_ferryman(
         tmp_path, **reverse_cache_config(free_port(), free_port(), origin.url, cache=cache)
     ) as fm:
         client = Client(fm.port)
@@ -75,21 +65,21 @@ def test_variants_per_url_are_capped_least_recently_used_first(tmp_path: Path) -
             def files() -> list[Path]:
                 return [p for p in cache_dir.rglob("*-*") if p.is_file() and not p.name.startswith(".tmp-")]
 
-            poll_until(lambda: len(files()) == 8 or None, 10, "8 variant files on disk")
+            wait_for(lambda: len(files()) == 8 or None, 10, "8 variant files on disk")
             # Fills commit in the disk threads, not quite in request order: the last one is
             # surely among the 8 most recent, the first ones surely not.
             status, body = client.get("/vary", "agent/299")
             assert b"hit" in status and body == b"for agent/299"
             status, body = client.get("/vary", "agent/0")
             assert b"hit" not in status and body == b"for agent/0"
-            poll_until(lambda: len(files()) == 8 or None, 10, "still 8 variant files")
+            wait_for(lambda: len(files()) == 8 or None, 10, "still 8 variant files")
         finally:
             client.close()
 
 
 def test_a_hit_costs_the_same_whatever_the_number_of_variants(tmp_path: Path) -> None:
     admin = free_port()
-    with counting_origin(answer) as origin, run_ferryman(
+    with serve(answering(answer)) as origin, run_ferryman(
         tmp_path, **reverse_cache_config(free_port(), admin, origin.url)
     ) as fm:
         client = Client(fm.port)
