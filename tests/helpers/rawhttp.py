@@ -109,16 +109,20 @@ class _Incomplete(EOFError):
 
 
 class Reader:
-    """Buffered reads from a socket (or from bytes alone) against one deadline per call."""
+    """Buffered reads from a socket (or from bytes alone) against one deadline per call
+    (with ``idle``, a deadline that each byte received pushes back)."""
 
-    def __init__(self, sock: socket.socket | None = None, data: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket | None = None, data: bytes = b"", idle: bool = False) -> None:
         self.sock = sock
         self.buf = bytearray(data)
         self.ended = ""
         self.taken = bytearray()  # every byte handed out since `mark`
+        self.idle = idle
+        self._timeout = 0.0
         self._deadline = float("inf")
 
     def mark(self, timeout: float) -> None:
+        self._timeout = timeout
         self._deadline = time.monotonic() + timeout
         self.taken.clear()
 
@@ -141,6 +145,8 @@ class Reader:
             self.ended = EOF
             return False
         self.buf += chunk
+        if self.idle:
+            self._deadline = time.monotonic() + self._timeout
         return True
 
     def _take(self, n: int) -> bytes:
@@ -232,10 +238,12 @@ def read_message(r: Reader, method: str = "GET", timeout: float = 5.0, interim: 
 
 # -- a connection kept across requests ---------------------------------------------------
 class RawClient:
+    """One connection; each read waits at most ``timeout`` for the next bytes."""
+
     def __init__(self, port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
         self.timeout = timeout
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.reader = Reader(self.sock)
+        self.reader = Reader(self.sock, idle=True)  # as a socket timeout: per read
 
     def __enter__(self) -> RawClient:
         return self
