@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.cache_integ import is_hit, is_stored, reverse_cache_config
+from tests.helpers.cache_integ import admin_cache, is_hit, is_stored, reverse_cache_config
 from tests.helpers.origin import Origin, answering, count, header_value, path_of, response, serve
 from tests.helpers.procs import free_port, launch, run_ferryman
 from tests.helpers.wait import wait_for, wait_port
@@ -58,10 +58,15 @@ def entry_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
 
 
-def wait_entries(root: Path, n: int = 1) -> list[Path]:
+def wait_entries(root: Path, n: int = 1, admin: int | None = None) -> list[Path]:
+    """The entry files once ``n`` are published (and, given the ``admin`` port, once no fill
+    is in flight any more: until then a request follows the fill, not the file)."""
+
     def found() -> list[Path] | None:
         files = entry_files(root)
-        return files if len(files) >= n else None
+        if len(files) < n or (admin is not None and admin_cache(admin)["fills"] != 0):
+            return None
+        return files
 
     return wait_for(found, 10, f"{n} entry file(s)")
 
@@ -127,14 +132,15 @@ def test_vary_variants_on_disk_survive_a_restart(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["/small", "/mid"])
 def test_truncated_cache_file_is_never_served(tmp_path: Path, path: str) -> None:
     cache_dir = tmp_path / "cache"
+    admin = free_port()
     with serve(answering(answer)) as origin, run_ferryman(
-        tmp_path, **disk_config(free_port(), free_port(), origin, cache_dir)
+        tmp_path, **disk_config(free_port(), admin, origin, cache_dir)
     ) as fm:
         url = f"{fm.proxy}{path}"
         first = httpx.get(url, headers=HOST, timeout=10, trust_env=False)
         assert is_stored(first)
         expected = first.content
-        (entry,) = wait_entries(cache_dir)
+        (entry,) = wait_entries(cache_dir, admin=admin)
         size = entry.stat().st_size
         os.truncate(entry, size - 7)  # cut into the trailer: the head still claims the full size
 
@@ -154,13 +160,14 @@ def test_corrupt_byte_in_a_large_entry_never_reaches_a_client_as_a_whole_body(
     tmp_path: Path, verified_first: bool
 ) -> None:
     cache_dir = tmp_path / "cache"
+    admin = free_port()
     with serve(answering(answer)) as origin, run_ferryman(
-        tmp_path, **disk_config(free_port(), free_port(), origin, cache_dir)
+        tmp_path, **disk_config(free_port(), admin, origin, cache_dir)
     ) as fm:
         url = f"{fm.proxy}/big"
         first = httpx.get(url, headers=HOST, timeout=15, trust_env=False)
         assert is_stored(first) and first.content == BIG_BODY
-        (entry,) = wait_entries(cache_dir)
+        (entry,) = wait_entries(cache_dir, admin=admin)
         if verified_first:
             hit = httpx.get(url, headers=HOST, timeout=15, trust_env=False)
             assert is_hit(hit) and hit.content == BIG_BODY  # streamed and checked: now "verified"
