@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import RawOrigin, canned
+from tests.helpers.origin import Origin, canned, serve
 from tests.helpers.procs import Ferryman, run_ferryman
-from tests.helpers.rawhttp import exchange, tidy_origin, wait_log
+from tests.helpers.rawhttp import exchange
+from tests.helpers.wait import wait_log
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,8 +61,8 @@ def received(request: bytes) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK)) as o:
+def origin() -> Iterator[Origin]:
+    with serve(canned(OK)) as o:
         yield o
 
 
@@ -79,7 +80,7 @@ def _dir(p: Path) -> Path:
     return p
 
 
-def _send(fm: Ferryman, origin: RawOrigin, fields: list[tuple[str, str]]) -> dict[str, list[str]]:
+def _send(fm: Ferryman, origin: Origin, fields: list[tuple[str, str]]) -> dict[str, list[str]]:
     extra = "".join(f"{n}: {v}\r\n" for n, v in fields)
     url = f"http://127.0.0.1:{origin.port}/page"
     req = f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n".encode()
@@ -96,7 +97,7 @@ def _expect(cell: str | None, fm: Ferryman) -> list[str] | None:
     return [cell.replace(OURS, f"1.1 {socket.gethostname()}:{fm.port} (ferryman)")]
 
 
-def test_every_cell_of_the_table(level: tuple[str, Ferryman], origin: RawOrigin) -> None:
+def test_every_cell_of_the_table(level: tuple[str, Ferryman], origin: Origin) -> None:
     lvl, fm = level
     col = LEVELS.index(lvl)
     got = _send(fm, origin, SENT)
@@ -105,7 +106,7 @@ def test_every_cell_of_the_table(level: tuple[str, Ferryman], origin: RawOrigin)
 
 
 def test_every_cell_when_the_client_sends_none_of_them(
-    level: tuple[str, Ferryman], origin: RawOrigin
+    level: tuple[str, Ferryman], origin: Origin
 ) -> None:
     lvl, fm = level
     col = LEVELS.index(lvl)
@@ -117,7 +118,7 @@ def test_every_cell_when_the_client_sends_none_of_them(
 
 
 def test_elite_strips_a_configured_list_and_via_off_keeps_the_rest(
-    tmp_path: Path, origin: RawOrigin
+    tmp_path: Path, origin: Origin
 ) -> None:
     fwd = {"anonymity": "elite", "identifying_headers": ["X-Employee-Id", "From"]}
     with run_ferryman(_dir(tmp_path / "a"), forward=fwd) as fm:
@@ -130,18 +131,18 @@ def test_elite_strips_a_configured_list_and_via_off_keeps_the_rest(
         assert got["via"] == ["1.1 upstream.example"] and got["x-forwarded-for"] == ["10.9.9.9"]
 
 
-def test_the_forward_log_drops_query_strings_unless_asked(tmp_path: Path, origin: RawOrigin) -> None:
+def test_the_forward_log_drops_query_strings_unless_asked(tmp_path: Path, origin: Origin) -> None:
     req = (
         b"GET http://127.0.0.1:%d/search?q=secret&token=abc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Connection: close\r\n\r\n" % origin.port
     )
     with run_ferryman(_dir(tmp_path / "default")) as fm:
         assert exchange(fm.port, req).status == 200
-        line = wait_log(fm, lambda x: x["method"] == "GET")
+        line = wait_log(fm.access_log, lambda x: x["method"] == "GET")
         assert line["target"] == f"http://127.0.0.1:{origin.port}/search"
         assert "secret" not in fm.access_log()
         assert origin.requests[-1].startswith(b"GET /search?q=secret&token=abc ")  # only the log drops it
     with run_ferryman(_dir(tmp_path / "kept"), forward={"log_query": True}) as fm:
         assert exchange(fm.port, req).status == 200
-        line = wait_log(fm, lambda x: x["method"] == "GET")
+        line = wait_log(fm.access_log, lambda x: x["method"] == "GET")
         assert line["target"] == f"http://127.0.0.1:{origin.port}/search?q=secret&token=abc"

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import canned
+from tests.helpers.origin import canned, serve
 from tests.helpers.procs import run_ferryman
-from tests.helpers.rawhttp import connect, exchange, read_response, tidy_origin, wait_log
+from tests.helpers.rawhttp import connect, exchange, read_response
+from tests.helpers.wait import wait_log
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,7 +34,7 @@ def test_pac_and_wpad_are_served_from_the_config(tmp_path: Path) -> None:
                 s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path)
                 resp = read_response(s)
                 assert resp.status == 200
-                assert resp.header("content-type") == b"application/x-ns-proxy-autoconfig"
+                assert resp.header("content-type") == "application/x-ns-proxy-autoconfig"
                 js = resp.body.decode()
                 assert "function FindProxyForURL(url, host)" in js
                 assert f'"PROXY 127.0.0.1:{fm.port}"' in js
@@ -42,7 +43,7 @@ def test_pac_and_wpad_are_served_from_the_config(tmp_path: Path) -> None:
             s.sendall(b"HEAD /proxy.pac HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             head = read_response(s, method="HEAD")
             assert head.status == 200 and head.body == b""
-        wait_log(fm, lambda x: x["target"] == "/proxy.pac" and x["status"] == 200)
+        wait_log(fm.access_log, lambda x: x["target"] == "/proxy.pac" and x["status"] == 200)
         # any other origin-form request is still not a proxy request
         resp = exchange(fm.port, b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert resp.status == 400
@@ -61,7 +62,7 @@ def test_headless_chromium_loads_a_page_through_the_pac_file(tmp_path: Path) -> 
     chromium = shutil.which("chromium")
     assert chromium is not None, "chromium is in scripts/system-packages.txt"
     name, addr = _loopback_name()
-    with tidy_origin(canned(HTML), host=addr) as origin, run_ferryman(tmp_path) as fm:
+    with serve(canned(HTML), host=addr) as origin, run_ferryman(tmp_path) as fm:
         url = f"http://{name}:{origin.port}/page"
         profile = tmp_path / "profile"
         profile.mkdir()
@@ -76,7 +77,7 @@ def test_headless_chromium_loads_a_page_through_the_pac_file(tmp_path: Path) -> 
         )
         assert b"pac-ok-4711" in out.stdout, (out.stdout[-500:], out.stderr[-2000:])
         # the browser asked for the PAC file, then sent the page request through the proxy
-        wait_log(fm, lambda x: x["target"] == "/proxy.pac" and x["status"] == 200)
-        line = wait_log(fm, lambda x: x["target"] == url)
+        wait_log(fm.access_log, lambda x: x["target"] == "/proxy.pac" and x["status"] == 200)
+        line = wait_log(fm.access_log, lambda x: x["target"] == url)
         assert line["status"] == 200 and line["upstream"] == f"{name}:{origin.port}"
         assert any(r.startswith(b"GET /page HTTP/1.1\r\n") for r in origin.requests)

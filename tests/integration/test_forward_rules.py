@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.origin import RawOrigin, canned
+from tests.helpers.origin import Origin, canned, serve
 from tests.helpers.procs import Ferryman, base_config, run_ferryman
-from tests.helpers.rawhttp import assert_error_and_closed, exchange, tidy_origin
+from tests.helpers.rawhttp import assert_error_and_closed, exchange
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,13 +25,13 @@ OTHER_DAY = {"mon": "tue"}.get(TODAY, "mon")
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK)) as o:
+def origin() -> Iterator[Origin]:
+    with serve(canned(OK)) as o:
         yield o
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, origin: RawOrigin) -> Iterator[Ferryman]:
+def proxy(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterator[Ferryman]:
     rules = [
         {"name": "no-admin", "deny": {"path_prefix": ["/admin"]}, "message": "Admin pages are off limits"},
         {"name": "no-php", "deny": {"path_regex": [r"\.php$"]}},
@@ -48,13 +48,13 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, origin: RawOrigin) -> Iterat
 
 
 def _get(
-    origin: RawOrigin, path: str, method: str = "GET", extra: str = "", host: str = "127.0.0.1"
+    origin: Origin, path: str, method: str = "GET", extra: str = "", host: str = "127.0.0.1"
 ) -> bytes:
     url = f"http://{host}:{origin.port}{path}"
     return f"{method} {url} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode()
 
 
-def _refused(proxy: Ferryman, origin: RawOrigin, req: bytes, rule: str) -> bytes:
+def _refused(proxy: Ferryman, origin: Origin, req: bytes, rule: str) -> bytes:
     before = len(origin.requests)
     resp = exchange(proxy.port, req)
     assert_error_and_closed(resp, 403)
@@ -63,7 +63,7 @@ def _refused(proxy: Ferryman, origin: RawOrigin, req: bytes, rule: str) -> bytes
     return resp.body
 
 
-def _passed(proxy: Ferryman, origin: RawOrigin, req: bytes) -> bytes:
+def _passed(proxy: Ferryman, origin: Origin, req: bytes) -> bytes:
     before = len(origin.requests)
     resp = exchange(proxy.port, req)
     assert (resp.status, resp.body) == (200, b"ok")
@@ -76,50 +76,50 @@ def _passed(proxy: Ferryman, origin: RawOrigin, req: bytes) -> bytes:
     ["/admin", "/admin/users", "//admin", "/x/../admin", "/./admin", "/%61dmin", "/admin;jsessionid=1",
      "/a%2F..%2Fadmin", "/admin?x=1", "/ADMIN/../admin"],
 )
-def test_a_path_rule_sees_the_normalised_path(proxy: Ferryman, origin: RawOrigin, path: str) -> None:
+def test_a_path_rule_sees_the_normalised_path(proxy: Ferryman, origin: Origin, path: str) -> None:
     body = _refused(proxy, origin, _get(origin, path), "no-admin")
     assert b"Admin pages are off limits" in body  # the rule's message
 
 
-def test_paths_outside_the_rule_pass_as_sent(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_paths_outside_the_rule_pass_as_sent(proxy: Ferryman, origin: Origin) -> None:
     seen = _passed(proxy, origin, _get(origin, "/public/./page?admin=1"))
     assert seen.startswith(b"GET /public/./page?admin=1 HTTP/1.1\r\n")  # forwarded as the client wrote it
     _refused(proxy, origin, _get(origin, "/index.php"), "no-php")
     _passed(proxy, origin, _get(origin, "/page.html?next=index.php"))  # the query is not the path
 
 
-def test_an_invalid_escape_is_a_400_when_a_rule_tests_the_path(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_an_invalid_escape_is_a_400_when_a_rule_tests_the_path(proxy: Ferryman, origin: Origin) -> None:
     before = len(origin.requests)
     assert_error_and_closed(exchange(proxy.port, _get(origin, "/%zz")), 400)
     assert len(origin.requests) == before
 
 
-def test_header_conditions(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_header_conditions(proxy: Ferryman, origin: Origin) -> None:
     _refused(proxy, origin, _get(origin, "/", extra="User-Agent: x BadBot/1.0\r\n"), "no-bot")
     _refused(proxy, origin, _get(origin, "/", extra="X-Debug: 0\r\n"), "no-debug")
     _passed(proxy, origin, _get(origin, "/", extra="User-Agent: curl/8\r\n"))
 
 
-def test_time_and_day_conditions(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_time_and_day_conditions(proxy: Ferryman, origin: Origin) -> None:
     _refused(proxy, origin, _get(origin, "/t", method="DELETE"), "not-today")
     _passed(proxy, origin, _get(origin, "/t", method="PUT"))  # that rule holds on another day
 
 
-def test_port_range_and_default_deny(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_port_range_and_default_deny(proxy: Ferryman, origin: Origin) -> None:
     req = b"GET http://127.0.0.1:40005/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     _refused(proxy, origin, req, "high-ports")
     # no rule allows this name: the default (deny) decides, before DNS
     _refused(proxy, origin, _get(origin, "/", host="unknown.test"), "forward.default")
 
 
-def test_connect_has_no_path(proxy: Ferryman, origin: RawOrigin) -> None:
+def test_connect_has_no_path(proxy: Ferryman, origin: Origin) -> None:
     # a path rule never matches a CONNECT; the allow rule for the host does
     with exchange_connect(proxy, origin) as head:
         assert head.startswith(b"HTTP/1.1 200")
 
 
 class exchange_connect:  # noqa: N801 - a context manager read as a verb
-    def __init__(self, proxy: Ferryman, origin: RawOrigin) -> None:
+    def __init__(self, proxy: Ferryman, origin: Origin) -> None:
         from tests.helpers.rawhttp import connect, read_head
 
         self.sock = connect(proxy.port)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import RawOrigin, canned
+from tests.helpers.origin import Origin, canned, serve
 from tests.helpers.procs import Ferryman, run_ferryman
-from tests.helpers.rawhttp import assert_error_and_closed, exchange, tidy_origin
+from tests.helpers.rawhttp import assert_error_and_closed, exchange
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,19 +35,19 @@ PRIVATE = [
 
 
 @pytest.fixture(scope="module")
-def origin() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK)) as o:
+def origin() -> Iterator[Origin]:
+    with serve(canned(OK)) as o:
         yield o
 
 
 @pytest.fixture(scope="module")
-def origin6() -> Iterator[RawOrigin]:
-    with tidy_origin(canned(OK), host="::1") as o:
+def origin6() -> Iterator[Origin]:
+    with serve(canned(OK), host="::1") as o:
         yield o
 
 
 @pytest.fixture(scope="module")
-def office(tmp_path_factory: pytest.TempPathFactory, origin: RawOrigin) -> Iterator[Ferryman]:
+def office(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterator[Ferryman]:
     fwd = {"clients": OFFICE, "connect_ports": [443, origin.port]}
     with run_ferryman(tmp_path_factory.mktemp("ssrf"), forward=fwd) as fm:
         yield fm
@@ -63,7 +63,7 @@ def _connect(host: str, port: int) -> bytes:
     return b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host.encode(), port, host.encode(), port)
 
 
-def _refused(fm: Ferryman, req: bytes, *origins: RawOrigin) -> bytes:
+def _refused(fm: Ferryman, req: bytes, *origins: Origin) -> bytes:
     before = [o.connections for o in origins]
     resp = exchange(fm.port, req)
     assert_error_and_closed(resp, 403)
@@ -75,14 +75,14 @@ def _refused(fm: Ferryman, req: bytes, *origins: RawOrigin) -> bytes:
 @pytest.mark.parametrize("method", ["GET", "CONNECT"])
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
 def test_every_spelling_of_loopback_is_refused(
-    office: Ferryman, origin: RawOrigin, host: str, method: str
+    office: Ferryman, origin: Origin, host: str, method: str
 ) -> None:
     req = _get(host, origin.port) if method == "GET" else _connect(host, origin.port)
     body = _refused(office, req, origin)
     assert b"is a loopback address" in body
 
 
-def test_ipv6_loopback_is_refused(office: Ferryman, origin6: RawOrigin) -> None:
+def test_ipv6_loopback_is_refused(office: Ferryman, origin6: Origin) -> None:
     _refused(office, _get("[::1]", origin6.port), origin6)
     _refused(office, _get("[0:0:0:0:0:0:0:1]", origin6.port), origin6)
 
@@ -100,7 +100,7 @@ def test_ferryman_itself_is_a_loop_in_every_mode(office: Ferryman) -> None:
     assert_error_and_closed(resp, 508)
 
 
-def test_a_rule_allows_a_network(tmp_path: Path, origin: RawOrigin, origin6: RawOrigin) -> None:
+def test_a_rule_allows_a_network(tmp_path: Path, origin: Origin, origin6: Origin) -> None:
     rules = [
         {"name": "lo4", "allow": {"networks": ["127.0.0.0/8"]}},
         {"name": "by-name", "allow": {"domains": ["ip6-localhost", "ip6-loopback"]}},
@@ -117,7 +117,7 @@ def test_a_rule_allows_a_network(tmp_path: Path, origin: RawOrigin, origin6: Raw
         _refused(fm, _get("10.1.2.3", 80))
 
 
-def test_laptop_mode_allows_loopback_and_private(tmp_path: Path, origin: RawOrigin) -> None:
+def test_laptop_mode_allows_loopback_and_private(tmp_path: Path, origin: Origin) -> None:
     with run_ferryman(tmp_path, forward={"connect_ports": [origin.port]}) as fm:  # built-in clients
         for host in ("127.0.0.1", "localhost", "0x7f000001"):
             resp = exchange(fm.port, _get(host, origin.port))
