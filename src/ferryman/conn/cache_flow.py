@@ -77,8 +77,12 @@ class Cache(CacheFront):
         """True when the cache took the exchange over (hit, follower, purge, 504)."""
         head = ex.head
         method = head.method
-        authority = d.host if d.host else (head.host or b"")
-        target = d.target if d.group is None else head.target
+        if d.group is None:  # forward: the origin's URL
+            authority = d.host if d.host else (head.host or b"")
+            target = d.target
+        else:  # reverse: the client's Host and the path routed and forwarded (not its spelling)
+            authority = head.host or b""
+            target = d.target if d.routed is None else d.routed
         memo = (scheme, authority, target)
         key = self._keys.get(memo)
         if key is None:

@@ -10,7 +10,9 @@ primary key (2)   GET and HEAD share a key (a stored GET answers HEAD, RFC 9110 
                   responses are never stored); scheme and host lower-cased, userinfo dropped,
                   the default port and leading zeros removed (RFC 9110 4.2.3); empty path ->
                   ``/``; ``%XX`` of an unreserved character decoded, others upper-cased (RFC
-                  3986 6.2.2.2); nothing else (path case matters)
+                  3986 6.2.2.2); nothing else (path case matters).  Reverse mode keys the
+                  client's Host and the routed path (`conn/cache_flow.py`), not the route's
+                  rewrite nor its ``host_header``, so PURGE and the admin purge name public URLs
 variant (4.1)     Vary names lower-cased and sorted, ``*`` -> ``None`` (never matches); values
                   of all field lines joined with ``", "``, whitespace collapsed, empty members
                   dropped; Accept-Encoding/-Language/-Charset lower-cased, Accept-Encoding

@@ -32,6 +32,9 @@ class Proxy:
     cache_rules: Rules | None = None  # None: this request does not use the cache
     build: Callable[[], Headers] | None = None  # computes `headers` when first needed
     address_check: AddressCheck | None = None  # forward: rules still to run on the dialled address
+    # reverse: the routed path and query (normal form, before a route rewrite) that the cache
+    # keys on, when a rewrite made `target` differ from it; None: `target`
+    routed: bytes | None = None
 
     def fields(self) -> Headers:
         """The forwarded header fields, built on first use: a cache hit never needs them."""

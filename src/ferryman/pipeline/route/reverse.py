@@ -109,7 +109,10 @@ def route_reverse(
             )
         return headers
 
+    routed = None
     if action.strip_prefix is not None or action.replace_prefix is not None:
+        if action.cache_rules is not None:
+            routed = path + query  # the cache keys on what the client asked for (README: cache keys)
         path = rewrite_path(path, action.strip_prefix, action.replace_prefix, route.match.path_prefix)
     host_mode = action.host_header
     if host_mode == "preserve":
@@ -120,5 +123,5 @@ def route_reverse(
         host = host_mode.encode("latin-1")
     return Proxy(
         head.method, path + query, [], host, host_mode == "upstream", None, action.upstream,
-        route.name, upgrade is not None, None, action.cache_rules, build,
+        route.name, upgrade is not None, None, action.cache_rules, build, None, routed,
     )
