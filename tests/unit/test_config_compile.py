@@ -464,3 +464,14 @@ def test_cache_size_defaults_depend_on_the_store() -> None:
     assert memory is not None and memory.max_object_size == 64 << 20 and memory.max_size == 256 << 20
     chosen = plan_of("cache: {store: disk, path: /c, max_object_size: 1MiB, max_size: 2GiB}\n").cache
     assert chosen is not None and chosen.max_object_size == 1 << 20 and chosen.max_size == 2 << 30
+
+
+def test_older_rules_with_empty_lists_keep_their_meaning() -> None:
+    # before the ACL language, "ports: []" meant any port (and so for methods and networks)
+    plan = plan_of(
+        "forward:\n  rules:\n"
+        "    - {name: old, deny: {domains: [a.example], ports: [], methods: [], networks: []}}\n"
+    )
+    acl = acl_of(plan)
+    assert acl.check("POST", "a.example", 8080) == Verdict(False, "old")
+    assert acl.check("GET", "b.example", 80) == DEFAULT_ALLOW

@@ -40,6 +40,7 @@ CONDITION_KEYS = frozenset(
         "networks", "ports", "methods", "path_prefix", "path_regex", "time", "headers",
     }
 )
+_EMPTY_IS_ABSENT = frozenset({"ports", "methods", "networks"})
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token (method, field name)
 _PORTS = re.compile(r"(\d{1,5})(?:\s*-\s*(\d{1,5}))?")
@@ -92,7 +93,9 @@ def compile_rule(
     if not isinstance(body, Mapping):
         errors.append(f"{cpath}: expected a mapping of conditions ({{}} matches every request)")
         return None
-    body = {k: v for k, v in body.items() if v is not None}
+    # A key whose value is None is absent; so is an empty ports, methods or networks list,
+    # as it always was in the older rules ("ports: []" meant any port).
+    body = {k: v for k, v in body.items() if v is not None and not (v == [] and k in _EMPTY_IS_ABSENT)}
     c = _Compiler(cpath, base_dir, files, load_domains, errors)
     for key in body:
         if key not in CONDITION_KEYS:
