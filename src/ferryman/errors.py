@@ -69,6 +69,20 @@ class LoopDetected(FerrymanError):
     source = "policy"
 
 
+class ProxyAuthRequired(FerrymanError):
+    """Missing, malformed or wrong ``Proxy-Authorization`` (answered with a challenge)."""
+
+    status = 407
+    source = "policy"
+
+
+class RateLimited(FerrymanError):
+    """Too many failed attempts (e.g. proxy credentials) from one client."""
+
+    status = 429
+    source = "policy"
+
+
 class RouteNotFound(FerrymanError):
     status = 404
     source = "policy"

@@ -19,7 +19,7 @@ from typing import Any
 
 from ferryman.config.compile_forward_control import compile_forward_control
 from ferryman.config.compile_reverse import cache_rules, compile_reverse, compile_tls
-from ferryman.config.hostport import split_hostport
+from ferryman.config.hostport import split_hostport, split_proxy_url
 from ferryman.observe.access_log import AccessLogPlan
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.admit.domainset import DomainSet, DomainSetError, normalise_entry
@@ -108,9 +108,10 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
             )
         )
 
-    parent = None
+    parent = parent_auth = None
     if fwd_cfg.get("parent"):
-        parent = split_hostport(fwd_cfg["parent"][len("http://") :].rstrip("/"), 3128)
+        p_host, p_port, parent_auth = split_proxy_url(fwd_cfg["parent"], 3128)
+        parent = (p_host, p_port)
 
     via = None
     if fwd_cfg["via"]:
@@ -125,6 +126,7 @@ def compile_config(data: Mapping[str, Any], source: str = "<built-in>") -> Plan:
         control=control,
         connect_ports=frozenset(fwd_cfg["connect_ports"]),
         parent=parent,
+        parent_auth=parent_auth,
         via=via,
         cache_rules=(
             cache_rules(data, {}, forward=True) if (data.get("cache") and data["cache"]["forward"]) else None

@@ -10,30 +10,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.anonymity import DEFAULT_IDENTIFYING, AnonymityPolicy
-from ferryman.pipeline.admit.control import AuthPlan, FileStamp, ForwardControl
+from ferryman.pipeline.admit.control import AuthPlan, ForwardControl
 from ferryman.pipeline.admit.domainset import DomainSet
-from ferryman.pipeline.admit.htpasswd import AuthFileError, UserDb
+from ferryman.pipeline.admit.htpasswd import AuthFileError, UserDb, file_stamps
 from ferryman.pipeline.admit.rules import RuleError, RuleSet, compile_rules
 from ferryman.pipeline.admit.safety import SsrfGuard
 from ferryman.pipeline.pac import pac_script
 
 IMPLICIT_AUTH = {"name": "forward.auth", "auth": {}}
-
-
-def file_stamps(paths: Sequence[str]) -> tuple[FileStamp, ...]:
-    """(path, mtime_ns, size) of each file; a missing file stamps as (path, -1, -1)."""
-    out = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out.append((p, st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append((p, -1, -1))
-    return tuple(out)
 
 
 def _abs(base_dir: str, p: str) -> str:
@@ -43,6 +32,8 @@ def _abs(base_dir: str, p: str) -> str:
 def compile_auth(auth: Mapping[str, Any], base_dir: str, path: str, errors: list[str]) -> AuthPlan | None:
     ht = _abs(base_dir, auth["htpasswd"])
     gf = _abs(base_dir, auth["group_file"]) if auth.get("group_file") else None
+    # Stamped before reading: a file changed in between is read again at the next look.
+    stamps = file_stamps([ht] + ([gf] if gf else []))
     try:
         db = UserDb.from_files(ht, gf, auth.get("groups") or {})
     except AuthFileError as exc:
@@ -60,7 +51,8 @@ def compile_auth(auth: Mapping[str, Any], base_dir: str, path: str, errors: list
         failure_window=window,
         lockout=float(lockout) if lockout is not None else window,
         reload_check=float(auth.get("reload_check", 5.0)),
-        stamps=file_stamps([ht] + ([gf] if gf else [])),
+        stamps=stamps,
+        reread=partial(compile_auth, dict(auth), base_dir, path),
     )
 
 

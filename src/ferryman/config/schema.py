@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ferryman.config.forward_control_schema import ProxyAuthCfg, RuleCfg
-from ferryman.config.hostport import split_hostport
+from ferryman.config.hostport import split_hostport, split_proxy_url
 from ferryman.config.reverse_schema import ListenerTlsCfg, ReverseCfg, RouteCfg, UpstreamCfg
 from ferryman.config.units import Duration, Networks, Size, UpgradeProtocols
 from ferryman.pipeline.admit.anonymity import DEFAULT_IDENTIFYING
@@ -63,7 +63,7 @@ class Forward(_Model):
             return v
         if not v.startswith("http://"):
             raise ValueError("parent must be an http:// URL such as http://10.0.0.1:3128")
-        split_hostport(v[len("http://"):].rstrip("/"), 3128)
+        split_proxy_url(v, 3128)  # http://[user:password@]host[:port]
         return v
 
 

@@ -27,8 +27,11 @@ async def _through_parent(ds: Downstream, up: RelaySide, target: Target, timeout
     assert up.transport is not None
     waiter: asyncio.Future[tuple[bytes, bytes]] = ds.loop.create_future()
     up.head_waiter = waiter
-    via = ds.engine.plan.forward.via
+    fwd = ds.engine.plan.forward
+    via = fwd.via
     via_line = b"Via: %s\r\n" % via if via is not None else b""
+    if fwd.parent_auth is not None:  # the parent's own credentials, never the client's
+        via_line += b"Proxy-Authorization: %s\r\n" % fwd.parent_auth
     up.transport.write(
         b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target.authority, target.authority, via_line)
     )

@@ -46,7 +46,17 @@ from ferryman.pipeline import respond
 from ferryman.pipeline.admit.address import AddressCheck
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan
-from ferryman.pipeline.stage import CacheLookup, Connect, Respond, run, run_resolved
+from ferryman.pipeline.stage import (
+    CONTINUE,
+    Authenticate,
+    CacheLookup,
+    Connect,
+    Decision,
+    Respond,
+    run,
+    run_after,
+    run_resolved,
+)
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection
 from ferryman.upstream.group import Lease
@@ -298,7 +308,15 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         ctx = ex.ctx
         plan = ctx.plan = self.engine.plan
         phases = ex.phases = self.engine.phases(plan, self.reverse)
-        decision = run(phases.request, ctx)
+        self._decide(ex, run(phases.request, ctx))
+
+    def _decide(self, ex: Exchange, decision: Decision) -> None:
+        """Carry out what the phases decided."""
+        ctx = ex.ctx
+        plan = ctx.plan
+        if type(decision) is Authenticate:
+            self._suspend(ex, decision)
+            return
         ctx_proxy = ctx.proxy
         if ex.head.upgrade is not None and not (ctx_proxy is not None and ctx_proxy.upgrade):
             # A refused upgrade (or one answered here): the parser handed what follows this
@@ -312,7 +330,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if isinstance(decision, Connect):
             self.disarm()
             self._phase = TUNNEL
-            self.tunnel_pending = []
+            if self.tunnel_pending is None:  # else bytes came while a password was checked
+                self.tunnel_pending = []
             self._pause(P_BUFFER)  # nothing more from the client until the tunnel is up
             ex.task = self.loop.create_task(connect.open_connect_tunnel(self, ex, decision))
             return
@@ -331,14 +350,39 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                     return
         self._proxy(ex)
 
+    def _suspend(self, ex: Exchange, d: Authenticate) -> None:
+        """A password to check: off the loop; the request waits (its body is buffered,
+        pipelined requests queue), then its phases go on after the one that asked."""
+        if ex.head.method == "CONNECT" and self.tunnel_pending is None:
+            self.tunnel_pending = []  # what follows the head waits for the tunnel (or the 407)
+            self._pause(P_BUFFER)
+        ex.task = self.loop.create_task(self._authenticate(ex, d))
+
+    async def _authenticate(self, ex: Exchange, d: Authenticate) -> None:
+        ok = await self.engine.auth.verify(d.step)
+        ex.task = None
+        if ex is not self.cur or self.closed:
+            return
+        ctx = ex.ctx
+        try:
+            decision = d.resume(ctx, d.step, ok)
+            if decision is CONTINUE:
+                assert ex.phases is not None
+                decision = run_after(ex.phases.request, d.phase, ctx)
+            self._decide(ex, decision)
+        except FerrymanError as exc:
+            self.fail(ex, exc)
+
     def _respond_synthetic(self, ex: Exchange, d: Respond) -> None:
         assert self.transport is not None
         ex.status = d.status
         ex.ctx.route = d.route
         ex.bytes_out = len(d.data)
         self.transport.write(d.data)
-        if not ex.req_done:
-            ex.keep_alive = False  # the unread body would be parsed as a request
+        if not ex.req_done or d.close or ex.head.method == "CONNECT":
+            # an unread body would be parsed as a request; after a CONNECT head the
+            # parser has handed the stream to a tunnel that will not exist
+            ex.keep_alive = False
         self.finish(ex)
 
     def _proxy(self, ex: Exchange) -> None:

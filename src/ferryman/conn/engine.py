@@ -16,10 +16,13 @@ from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from ferryman.conn.auth import AuthRuntime
 from ferryman.conn.cache_flow import Cache
 from ferryman.conn.cache_front import purge_acl
 from ferryman.conn.phases import Env, compile_phases
 from ferryman.observe.access_log import AccessLog
+from ferryman.observe.usage import UserUsage
+from ferryman.pipeline.admit.control import AuthPlan
 from ferryman.pipeline.cache.memory import MemoryStore
 from ferryman.pipeline.cache.store import Store
 from ferryman.pipeline.plan import CachePlan, Plan, PoolPlan
@@ -65,6 +68,11 @@ def _own_hosts(plan: Plan) -> set[str]:
     return out
 
 
+def auth_plan(plan: Plan) -> AuthPlan | None:
+    """The Plan's proxy users (``forward.auth``), if any."""
+    return plan.forward.control.auth
+
+
 def descriptor_limit() -> int:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return 1 << 20 if soft == resource.RLIM_INFINITY else soft
@@ -100,13 +108,16 @@ class Engine:
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._build_groups(plan)
         self._tick: asyncio.TimerHandle | None = self.loop.call_later(1.0, self._on_tick)
+        self.auth = AuthRuntime(self.loop)  # proxy users, credential cache, failure limiter
+        self.usage = UserUsage()  # requests and bytes per proxy user, for /status
         self._phases_plan: Plan | None = None
         self._fwd_phases = self._rev_phases = Phases(())
+        self.auth.adopt(auth_plan(plan))
         self._compile_phases()
 
     # ------------------------------------------------------------- phases
     def _env(self) -> Env:
-        return Env(self.cache is not None, self.is_self, lambda: self.log)
+        return Env(self.cache is not None, self.is_self, lambda: self.log, self.auth, self.usage)
 
     def _compile_phases(self) -> None:
         """Compile both listener modes' phases for the current Plan (and cache)."""
@@ -202,6 +213,7 @@ class Engine:
         self.resolver.negative_ttl = plan.dns.negative_ttl
         self.local_ports = _own_ports(plan)
         self.local_addrs |= _own_hosts(plan)
+        self.auth.adopt(auth_plan(plan))
         self._compile_phases()
 
     def park(self, key: tuple[str, str, int], conn: UpstreamConnection) -> None:
@@ -273,6 +285,7 @@ class Engine:
         mono = monotonic()
         for g in self.groups.values():
             g.tick(mono)
+        self.auth.tick()
         self._tick = self.loop.call_later(1.0, self._on_tick)
 
     def close(self) -> None:
@@ -281,6 +294,7 @@ class Engine:
             self._tick = None
         for task in self._checks.values():
             task.cancel()
+        self.auth.close()
         for conn in self.pool.drain():
             conn.close()
         self.log.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ferryman.pipeline.admit import access, clients, guard, loop, pac_file, ports, privacy, size
+from ferryman.pipeline.admit import access, auth, clients, guard, loop, pac_file, ports, privacy, size
 from ferryman.pipeline.cache import stage as cache_stage
 from ferryman.pipeline.context import Outcome, RequestContext
 from ferryman.pipeline.plan import Plan
@@ -21,7 +21,9 @@ from ferryman.pipeline.route import forward, reverse
 from ferryman.pipeline.stage import AddrPhase, LogPhase, Phase, Phases
 
 if TYPE_CHECKING:
+    from ferryman.conn.auth import AuthRuntime
     from ferryman.observe.access_log import AccessLog
+    from ferryman.observe.usage import UserUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,8 @@ class Env:
     cache: bool  # a cache is open
     is_self: Callable[[str, int], bool]  # would ip:port reach ferryman itself?
     access_log: Callable[[], AccessLog]  # the current access log (a reload may replace it)
+    auth: AuthRuntime | None = None  # the worker's proxy users and credential cache
+    usage: UserUsage | None = None  # requests and bytes per proxy user
 
 
 Row = Callable[[Plan, Env], Phase | None]
@@ -44,6 +48,7 @@ FORWARD: list[Row] = [
     lambda p, env: loop.via(p.forward.via),
     lambda p, env: forward.parse_target,
     lambda p, env: ports.phase(p.forward.connect_ports),
+    lambda p, env: proxy_auth(p, env),
     lambda p, env: access.phase(p.forward),
     lambda p, env: guard.phase(p.forward, env.is_self),
     lambda p, env: forward.route(p.forward),
@@ -63,10 +68,19 @@ REVERSE: list[Row] = [
 REVERSE_RESOLVED: list[AddrRow] = []  # an upstream group's servers are the config's own
 FORWARD_LOG: list[LogRow] = [
     lambda p, env: access_log(env.access_log, keep_query=p.forward.control.log_query),
+    lambda p, env: usage(env.usage) if p.forward.control.auth is not None and env.usage is not None else None,
 ]
 REVERSE_LOG: list[LogRow] = [
     lambda p, env: access_log(env.access_log),
 ]
+
+
+def proxy_auth(p: Plan, env: Env) -> Phase | None:
+    """Who the client is (``forward.auth``), before the rules that may ask."""
+    ap = p.forward.control.auth
+    if ap is None or env.auth is None:
+        return None
+    return auth.phase(env.auth, ap.challenge)
 
 
 def compile_phases(plan: Plan, mode: str, env: Env) -> Phases:
@@ -105,3 +119,15 @@ def access_log(current: Callable[[], AccessLog], keep_query: bool = True) -> Log
         )
 
     return log_access
+
+
+def usage(table: UserUsage) -> LogPhase:
+    """Requests and bytes of each authenticated user, for /status."""
+    add = table.add
+
+    def count_usage(ctx: RequestContext, out: Outcome) -> None:
+        user = ctx.identity.user
+        if user:
+            add(user, out.bytes_in, out.bytes_out)
+
+    return count_usage

@@ -106,6 +106,9 @@ def status_document(engine: Engine) -> dict[str, Any]:
         "upstreams": groups,
         "queued": {name: g.queued for name, g in engine.groups.items()},  # waiting for a free server
         "cache": engine.cache_status(),
+        # proxy users (forward.auth): requests and bytes per user, this worker's
+        "users": engine.usage.snapshot() if engine.auth.plan is not None or len(engine.usage) else None,
+        "auth": engine.auth.status(),
     }
 
 

@@ -1,5 +1,5 @@
 """Every response ferryman writes itself (pure): errors, redirects, fixed bodies,
-the tunnel's 200, 100 Continue, admin answers, and (later) 407 challenges and 429s.
+the tunnel's 200, 100 Continue, admin answers, proxy-auth 407 challenges and 429s.
 
 Rules this module owns:
 - an error's status comes from the one table (`errors.py`: the exception's class);
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json as _json
 
-from ferryman.errors import FerrymanError
+from ferryman.errors import FerrymanError, ProxyAuthRequired, RateLimited
 from ferryman.http1.events import Headers
 from ferryman.http1.serialize import CRLF, status_line
 
@@ -51,6 +51,16 @@ def text(status: int, message: str, close: bool, extra: Headers = ()) -> bytes: 
 def error(exc: FerrymanError, close: bool = True, extra: Headers = ()) -> bytes:  # type: ignore[assignment]
     """The answer to a request that ended in ``exc``: its status from the error table."""
     return text(exc.status, f"ferryman: {exc.status} {type(exc).__name__}: {exc.detail}", close, extra)
+
+
+def challenge(exc: ProxyAuthRequired, proxy_authenticate: bytes, close: bool) -> bytes:
+    """A 407 asking for proxy credentials (``Proxy-Authenticate: <proxy_authenticate>``)."""
+    return error(exc, close, [(b"Proxy-Authenticate", proxy_authenticate)])
+
+
+def retry_later(exc: RateLimited, retry_after: int, close: bool) -> bytes:
+    """A 429 with the seconds the client should wait in ``Retry-After``."""
+    return error(exc, close, [(b"Retry-After", b"%d" % max(1, retry_after))])
 
 
 def message(status: int, detail: str, close: bool, extra: Headers = ()) -> bytes:  # type: ignore[assignment]

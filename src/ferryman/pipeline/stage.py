@@ -6,7 +6,11 @@ A *phase* takes the request context and returns a Decision (DESIGN 2.9):
     with an error of the one table (``error``; the connection answers and closes);
   - `Connect`: open a CONNECT tunnel;
   - `CacheLookup`: the cache phase applies: the connection consults the cache,
-    which answers (hit, follower, purge) or lets the request go on.
+    which answers (hit, follower, purge) or lets the request go on;
+  - `Authenticate`: a password must be checked, which is CPU work (bcrypt): the
+    connection runs the check off the event loop, hands the result to
+    ``resume`` on the loop, and, when that continues, runs the phases after
+    the one that asked (`run_after`).
 A phase never returns None or a bool, and never raises to refuse.  The route phase
 puts its `Proxy` on the context (``ctx.proxy``) and continues, so the cache phase
 can see it; when every phase continued, the connection sends ``ctx.proxy`` on.
@@ -30,13 +34,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from ferryman.errors import FerrymanError
+from ferryman.pipeline.admit.credentials import Verify
 from ferryman.pipeline.context import Outcome, RequestContext
 from ferryman.pipeline.route.action import Connect, Proxy
 from ferryman.upstream.dial import Addr
 
 __all__ = [
-    "CONTINUE", "AddrPhase", "CacheLookup", "Connect", "Continue", "Decision", "LogPhase", "Phase",
-    "Phases", "Proxy", "Respond", "run", "run_resolved",
+    "CONTINUE", "AddrPhase", "Authenticate", "CacheLookup", "Connect", "Continue", "Decision", "LogPhase",
+    "Phase", "Phases", "Proxy", "Respond", "run", "run_after", "run_resolved",
 ]
 
 
@@ -61,6 +66,7 @@ class Respond:
     data: bytes = b""
     route: str = ""
     error: FerrymanError | None = None
+    close: bool = False  # ``data`` says Connection: close: the connection ends after it
 
     @staticmethod
     def refuse(exc: FerrymanError) -> Respond:
@@ -74,7 +80,17 @@ class CacheLookup:
     scheme: str
 
 
-Decision = Continue | Respond | Connect | CacheLookup | Proxy
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Run ``verify_password(step.entry, step.password)`` off the loop, then call
+    ``resume(ctx, step, ok)`` on the loop; if that continues, go on after ``phase``."""
+
+    step: Verify
+    resume: Callable[[RequestContext, Verify, bool], Decision]
+    phase: Phase
+
+
+Decision = Continue | Respond | Connect | CacheLookup | Proxy | Authenticate
 Phase = Callable[[RequestContext], Decision]
 AddrPhase = Callable[[RequestContext, str, int, list[Addr]], "list[Addr] | Respond"]
 LogPhase = Callable[[RequestContext, Outcome], None]
@@ -98,6 +114,11 @@ def run(phases: tuple[Phase, ...], ctx: RequestContext) -> Decision:
             return decision
     proxy = ctx.proxy
     return CONTINUE if proxy is None else proxy
+
+
+def run_after(phases: tuple[Phase, ...], after: Phase, ctx: RequestContext) -> Decision:
+    """`run` the phases that follow ``after`` (a phase that suspended the request)."""
+    return run(phases[phases.index(after) + 1 :], ctx)
 
 
 def run_resolved(

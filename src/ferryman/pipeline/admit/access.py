@@ -27,8 +27,8 @@ from collections.abc import Callable
 from time import time
 
 from ferryman.errors import ClientProtocolError
-from ferryman.pipeline import respond
 from ferryman.pipeline.admit.address import AddressCheck, denied
+from ferryman.pipeline.admit.auth import DEFAULT_CHALLENGE, Challenges
 from ferryman.pipeline.admit.conditions import Path
 from ferryman.pipeline.admit.control import AuthPlan
 from ferryman.pipeline.admit.rules import AclDecision, AclRequest, RuleSet
@@ -50,12 +50,12 @@ def rules_path(target_path: bytes) -> str:
 
 
 def challenge(auth: AuthPlan | None) -> Challenge:
-    """The answer to an ``auth`` decision: 407 with the realm's challenge."""
-    extra = [(b"Proxy-Authenticate", auth.challenge)] if auth is not None else []
-    data = respond.text(407, "ferryman: proxy authentication required", False, extra)
+    """The answer to an ``auth`` decision: 407 with the realm's challenge (closing the
+    connection after a CONNECT or an unread body: `auth.Challenges`)."""
+    answers = Challenges(auth.challenge if auth is not None else DEFAULT_CHALLENGE)
 
     def ask_credentials(ctx: RequestContext, d: AclDecision) -> Decision:
-        return Respond(407, data)
+        return answers.challenge(ctx.head, "missing")
 
     return ask_credentials
 

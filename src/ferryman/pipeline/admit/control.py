@@ -9,16 +9,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ferryman.pipeline.admit.anonymity import AnonymityPolicy
 from ferryman.pipeline.admit.credentials import Authenticator, CredentialCache, FailureLimiter
-from ferryman.pipeline.admit.htpasswd import UserDb
+from ferryman.pipeline.admit.htpasswd import FileStamp, UserDb
 from ferryman.pipeline.admit.rules import RuleSet
 from ferryman.pipeline.admit.safety import SsrfGuard
-
-# (path, st_mtime_ns, st_size) of each auth file when it was read
-FileStamp = tuple[str, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +30,14 @@ class AuthPlan:
     lockout: float
     reload_check: float  # seconds between two looks at the files' mtimes
     stamps: tuple[FileStamp, ...]
+    # Reads the files again into a new AuthPlan, or None with the reasons appended to
+    # the list when they cannot be used (set by config/, which knows the settings).
+    reread: Callable[[list[str]], AuthPlan | None] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The files the users come from (htpasswd, group file)."""
+        return tuple(s[0] for s in self.stamps)
 
     @property
     def challenge(self) -> bytes:

@@ -24,8 +24,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -152,6 +153,22 @@ def read_text(path: str) -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise AuthFileError(path, line, "not valid UTF-8") from None
+
+
+# (path, st_mtime_ns, st_size) of a file when it was read
+FileStamp = tuple[str, int, int]
+
+
+def file_stamps(paths: Sequence[str]) -> tuple[FileStamp, ...]:
+    """(path, mtime_ns, size) of each file; a missing file stamps as (path, -1, -1)."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((p, -1, -1))
+    return tuple(out)
 
 
 def _invert(groups: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:

@@ -27,6 +27,7 @@ def parse_target(ctx: RequestContext) -> Decision:
 
 def route(fwd: ForwardPlan) -> Phase:
     via, parent, upgrades, rules = fwd.via, fwd.parent, fwd.upgrades, fwd.cache_rules
+    parent_auth = (b"Proxy-Authorization", fwd.parent_auth) if fwd.parent_auth is not None else None
 
     def route_forward(ctx: RequestContext) -> Decision:
         head = ctx.head
@@ -39,6 +40,8 @@ def route(fwd: ForwardPlan) -> Phase:
             head.headers, head.connection_tokens, via, upgrade=upgrade, version=head.version
         )
         if parent is not None:
+            if parent_auth is not None:
+                headers.append(parent_auth)  # the parent's own credentials, never the client's
             next_hop = ("parent", parent[0], parent[1])
             req_target = b"%s://%s%s" % (t.scheme.encode(), t.authority, t.path)
             tls_name = None

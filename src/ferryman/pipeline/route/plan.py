@@ -27,6 +27,9 @@ class ForwardPlan:
     via: bytes | None  # the Via received-by token, or None when Via is off
     cache_rules: Rules | None = None  # set when a cache is configured with cache.forward
     upgrades: frozenset[bytes] = frozenset({b"websocket"})  # Upgrade protocols passed on
+    # Proxy-Authorization for the parent, from its URL's userinfo (the clients' own
+    # Proxy-Authorization is never forwarded: it is hop-by-hop)
+    parent_auth: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
