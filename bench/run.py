@@ -11,6 +11,7 @@ All traffic stays on 127.0.0.1. Stdlib only. See bench/README.md.
 """
 
 import argparse
+import base64
 import csv
 import datetime
 import fnmatch
@@ -89,6 +90,7 @@ class Target:
     cache_store: str = ""  # memory | disk (ferryman)
     workers: int = 1  # > 1: ferryman `run -c` with `workers: N`, not pinned
     ref: str = "direct"  # the key of the row the "vs nginx" column compares with
+    control: str = ""  # "off" | "on": forward `run -c` without / with auth, rules, elite (issue 12)
 
     def scenario_name(self, wl: Workload) -> str:
         return self.scenario.format(key=self.key, name=wl.name, short=wl.short)
@@ -137,6 +139,27 @@ TARGETS = (
         cache_store="disk",
         ref="nginx-cache",
     ),
+    # Issue 12's benchmark: Basic auth (credential cache), 20 rules with a 100,000-entry
+    # domains file and `anonymity: elite`, next to the same config without them.
+    Target(
+        "forward-control-off",
+        "forward",
+        "ferryman",
+        True,
+        workloads=("small-keepalive",),
+        scenario="forward-control-off-{name}",
+        control="off",
+    ),
+    Target(
+        "forward-control",
+        "forward",
+        "ferryman",
+        True,
+        workloads=("small-keepalive",),
+        scenario="forward-control-{name}",
+        control="on",
+        ref="forward-control-off",
+    ),
     Target(
         "nginx-cache",
         "reverse",
@@ -154,6 +177,10 @@ PYCEILING = next(
     (d / _CEILING_REL for d in ROOT.parents if (d / _CEILING_REL).is_file()), ROOT.parent / _CEILING_REL
 )
 PYCEILING_FACTOR = 1.3  # ferryman, every feature on, is to beat pyceiling by this factor
+CONTROL_FACTOR = 0.9  # forward-control (auth, rules, elite) within 10% of forward-control-off
+CONTROL_DOMAINS = 100_000  # entries of the forward-control domains file
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"
+BENCH_AUTH = "Basic " + base64.b64encode(f"{BENCH_USER}:{BENCH_PASSWORD}".encode()).decode()
 
 
 @dataclass(slots=True)
@@ -505,10 +532,64 @@ def ferryman_origin(args: argparse.Namespace) -> str:
     return f"{base[0]} -m ferryman ({out.stdout.strip()})"
 
 
+def control_forward(tmp: Path, on: bool) -> dict[str, object]:
+    """The ``forward`` section of the forward-control scenarios: with ``on``, proxy auth
+    (one bcrypt user among 1,000), 20 rules (one with a 100,000-entry domains file, none
+    matching the origin before the last) and ``anonymity: elite``; without, the defaults."""
+    if not on:
+        return {}
+    import bcrypt  # ferryman's own dependency, in the python that runs the bench
+
+    users = tmp / "bench.htpasswd"
+    salt = bcrypt.gensalt(5)
+    filler = bcrypt.hashpw(b"filler", salt).decode()
+    lines = [f"{BENCH_USER}:{bcrypt.hashpw(BENCH_PASSWORD.encode(), salt).decode()}"]
+    lines += [f"user{i}:{filler}" for i in range(999)]
+    users.write_text("\n".join(lines) + "\n")
+    domains = tmp / "bench-domains.txt"
+    with domains.open("w") as f:
+        for i in range(CONTROL_DOMAINS):
+            f.write(f"ads{i}.tracker{i % 997}.example\n")
+    rules: list[dict[str, object]] = [
+        {"name": "blocklist", "deny": {"domains_file": str(domains)}},
+        {"name": "no-smtp", "deny": {"ports": [25, 465, 587]}},
+        {"name": "no-trace", "deny": {"methods": ["TRACE", "TRACK"]}},
+        {"name": "admin-paths", "deny": {"path_prefix": ["/admin/", "/wp-admin/"]}},
+        {"name": "exe", "deny": {"path_regex": [r"\.(exe|msi|scr)$"]}},
+        {"name": "social", "deny": {"domains": [".facebook.example", ".tiktok.example"]}},
+        {"name": "shops", "deny": {"domain_regex": [r"^shop[0-9]+\."],
+                                   "time": {"from": "00:00", "to": "00:01"}}},
+        {"name": "tor", "deny": {"headers": {"X-Tor": True}}},
+        {"name": "lab", "allow": {"groups": ["lab"], "domains": [".lab.example"]}},
+        {"name": "guests", "deny": {"users": ["guest"]}},
+    ]
+    for i in range(9):
+        rules.append({"name": f"site{i}", "deny": {"domains": [f".site{i}.example", f"cdn{i}.example"]}})
+    rules.append({"name": "everyone", "allow": {}})
+    assert len(rules) == 20
+    return {
+        "auth": {"htpasswd": str(users), "groups": {"lab": [BENCH_USER]}},
+        "rules": rules,
+        "anonymity": "elite",
+    }
+
+
 def start_ferryman(args: argparse.Namespace, tmp: Path, target: Target, port: int, origin: int) -> Proc:
     base, env = ferryman_base(args)
     name = f"ferryman-{target.key}"
     access_log = str(tmp / f"{name}-access.log")
+    if target.control:
+        # `run -c`, pinned like the one-liners: both rows of the pair start the same way.
+        config = {
+            "listeners": [{"name": "bench", "listen": f"{HOST}:{port}", "mode": "forward"}],
+            "forward": control_forward(tmp, target.control == "on"),
+            "access_log": {"enabled": True, "path": access_log, "format": args.log_format},
+        }
+        conf = tmp / f"{name}.yaml"
+        conf.write_text(json.dumps(config, indent=2) + "\n")
+        proc = Proc(name, pin(args.proxy_cpu, [*base, "run", "-c", str(conf)]), tmp, env)
+        proc.wait_port(port, args.ready_timeout)
+        return proc
     if target.workers > 1:
         # `run -c` with a config file (JSON is YAML); not pinned: the workers share both cores.
         config = {
@@ -554,7 +635,9 @@ def start_target(args: argparse.Namespace, tmp: Path, target: Target, port: int,
 # ---------------------------------------------------------------- load
 
 
-def curl_once(mode: str, port: int, origin: int, wl: Workload, path: str) -> tuple[str | None, str]:
+def curl_once(
+    mode: str, port: int, origin: int, wl: Workload, path: str, headers: Sequence[str] = ()
+) -> tuple[str | None, str]:
     """One curl request like the load will send: (error text or None, response head)."""
     cmd = [
         "curl",
@@ -570,6 +653,8 @@ def curl_once(mode: str, port: int, origin: int, wl: Workload, path: str) -> tup
     ]
     if wl.close:
         cmd += ["-H", "Connection: close"]
+    for h in headers:
+        cmd += ["-H", h]
     if mode == "forward":
         cmd += ["-x", f"http://{HOST}:{port}", f"http://{HOST}:{origin}{path}"]
     else:
@@ -621,7 +706,8 @@ def count_lines(path: Path) -> int:
 
 
 def wrk_cmd(
-    args: argparse.Namespace, mode: str, port: int, origin: int, wl: Workload, path: str, duration: float
+    args: argparse.Namespace, mode: str, port: int, origin: int, wl: Workload, path: str, duration: float,
+    headers: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
     cmd = [
         "wrk",
@@ -635,6 +721,8 @@ def wrk_cmd(
     env = child_env()
     if wl.close:
         cmd += ["-H", "Connection: close"]
+    for h in headers:
+        cmd += ["-H", h]
     if mode == "forward":
         cmd += ["-s", str(FORWARD_LUA), f"http://{HOST}:{port}/"]
         env["FERRYMAN_BENCH_TARGET"] = f"http://{HOST}:{origin}{path}"
@@ -703,19 +791,20 @@ def run_load(
         res.note = f"{proc.name} is not running: {proc.tail()}"
         return res
     path = target.path_prefix + wl.path
+    headers = [f"Proxy-Authorization: {BENCH_AUTH}"] if target.control == "on" else []
     err = (
         check_hit(target, port, origin, wl)
         if target.cache
-        else curl_once(target.mode, port, origin, wl, path)[0]
+        else curl_once(target.mode, port, origin, wl, path, headers)[0]
     )
     if err:
         res.note = err
         return res
     if args.warmup > 0:
-        cmd, env = wrk_cmd(args, target.mode, port, origin, wl, path, args.warmup)
+        cmd, env = wrk_cmd(args, target.mode, port, origin, wl, path, args.warmup, headers)
         run_bounded(cmd, env, args.warmup + 30)
     origin_before = count_lines(origin_cache_log(tmp))
-    cmd, env = wrk_cmd(args, target.mode, port, origin, wl, path, args.duration)
+    cmd, env = wrk_cmd(args, target.mode, port, origin, wl, path, args.duration, headers)
     rc, out = run_bounded(cmd, env, args.duration + 30)
     misses = count_lines(origin_cache_log(tmp)) - origin_before
     res.rss_after = rss_mib(proc.pid)
@@ -827,9 +916,12 @@ def csv_rows(
     return rows
 
 
-def target_check(r: Result, single: dict[str, float | None]) -> str:
+def target_check(r: Result, single: dict[str, float | None], off: float | None = None) -> str:
     if r.server != "ferryman" or r.req_s is None:
         return ""
+    if r.target.control == "on":
+        # Issue 12: within 10% of the same run without auth, rules and elite.
+        return "" if not off else ("PASS" if r.req_s >= CONTROL_FACTOR * off else "MISS") + " vs off"
     if r.target.workers > 1:
         # No target: shown as a factor of the single-worker row of the same run.
         base = single.get(r.workload.name)
@@ -873,6 +965,8 @@ def print_table(results: list[Result]) -> None:
         else:
             xfer = f"{r.mb_s:.1f} MB/s"
         ref_server = "nginx-proxy_cache" if r.target.ref == "nginx-cache" else "nginx"
+        if r.target.ref.startswith("forward-control"):
+            ref_server = "ferryman"  # forward-control: against the same config without control
         base = by_key.get((r.target.ref, ref_server, r.workload.name))
         ratio = f"{r.req_s / base:.0%}" if r.req_s and base and r.target is not TARGETS[0] else ""
         ceiling = by_key.get((r.target.key, "pyceiling", r.workload.name))
@@ -897,7 +991,7 @@ def print_table(results: list[Result]) -> None:
                 rss,
                 ratio,
                 vs_ceiling,
-                target_check(r, single),
+                target_check(r, single, by_key.get(("forward-control-off", "ferryman", r.workload.name))),
                 note,
             )
         )
