@@ -1,7 +1,8 @@
 """Per-request cost of the phase runner (pipeline/stage.run) over the compiled lists.
 
 Times, per request: building the context, then `run` over the forward list (GET with an
-absolute URL, the default config) and the reverse list (one route to an upstream group),
+absolute URL: the default config, 20 rules, the SSRF guard's phase, elite anonymity) and the
+reverse list (one route to an upstream group),
 each with and without the memory cache's phase; and, for scale, the bare runner over a
 list of phases that only continue.  CPU time of one request, best of ``--rounds``.
 
@@ -26,6 +27,17 @@ REVERSE = (
     "upstreams: {o: {servers: [{url: 'http://127.0.0.1:9'}]}}\n"
     "routes: [{upstream: o, cache: {enabled: true}}]\n"
 )
+# issue 12's forward controls: 20 rules of the usual kinds (a run of blocked names, a port
+# ban, a path rule, a time window), none of which matches the timed request
+RULES = "forward:\n  rules:\n" + "".join(
+    f"    - deny: {{domains: [blocked{i}.example]}}\n" for i in range(16)
+) + (
+    "    - deny: {ports: [25, 465]}\n"
+    "    - deny: {path_prefix: [/admin]}\n"
+    "    - deny: {methods: [DELETE], time: {from: '22:00', to: '06:00', tz: UTC}}\n"
+    "    - allow: {}\n"
+)
+OFFICE = "forward: {clients: [127.0.0.0/8, 10.0.0.0/8]}\n"  # not laptop mode: the guard's phase runs
 HEADERS = [
     (b"Host", b"origin.test"), (b"User-Agent", b"wrk"), (b"Accept", b"*/*"),
     (b"Accept-Encoding", b"gzip"), (b"Connection", b"keep-alive"),
@@ -53,6 +65,9 @@ def main() -> None:
     cases = []
     for name, text, mode, target in (
         ("forward", "", "forward", b"http://origin.test/index.html"),
+        ("forward, 20 rules", RULES, "forward", b"http://origin.test/index.html"),
+        ("forward, office (SSRF guard)", OFFICE, "forward", b"http://origin.test/index.html"),
+        ("forward, elite", "forward: {anonymity: elite}\n", "forward", b"http://origin.test/index.html"),
         ("reverse", REVERSE, "reverse", b"/index.html"),
     ):
         plan = plan_of(text)

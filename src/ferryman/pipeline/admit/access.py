@@ -29,7 +29,7 @@ from time import time
 from ferryman.errors import ClientProtocolError
 from ferryman.pipeline.admit.address import AddressCheck, denied
 from ferryman.pipeline.admit.auth import DEFAULT_CHALLENGE, Challenges
-from ferryman.pipeline.admit.conditions import Path
+from ferryman.pipeline.admit.conditions import Facts, Path
 from ferryman.pipeline.admit.control import AuthPlan
 from ferryman.pipeline.admit.rules import AclDecision, AclRequest, RuleSet
 from ferryman.pipeline.context import RequestContext
@@ -45,8 +45,9 @@ Challenge = Callable[[RequestContext, AclDecision], Decision]
 
 def rules_path(target_path: bytes) -> str:
     """The path the rules see (module docstring); raises ClientProtocolError."""
-    path = target_path.partition(b"?")[0]
-    return strip_matrix(normalize(path, _PATHS).decode("latin-1"))
+    q = target_path.find(b"?")
+    path = normalize(target_path if q < 0 else target_path[:q], _PATHS).decode("latin-1")
+    return strip_matrix(path) if ";" in path else path
 
 
 def challenge(auth: AuthPlan | None) -> Challenge:
@@ -60,19 +61,25 @@ def challenge(auth: AuthPlan | None) -> Challenge:
     return ask_credentials
 
 
-def before_dns(rules: RuleSet, req: AclRequest, now: float, d: AclDecision, parent: bool) -> AclDecision:
+def before_dns(
+    rules: RuleSet, req: AclRequest | Facts, now: float, d: AclDecision, parent: bool
+) -> AclDecision:
     """A ``resolve`` decision settled without the address when it can be: behind a
     parent (no address will be known, so the rules waiting for it do not match), or
     when the waiting rules and the first rule that surely matches all deny."""
+
+    def resume(start: int) -> AclDecision:
+        return rules.decide(req, start) if isinstance(req, Facts) else rules.evaluate(req, now, start)
+
     if parent:
         while d.action == "resolve":
-            d = rules.evaluate(req, now, d.index + 1)
+            d = resume(d.index + 1)
         return d
     first = d
     while d.action == "resolve":
         if rules.rules[d.index].action != "deny":
             return first
-        d = rules.evaluate(req, now, d.index + 1)
+        d = resume(d.index + 1)
     return d if d.action == "deny" else first
 
 
@@ -84,7 +91,7 @@ def phase(fwd: ForwardPlan, ask: Challenge | None = None) -> Phase | None:
     behind_parent = fwd.parent is not None
     guard = None if fwd.control.safety.laptop or behind_parent else fwd.control.safety
     on_auth = ask if ask is not None else challenge(fwd.control.auth)
-    evaluate = rules.evaluate
+    decide = rules.decide
 
     def admit_rules(ctx: RequestContext) -> Decision:
         t = ctx.target
@@ -98,14 +105,16 @@ def phase(fwd: ForwardPlan, ask: Challenge | None = None) -> Phase | None:
             except ClientProtocolError as exc:
                 return Respond.refuse(exc)
         ident = ctx.identity
-        req = AclRequest(
-            ctx.client_ip, method, t.host, t.port, path, head.headers, ident.user or None, ident.groups
-        )
+        user = ident.user or None
         now = time()
-        d = evaluate(req, now)
+        ev = Facts(ctx.client_ip, method, t.host, t.port, path, head.headers, user, ident.groups, None, now)
+        d = decide(ev)
         if d.action == "resolve":
-            d = before_dns(rules, req, now, d, behind_parent)
+            d = before_dns(rules, ev, now, d, behind_parent)
             if d.action == "resolve":
+                req = AclRequest(
+                    ctx.client_ip, method, t.host, t.port, path, head.headers, user, ident.groups
+                )
                 ctx.address_check = AddressCheck(t.host, t.port, rules, req, d.index, now, guard)
                 return CONTINUE
         action = d.action

@@ -149,6 +149,10 @@ class RuleSet:
             req.client, req.method, req.host, req.port, req.path, req.headers or _EMPTY_HEADERS,
             req.user, req.groups, req.address, now,
         )
+        return self.decide(ev, start)
+
+    def decide(self, ev: Facts, start: int = 0) -> AclDecision:
+        """`evaluate` on facts the caller built (the admit phase: no `AclRequest` per request)."""
         steps: Sequence[_Step | RunIndex] = self._fast if start == 0 else self._steps[start:]
         for step in steps:
             if step.__class__ is RunIndex:
@@ -169,7 +173,7 @@ class RuleSet:
                     if how == NEEDS_ADDRESS:
                         return AclDecision("resolve", decision.rule, i)
                 if is_auth:
-                    if req.user is None:
+                    if ev.user is None:
                         return decision
                     continue
                 return by_net if how == BY_NETWORK else decision
