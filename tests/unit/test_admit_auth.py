@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from pathlib import Path
+from types import SimpleNamespace
 
 import bcrypt
 import pytest
@@ -47,6 +48,7 @@ def ctx_for(
         method, target, "1.1", headers, Framing.NONE, 0, keep_alive, b"origin.test", frozenset(), False
     )
     ctx = RequestContext.__new__(RequestContext)
+    ctx.client = SimpleNamespace(memo={})  # type: ignore[assignment]
     ctx.head = head
     ctx.client_ip = "192.0.2.7"
     ctx.identity = ANONYMOUS
@@ -77,6 +79,25 @@ def test_good_credentials_checked_once_then_cached() -> None:
     ctx2 = ctx_for([(b"proxy-authorization", basic(b"alice", PW))])
     assert ph(ctx2) is CONTINUE  # cache hit: no password check
     assert ctx2.identity.user == "alice"
+
+
+def test_connection_memo_skips_the_cache_until_users_change() -> None:
+    slot = Slot()
+    ph = auth_phase.phase(slot, CHALLENGE)
+    ctx = ctx_for([(b"Proxy-Authorization", basic(b"alice", PW))])
+    assert finish(slot, ctx, ph(ctx)) is CONTINUE
+    again = ctx_for([(b"Proxy-Authorization", basic(b"alice", PW))])
+    again.client = ctx.client  # the same connection
+    assert slot.current is not None
+    slot.current.cache.clear()  # the memo answers without the cache
+    assert ph(again) is CONTINUE and again.identity is ctx.identity
+    other = ctx_for([(b"Proxy-Authorization", basic(b"alice", b"other"))])
+    other.client = ctx.client  # other credentials on that connection: checked
+    assert isinstance(ph(other), Authenticate)
+    slot.current = Slot().current  # users re-read: the memo no longer applies
+    third = ctx_for([(b"Proxy-Authorization", basic(b"alice", PW))])
+    third.client = ctx.client
+    assert isinstance(ph(third), Authenticate)
 
 
 MALFORMED = [

@@ -22,7 +22,7 @@ worker's and outlive reloads.
 from __future__ import annotations
 
 from time import monotonic
-from typing import Protocol
+from typing import Protocol, cast
 
 from ferryman.errors import ProxyAuthRequired, RateLimited
 from ferryman.http1.events import Framing, RequestHead
@@ -107,15 +107,49 @@ def outcome(ctx: RequestContext, step: Granted | Challenge | Locked, answers: Ch
     return answers.challenge(ctx.head, step.reason)
 
 
+class _Seen:
+    """What a connection was last granted with (its memo entry)."""
+
+    __slots__ = ("auth", "value", "until", "identity")
+
+    def __init__(self, auth: Authenticator, value: bytes, until: float, identity: Identity) -> None:
+        self.auth = auth
+        self.value = value
+        self.until = until
+        self.identity = identity
+
+
 def phase(slot: AuthSlot, challenge_header: bytes) -> Phase:
-    """The auth phase of a Plan with ``forward.auth``."""
+    """The auth phase of a Plan with ``forward.auth``.
+
+    A keep-alive connection that sends the credentials it was granted with again is
+    answered from the connection's memo (one bytes comparison, no HMAC), while the same
+    users are loaded (a reload or a changed file makes a new `Authenticator`), for at
+    most ``cache_ttl``, and unless its address is locked out meanwhile."""
     answers = Challenges(challenge_header)
+
+    def granted(
+        ctx: RequestContext, auth: Authenticator, value: bytes, step: Granted, now: float
+    ) -> Decision:
+        ident = ctx.identity = Identity(step.user, step.groups)
+        ttl = auth.cache.ttl
+        if ttl > 0:
+            ctx.client.memo[authenticate] = _Seen(auth, value, now + ttl, ident)
+        return CONTINUE
 
     def resume(ctx: RequestContext, step: Verify, ok: bool) -> Decision:
         auth = slot.current
         if auth is None:  # auth was switched off meanwhile: nothing to check against
             return CONTINUE
-        return outcome(ctx, auth.finish(ctx.client_ip, step, ok, monotonic()), answers)
+        entry = auth.db.get(step.entry.user)
+        if entry is None or entry.hash != step.entry.hash:
+            # the users were reloaded during the check and this one changed: ask again
+            return answers.challenge(ctx.head, "unknown-user")
+        now = monotonic()
+        done = auth.finish(ctx.client_ip, step, ok, now)
+        if type(done) is Granted:
+            return granted(ctx, auth, step.header, done, now)
+        return outcome(ctx, done, answers)
 
     def authenticate(ctx: RequestContext) -> Decision:
         value = credentials_of(ctx.head)
@@ -124,9 +158,19 @@ def phase(slot: AuthSlot, challenge_header: bytes) -> Phase:
         auth = slot.current
         if auth is None:
             return CONTINUE
-        step = auth.begin(ctx.client_ip, value, monotonic())
+        now = monotonic()
+        seen = cast("_Seen | None", ctx.client.memo.get(authenticate))
+        if (
+            seen is not None and seen.auth is auth and seen.value == value
+            and now < seen.until and not auth.limiter.retry_after(ctx.client_ip, now)
+        ):
+            ctx.identity = seen.identity
+            return CONTINUE
+        step = auth.begin(ctx.client_ip, value, now)
         if type(step) is Verify:
             return Authenticate(step, resume, authenticate)
+        if type(step) is Granted and isinstance(value, bytes):
+            return granted(ctx, auth, value, step, now)
         return outcome(ctx, step, answers)  # type: ignore[arg-type]
 
     return authenticate
