@@ -16,6 +16,7 @@ from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
 from ferryman.http1 import proxy_protocol as pp
 from ferryman.pipeline.admit.acl import ClientAcl
+from tests.helpers.fakeclock import FakeClock
 from tests.protocol.test_downstream import FakeTransport
 
 
@@ -90,8 +91,8 @@ async def test_untrusted_peer_is_closed_before_reading(engine: Engine) -> None:
 async def test_rejections_are_logged_in_bursts(
     engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(accept.time, "monotonic", lambda: now[0])
+    clock = FakeClock()
+    monkeypatch.setattr(engine, "clock", clock)
     monkeypatch.setattr(accept, "reject_log", accept._RejectLog())
     lp = dataclasses.replace(engine.plan.listeners[0], mode="reverse", proxy_protocol=True)
     with caplog.at_level(logging.WARNING, logger="ferryman"):
@@ -104,7 +105,7 @@ async def test_rejections_are_logged_in_bursts(
         lines = [r.getMessage() for r in caplog.records]
         assert len(lines) == accept.LOG_BURST
         assert all("rejected PROXY header from 10.0.0.9:4000" in ln for ln in lines)
-        now[0] += accept.LOG_EVERY
+        clock.advance(accept.LOG_EVERY)
         a = Acceptor(engine, lp, None)
         a.connection_made(Tr())  # type: ignore[arg-type]
         _feed(a, b"XXXXXXXXXXXXXXXXXXXXX")

@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from typing import cast
 
+from ferryman.conn.clock import Timer
 from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
 from ferryman.errors import ClientProtocolError
@@ -57,8 +57,7 @@ class _RejectLog:
         self._lines = 0
         self._held = 0
 
-    def __call__(self, peer: str, why: str) -> None:
-        now = time.monotonic()
+    def __call__(self, peer: str, why: str, now: float) -> None:
         if now - self._start >= LOG_EVERY:
             if self._held:
                 log.warning("ferryman: %d more PROXY headers rejected (not logged)", self._held)
@@ -90,7 +89,7 @@ class Acceptor(asyncio.BufferedProtocol):
         self.buf = bytearray()
         self.need = _V1_MIN
         self._chunk = bytearray()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._task: asyncio.Task[None] | None = None
         self._src: tuple[str, int] | None = None
         self._done = False
@@ -106,7 +105,7 @@ class Acceptor(asyncio.BufferedProtocol):
             tr.abort()  # PROXY protocol listener: only the trusted balancer may connect
             return
         t = self.lp.tls_handshake if self.tls is not None else plan.timeouts.client_header
-        self._timer = self.engine.loop.call_later(t, self._expired)
+        self._timer = self.engine.clock.call_later(t, self._expired)
 
     # ------------------------------------------------------------ PROXY header
     def get_buffer(self, sizehint: int) -> bytearray:
@@ -126,7 +125,7 @@ class Acceptor(asyncio.BufferedProtocol):
             self.need = self._more()
             return
         except ClientProtocolError as exc:
-            reject_log(self.peer, exc.detail)
+            reject_log(self.peer, exc.detail, self.engine.clock.time())
             self._close()
             return
         assert used == len(self.buf)  # exact reads: nothing past the header was taken

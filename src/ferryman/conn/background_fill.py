@@ -26,14 +26,14 @@ from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.index import selecting_fields, variant_bytes
 from ferryman.pipeline.cache.lookup import Stored
 from ferryman.pipeline.cache.store import EntryMeta, Writer
+from ferryman.pipeline.plan import TimeoutsPlan
 from ferryman.pipeline.stage import Proxy
-from ferryman.upstream.dial import open_connection
 
 if TYPE_CHECKING:
-    from ferryman.conn.cache_front import CacheFront
-    from ferryman.conn.engine import Engine
+    from ferryman.conn.cache_front import CacheFront, FillDial
 
 log = logging.getLogger("ferryman")
+
 _DROP = frozenset({b"range", b"if-range", b"if-none-match", b"if-modified-since", b"if-match"})
 
 
@@ -164,41 +164,24 @@ def _resume(transport: asyncio.Transport) -> None:
 
 
 async def fill_whole_object(
-    engine: Engine, cache: CacheFront, fill: Fill, d: Proxy, req: RequestHead, rules: policy.Rules,
-    client_ip: str, validate: Stored | None,
+    dial: FillDial, timeouts: TimeoutsPlan, cache: CacheFront, fill: Fill, d: Proxy, req: RequestHead,
+    rules: policy.Rules, client_ip: str, validate: Stored | None,
 ) -> None:
-    plan = engine.plan
     key = fill.key
     try:
-        if d.group is not None:
-            group = engine.groups.get(d.group)
-            server = group.pick(client_ip, req, time.monotonic(), frozenset()) if group else None
-            if server is None:
-                return
-            host, port, ssl_ctx, sni = server.plan.host, server.plan.port, server.ssl, server.tls_name
-            authority = server.plan.authority if d.host_from_server else d.host
-        else:
-            assert d.next_hop is not None
-            _, host, port = d.next_hop
-            ssl_ctx = engine.tls_context if d.tls_name else None
-            sni, authority = d.tls_name, d.host
         headers: Headers = [(n, v) for n, v in d.fields() if n.lower() not in _DROP]
         if validate is not None:
             headers += policy.conditional_headers(validate.entry.headers)
         headers.append((b"Connection", b"close"))
-        addrs = await engine.resolver.resolve(host, port)
-        if d.address_check is not None:
-            addrs = d.address_check.admit(addrs)
-        if d.group is None and any(engine.is_self(str(a[1][0]), port) for a in addrs):
-            return  # a loop (the request itself was refused with 508 already)
-        _, proto = await open_connection(
-            addrs, lambda: _FillClient(cache, fill, req, rules, validate), plan.timeouts.upstream_connect,
-            ssl_ctx, sni,
-        )
+        factory = lambda: _FillClient(cache, fill, req, rules, validate)  # noqa: E731
+        dialled = await dial(d, client_ip, req, factory, timeouts.upstream_connect)
+        if dialled is None:
+            return  # no server, or a loop (the request itself was refused with 508 already)
+        proto, authority = dialled
         client = cast(_FillClient, proto)
         assert client.transport is not None
         client.transport.write(ser.request_head("GET", d.target, authority, headers, Framing.NONE, 0))
-        outcome = await _progressing(client, plan.timeouts.upstream_header, plan.timeouts.upstream_idle)
+        outcome = await _progressing(client, timeouts.upstream_header, timeouts.upstream_idle)
         log.info("ferryman: background fill of %s %s", key.decode("latin-1"), outcome)
     except (FerrymanError, OSError, TimeoutError) as exc:
         log.info("ferryman: background fill of %s failed: %s", key.decode("latin-1"), exc)

@@ -48,7 +48,7 @@ from ferryman.pipeline.cache.store import BodyReader, BytesReader, CacheEntryCor
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
-    from ferryman.conn.downstream import Downstream
+    from ferryman.conn.client import ClientConn
     from ferryman.upstream.connection import UpstreamConnection
 
 log = logging.getLogger("ferryman")
@@ -59,7 +59,7 @@ class Cache(CacheFront):
 
     # -- fills in flight ------------------------------------------------------
     def _background(
-        self, ds: Downstream, ex: Exchange, d: Proxy, key: bytes, rules: policy.Rules,
+        self, ds: ClientConn, ex: Exchange, d: Proxy, key: bytes, rules: policy.Rules,
         validate: Stored | None,
     ) -> Fill:
         """Fetch the whole object once, behind the client (a Range miss, a stale-while-revalidate
@@ -68,12 +68,14 @@ class Cache(CacheFront):
         if validate is not None:
             e = validate.entry
             fill.set_variant(e.vary_fields, e.vary, validate.variant)
-        task = fill_whole_object(ds.engine, self, fill, d, ex.head, rules, ex.client_ip, validate)
+        assert self.dial is not None
+        timeouts = ex.ctx.plan.timeouts
+        task = fill_whole_object(self.dial, timeouts, self, fill, d, ex.head, rules, ex.client_ip, validate)
         ds.loop.create_task(task)
         return fill
 
     # -- request side ---------------------------------------------------------
-    def on_request(self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, scheme: str) -> bool:
+    def on_request(self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, scheme: str) -> bool:
         """True when the cache took the exchange over (hit, follower, purge, 504)."""
         head = ex.head
         method = head.method
@@ -102,7 +104,7 @@ class Cache(CacheFront):
         return self._decide(ds, ex, d, rules, key)
 
     async def _load_then_decide(
-        self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
+        self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
     ) -> None:
         if len(self.checked) > self.index.max_keys:
             self.checked.clear()
@@ -118,7 +120,7 @@ class Cache(CacheFront):
         if not self._decide(ds, ex, d, rules, key):
             ds.resume_proxy(ex)
 
-    def _decide(self, ds: Downstream, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes) -> bool:
+    def _decide(self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes) -> bool:
         head = ex.head
         method = head.method
         now = time.time()
@@ -182,7 +184,7 @@ class Cache(CacheFront):
         ex.cache_result = "miss"
         return False
 
-    def _redecide(self, ds: Downstream, ex: Exchange, d: Proxy) -> None:
+    def _redecide(self, ds: ClientConn, ex: Exchange, d: Proxy) -> None:
         """A follower whose fill could not serve it goes through the cache phase again."""
         state = ex.cache
         if ds.closed or ex is not ds.cur or state is None:
@@ -190,7 +192,7 @@ class Cache(CacheFront):
         if not self._decide(ds, ex, d, state.rules, state.key):
             ds.resume_proxy(ex)
 
-    async def _purge_request(self, ds: Downstream, ex: Exchange, key: bytes) -> None:
+    async def _purge_request(self, ds: ClientConn, ex: Exchange, key: bytes) -> None:
         if not self.purge_clients.allows(ex.client_ip):
             ds.send_synthetic(ex, 403, "PURGE is not allowed from this client (rule: cache.purge_clients)")
             return
@@ -200,7 +202,7 @@ class Cache(CacheFront):
 
     # -- response side --------------------------------------------------------
     def on_response_head(
-        self, ds: Downstream, ex: Exchange, head: ResponseHead, stored_headers: Headers
+        self, ds: ClientConn, ex: Exchange, head: ResponseHead, stored_headers: Headers
     ) -> bytes:
         """Store/fill bookkeeping for a final response; returns Cache-Status bytes to add."""
         state = ex.cache
@@ -259,7 +261,7 @@ class Cache(CacheFront):
         if state.fill is not None and not state.fill.failed:
             state.fill.append(data)
 
-    def on_response_end(self, ds: Downstream, ex: Exchange) -> None:
+    def on_response_end(self, ds: ClientConn, ex: Exchange) -> None:
         state = ex.cache
         if state is None:
             return
@@ -276,7 +278,7 @@ class Cache(CacheFront):
                      why or ex.error or "the exchange failed")
         self._drop_fill(state)
 
-    def takeover(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:
+    def takeover(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> bool:
         """Answer a validated request from the entry: on 304, or on 5xx with stale-if-error."""
         if head.status == 304:
             return self.on_not_modified(ds, ex, head)
@@ -308,7 +310,7 @@ class Cache(CacheFront):
         conn.resume_reading()
         return True
 
-    def on_not_modified(self, ds: Downstream, ex: Exchange, head: ResponseHead) -> bool:
+    def on_not_modified(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> bool:
         """A 304 to our own validation: freshen the entry and serve it.  False if it cannot."""
         state = ex.cache
         if state is None or state.stored is None or state.lookup is None:
@@ -326,7 +328,7 @@ class Cache(CacheFront):
         ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
         return True
 
-    def serve_stale_on_error(self, ds: Downstream, ex: Exchange, exc: FerrymanError) -> bool:
+    def serve_stale_on_error(self, ds: ClientConn, ex: Exchange, exc: FerrymanError) -> bool:
         """RFC 5861 stale-if-error: the origin failed, a stale entry may still answer."""
         state = ex.cache
         if state is None or state.stored is None or exc.status < 500:
@@ -345,7 +347,7 @@ class Cache(CacheFront):
 
     # -- serving --------------------------------------------------------------
     async def serve(
-        self, ds: Downstream, ex: Exchange, stored: Stored, look: policy.Lookup, hit: bool,
+        self, ds: ClientConn, ex: Exchange, stored: Stored, look: policy.Lookup, hit: bool,
         validated: bool = False,
     ) -> None:
         got = await self.store.get(ex.cache.key if ex.cache else b"", stored.variant)
@@ -371,7 +373,7 @@ class Cache(CacheFront):
             reader.close()
 
     def _send_inline(
-        self, ds: Downstream, ex: Exchange, stored: Stored, reader: BytesReader, look: policy.Lookup
+        self, ds: ClientConn, ex: Exchange, stored: Stored, reader: BytesReader, look: policy.Lookup
     ) -> None:
         """A memory hit answered inside the request callback: no task, no coroutine.
 
@@ -411,7 +413,7 @@ class Cache(CacheFront):
             ds.end_stream(ex)
 
     def _prepare(
-        self, ds: Downstream, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool
+        self, ds: ClientConn, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool
     ) -> Answer:
         """Headers, extra bytes, status and byte range for answering from ``entry``."""
         plan = ex.plan
@@ -420,7 +422,7 @@ class Cache(CacheFront):
         return answer(ex.head.method, ex.head.headers, entry, size, look, hit, via, drop, time.time())
 
     async def _send_entry(
-        self, ds: Downstream, ex: Exchange, entry: policy.Entry, reader: BodyReader, look: policy.Lookup,
+        self, ds: ClientConn, ex: Exchange, entry: policy.Entry, reader: BodyReader, look: policy.Lookup,
         hit: bool, validated: bool,
     ) -> None:
         size = reader.size
@@ -447,7 +449,7 @@ class _Headless:
 
     def _release(self, ok: bool) -> None:
         if self.lease is not None:
-            self.lease.release(time.monotonic(), ok)
+            self.lease.release(self.cache.now(), ok)
 
     def on_response_head(self, head: ResponseHead) -> None:
         self.upstream_failed(FerrymanError("unexpected second response head"), True)

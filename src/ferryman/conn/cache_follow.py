@@ -6,22 +6,34 @@ revalidation freshened, or sent on to the origin when the fill cannot serve them
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.fill import Fill
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.lookup import Stored, if_range_holds, range_of
-from ferryman.pipeline.cache.store import CacheEntryCorrupt
+from ferryman.pipeline.cache.store import CacheEntryCorrupt, Store
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
-    from ferryman.conn.cache_flow import Cache
-    from ferryman.conn.downstream import Downstream
+    from ferryman.conn.client import ClientConn
 
 
-async def follow(cache: Cache, ds: Downstream, ex: Exchange, d: Proxy, fill: Fill) -> None:
+class Cache(Protocol):
+    """What a follower needs of the cache (conn/cache_flow.py `Cache`)."""
+
+    store: Store
+
+    def _redecide(self, ds: ClientConn, ex: Exchange, d: Proxy) -> None: ...
+
+    async def serve(
+        self, ds: ClientConn, ex: Exchange, stored: Stored, look: policy.Lookup, hit: bool,
+        validated: bool = False,
+    ) -> None: ...
+
+
+async def follow(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fill: Fill) -> None:
     """Serve a coalesced request from another client's fill, as it arrives."""
     try:
         while fill.head is None and fill.usable and not fill.done:
@@ -58,7 +70,7 @@ async def follow(cache: Cache, ds: Downstream, ex: Exchange, d: Proxy, fill: Fil
         fill.followers -= 1
 
 
-async def follow_range(cache: Cache, ds: Downstream, ex: Exchange, d: Proxy, fill: Fill) -> None:
+async def follow_range(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fill: Fill) -> None:
     """A Range request while the object's fill runs: answered from the fill once the
     fill has reached the range; passed through (not stored) when the range lies ahead."""
     try:
@@ -101,7 +113,7 @@ async def follow_range(cache: Cache, ds: Downstream, ex: Exchange, d: Proxy, fil
         fill.followers -= 1
 
 
-def _serve_refreshed(cache: Cache, ds: Downstream, ex: Exchange, fill: Fill) -> None:
+def _serve_refreshed(cache: Cache, ds: ClientConn, ex: Exchange, fill: Fill) -> None:
     """A follower of a revalidation answered 304: served from the freshened entry."""
     stored = cast(Stored, fill.refreshed)
     state = ex.cache
@@ -114,7 +126,7 @@ def _serve_refreshed(cache: Cache, ds: Downstream, ex: Exchange, fill: Fill) -> 
     ds.loop.create_task(cache.serve(ds, ex, stored, look, hit=False, validated=True))
 
 
-async def _pump(cache: Cache, ds: Downstream, ex: Exchange, fill: Fill, start: int, end: int | None) -> bool:
+async def _pump(cache: Cache, ds: ClientConn, ex: Exchange, fill: Fill, start: int, end: int | None) -> bool:
     """Send the fill's body[start:end] (``end`` None: to its end) as it arrives; bytes past
     the fill's memory buffer come from the store once the fill is committed.  False when
     the response had to be cut (the connection is then closed)."""
@@ -148,7 +160,7 @@ async def _pump(cache: Cache, ds: Downstream, ex: Exchange, fill: Fill, start: i
 
 
 async def _pump_stored(
-    cache: Cache, ds: Downstream, ex: Exchange, fill: Fill, pos: int, end: int | None
+    cache: Cache, ds: ClientConn, ex: Exchange, fill: Fill, pos: int, end: int | None
 ) -> bool:
     """The rest of a follower's body, past the fill's memory buffer: from the store, once committed."""
     while fill.stored is None:
@@ -176,7 +188,7 @@ async def _pump_stored(
     return True
 
 
-def pass_through(ds: Downstream, ex: Exchange, keep: bool = False) -> None:
+def pass_through(ds: ClientConn, ex: Exchange, keep: bool = False) -> None:
     """Fetch for this request alone; unstored (``keep``: a Range, whose 206 is never stored)."""
     if not keep:
         ex.cache = None

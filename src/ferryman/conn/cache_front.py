@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Sized
+import time
+from collections.abc import Awaitable, Callable, Sized
 from dataclasses import dataclass
 
 from ferryman.conn.fill import Budget, Fill
-from ferryman.http1.events import Headers
+from ferryman.http1.events import Headers, RequestHead
 from ferryman.pipeline.admit.acl import ClientAcl
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.index import EntryIndex
@@ -32,9 +33,18 @@ from ferryman.pipeline.cache.key import prefix_key, uri_key
 from ferryman.pipeline.cache.lookup import Stored
 from ferryman.pipeline.cache.memory import MemoryStore
 from ferryman.pipeline.cache.store import EntryMeta, Store, Writer
+from ferryman.pipeline.stage import Proxy
 
 log = logging.getLogger("ferryman")
 
+
+# Opens the connection of a fill to the request's next hop (the engine's `dial_fill`):
+# (decision, client address, request head, protocol factory, connect timeout) ->
+# (the connected protocol, the Host to send), or None when there is nowhere to go.
+FillDial = Callable[
+    [Proxy, str, RequestHead, Callable[[], asyncio.Protocol], float],
+    Awaitable["tuple[asyncio.BaseProtocol, bytes] | None"],
+]
 
 @dataclass(slots=True)
 class CacheState:
@@ -59,8 +69,11 @@ class CacheFront:
     def __init__(
         self, store: Store, max_object_size: int, purge_clients: ClientAcl, coalesce: bool,
         range_fill: bool = True, max_entries: int = 1_000_000, max_variants: int = 32,
+        dial: FillDial | None = None, now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.dial = dial  # opens the connection of a background fill (the engine's `dial_fill`)
+        self.now = now  # the connections' clock (conn/clock.py)
         self.range_fill = range_fill
         self.max_object_size = max_object_size
         self.purge_clients = purge_clients

@@ -6,13 +6,14 @@ Rules this module owns:
 - every request ends in exactly one response or one error, and is logged once;
 - a connection that saw an error is closed, never reused;
 - bytes are only relayed after the parser accepted them, and every body is
-  re-framed by ferryman, so the next hop can never frame it differently.
+  re-framed by ferryman, so the next hop can never frame it differently;
+- the connection's life is the table of conn/state.py: every state change goes
+  through `to`, which checks the move and arms the state's one deadline.
 
-Connection life (timer phase in brackets):
-    idle [client_idle / first: client_header] -> head [client_header]
-      -> body [client_body, activity] -> wait [upstream_header]
-      -> response [upstream_idle, activity] -> idle | closed
-    CONNECT, or a 101 answer to an Upgrade: -> tunnel (conn/tunnel.py owns it)
+Its parts are composed, not mixed in: `relay` (conn/relay.py) handles the
+upstream's response, `responder` (conn/responder.py) writes the answers that
+do not come from an upstream; they, the cache flow, CONNECT and the upstream
+queue see this class only as `ClientConn` (conn/client.py).
 """
 
 from __future__ import annotations
@@ -20,30 +21,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from time import monotonic
 from typing import cast
 
-from ferryman.conn import connect, queueing
+from ferryman.conn import connect
+from ferryman.conn.clock import Timer
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
-from ferryman.conn.relay import UpstreamRelay
+from ferryman.conn.relay import UpstreamRelay, send_body
 from ferryman.conn.responder import Responder
-from ferryman.conn.timeouts import BODY, HEAD, IDLE, P_BUFFER, P_PIPELINE, RESP, TUNNEL, WAIT
-from ferryman.conn.tunnel import Tunnel
+from ferryman.conn.state import EXPIRED, FIELD, IS_ACTIVITY, MOVES, Deadlines, State, StateError
+from ferryman.conn.timeouts import P_BUFFER, P_PIPELINE
+from ferryman.conn.tunnel import RelaySide, Tunnel
 from ferryman.errors import (
     BodyTooLarge,
     ClientTimeout,
     FerrymanError,
-    NoHealthyUpstream,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from ferryman.http1 import proxy_protocol
+from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
-from ferryman.pipeline.admit.address import AddressCheck
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan
 from ferryman.pipeline.stage import (
@@ -55,98 +55,122 @@ from ferryman.pipeline.stage import (
     Respond,
     run,
     run_after,
-    run_resolved,
 )
-from ferryman.upstream.connection import UpstreamConnection
-from ferryman.upstream.dial import open_connection
-from ferryman.upstream.group import Lease
 
 log = logging.getLogger("ferryman")
 
-
-def started_resp(ex: Exchange) -> bool:
-    return ex.resp is not None
-
-
-def _peer_allowed(conn: UpstreamConnection, check: AddressCheck) -> bool:
-    peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
-    return peer is not None and check.allows(str(peer[0]))
-
+OPEN, IDLE, HEAD, BODY, UPSTREAM, WAIT, RESPONSE, WRITING, TUNNEL, CLOSED = State  # fast names
 _BUFFER_HIGH = 256 * 1024
 
 
-class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
+class Downstream(asyncio.Protocol):
     def __init__(self, engine: Engine, listener: ListenerPlan) -> None:
         self.engine = engine
         self.listener = listener
         self.reverse = listener.mode == "reverse"
-        self.tls = listener.tls is not None
         self.loop = engine.loop
+        self.clock = clock = engine.clock
+        self._now = clock.time
+        self._call_later = clock.call_later
         self.transport: asyncio.Transport | None = None
         self.client_ip = "-"
+        self.client_port = 0
         self.client = Client(listener)
         limits = engine.plan.limits
         self.parser = RequestParser(self, limits.max_header_size, limits.max_url_length, limits.max_headers)
         self.cur: Exchange | None = None  # being served
         self.rx: Exchange | None = None  # being read by the parser
         self.queue: deque[Exchange] = deque()
-        self.closed = False
+        self.state = OPEN
         self.write_paused = False
-        self._paused = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._phase = IDLE
-        self._phase_timeout = 0.0
-        self._last = 0.0
-        self.tunnel_pending: list[bytes] | None = None
+        self._paused = 0  # why reading is paused (P_* bits)
+        self._timer: Timer | None = None
+        self._deadline = 0.0  # when `_timer` fires
+        self._timeout = 0.0  # the current state's deadline, in seconds
+        self._last = 0.0  # the last activity (activity states count from it)
+        self.tunnel_pending: list[bytes] | None = None  # what the client sent for a coming tunnel
         self.tunnel: Tunnel | None = None
-        self.client_port = 0
         self.tunnel_eof = False
-        self._fresh = True  # no byte received yet: the timer armed at accept is the head timer
         self._writable: asyncio.Future[None] | None = None
         self.proxied: tuple[str, int] | None = None  # the client named by a PROXY header (conn/accept.py)
+        self.responder = responder = Responder(self, engine)
+        self.relay = relay = UpstreamRelay(self, engine, responder)
+        self.proxy = relay.proxy
+        self.send_to = relay.send_to
+        # What the cache flow asks of the connection is the responder's (`ClientConn`).
+        self.send_synthetic = responder.send_synthetic
+        self.resume_proxy = responder.resume_proxy
+        self.abort_after_partial = responder.abort_after_partial
+        self.begin_stream = responder.begin_stream
+        self.stream_chunk = responder.stream_chunk
+        self.end_stream = responder.end_stream
+        self.write_cached = responder.write_cached
+        self.stream_cached = responder.stream_cached
 
-    # ------------------------------------------------------------------ timers
-    def _arm(self, phase: int, timeout: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._phase = phase
-        self._phase_timeout = timeout
-        self._last = self.loop.time()
-        self._timer = self.loop.call_later(timeout, self._on_timer)
+    @property
+    def closed(self) -> bool:
+        return self.state is CLOSED
 
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    # ------------------------------------------------------------------ state
+    def to(self, new: State, deadlines: Deadlines | None = None) -> None:
+        """Move to ``new`` and arm its deadline (conn/state.py); ``deadlines``: those of the
+        exchange's Plan (`Exchange.deadlines`), else the current Plan's."""
+        old = self.state
+        if not MOVES[old] >> new & 1:
+            raise StateError(f"client connection: {old.name} -> {new.name} is not a move of the table")
+        self.state = new
+        t = (deadlines or self.engine.deadlines)[new]
+        timer = self._timer
+        if t is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        now = self._now()
+        self._last = now
+        self._timeout = t
+        if timer is not None:
+            if FIELD[old] is FIELD[new] and old is not new:
+                return  # the same deadline goes on (OPEN -> HEAD: client_header from the accept)
+            if IS_ACTIVITY[new] and self._deadline <= now + t:
+                return  # fires no later than due; re-armed for the rest then (see _on_timer)
+            timer.cancel()
+        self._deadline = now + t
+        self._timer = self._call_later(t, self._on_timer)
+
+    def touch(self) -> None:
+        self._last = self._now()
 
     def _on_timer(self) -> None:
         self._timer = None
-        phase = self._phase
-        if phase in (BODY, RESP):
+        st = self.state
+        if IS_ACTIVITY[st]:
             # Activity deadlines: re-arm for the remainder if bytes moved meanwhile.
-            left = self._last + self._phase_timeout - self.loop.time()
+            now = self._now()
+            left = self._last + self._timeout - now
             if left > 0.001:
-                self._timer = self.loop.call_later(left, self._on_timer)
+                self._deadline = now + left
+                self._timer = self._call_later(left, self._on_timer)
                 return
-        if phase == IDLE:
+        what = EXPIRED.get(st)
+        if what is None:
+            return
+        if what == "close":
             self.close()
-        elif phase == HEAD:
-            self.fail(self.rx, ClientTimeout("timed out reading the request header"))
-        elif phase == BODY:
-            self.fail(self.cur, ClientTimeout("timed out reading the request body"))
-        elif phase == WAIT:
-            t = self._phase_timeout
-            self.fail(self.cur, UpstreamTimeout(f"upstream sent no response within {t:g}s"))
-        elif phase == RESP:
-            self.fail(self.cur, UpstreamTimeout("upstream stalled while sending the response"))
+        elif st is HEAD:
+            self.fail(self.rx, ClientTimeout(what))
+        elif st is BODY:
+            self.fail(self.cur, ClientTimeout(what))
+        else:
+            self.fail(self.cur, UpstreamTimeout(what.format(t=self._timeout)))
 
     # ------------------------------------------------------------ read pausing
-    def _pause(self, why: int) -> None:
+    def pause(self, why: int) -> None:
         if not self._paused and self.transport is not None:
             self.transport.pause_reading()
         self._paused |= why
 
-    def _resume(self, why: int) -> None:
+    def resume(self, why: int) -> None:
         if self._paused & why:
             self._paused &= ~why
             if not self._paused and self.transport is not None and not self.closed:
@@ -163,24 +187,19 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if self.proxied is not None:
             self.client_ip, self.client_port = self.proxied
         self.client.peer, self.client.port = self.client_ip, self.client_port
-        plan = self.engine.plan
         tr.set_write_buffer_limits(high=256 * 1024)
-        self.engine.connections.add(self)
-        self._arm(IDLE, plan.timeouts.client_header)
+        self.engine.opened(self)
+        self.to(OPEN)  # OPEN's deadline: client_header, counted from the accept
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        st = self.state
+        if st is CLOSED:
             return
         if self.tunnel_pending is not None:
             self.tunnel_pending.append(data)
             return
-        if self._phase == IDLE and self.cur is None:
-            t = self.engine.plan.timeouts.client_header
-            if self._fresh:
-                self._phase = HEAD  # the accept-time timer already counts client_header
-            else:
-                self._arm(HEAD, t)
-        self._fresh = False
+        if st is IDLE or st is OPEN:
+            self.to(HEAD)
         try:
             off = self.parser.feed(data)
         except FerrymanError as exc:
@@ -193,7 +212,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             if ex is not None and ex is self.cur and self.tunnel_pending is not None:
                 if rest:
                     self.tunnel_pending.append(rest)
-            elif ex is not None and ex.head.upgrade is not None:
+            elif ex is not None and ex.ctx.head.upgrade is not None:
                 self.tunnel_pending = [rest] if rest else []
             else:
                 self.fail(ex, UpstreamProtocolError("tunnel request pipelined behind a request"))
@@ -210,9 +229,8 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.disarm()
-        self.engine.connections.discard(self)
+        self.to(CLOSED)
+        self.engine.closed(self)
         ex = self.cur
         if ex is not None and self.tunnel is None:
             up = ex.up
@@ -220,21 +238,22 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                 ex.task.cancel()
             if up.queued is not None:
                 up.queued.cancel()
+            cache = self.engine.cache
             handed = (
-                up.conn is not None and ex.cache is not None and self.engine.cache is not None
-                and self.engine.cache.continue_without_client(ex)
+                up.conn is not None and ex.cache is not None and cache is not None
+                and cache.continue_without_client(ex)
             )
             if handed:
                 up.conn = None  # the fill goes on for the followers; the cache owns the socket now
             if up.conn is not None:
                 up.conn.abort()
                 up.conn = None
-            self._release_server(ex, ok=None)  # the client left: no verdict on the server
+            up.release(self._now(), None)  # the client left: no verdict on the server
             if not ex.status:
                 ex.status = 499
             ex.error = ex.error or "client closed the connection before the response completed"
-            if ex.cache is not None and self.engine.cache is not None and not handed:
-                self.engine.cache.on_abort(ex, "the client left and no other client waits for the fill")
+            if ex.cache is not None and cache is not None and not handed:
+                cache.on_abort(ex, "the client left and no other client waits for the fill")
             self.log(ex)
         self.cur = None
         self.queue.clear()
@@ -253,16 +272,41 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if ex is not None and ex.up.conn is not None:
             ex.up.conn.resume_reading()
 
+    async def wait_writable(self) -> None:
+        if not self.write_paused or self.closed:
+            return
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+        await self._writable
+
+    def _wake_writable(self) -> None:
+        w, self._writable = self._writable, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ------------------------------------------------------------- writing
+    def write(self, ex: Exchange, data: bytes) -> None:
+        assert self.transport is not None
+        ex.bytes_out += len(data)
+        self.transport.write(data)
+
+    def write_body(self, ex: Exchange, data: bytes) -> None:
+        assert self.transport is not None
+        ex.bytes_out += len(data)
+        send_body(self.transport, ex.out_mode, data)
+
     # ------------------------------------------------------ request parsing sink
     def on_request_head(self, head: RequestHead) -> None:
-        ex = Exchange(RequestContext(self.client, head, self.engine.plan), monotonic())
+        if self.state is CLOSED:
+            return  # pipelined behind an answer that closed the connection: never served
+        ex = Exchange(RequestContext(self.client, head, self.engine.plan), self._now())
         self.rx = ex
         if self.cur is None:
             self.cur = ex
             self._start(ex)
         else:
             self.queue.append(ex)
-            self._pause(P_PIPELINE)
+            self.pause(P_PIPELINE)
 
     def on_request_body(self, data: bytes) -> None:
         ex = self.rx
@@ -278,17 +322,15 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         conn = up.conn
         if conn is not None and up.head_sent:
             up.body_sent = True
-            if ex.ctx.head.framing is Framing.CHUNKED:
-                assert conn.transport is not None
-                conn.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-            else:
-                conn.write(data)
-            self._last = self.loop.time()
+            assert conn.transport is not None
+            chunked = ex.ctx.head.framing is Framing.CHUNKED
+            send_body(conn.transport, outgoing.CHUNK if chunked else outgoing.RAW, data)
+            self._last = self._now()
         else:
             ex.body_buf.append(data)
             ex.body_buffered += len(data)
             if ex.body_buffered > _BUFFER_HIGH:
-                self._pause(P_BUFFER)
+                self.pause(P_BUFFER)
 
     def on_request_end(self) -> None:
         ex = self.rx
@@ -300,7 +342,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             if ex.ctx.head.framing is Framing.CHUNKED:
                 up.conn.write(ser.LAST_CHUNK)
             if ex.resp is None:
-                self._arm(WAIT, ex.ctx.plan.timeouts.upstream_header)
+                self.to(WAIT, ex.deadlines)
 
     # ------------------------------------------------------------- phases
     def _start(self, ex: Exchange) -> None:
@@ -308,17 +350,17 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         ctx = ex.ctx
         plan = ctx.plan = self.engine.plan
         phases = ex.phases = self.engine.phases(plan, self.reverse)
+        ex.deadlines = self.engine.deadlines_for(plan)
         self._decide(ex, run(phases.request, ctx))
 
     def _decide(self, ex: Exchange, decision: Decision) -> None:
         """Carry out what the phases decided."""
         ctx = ex.ctx
-        plan = ctx.plan
         if type(decision) is Authenticate:
             self._suspend(ex, decision)
             return
-        ctx_proxy = ctx.proxy
-        if ex.head.upgrade is not None and not (ctx_proxy is not None and ctx_proxy.upgrade):
+        proxy = ctx.proxy
+        if ctx.head.upgrade is not None and not (proxy is not None and proxy.upgrade):
             # A refused upgrade (or one answered here): the parser handed what follows this
             # head to a tunnel that will not exist, so the connection ends with this exchange.
             ex.keep_alive = False
@@ -328,34 +370,29 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             self._respond_synthetic(ex, decision)
             return
         if isinstance(decision, Connect):
-            self.disarm()
-            self._phase = TUNNEL
-            if self.tunnel_pending is None:  # else bytes came while a password was checked
-                self.tunnel_pending = []
-            self._pause(P_BUFFER)  # nothing more from the client until the tunnel is up
-            ex.task = self.loop.create_task(connect.open_connect_tunnel(self, ex, decision))
+            self.to(TUNNEL)
+            self.hold_for_tunnel()  # unless bytes came already, while a password was checked
+            self.pause(P_BUFFER)  # nothing more from the client until the tunnel is up
+            task = connect.open_connect_tunnel(self, ex, decision, self.engine.resolver)
+            ex.task = self.loop.create_task(task)
             return
-        proxy = ctx_proxy
         if proxy is None:
             raise FerrymanError(f"no phase decided what to do with the request ({decision!r})")
-        ex.ctx.route = proxy.route
-        if not ex.req_done:
-            self._arm(BODY, plan.timeouts.client_body)
-        else:
-            self.disarm()
+        ctx.route = proxy.route
+        self.to(UPSTREAM if ex.req_done else BODY, ex.deadlines)
         if type(decision) is CacheLookup:
             cache, rules = self.engine.cache, proxy.cache_rules
             if cache is not None and rules is not None:
                 if cache.on_request(self, ex, proxy, rules, decision.scheme):
                     return
-        self._proxy(ex)
+        self.proxy(ex)
 
     def _suspend(self, ex: Exchange, d: Authenticate) -> None:
         """A password to check: off the loop; the request waits (its body is buffered,
         pipelined requests queue), then its phases go on after the one that asked."""
-        if ex.head.method == "CONNECT" and self.tunnel_pending is None:
-            self.tunnel_pending = []  # what follows the head waits for the tunnel (or the 407)
-            self._pause(P_BUFFER)
+        if ex.ctx.head.method == "CONNECT" and self.tunnel_pending is None:
+            self.hold_for_tunnel()  # what follows the head waits for the tunnel (or the 407)
+            self.pause(P_BUFFER)
         ex.task = self.loop.create_task(self._authenticate(ex, d))
 
     async def _authenticate(self, ex: Exchange, d: Authenticate) -> None:
@@ -377,154 +414,12 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         assert self.transport is not None
         ex.status = d.status
         ex.ctx.route = d.route
-        ex.bytes_out = len(d.data)
-        self.transport.write(d.data)
-        if not ex.req_done or d.close or ex.head.method == "CONNECT":
+        self.write(ex, d.data)
+        if not ex.req_done or d.close or ex.ctx.head.method == "CONNECT":
             # an unread body would be parsed as a request; after a CONNECT head the
             # parser has handed the stream to a tunnel that will not exist
             ex.keep_alive = False
         self.finish(ex)
-
-    def _proxy(self, ex: Exchange) -> None:
-        """Pick the next hop (again, on a retry) and send the request there; when every
-        healthy server is full, wait in the upstream's queue (conn/queueing.py)."""
-        d = ex.ctx.proxy
-        assert d is not None
-        if d.group is None:
-            self.send_to(ex, None)
-            return
-        group = self.engine.groups.get(d.group)
-        if group is None:
-            raise NoHealthyUpstream(f"upstream {d.group!r} is not available")
-        up = ex.up
-        now = monotonic()
-        if up.lease is not None:
-            up.lease.release(now, None)  # normally released already: a no-op then
-        up.group = group
-        lease = group.acquire(ex.ctx.client_ip, ex.ctx.head, now, up.tried)
-        if lease is not None:
-            self.send_to(ex, lease)
-        elif group.saturated(up.tried):
-            queueing.enqueue(self, ex, group)
-        else:
-            raise NoHealthyUpstream(f"no healthy server in upstream {d.group!r}")
-
-    def send_to(self, ex: Exchange, lease: Lease | None) -> None:
-        """Send the request to the server ``lease`` holds, or to the forward next hop."""
-        ctx, up = ex.ctx, ex.up
-        d = ctx.proxy
-        assert d is not None
-        host = d.host
-        if lease is not None:
-            server = lease.server
-            up.lease = lease
-            up.tried = up.tried | {server.plan.index}
-            key = server.key
-            if d.host_from_server:
-                host = server.plan.authority
-        else:
-            assert d.next_hop is not None
-            key = d.next_hop
-        up.attempts += 1
-        up.key = key
-        up.label = f"{key[1]}:{key[2]}"
-        head = ctx.head
-        ex.req_bytes = ser.request_head(
-            d.method, d.target, host, d.fields(), head.framing, head.content_length
-        )
-        private = d.upgrade or (up.group is not None and up.group.plan.send_proxy is not None)
-        conn = None if private else self.engine.pool.acquire(key)
-        if conn is not None and d.address_check is not None and not _peer_allowed(conn, d.address_check):
-            conn.close()  # dialled for a request the rules treat differently: dial (and check) anew
-            conn = None
-        if conn is not None:
-            up.reused = True
-            self._attach(ex, conn)
-        else:
-            up.reused = False
-            ex.task = self.loop.create_task(self._dial(ex))
-
-    async def _dial(self, ex: Exchange) -> None:
-        ctx, up = ex.ctx, ex.up
-        plan = ctx.plan
-        d = ctx.proxy
-        key = up.key
-        phases = ex.phases
-        assert d is not None and key is not None and phases is not None
-        t0 = monotonic()
-        limits = plan.limits
-        host, port = key[1], key[2]
-        try:
-            addrs = await self.engine.resolver.resolve(host, port)
-            if phases.resolved:
-                admitted = run_resolved(phases.resolved, ctx, host, port, addrs)
-                if isinstance(admitted, Respond):
-                    assert admitted.error is not None
-                    raise admitted.error
-                addrs = admitted  # only allowed addresses are dialled
-            if up.lease is not None:
-                ssl_ctx, sni = up.lease.server.ssl, up.lease.server.tls_name
-            elif d.tls_name is not None:
-                ssl_ctx, sni = self.engine.tls_context, d.tls_name
-            else:
-                ssl_ctx, sni = None, None
-            _, proto = await open_connection(
-                addrs,
-                lambda: UpstreamConnection(key, limits.max_header_size, limits.max_headers),
-                plan.timeouts.upstream_connect,
-                ssl_ctx,
-                sni,
-            )
-        except FerrymanError as exc:
-            ex.task = None
-            if ex is self.cur and not self.closed:
-                self._upstream_error(ex, exc, reached=False)
-            return
-        ex.task = None
-        assert isinstance(proto, UpstreamConnection)
-        group = up.group
-        if group is not None and group.plan.send_proxy is not None and self.transport is not None:
-            proto.private = True
-            local = self.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
-            src, dst = (self.client_ip, self.client_port), (str(local[0]), int(local[1]))
-            v2 = group.plan.send_proxy == "v2"
-            proto.write(proxy_protocol.build_v2(src, dst) if v2 else proxy_protocol.build_v1(src, dst))
-        if up.t_connect is None:
-            up.t_connect = monotonic() - t0
-        if ex is not self.cur or self.closed:
-            proto.close()
-            return
-        self._attach(ex, proto)
-
-    def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
-        up, head = ex.up, ex.ctx.head
-        up.conn = conn
-        conn.attach(self, head.method)
-        if self.write_paused:
-            conn.pause_reading()
-        conn.write(ex.req_bytes)
-        up.head_sent = True
-        if up.lease is not None:
-            up.lease.t_sent = monotonic()
-        if head.expect_continue and not ex.req_done and head.version == "1.1" and up.attempts == 1:
-            assert self.transport is not None
-            self.transport.write(respond.CONTINUE_100)
-        if ex.body_buf:
-            up.body_sent = True
-            chunked = head.framing is Framing.CHUNKED
-            assert conn.transport is not None
-            for data in ex.body_buf:
-                if chunked:
-                    conn.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-                else:
-                    conn.write(data)
-            ex.body_buf = []
-            ex.body_buffered = 0
-            self._resume(P_BUFFER)
-        if ex.req_done:
-            if head.framing is Framing.CHUNKED:
-                conn.write(ser.LAST_CHUNK)
-            self._arm(WAIT, ex.ctx.plan.timeouts.upstream_header)
 
     # ------------------------------------------------------------- endings
     def finish(self, ex: Exchange) -> None:
@@ -541,13 +436,13 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if self.queue:
             nxt = self.cur = self.queue.popleft()
             if not self.queue:
-                self._resume(P_PIPELINE)
+                self.resume(P_PIPELINE)
             try:
                 self._start(nxt)
             except FerrymanError as exc:
                 self.fail(nxt, exc)
             return
-        self._arm(IDLE, ex.ctx.plan.timeouts.client_idle)
+        self.to(IDLE, ex.deadlines)
         if self.engine.draining:
             self.close()
 
@@ -566,11 +461,12 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
                 up.conn.abort()
                 up.conn = None
             # Only the upstream's own faults count against the server (passive ejection).
-            self._release_server(ex, ok=False if exc.source == "upstream" else None)
-            if ex.cache is not None and self.engine.cache is not None:
-                if not started_resp(ex) and self.engine.cache.serve_stale_on_error(self, ex, exc):
+            up.release(self._now(), False if exc.source == "upstream" else None)
+            cache = self.engine.cache
+            if ex.cache is not None and cache is not None:
+                if ex.resp is None and cache.serve_stale_on_error(self, ex, exc):
                     return
-                self.engine.cache.on_abort(ex)
+                cache.on_abort(ex)
         started = ex is not None and ex.resp is not None
         if not started and self.transport is not None:
             data = respond.error(exc)
@@ -586,20 +482,22 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         elif self.transport is not None:
             self._log_bare(exc)
         if started:
-            self._abort()
+            self.abort()
         else:
             self.close()
 
     def close(self) -> None:
-        self.disarm()
         if not self.closed and self.transport is not None:
-            self.closed = True
+            self.to(CLOSED)
             self.transport.close()
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _abort(self) -> None:
-        self.disarm()
+    def abort(self) -> None:
+        """Close after a response was cut short (the client must see the truncation)."""
+        self.to(CLOSED)
         if self.transport is not None:
-            self.closed = True
             self.transport.close()
 
     def log(self, ex: Exchange) -> None:
@@ -608,8 +506,7 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
             return
         ex.logged = True
         up = ex.up
-        if up.lease is not None:
-            up.lease.release(monotonic(), None)  # every exchange is logged: no slot outlives it
+        up.release(self._now(), None)  # every exchange is logged: no slot outlives it
         if up.queued is not None:
             up.queued.cancel()
         phases = ex.phases or self.engine.phases(ex.ctx.plan, self.reverse)
@@ -621,6 +518,42 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if lg.enabled:
             lg.log(self.client_ip, "", "-", "-", "1.1", exc.status, 0, 0, 0.0, None, None, "", "", exc.detail)
 
+    # ------------------------------------------------------------- tunnels
+    def hold_for_tunnel(self) -> None:
+        if self.tunnel_pending is None:
+            self.tunnel_pending = []
+
+    def drop_tunnel_hold(self) -> None:
+        self.tunnel_pending = None
+
+    def join_tunnel(self, ex: Exchange, upstream: RelaySide, idle: float) -> None:
+        """The exchange becomes a tunnel: the client's transport goes to a `RelaySide`."""
+        tr = self.transport
+        assert tr is not None
+        self.to(TUNNEL)
+        client = RelaySide()
+        client.transport = tr
+        client.pending = self.tunnel_pending or []
+        self.tunnel_pending = None
+        for data in client.pending:
+            client.bytes_read += len(data)
+        self.tunnel = Tunnel(client, upstream, idle, lambda t: self._tunnel_closed(ex, t), self.clock)
+        tr.set_protocol(client)
+        tr.resume_reading()
+        if upstream.transport is not None:
+            upstream.transport.resume_reading()
+        self.tunnel.start()
+        if self.tunnel_eof:
+            client.eof_received()
+
+    def _tunnel_closed(self, ex: Exchange, tunnel: Tunnel) -> None:
+        ex.bytes_in += tunnel.bytes_from_client
+        ex.bytes_out += tunnel.bytes_from_upstream
+        self.to(CLOSED)
+        self.engine.closed(self)
+        self.cur = None
+        self.log(ex)
+
     # ------------------------------------------------------------- draining
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response."""
@@ -631,4 +564,4 @@ class Downstream(UpstreamRelay, Responder, asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.close()
         elif self.transport is not None:
-            self._abort()
+            self.abort()

@@ -13,29 +13,36 @@ import resource
 import socket
 import ssl
 from collections.abc import Callable
-from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ferryman.conn.auth import AuthRuntime
 from ferryman.conn.cache_flow import Cache
 from ferryman.conn.cache_front import purge_acl
+from ferryman.conn.clock import Clock, LoopClock, Timer
 from ferryman.conn.phases import Env, compile_phases
+from ferryman.conn.state import Deadlines, deadlines
+from ferryman.http1.events import RequestHead
 from ferryman.observe.access_log import AccessLog
 from ferryman.observe.usage import UserUsage
 from ferryman.pipeline.admit.control import AuthPlan
 from ferryman.pipeline.cache.memory import MemoryStore
 from ferryman.pipeline.cache.store import Store
 from ferryman.pipeline.plan import CachePlan, Plan, PoolPlan
-from ferryman.pipeline.stage import Phases
+from ferryman.pipeline.stage import Phases, Proxy
 from ferryman.upstream import dial
 from ferryman.upstream.connection import UpstreamConnection
-from ferryman.upstream.dial import Resolver
+from ferryman.upstream.dial import Resolver, open_connection
 from ferryman.upstream.group import UpstreamGroup
 from ferryman.upstream.health_check import run_checks
 from ferryman.upstream.pool import Pool, auto_max_total
 
-if TYPE_CHECKING:
-    from ferryman.conn.downstream import Downstream
+
+class Connection(Protocol):
+    """A client connection, as the engine and the shutdown see it."""
+
+    def drain(self) -> None: ...
+
+    def force_close(self) -> None: ...
 
 
 def _local_addresses() -> set[str]:
@@ -85,9 +92,10 @@ def idle_cap(pc: PoolPlan) -> int:
 
 
 class Engine:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, clock: Clock | None = None) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
+        self.clock: Clock = clock if clock is not None else LoopClock(self.loop)
         pc = plan.pool
         self.pool: Pool[UpstreamConnection] = Pool(pc.max_idle_per_origin, pc.idle_timeout, idle_cap(pc))
         dial.set_exhaustion_relief(self.relieve_descriptors)
@@ -97,8 +105,9 @@ class Engine:
         self.on_descriptors_low: Callable[[], None] | None = None  # the lifecycle pauses accepting
         self.resolver = Resolver(plan.dns.ttl, plan.dns.negative_ttl)
         self.log = AccessLog(plan.access_log)
-        self.connections: set[Downstream] = set()
+        self.connections: set[Connection] = set()
         self.draining = False
+        self._all_closed: asyncio.Future[None] | None = None  # set by `wait_closed`
         self.local_addrs = _local_addresses() | _own_hosts(plan)
         self.local_ports = _own_ports(plan)
         self._tls: ssl.SSLContext | None = None
@@ -107,7 +116,7 @@ class Engine:
         self._cache_plan: CachePlan | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._build_groups(plan)
-        self._tick: asyncio.TimerHandle | None = self.loop.call_later(1.0, self._on_tick)
+        self._tick: Timer | None = self.clock.call_later(1.0, self._on_tick)
         self.auth = AuthRuntime(self.loop)  # proxy users, credential cache, failure limiter
         self.usage = UserUsage()  # requests and bytes per proxy user, for /status
         self._phases_plan: Plan | None = None
@@ -117,14 +126,21 @@ class Engine:
 
     # ------------------------------------------------------------- phases
     def _env(self) -> Env:
-        return Env(self.cache is not None, self.is_self, lambda: self.log, self.auth, self.usage)
+        return Env(
+            self.cache is not None, self.is_self, lambda: self.log, self.auth, self.usage, self.clock.time
+        )
 
     def _compile_phases(self) -> None:
-        """Compile both listener modes' phases for the current Plan (and cache)."""
+        """Compile both listener modes' phases for the current Plan (and cache), and the
+        client connection's deadlines per state."""
         plan, env = self.plan, self._env()
         self._fwd_phases = compile_phases(plan, "forward", env)
         self._rev_phases = compile_phases(plan, "reverse", env)
+        self.deadlines = deadlines(plan.timeouts)
         self._phases_plan = plan
+
+    def deadlines_for(self, plan: Plan) -> Deadlines:
+        return self.deadlines if plan is self._phases_plan else deadlines(plan.timeouts)
 
     def phases(self, plan: Plan, reverse: bool) -> Phases:
         """The phases of a listener mode under ``plan`` (compiled once per Plan)."""
@@ -134,7 +150,7 @@ class Engine:
 
     def _build_groups(self, plan: Plan) -> None:
         """New groups for a new Plan, keeping health verdicts of servers that stay."""
-        now = monotonic()
+        now = self.clock.time()
         old = self.groups
         groups: dict[str, UpstreamGroup] = {}
         if plan.reverse is not None:
@@ -183,8 +199,36 @@ class Engine:
         self.cache = Cache(
             store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce, cp.range_fill,
             max_entries=cp.max_entries, max_variants=cp.max_variants,
+            dial=self.dial_fill, now=self.clock.time,
         )
         self._compile_phases()
+
+    async def dial_fill(
+        self, d: Proxy, client_ip: str, req: RequestHead, factory: Callable[[], asyncio.Protocol],
+        timeout: float,
+    ) -> tuple[asyncio.BaseProtocol, bytes] | None:
+        """Connect a background fill (conn/background_fill.py) to the request's next hop: a
+        server of its upstream, or the forward next hop after the destination rules on
+        the address; None when no server is up, or the address is ferryman itself."""
+        if d.group is not None:
+            group = self.groups.get(d.group)
+            server = group.pick(client_ip, req, self.clock.time(), frozenset()) if group else None
+            if server is None:
+                return None
+            host, port, ssl_ctx, sni = server.plan.host, server.plan.port, server.ssl, server.tls_name
+            authority = server.plan.authority if d.host_from_server else d.host
+        else:
+            assert d.next_hop is not None
+            _, host, port = d.next_hop
+            ssl_ctx = self.tls_context if d.tls_name else None
+            sni, authority = d.tls_name, d.host
+        addrs = await self.resolver.resolve(host, port)
+        if d.address_check is not None:
+            addrs = d.address_check.admit(addrs)
+        if d.group is None and any(self.is_self(str(a[1][0]), port) for a in addrs):
+            return None
+        _, proto = await open_connection(addrs, factory, timeout, ssl_ctx, sni)
+        return proto, authority
 
     async def purge(self, uri: str, prefix: bool) -> int:
         if self.cache is None:
@@ -220,7 +264,7 @@ class Engine:
         """A connection whose exchange ended cleanly: idle in the pool, or closed.  Parking
         may push out the least recently used idle connection (the total cap)."""
         conn.detach()
-        out = self.pool.park(key, conn, self.loop.time())
+        out = self.pool.park(key, conn, self.clock.time())
         if out is not None:
             out.close()
 
@@ -278,15 +322,42 @@ class Engine:
         return addr.is_loopback or addr.is_unspecified
 
     def _on_tick(self) -> None:
-        now = self.loop.time()
+        now = self.clock.time()
         for conn in self.pool.sweep(now):
             conn.close()
-        self.resolver.prune(now)
-        mono = monotonic()
+        self.resolver.prune(self.loop.time())  # the resolver's own cache times
         for g in self.groups.values():
-            g.tick(mono)
+            g.tick(now)
         self.auth.tick()
-        self._tick = self.loop.call_later(1.0, self._on_tick)
+        self._tick = self.clock.call_later(1.0, self._on_tick)
+
+    # ------------------------------------------------------------- connections
+    def opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    def closed(self, conn: Connection) -> None:
+        """A client connection ended; the last one to end wakes a draining shutdown."""
+        self.connections.discard(conn)
+        done = self._all_closed
+        if done is not None and not self.connections and not done.done():
+            done.set_result(None)
+
+    async def wait_closed(self, grace: float) -> None:
+        """Until every client connection has ended, or ``grace`` seconds (of the clock)."""
+        if not self.connections:
+            return
+        done = self._all_closed = self.loop.create_future()
+
+        def expire() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        timer = self.clock.call_later(grace, expire)
+        try:
+            await done
+        finally:
+            timer.cancel()
+            self._all_closed = None
 
     def close(self) -> None:
         if self._tick is not None:

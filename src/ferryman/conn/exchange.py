@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from ferryman.conn.state import Deadlines
+from ferryman.http1 import outgoing
 from ferryman.http1.events import Framing, RequestHead, ResponseHead
 from ferryman.pipeline.context import RequestContext
 from ferryman.pipeline.plan import Plan
@@ -19,12 +21,15 @@ from ferryman.pipeline.stage import Phases, Proxy
 
 if TYPE_CHECKING:
     from ferryman.conn.cache_front import CacheState
-    from ferryman.conn.queueing import Queued
     from ferryman.upstream.connection import UpstreamConnection
     from ferryman.upstream.group import Lease, UpstreamGroup
 
-# how the response body is written to the client
-OUT_NONE, OUT_RAW, OUT_CHUNK = 0, 1, 2
+
+
+class Waiting(Protocol):
+    """A request waiting for a server slot (conn/queueing.py `Queued`)."""
+
+    def cancel(self) -> None: ...
 
 
 class Attempt:
@@ -44,18 +49,25 @@ class Attempt:
         # The current attempt's hold on its server: released exactly once (by the lease
         # itself), kept afterwards so a retry knows which server it left.
         self.lease: Lease | None = None
-        self.queued: Queued | None = None  # waiting for a slot (every server at max_conns)
+        self.queued: Waiting | None = None  # waiting for a slot (every server at max_conns)
         self.tried: frozenset[int] = frozenset()
         self.label = ""  # host:port, for the log
         self.t_connect: float | None = None
         self.head_sent = False
         self.body_sent = False  # some body bytes went to an upstream: no retry after that
 
+    def release(self, now: float, ok: bool | None) -> None:
+        """Hand the server slot back (``ok``: the server's verdict, None for none); the
+        lease makes a second call a no-op."""
+        lease = self.lease
+        if lease is not None:
+            lease.release(now, ok)
+
 
 class Exchange:
     __slots__ = (
-        "ctx", "up", "phases", "t0", "req_bytes", "body_buf", "body_buffered", "req_done", "resp",
-        "out_mode", "status", "bytes_in", "bytes_out", "t_first", "keep_alive", "task", "error",
+        "ctx", "up", "phases", "deadlines", "t0", "req_bytes", "body_buf", "body_buffered", "req_done",
+        "resp", "out_mode", "status", "bytes_in", "bytes_out", "t_first", "keep_alive", "task", "error",
         "logged", "cache", "cache_takeover", "cache_result",
     )
 
@@ -64,13 +76,14 @@ class Exchange:
         self.ctx = ctx
         self.up = Attempt()
         self.phases: Phases | None = None  # the phases of the Plan it started on
+        self.deadlines: Deadlines | None = None  # and its deadlines per connection state
         self.t0 = now
         self.req_bytes = b""
         self.body_buf: list[bytes] = []
         self.body_buffered = 0
         self.req_done = head.framing is Framing.NONE or head.content_length == 0
         self.resp: ResponseHead | None = None
-        self.out_mode = OUT_NONE
+        self.out_mode = outgoing.NONE  # how the answer's body is framed (http1/outgoing.py)
         self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0

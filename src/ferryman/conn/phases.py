@@ -35,6 +35,7 @@ class Env:
     access_log: Callable[[], AccessLog]  # the current access log (a reload may replace it)
     auth: AuthRuntime | None = None  # the worker's proxy users and credential cache
     usage: UserUsage | None = None  # requests and bytes per proxy user
+    now: Callable[[], float] = monotonic  # the connections' clock (conn/clock.py)
 
 
 Row = Callable[[Plan, Env], Phase | None]
@@ -67,11 +68,11 @@ REVERSE: list[Row] = [
 ]
 REVERSE_RESOLVED: list[AddrRow] = []  # an upstream group's servers are the config's own
 FORWARD_LOG: list[LogRow] = [
-    lambda p, env: access_log(env.access_log, keep_query=p.forward.control.log_query),
+    lambda p, env: access_log(env.access_log, env.now, keep_query=p.forward.control.log_query),
     lambda p, env: usage(env.usage) if p.forward.control.auth is not None and env.usage is not None else None,
 ]
 REVERSE_LOG: list[LogRow] = [
-    lambda p, env: access_log(env.access_log),
+    lambda p, env: access_log(env.access_log, env.now),
 ]
 
 
@@ -96,7 +97,9 @@ def compile_phases(plan: Plan, mode: str, env: Env) -> Phases:
     return Phases(request, resolved, logs)
 
 
-def access_log(current: Callable[[], AccessLog], keep_query: bool = True) -> LogPhase:
+def access_log(
+    current: Callable[[], AccessLog], now: Callable[[], float], keep_query: bool = True
+) -> LogPhase:
     """The access-log line of every exchange, with its error if there was one.  Without
     ``keep_query`` (forward mode's default, ``forward.log_query: false``, as Squid's
     ``strip_query_terms``), the target is logged without its query: URLs carry tokens
@@ -114,7 +117,7 @@ def access_log(current: Callable[[], AccessLog], keep_query: bool = True) -> Log
                 target = target[:q]
         lg.log(
             ctx.client_ip, ctx.identity.user, head.method, target.decode("latin-1"), head.version,
-            out.status, out.bytes_in, out.bytes_out, monotonic() - out.t0,
+            out.status, out.bytes_in, out.bytes_out, now() - out.t0,
             out.t_connect, out.t_first, out.cache_result, out.upstream_label, out.error,
         )
 

@@ -11,27 +11,26 @@ upstream get here: the others never allocate any of this.
 
 from __future__ import annotations
 
-import asyncio
-from time import monotonic
 from typing import TYPE_CHECKING
 
+from ferryman.conn.clock import Timer
 from ferryman.conn.exchange import Exchange
 from ferryman.errors import FerrymanError, UpstreamFull
 from ferryman.upstream.group import Lease, UpstreamGroup, Waiter
 
 if TYPE_CHECKING:
-    from ferryman.conn.downstream import Downstream
+    from ferryman.conn.client import ClientConn
 
 
 class Queued:
     __slots__ = ("ds", "ex", "group", "waiter", "timer")
 
-    def __init__(self, ds: Downstream, ex: Exchange, group: UpstreamGroup) -> None:
+    def __init__(self, ds: ClientConn, ex: Exchange, group: UpstreamGroup) -> None:
         self.ds = ds
         self.ex = ex
         self.group = group
         self.waiter: Waiter | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Timer | None = None
 
     def grant(self, lease: Lease) -> None:
         """Called by the group, inside a release: take the slot, go on at the next turn."""
@@ -42,7 +41,7 @@ class Queued:
     def _resume(self, lease: Lease) -> None:
         ds, ex = self.ds, self.ex
         if ds.closed or ds.cur is not ex or ex.logged or not lease.held:
-            lease.release(monotonic(), None)
+            lease.release(ds.clock.time(), None)
             return
         try:
             ds.send_to(ex, lease)
@@ -74,7 +73,7 @@ class Queued:
             self.timer = None
 
 
-def enqueue(ds: Downstream, ex: Exchange, group: UpstreamGroup) -> None:
+def enqueue(ds: ClientConn, ex: Exchange, group: UpstreamGroup) -> None:
     """Wait for a slot of ``group``; raise `UpstreamFull` when the queue is full or off."""
     plan = group.plan
     q = Queued(ds, ex, group)
@@ -86,5 +85,5 @@ def enqueue(ds: Downstream, ex: Exchange, group: UpstreamGroup) -> None:
             f"and the queue is full ({plan.queue_max} waiting)"
         )
     q.waiter = waiter
-    q.timer = ds.loop.call_later(plan.queue_timeout, q.expire)
+    q.timer = ds.clock.call_later(plan.queue_timeout, q.expire)
     ex.up.queued = q

@@ -1,21 +1,26 @@
-"""The client connection's upstream side: relaying one response (head, body, end),
-upgrades, and what happens when the upstream fails.
+"""The client connection's upstream side: sending the request (a server of the
+upstream or the forward next hop, a pooled connection or a new one, the body),
+relaying the response (head, body, end), upgrades, and what happens when the
+upstream fails (retry, or answer the error).
 
-Mixed into `Downstream` (which owns the state used here); the rules are the
-module docstring's of `downstream.py`: nothing is relayed that the parser did
-not accept, every body is re-framed, a truncated body is never passed off as
-complete, and a request is retried only when provably safe.
+One per client connection, composed into it (`Downstream.relay`) and attached to
+the upstream connection as its handler.  The rules are those of `downstream.py`:
+nothing is relayed that the parser did not accept, every body is re-framed
+(`Responder.start_response`), a truncated body is never passed off as complete,
+and a request is retried only when provably safe.
 """
 
 from __future__ import annotations
 
 import asyncio
-from time import monotonic
-from typing import TYPE_CHECKING, cast
 
-from ferryman.conn import connect
-from ferryman.conn.exchange import OUT_CHUNK, OUT_NONE, OUT_RAW, Exchange
-from ferryman.conn.timeouts import IDEMPOTENT, P_UPSTREAM, RESP
+from ferryman.conn import connect, queueing
+from ferryman.conn.client import ClientConn
+from ferryman.conn.engine import Engine
+from ferryman.conn.exchange import Exchange
+from ferryman.conn.responder import Responder
+from ferryman.conn.state import State
+from ferryman.conn.timeouts import IDEMPOTENT, P_BUFFER, P_UPSTREAM
 from ferryman.errors import (
     FerrymanError,
     NoHealthyUpstream,
@@ -23,53 +28,197 @@ from ferryman.errors import (
     UpstreamConnectError,
     UpstreamProtocolError,
 )
+from ferryman.http1 import outgoing, proxy_protocol
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, ResponseHead
 from ferryman.http1.headers import forward_response_headers
+from ferryman.pipeline import respond
+from ferryman.pipeline.admit.address import AddressCheck
+from ferryman.pipeline.stage import Respond, run_resolved
 from ferryman.upstream.connection import UpstreamConnection
+from ferryman.upstream.dial import open_connection
 from ferryman.upstream.group import Lease
 
-if TYPE_CHECKING:
-    from ferryman.conn.downstream import Downstream
-    from ferryman.conn.engine import Engine
+
+def _peer_allowed(conn: UpstreamConnection, check: AddressCheck) -> bool:
+    peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+    return peer is not None and check.allows(str(peer[0]))
 
 
+def send_body(transport: asyncio.Transport, mode: int, data: bytes) -> None:
+    """One piece of a body, re-framed (http1/outgoing.py): every body ferryman sends,
+    to the client or to the upstream, goes through here."""
+    if mode == outgoing.CHUNK:
+        transport.writelines(outgoing.frame(mode, data))
+    else:
+        transport.write(data)
+
+
+WAIT = State.WAIT
+RESPONSE = State.RESPONSE
 
 class UpstreamRelay:
-    # Provided by Downstream.
-    transport: asyncio.Transport | None
-    closed: bool
-    cur: Exchange | None
-    engine: Engine
-    loop: asyncio.AbstractEventLoop
-    reverse: bool
-    tunnel_pending: list[bytes] | None
-    _timer: asyncio.TimerHandle | None
-    _phase: int
-    _phase_timeout: float
-    _last: float
+    __slots__ = ("conn", "engine", "responder")
 
-    @property
-    def _ds(self) -> Downstream:
-        return cast("Downstream", self)  # this mixin only ever lives in a Downstream
+    def __init__(self, conn: ClientConn, engine: Engine, responder: Responder) -> None:
+        self.conn = conn
+        self.engine = engine
+        self.responder = responder
 
-    def finish(self, ex: Exchange) -> None: ...
-    def fail(self, ex: Exchange | None, exc: FerrymanError) -> None: ...
-    def log(self, ex: Exchange) -> None: ...
-    def _proxy(self, ex: Exchange) -> None: ...
-    def send_to(self, ex: Exchange, lease: Lease | None) -> None: ...
-    def _abort(self) -> None: ...
-    def _on_timer(self) -> None: ...
-    def _pause(self, why: int) -> None: ...
-    def _resume(self, why: int) -> None: ...
+    # --------------------------------------------------- sending the request
+    def proxy(self, ex: Exchange) -> None:
+        """Pick the next hop (again, on a retry) and send the request there; when every
+        healthy server is full, wait in the upstream's queue (conn/queueing.py)."""
+        d = ex.ctx.proxy
+        assert d is not None
+        if d.group is None:
+            self.send_to(ex, None)
+            return
+        group = self.engine.groups.get(d.group)
+        if group is None:
+            raise NoHealthyUpstream(f"upstream {d.group!r} is not available")
+        up = ex.up
+        now = self.conn.clock.time()
+        if up.lease is not None:
+            up.lease.release(now, None)  # normally released already: a no-op then
+        up.group = group
+        lease = group.acquire(ex.ctx.client_ip, ex.ctx.head, now, up.tried)
+        if lease is not None:
+            self.send_to(ex, lease)
+        elif group.saturated(up.tried):
+            queueing.enqueue(self.conn, ex, group)
+        else:
+            raise NoHealthyUpstream(f"no healthy server in upstream {d.group!r}")
+
+    def send_to(self, ex: Exchange, lease: Lease | None) -> None:
+        """Send the request to the server ``lease`` holds, or to the forward next hop."""
+        ctx, up = ex.ctx, ex.up
+        d = ctx.proxy
+        assert d is not None
+        host = d.host
+        if lease is not None:
+            server = lease.server
+            up.lease = lease
+            up.tried = up.tried | {server.plan.index}
+            key = server.key
+            if d.host_from_server:
+                host = server.plan.authority
+        else:
+            assert d.next_hop is not None
+            key = d.next_hop
+        up.attempts += 1
+        up.key = key
+        up.label = f"{key[1]}:{key[2]}"
+        head = ctx.head
+        ex.req_bytes = ser.request_head(
+            d.method, d.target, host, d.fields(), head.framing, head.content_length
+        )
+        private = d.upgrade or (up.group is not None and up.group.plan.send_proxy is not None)
+        conn = None if private else self.engine.pool.acquire(key)
+        if conn is not None and d.address_check is not None and not _peer_allowed(conn, d.address_check):
+            conn.close()  # dialled for a request the rules treat differently: dial (and check) anew
+            conn = None
+        if conn is not None:
+            up.reused = True
+            self._attach(ex, conn)
+        else:
+            up.reused = False
+            ex.task = self.conn.loop.create_task(self._dial(ex))
+
+    async def _dial(self, ex: Exchange) -> None:
+        ctx, up = ex.ctx, ex.up
+        plan = ctx.plan
+        d = ctx.proxy
+        key = up.key
+        phases = ex.phases
+        assert d is not None and key is not None and phases is not None
+        client = self.conn
+        t0 = client.clock.time()
+        limits = plan.limits
+        host, port = key[1], key[2]
+        try:
+            addrs = await self.engine.resolver.resolve(host, port)
+            if phases.resolved:
+                admitted = run_resolved(phases.resolved, ctx, host, port, addrs)
+                if isinstance(admitted, Respond):
+                    assert admitted.error is not None
+                    raise admitted.error
+                addrs = admitted  # only allowed addresses are dialled
+            if up.lease is not None:
+                ssl_ctx, sni = up.lease.server.ssl, up.lease.server.tls_name
+            elif d.tls_name is not None:
+                ssl_ctx, sni = self.engine.tls_context, d.tls_name
+            else:
+                ssl_ctx, sni = None, None
+            _, proto = await open_connection(
+                addrs,
+                lambda: UpstreamConnection(key, limits.max_header_size, limits.max_headers),
+                plan.timeouts.upstream_connect,
+                ssl_ctx,
+                sni,
+            )
+        except FerrymanError as exc:
+            ex.task = None
+            if ex is client.cur and not client.closed:
+                self.upstream_error(ex, exc, reached=False)
+            return
+        ex.task = None
+        assert isinstance(proto, UpstreamConnection)
+        group = up.group
+        if group is not None and group.plan.send_proxy is not None and client.transport is not None:
+            proto.private = True
+            local = client.transport.get_extra_info("sockname") or ("0.0.0.0", 0)
+            src, dst = (ctx.client.peer, ctx.client.port), (str(local[0]), int(local[1]))
+            v2 = group.plan.send_proxy == "v2"
+            proto.write(proxy_protocol.build_v2(src, dst) if v2 else proxy_protocol.build_v1(src, dst))
+        if up.t_connect is None:
+            up.t_connect = client.clock.time() - t0
+        if ex is not client.cur or client.closed:
+            proto.close()
+            return
+        self._attach(ex, proto)
+
+    def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        client = self.conn
+        up, head = ex.up, ex.ctx.head
+        up.conn = conn
+        conn.attach(self, head.method)
+        if client.write_paused:
+            conn.pause_reading()
+        conn.write(ex.req_bytes)
+        up.head_sent = True
+        if up.lease is not None:
+            up.lease.t_sent = client.clock.time()
+        if head.expect_continue and not ex.req_done and head.version == "1.1" and up.attempts == 1:
+            assert client.transport is not None
+            client.transport.write(respond.CONTINUE_100)
+        if ex.body_buf:
+            up.body_sent = True
+            mode = outgoing.CHUNK if head.framing is Framing.CHUNKED else outgoing.RAW
+            assert conn.transport is not None
+            for data in ex.body_buf:
+                send_body(conn.transport, mode, data)
+            ex.body_buf = []
+            ex.body_buffered = 0
+            client.resume(P_BUFFER)
+        if ex.req_done:
+            if head.framing is Framing.CHUNKED:
+                conn.write(ser.LAST_CHUNK)
+            client.to(WAIT, ex.deadlines)
 
     # --------------------------------------------------- upstream handler side
+    @property
+    def write_paused(self) -> bool:
+        """The client is not taking more: the cache flow keeps the upstream paused too."""
+        return self.conn.write_paused
+
     def on_response_head(self, head: ResponseHead) -> None:
-        ex = self.cur
-        assert ex is not None and self.transport is not None
+        client = self.conn
+        ex = client.cur
+        assert ex is not None and client.transport is not None
         plan = ex.ctx.plan
         d = ex.ctx.proxy
-        via = plan.reverse.via if (self.reverse and plan.reverse) else plan.forward.via
+        via = plan.reverse.via if (client.reverse and plan.reverse) else plan.forward.via
         status = head.status
         if status < 200:
             if status == 101:
@@ -82,30 +231,23 @@ class UpstreamRelay:
                 for name, value in head.headers:
                     if name.lower() == b"upgrade":
                         extra += b"Upgrade: %s\r\n" % value
-                data = ser.response_head(101, head.reason, hdrs, extra)
-                ex.bytes_out += len(data)
-                self.transport.write(data)
+                client.write(ex, ser.response_head(101, head.reason, hdrs, extra))
                 return
-            if ex.head.version == "1.1":
+            if ex.ctx.head.version == "1.1":
                 hdrs = forward_response_headers(head.headers, head.connection_tokens, via, head.version)
-                self.transport.write(ser.response_head(status, head.reason, hdrs, b""))
+                client.transport.write(ser.response_head(status, head.reason, hdrs, b""))
             return
         if ex.cache is not None and ex.cache.stored is not None and self.engine.cache is not None:
             # Our validation was answered: a 304 freshens the entry, a 5xx may let it be
             # served stale (stale-if-error); either way the client gets the stored entry and
             # this response is only read to its end so the connection can be reused.
-            if self.engine.cache.takeover(self._ds, ex, head):
+            if self.engine.cache.takeover(client, ex, head):
                 ex.cache_takeover = True
                 return
         ex.resp = head
         ex.status = status
-        now = self.loop.time()
-        ex.t_first = monotonic() - ex.t0
-        self._phase = RESP
-        self._phase_timeout = plan.timeouts.upstream_idle
-        self._last = now
-        if self._timer is None:
-            self._timer = self.loop.call_later(self._phase_timeout, self._on_timer)
+        client.to(RESPONSE, ex.deadlines)
+        ex.t_first = client.clock.time() - ex.t0
         drop = head.connection_tokens
         if d is not None and d.cache_rules is not None and d.cache_rules.hidden:
             drop = drop | d.cache_rules.hidden  # e.g. our own targeted field (RFC 9213), kept in the store
@@ -113,41 +255,25 @@ class UpstreamRelay:
         cache_extra = b""
         if ex.cache is not None and self.engine.cache is not None:
             stored = forward_response_headers(head.headers, head.connection_tokens, None)
-            cache_extra = self.engine.cache.on_response_head(self._ds, ex, head, stored)
-        keep = ex.keep_alive and ex.req_done and not self.engine.draining
+            cache_extra = self.engine.cache.on_response_head(client, ex, head, stored)
         if d is not None and d.upgrade:
-            keep = False  # the upgrade was refused; bytes after it are not HTTP
-            self.tunnel_pending = None
+            ex.keep_alive = False  # the upgrade was refused; bytes after it are not HTTP
+            client.drop_tunnel_hold()
         framing = head.framing
-        if framing is Framing.LENGTH:
-            extra = b"Content-Length: %d\r\n" % head.content_length
-            ex.out_mode = OUT_RAW if head.content_length else OUT_NONE
-        elif framing is Framing.NONE:
+        if framing is Framing.NONE:
             # HEAD and 304 keep the representation's length as metadata.
-            if status != 204 and head.content_length > 0:
-                extra = b"Content-Length: %d\r\n" % head.content_length
-            else:
-                extra = b""
-            ex.out_mode = OUT_NONE
-        elif ex.head.version == "1.1":
-            extra = b"Transfer-Encoding: chunked\r\n"
-            ex.out_mode = OUT_CHUNK
+            n = head.content_length
+            self.responder.start_response(
+                ex, status, head.reason, hdrs, b"", False, n if status != 204 and n > 0 else None, cache_extra
+            )
         else:
-            extra = b""
-            ex.out_mode = OUT_RAW
-            keep = False
-        if not keep:
-            extra += b"Connection: close\r\n"
-        elif ex.head.version == "1.0":
-            extra += b"Connection: keep-alive\r\n"
-        ex.keep_alive = keep
-        data = ser.response_head(status, head.reason, hdrs, extra + cache_extra)
-        ex.bytes_out += len(data)
-        self.transport.write(data)
+            length = head.content_length if framing is Framing.LENGTH else None
+            self.responder.start_response(ex, status, head.reason, hdrs, b"", True, length, cache_extra)
 
     def on_response_body(self, data: bytes) -> None:
-        ex = self.cur
-        assert ex is not None and self.transport is not None
+        client = self.conn
+        ex = client.cur
+        assert ex is not None
         if ex.resp is None:
             if ex.cache_takeover:
                 return
@@ -156,20 +282,17 @@ class UpstreamRelay:
             return
         if ex.cache is not None and self.engine.cache is not None:
             self.engine.cache.on_response_body(ex, data)
-        ex.bytes_out += len(data)
-        if ex.out_mode == OUT_CHUNK:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            self.transport.write(data)
-        self._last = self.loop.time()
+        client.write_body(ex, data)
+        client.touch()
 
     def on_response_end(self) -> None:
-        ex = self.cur
-        assert ex is not None and self.transport is not None
+        client = self.conn
+        ex = client.cur
+        assert ex is not None and client.transport is not None
         if ex.cache_takeover and ex.resp is None:
             # Our validation got its 304: the connection goes back, the cache serves the client.
             conn, ex.up.conn = ex.up.conn, None
-            self._release_server(ex, ok=True)
+            ex.up.release(client.clock.time(), True)
             if conn is not None:
                 if ex.up.key is None or conn.private:
                     conn.close()
@@ -179,66 +302,63 @@ class UpstreamRelay:
         if ex.resp is None or ex.status == 101:
             return  # the end of an interim (1xx) response; a 101 goes on as a tunnel
         if ex.cache is not None and self.engine.cache is not None:
-            self.engine.cache.on_response_end(self._ds, ex)
-        if ex.out_mode == OUT_CHUNK:
-            self.transport.write(ser.LAST_CHUNK)
+            self.engine.cache.on_response_end(client, ex)
+        if ex.out_mode == outgoing.CHUNK:
+            client.transport.write(ser.LAST_CHUNK)
         conn = ex.up.conn
         ex.up.conn = None
-        self._release_server(ex, ok=ex.status < 500)
+        ex.up.release(client.clock.time(), ex.status < 500)
         if conn is not None:
             key = ex.up.key
             if (
                 ex.resp.keep_alive
                 and not conn.private
                 and ex.req_done
-                and ex.head.method != "HEAD"
+                and ex.ctx.head.method != "HEAD"
                 and not self.engine.draining
                 and key is not None
             ):
                 self.engine.park(key, conn)
             else:
                 conn.close()
-        self.finish(ex)
+        client.finish(ex)
 
     def on_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The upstream accepted the Upgrade (101): both sides become a tunnel."""
-        ex = self.cur
+        client = self.conn
+        ex = client.cur
         assert ex is not None
         ex.up.conn = None
-        self._release_server(ex, ok=True)
+        ex.up.release(client.clock.time(), True)
         conn.detach()
-        connect.join_upgrade(self._ds, ex, conn, rest)
-
-    def _release_server(self, ex: Exchange, ok: bool | None) -> None:
-        """Hand the attempt's server slot back; the lease makes a second call a no-op."""
-        lease = ex.up.lease
-        if lease is not None:
-            lease.release(monotonic(), ok)
+        connect.join_upgrade(client, ex, conn, rest)
 
     def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
-        ex = self.cur
-        if ex is None or self.closed:
+        client = self.conn
+        ex = client.cur
+        if ex is None or client.closed:
             return
         conn = ex.up.conn
         ex.up.conn = None
         if conn is not None:
             conn.close()
         if ex.resp is None:
-            self._upstream_error(ex, exc, reached=True, got_bytes=got_bytes)
+            self.upstream_error(ex, exc, reached=True, got_bytes=got_bytes)
         else:
             # Mid-body: the client must see the truncation, never a "complete" body.
-            self._release_server(ex, ok=False)
+            ex.up.release(client.clock.time(), False)
             if ex.cache is not None and self.engine.cache is not None:
                 self.engine.cache.on_abort(ex, f"upstream failed mid-body: {exc.detail}")
             ex.error = exc.detail
             ex.keep_alive = False
-            self.log(ex)
-            self._abort()
+            client.log(ex)
+            client.abort()
 
-    def _upstream_error(
+    def upstream_error(
         self, ex: Exchange, exc: FerrymanError, reached: bool, got_bytes: bool = False
     ) -> None:
         """Before any response byte: retry when provably safe, else answer with the error."""
+        client = self.conn
         up = ex.up
         stale_pool = reached and up.reused and not got_bytes and isinstance(exc, UpstreamClosed)
         lease = up.lease
@@ -261,29 +381,29 @@ class UpstreamRelay:
             # keeping its slot (under max_conns a queued request keeps its turn).
             up.head_sent = False
             try:
-                self.send_to(ex, lease)
+                client.send_to(ex, lease)
             except FerrymanError as exc2:
-                self.fail(ex, exc2)
+                client.fail(ex, exc2)
             return
-        self._release_server(ex, ok=stale_pool)
+        up.release(client.clock.time(), stale_pool)
         if may:
             if stale_pool and last is not None:
                 up.tried = up.tried - {last}  # the same server may be tried again
             up.head_sent = False
             try:
-                self._proxy(ex)
+                client.proxy(ex)
             except NoHealthyUpstream:
                 # Every server was tried: report what actually went wrong (502/504);
                 # 503 is kept for "nothing healthy before trying".
-                self.fail(ex, exc)
+                client.fail(ex, exc)
             except FerrymanError as exc2:
-                self.fail(ex, exc2)
+                client.fail(ex, exc2)
             return
-        self.fail(ex, exc)
+        client.fail(ex, exc)
 
     def upstream_pause_writing(self) -> None:
-        self._pause(P_UPSTREAM)
+        self.conn.pause(P_UPSTREAM)
 
     def upstream_resume_writing(self) -> None:
-        self._resume(P_UPSTREAM)
+        self.conn.resume(P_UPSTREAM)
 

@@ -12,10 +12,9 @@ Rules this module owns:
   the remainder;
 - `EXPIRED` says what a deadline's expiry means in each state.
 
-    OPEN -> HEAD -> BODY -> UPSTREAM -> WAIT -> RESPONSE -> IDLE -> HEAD ...
-             |        \\________________/  \\_____/     |
-             |          WRITING (ferryman's own or a cached answer)
-             +-> TUNNEL (CONNECT; or from WAIT, an upgrade's 101)
+    OPEN -> HEAD -> (BODY | UPSTREAM) -> WAIT -> RESPONSE -> IDLE -> HEAD ...
+                              +-> WRITING (a cached answer) -> IDLE
+            HEAD -> TUNNEL (CONNECT);  WAIT -> TUNNEL (an upgrade's 101)
     any -> CLOSED
 """
 
@@ -73,22 +72,23 @@ EXPIRED: Final[dict[State, str]] = {
     S.RESPONSE: "upstream stalled while sending the response",
 }
 
-# Allowed moves.  A state may always move to CLOSED, and to itself (re-armed).
+# Allowed moves.  A state may always move to CLOSED, and to itself (re-armed).  The
+# next pipelined request starts straight from where the last one ended (-> BODY,
+# UPSTREAM, TUNNEL, or IDLE after ferryman's own answer), without passing IDLE.
+_NEXT_REQUEST = frozenset({S.BODY, S.UPSTREAM, S.TUNNEL, S.IDLE})
 NEXT: Final[dict[State, frozenset[State]]] = {
     S.OPEN: frozenset({S.HEAD}),
     S.IDLE: frozenset({S.HEAD}),
-    # A head is answered (WRITING, IDLE after a synthetic answer), tunnelled, read on
-    # (BODY) or sent on (UPSTREAM); WAIT when a pooled connection took it at once.
-    S.HEAD: frozenset({S.BODY, S.UPSTREAM, S.WAIT, S.WRITING, S.TUNNEL, S.IDLE}),
-    S.BODY: frozenset({S.UPSTREAM, S.WAIT, S.RESPONSE, S.WRITING, S.IDLE, S.HEAD}),
-    S.UPSTREAM: frozenset({S.WAIT, S.BODY, S.WRITING, S.IDLE, S.RESPONSE}),
-    # WAIT -> UPSTREAM/BODY: a retry; -> WRITING: the cache answers instead (stale-if-error,
-    # a validation's 304); -> IDLE: a 304 validation ended before its stored answer began.
-    S.WAIT: frozenset({S.RESPONSE, S.UPSTREAM, S.BODY, S.WRITING, S.TUNNEL, S.IDLE}),
-    # RESPONSE -> IDLE after the end; -> BODY/UPSTREAM/WAIT/WRITING: the next pipelined
-    # request starts at once.
-    S.RESPONSE: frozenset({S.IDLE, S.BODY, S.UPSTREAM, S.WAIT, S.WRITING, S.TUNNEL, S.HEAD}),
-    S.WRITING: frozenset({S.IDLE, S.BODY, S.UPSTREAM, S.WAIT, S.HEAD}),
+    # routed: body to read (BODY) or not (UPSTREAM); CONNECT (TUNNEL); answered here (IDLE)
+    S.HEAD: frozenset({S.BODY, S.UPSTREAM, S.TUNNEL, S.IDLE}),
+    # the body ends (WAIT), the upstream answers early (RESPONSE), the cache answers
+    # (WRITING, or IDLE for its own short answers), a 101 to an upgrade (TUNNEL)
+    S.BODY: frozenset({S.WAIT, S.RESPONSE, S.WRITING, S.TUNNEL, S.IDLE}),
+    S.UPSTREAM: frozenset({S.WAIT, S.WRITING}) | _NEXT_REQUEST,
+    # a 101 (TUNNEL); stale-if-error or a validation's 304 (WRITING, IDLE)
+    S.WAIT: frozenset({S.RESPONSE, S.WRITING}) | _NEXT_REQUEST,
+    S.RESPONSE: _NEXT_REQUEST,
+    S.WRITING: _NEXT_REQUEST,
     S.TUNNEL: frozenset(),
     S.CLOSED: frozenset(),
 }
@@ -99,3 +99,19 @@ def allowed(old: State, new: State) -> bool:
 
 
 assert set(NEXT) == _ALL and set(TIMEOUT) == _ALL
+
+# The tables above, as the connection reads them on every move: indexed by the state's
+# number, moves as bit masks (an enum member hashes in Python, an int index does not).
+MOVES: Final[tuple[int, ...]] = tuple(
+    sum(1 << n for n in State if allowed(s, n)) for s in State
+)
+FIELD: Final[tuple[str | None, ...]] = tuple(TIMEOUT[s] for s in State)
+IS_ACTIVITY: Final[tuple[bool, ...]] = tuple(s in ACTIVITY for s in State)
+
+Deadlines = tuple[float | None, ...]
+
+
+def deadlines(timeouts: object) -> Deadlines:
+    """Each state's deadline in seconds under one Plan's ``timeouts`` (None: no deadline);
+    worked out once per Plan."""
+    return tuple(None if f is None else float(getattr(timeouts, f)) for f in FIELD)

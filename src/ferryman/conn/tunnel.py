@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
+from ferryman.conn.clock import Clock
+
 
 class RelaySide(asyncio.Protocol):
     __slots__ = ("transport", "peer", "tunnel", "pending", "eof", "bytes_read", "head_waiter",
@@ -106,15 +108,16 @@ class Tunnel:
         upstream: RelaySide,
         idle: float,
         on_close: Callable[[Tunnel], None],
+        clock: Clock,
     ) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.clock = clock
         self.client = client
         self.upstream = upstream
         self.idle = idle
         self.closed = False
         self._on_close = on_close
-        self._last = self.loop.time()
-        self._timer = self.loop.call_later(idle, self._on_timer)
+        self._last = clock.time()
+        self._timer = clock.call_later(idle, self._on_timer)
         client.peer, upstream.peer = upstream, client
         client.tunnel = upstream.tunnel = self
 
@@ -134,12 +137,12 @@ class Tunnel:
         return self.upstream.bytes_read
 
     def touch(self) -> None:
-        self._last = self.loop.time()
+        self._last = self.clock.time()
 
     def _on_timer(self) -> None:
-        left = self._last + self.idle - self.loop.time()
+        left = self._last + self.idle - self.clock.time()
         if left > 0:
-            self._timer = self.loop.call_later(left, self._on_timer)
+            self._timer = self.clock.call_later(left, self._on_timer)
         else:
             self.close()
 

@@ -264,10 +264,7 @@ class Server:
         engine.draining = True
         for conn in list(engine.connections):
             conn.drain()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while engine.connections and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await engine.wait_closed(grace)  # woken by the last connection to close
         for conn in list(engine.connections):
             conn.force_close()
         engine.close()

@@ -1,0 +1,110 @@
+"""The client connection as the code around it sees it (a narrow interface).
+
+`Downstream` (conn/downstream.py) is the one implementation.  The relay, the
+responder, the cache flow, CONNECT and the upstream queue are typed against
+`ClientConn` instead, so none of them imports the Protocol class that imports
+them (no import circle), and what they may do to the connection is listed here:
+they change its state only through `to`, never by writing its fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from ferryman.conn.clock import Clock
+from ferryman.conn.exchange import Exchange
+from ferryman.conn.state import Deadlines, State
+from ferryman.conn.tunnel import RelaySide
+from ferryman.errors import FerrymanError
+from ferryman.http1.events import Headers
+from ferryman.pipeline.cache.store import BodyReader
+from ferryman.upstream.group import Lease
+
+
+class Writer(Protocol):
+    """Writing an answer to the client (conn/responder.py): cache hits, followers,
+    ferryman's own answers."""
+
+    def send_synthetic(self, ex: Exchange, status: int, text: str, extra: Headers = ...) -> None: ...
+
+    def begin_stream(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        has_body: bool, length: int | None = None,
+    ) -> None: ...
+
+    def stream_chunk(self, ex: Exchange, data: bytes) -> bool: ...
+
+    def end_stream(self, ex: Exchange) -> None: ...
+
+    def write_cached(
+        self, ex: Exchange, status: int, reason: bytes, hdrs: Headers, extra: bytes,
+        body: object, start: int, end: int,
+    ) -> None: ...
+
+    async def stream_cached(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        reader: BodyReader | None, start: int, end: int,
+    ) -> None: ...
+
+    def abort_after_partial(self, ex: Exchange, reason: str) -> None: ...
+
+    def resume_proxy(self, ex: Exchange) -> None: ...
+
+
+class ClientConn(Writer, Protocol):
+    """One client connection: its exchange, its state, and what may be asked of it."""
+
+    loop: asyncio.AbstractEventLoop
+    clock: Clock
+    transport: asyncio.Transport | None
+    cur: Exchange | None  # the exchange being served
+    reverse: bool  # a reverse-proxy listener
+    write_paused: bool  # the client's transport asked us to stop writing
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def state(self) -> State: ...
+
+    def to(self, new: State, deadlines: Deadlines | None = None) -> None:
+        """Move to ``new`` (checked against conn/state.py), arming its deadline."""
+
+    def touch(self) -> None:
+        """Bytes moved: an activity deadline counts from now."""
+
+    def write(self, ex: Exchange, data: bytes) -> None:
+        """Write part of the answer's head or body as it is (counted in the log)."""
+
+    def write_body(self, ex: Exchange, data: bytes) -> None:
+        """One piece of the answer's body, framed as its head said."""
+
+    def finish(self, ex: Exchange) -> None: ...
+
+    def fail(self, ex: Exchange | None, exc: FerrymanError) -> None: ...
+
+    def log(self, ex: Exchange) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def proxy(self, ex: Exchange) -> None:
+        """Send the request upstream (again): pick a server, or queue for one."""
+
+    def send_to(self, ex: Exchange, lease: Lease | None) -> None: ...
+
+    def pause(self, why: int) -> None: ...
+
+    def resume(self, why: int) -> None: ...
+
+    async def wait_writable(self) -> None: ...
+
+    # -- tunnels (conn/connect.py)
+    def hold_for_tunnel(self) -> None:
+        """Bytes the client sends from now on belong to a tunnel that is being opened."""
+
+    def drop_tunnel_hold(self) -> None:
+        """No tunnel after all (refused upgrade, failed CONNECT)."""
+
+    def join_tunnel(self, ex: Exchange, upstream: RelaySide, idle: float) -> None:
+        """The exchange becomes a tunnel between the client and ``upstream``."""
