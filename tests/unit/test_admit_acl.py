@@ -377,3 +377,12 @@ def test_client_acl_agrees_with_ipaddress_reference() -> None:
 @pytest.mark.parametrize("ip", ["127.0.0.1 junk", "0x7f.0.0.1"])
 def test_client_acl_rejects_non_canonical_ipv4(ip: str) -> None:
     assert not ClientAcl(net("127.0.0.0/8")).allows(ip)
+
+
+def test_an_auth_rule_waiting_for_the_address_asks_for_credentials_first() -> None:
+    acl = rules(("lan-auth", "auth", {"networks": ["10.0.0.0/8"]}), ("rest", "allow", {}))
+    assert verdict(acl, "GET", "wiki.example", 80) == ("auth", "lan-auth")
+    authed = AclRequest("127.0.0.1", "GET", "wiki.example", 80, "/", user="alice")
+    d = acl.evaluate(authed, 0.0)
+    assert (d.action, d.rule) == ("resolve", "lan-auth")  # skipped once the address is known
+    assert AddressCheck("wiki.example", 80, acl, authed, d.index).allows("10.1.1.1")

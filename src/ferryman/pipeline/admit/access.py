@@ -65,8 +65,9 @@ def before_dns(
     rules: RuleSet, req: AclRequest | Facts, now: float, d: AclDecision, parent: bool
 ) -> AclDecision:
     """A ``resolve`` decision settled without the address when it can be: behind a
-    parent (no address will be known, so the rules waiting for it do not match), or
-    when the waiting rules and the first rule that surely matches all deny."""
+    parent (no address will be known, so the rules waiting for it do not match), when
+    the waiting rules and the first rule that surely matches all deny, or when an
+    ``auth`` rule waits and the client has not authenticated (the 407 comes first)."""
 
     def resume(start: int) -> AclDecision:
         return rules.decide(req, start) if isinstance(req, Facts) else rules.evaluate(req, now, start)
@@ -77,7 +78,12 @@ def before_dns(
         return d
     first = d
     while d.action == "resolve":
-        if rules.rules[d.index].action != "deny":
+        waiting = rules.rules[d.index].action
+        if waiting == "auth" and req.user is None:
+            # credentials may be needed once the address is known: ask for them now, as
+            # a 407 cannot be answered from the dial
+            return AclDecision("auth", d.rule, d.index)
+        if waiting != "deny":
             return first
         d = resume(d.index + 1)
     return d if d.action == "deny" else first
