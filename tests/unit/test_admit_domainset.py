@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import time
 from array import array
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def test_star_entry_matches_subdomains_only() -> None:
     assert not ds.matches("example.com")
     assert not ds.matches("badexample.com")
     assert not ds.matches("www.badexample.com")
+    assert not ds.matches("example.com.evil.net")
 
 
 def test_dot_entry_matches_domain_and_subdomains() -> None:
@@ -38,6 +40,7 @@ def test_dot_entry_matches_domain_and_subdomains() -> None:
     assert ds.matches("x.y.example.com")
     assert not ds.matches("badexample.com")
     assert not ds.matches("example.co")
+    assert not ds.matches("example.org")
 
 
 def test_mixed_kinds_do_not_leak_into_each_other() -> None:
@@ -47,6 +50,80 @@ def test_mixed_kinds_do_not_leak_into_each_other() -> None:
     assert ds.matches("c.test") and ds.matches("x.c.test")
     assert not ds.matches("test")
     assert not DomainSet.build([]).matches("a.test")
+
+
+def test_suffix_match_is_on_label_boundaries() -> None:
+    ds = DomainSet.build([".ample.com", "*.le.com"])
+    assert not ds.matches("example.com")
+    assert not ds.matches("www.example.com")
+    assert ds.matches("ample.com")
+    assert ds.matches("x.le.com")
+
+
+def test_tld_wide_entry() -> None:
+    ds = DomainSet.build(["*.test"])
+    assert ds.matches("anything.test")
+    assert ds.matches("a.b.test")
+    assert not ds.matches("test")
+
+
+def test_entries_are_normalised() -> None:
+    ds = DomainSet.build(
+        ["  Example.COM  ", "WWW.Other.Net.", "", "   ", "# a comment", "*.CDN.org", ".Corp.IO."]
+    )
+    assert ds.matches("example.com")
+    assert ds.matches("www.other.net")
+    assert ds.matches("img.cdn.org")
+    assert ds.matches("corp.io")
+    assert ds.matches("x.corp.io")
+    assert not ds.matches("# a comment")
+    assert len(ds) == 4  # example.com, www.other.net, *.cdn.org, .corp.io
+
+
+def test_exact_only_set_with_no_suffixes() -> None:
+    ds = DomainSet.build(["a.com"])
+    assert not ds.matches("x.a.com")
+
+
+def test_empty_set_matches_nothing() -> None:
+    ds = DomainSet.build([])
+    assert len(ds) == 0
+    assert not ds.matches("example.com")
+
+
+def test_large_domain_set_is_correct_and_fast() -> None:
+    n = 100_000
+    entries = (
+        [f"site{i}.com" for i in range(n // 2)]
+        + [f".corp{i}.net" for i in range(n // 4)]
+        + [f"*.cdn{i}.org" for i in range(n // 4)]
+    )
+    ds = DomainSet.build(entries)
+    assert len(ds) == n
+
+    queries: list[tuple[str, bool]] = []
+    for i in range(0, 10_000, 10):
+        queries += [
+            (f"site{i}.com", True),
+            (f"www.site{i}.com", False),
+            (f"corp{i}.net", True),
+            (f"deep.sub.corp{i}.net", True),
+            (f"img.cdn{i}.org", True),
+            (f"cdn{i}.org", False),
+            (f"xcdn{i}.org", False),
+            (f"site{i}.com.evil.example", False),
+            (f"unknown{i}.example", False),
+            (f"a.b.c.d.e.f.g.unlisted{i}.example", False),
+        ]
+    assert len(queries) == 10_000
+
+    start = time.perf_counter()
+    results = [ds.matches(host) for host, _ in queries]
+    elapsed = time.perf_counter() - start
+
+    assert results == [expected for _, expected in queries]
+    assert elapsed < 0.5, f"10,000 lookups took {elapsed:.3f}s"
+
 
 
 def test_comments_blank_lines_case_trailing_dot_and_idn() -> None:

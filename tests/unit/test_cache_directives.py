@@ -9,7 +9,6 @@ import math
 
 import pytest
 
-from ferryman.http1.events import Headers
 from ferryman.pipeline.cache.directives import (
     DELTA_MAX,
     CacheControl,
@@ -17,14 +16,7 @@ from ferryman.pipeline.cache.directives import (
     request_cache_control,
     response_cache_control,
 )
-
-
-def h(*lines: str) -> Headers:
-    out: Headers = []
-    for line in lines:
-        name, _, value = line.partition(":")
-        out.append((name.encode(), value.strip().encode()))
-    return out
+from tests.unit.header_lines import h
 
 
 def cc(*values: str) -> CacheControl:

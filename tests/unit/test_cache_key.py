@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from ferryman.http1.events import Headers
 from ferryman.pipeline.cache.key import (
     cache_key,
     client_conditional_304,
@@ -26,18 +25,11 @@ from ferryman.pipeline.cache.key import (
     vary_fields,
     vary_key,
 )
+from tests.unit.header_lines import h
 
 T0 = 1_700_000_000.0
 IMF = "Sun, 06 Nov 1994 08:49:37 GMT"
 IMF_T = 784111777.0
-
-
-def h(*lines: str) -> Headers:
-    out: Headers = []
-    for line in lines:
-        name, _, value = line.partition(":")
-        out.append((name.encode(), value.strip().encode()))
-    return out
 
 
 def date(t: float) -> str:

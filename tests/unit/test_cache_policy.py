@@ -34,18 +34,11 @@ from ferryman.pipeline.cache.policy import (
     storable,
     strip_fields,
 )
+from tests.unit.header_lines import h
 
 T0 = 1_700_000_000.0  # when the origin answered
 IMF = "Sun, 06 Nov 1994 08:49:37 GMT"
 IMF_T = 784111777.0
-
-
-def h(*lines: str) -> Headers:
-    out: Headers = []
-    for line in lines:
-        name, _, value = line.partition(":")
-        out.append((name.encode(), value.strip().encode()))
-    return out
 
 
 def date(t: float) -> str:

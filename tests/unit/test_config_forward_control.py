@@ -62,7 +62,7 @@ def test_full_config_compiles_and_decides(tmp_path: Path) -> None:
     assert fc.auth is not None and fc.auth.cache_ttl == 600 and fc.auth.max_failures == 5
     assert fc.auth.db.groups_of("bob") == {"lab"}
     assert fc.auth.challenge == b'Basic realm="ferryman", charset="UTF-8"'
-    assert fc.anonymity.level == "elite" and not fc.anonymity.send_via
+    assert fc.anonymity.level == "elite" and b"via" in fc.anonymity.strip
     assert "dnsDomainIs(host, suffixes[j])" in fc.pac and '".corp.example"' in fc.pac
 
     noon = 1_764_590_400.0  # 2025-12-01 12:00 UTC
@@ -109,7 +109,7 @@ def test_auth_without_an_auth_rule_applies_to_every_request(tmp_path: Path) -> N
 def test_defaults_keep_todays_behaviour(tmp_path: Path) -> None:
     fc = compile_text(tmp_path, "{}", ("127.0.0.0/8", "::1/128"))
     assert fc.auth is None
-    assert fc.anonymity.level == "anonymous" and fc.anonymity.send_via
+    assert fc.anonymity.level == "anonymous" and not fc.anonymity.strip
     assert not fc.log_query
     assert fc.rules.evaluate(AclRequest("127.0.0.1", "GET", "a.test", 80), 0).action == "allow"
 

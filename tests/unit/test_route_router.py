@@ -187,6 +187,8 @@ def test_parse_authority_rejects(authority: bytes) -> None:
         ("127.0.0.2", "127.0.0.2"),
         ("127.0.0.2.", "127.0.0.2"),
         ("0", "0.0.0.0"),
+        ("017700000001", "127.0.0.1"),
+        ("3232235777", "192.168.1.1"),
         ("4294967295", "255.255.255.255"),
         ("1.2.65535", "1.2.255.255"),
         ("::FFFF:127.0.0.2", str(ipaddress.ip_address("::ffff:127.0.0.2"))),
@@ -218,7 +220,7 @@ def test_invalid_hosts_are_refused(host: str) -> None:
         parse_authority(b"%s:443" % host.encode())
 
 
-@pytest.mark.parametrize("host", ["example.com", "123abc.com", "a.b1", "x-1.0a", "localhost"])
+@pytest.mark.parametrize("host", ["example.com", "123abc.com", "a.b1", "x-1.0a", "localhost", "face", "a.b"])
 def test_names_stay_names(host: str) -> None:
     assert canonical_host(host) == (host, None)
     assert canonical_host(host.upper() + ".") == (host, None)

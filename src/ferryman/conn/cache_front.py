@@ -57,7 +57,6 @@ class CacheState:
     fill: Fill | None = None
     writer: Writer | None = None
     request_time: float = 0.0
-    status_detail: bytes = b""
 
 
 INDEX_KEYS = 16_384  # keys whose heads a process keeps in memory for a disk or Redis store

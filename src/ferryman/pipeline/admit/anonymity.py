@@ -12,8 +12,8 @@ identifying fields [#]_     client's                     client's        none
 
 .. [#] configurable, default ``From``, ``X-Client-IP``, ``Client-IP``, ``True-Client-IP``.
 
-``send_via`` tells the header rewriter (`http1.headers.forward_request_headers`)
-whether to add ferryman's Via; `apply` does the rest on its output.
+`apply` works on the output of the header rewriter
+(`http1.headers.forward_request_headers`), ferryman's Via included.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ ELITE_STRIP = frozenset({b"via", b"x-forwarded-for", b"forwarded", b"x-real-ip"}
 @dataclass(frozen=True, slots=True)
 class AnonymityPolicy:
     level: Level
-    send_via: bool  # pass our Via token to forward_request_headers
     strip: frozenset[bytes]  # lower-case names removed from the request
     add_client: bool  # append the client address to X-Forwarded-For and Forwarded
 
@@ -49,10 +48,10 @@ class AnonymityPolicy:
                 raise ValueError(f"not a header field name: {name!r}")
             names.add(name.lower().encode("ascii"))
         if level == "transparent":
-            return cls("transparent", True, frozenset(), True)
+            return cls("transparent", frozenset(), True)
         if level == "anonymous":
-            return cls("anonymous", True, frozenset(), False)
-        return cls("elite", False, ELITE_STRIP | names, False)
+            return cls("anonymous", frozenset(), False)
+        return cls("elite", ELITE_STRIP | names, False)
 
     def apply(self, headers: Headers, client_ip: str) -> Headers:
         """The request fields to send on: ``headers`` (already without hop-by-hop fields)
@@ -65,10 +64,6 @@ class AnonymityPolicy:
             return headers
         out = [(n, v) for n, v in headers if n.lower() not in strip]
         return headers if len(out) == len(headers) else out
-
-    def stripped(self, headers: Headers) -> list[bytes]:
-        """The names `apply` removes from ``headers``, as sent (for the debug log and tests)."""
-        return [n for n, _ in headers if n.lower() in self.strip]
 
 
 def forwarded_for(client_ip: str) -> bytes:

@@ -52,11 +52,8 @@ from ferryman.pipeline.admit.conditions import (
     Users,
 )
 from ferryman.pipeline.admit.domainset import DomainSet
-from ferryman.pipeline.admit.rules_compile import RuleError, compile_rule
+from ferryman.pipeline.admit.rules_compile import ACTIONS, Action, RuleError, compile_rule
 from ferryman.pipeline.admit.rules_index import RunIndex, build_run, plan_runs
-
-Action = Literal["allow", "deny", "auth"]
-ACTIONS: tuple[Action, ...] = ("allow", "deny", "auth")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,8 @@ from ferryman.pipeline.admit.conditions import (
 )
 from ferryman.pipeline.admit.domainset import DomainSet, DomainSetError
 
-ActionName = Literal["allow", "deny", "auth"]
-_ACTIONS: tuple[ActionName, ...] = ("allow", "deny", "auth")
+Action = Literal["allow", "deny", "auth"]
+ACTIONS: tuple[Action, ...] = ("allow", "deny", "auth")
 CONDITION_KEYS = frozenset(
     {
         "clients", "users", "groups", "authenticated", "domains", "domain_regex", "domains_file",
@@ -45,7 +45,7 @@ _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token (method, field name)
 _PORTS = re.compile(r"(\d{1,5})(?:\s*-\s*(\d{1,5}))?")
 
-Compiled = tuple[ActionName, tuple[Condition, ...], Destination | None, str | None, str | None]
+Compiled = tuple[Action, tuple[Condition, ...], Destination | None, str | None, str | None]
 
 
 class RuleError(ValueError):
@@ -69,9 +69,9 @@ def compile_rule(
         return None
     # A key whose value is None is absent (the normalised config writes every key).
     spec = {k: v for k, v in spec.items() if v is not None}
-    actions = [a for a in _ACTIONS if a in spec]
+    actions = [a for a in ACTIONS if a in spec]
     for key in spec:
-        if key not in _ACTIONS and key not in ("name", "message"):
+        if key not in ACTIONS and key not in ("name", "message"):
             errors.append(f"{path}.{key}: unknown setting")
     if len(actions) != 1:
         errors.append(f"{path}: a rule needs exactly one of 'allow', 'deny' or 'auth'")

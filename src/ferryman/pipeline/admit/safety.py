@@ -30,8 +30,6 @@ destinations are allowed; `laptop_note` says so for ``ferryman check``.
 from __future__ import annotations
 
 import ipaddress
-import re
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -61,7 +59,6 @@ _LOOPBACK_CLIENTS = (
     ipaddress.ip_network("::1/128"),
     ipaddress.ip_network("::ffff:127.0.0.0/104"),
 )
-_V4_LITERAL = re.compile(r"[0-9a-fA-FxX.]+")
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -75,22 +72,6 @@ def parse_ip(text: str) -> IPAddress | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
         addr = ipaddress.IPv6Address(text.partition("%")[0])
     return addr
-
-
-def literal_address(host: str) -> IPAddress | None:
-    """The address a host names without DNS, in every spelling a resolver accepts as a
-    literal: strict forms, and the inet_aton forms ``127.1``, ``0x7f.1``, ``0177.0.0.1``,
-    ``2130706433``.  None for a name that needs DNS."""
-    addr = parse_ip(host)
-    if addr is not None:
-        return addr
-    h = host[:-1] if host.endswith(".") else host
-    if h and _V4_LITERAL.fullmatch(h) and not h.startswith(".") and ".." not in h:
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(h))
-        except OSError:
-            return None
-    return None
 
 
 def embedded_ipv4(addr: IPAddress) -> IPAddress:

@@ -14,7 +14,6 @@ Rules it owns:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 from ferryman.http1.events import Headers
@@ -182,6 +181,3 @@ class EntryIndex(Generic[S]):
     def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
         return [k for k in self._keys if k.startswith(prefix)]
 
-    def pop_all(self, keys: Iterable[bytes]) -> None:
-        for k in list(keys):
-            self._keys.pop(k, None)
