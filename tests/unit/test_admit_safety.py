@@ -12,6 +12,7 @@ from ferryman.pipeline.admit.safety import (
     SsrfVerdict,
     classify,
     embedded_ipv4,
+    unmapped_ip,
 )
 
 
@@ -68,6 +69,20 @@ def test_public_addresses_are_not_classified(address: str) -> None:
 def test_classify_refuses_non_addresses() -> None:
     assert classify("localhost") == "not-an-address"
     assert classify("127.1") == "not-an-address"  # not a dialled form: route/router.canonical_host
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1", "127.0.0.1"), ("::ffff:127.0.0.1", "127.0.0.1"), ("::ffff:7f00:1", "127.0.0.1"),
+     ("::1", "::1"), ("::127.0.0.1", "::7f00:1"), ("2001:DB8::1", "2001:db8::1")],
+)
+def test_unmapped_ip(text: str, expected: str) -> None:
+    assert unmapped_ip(text) == ipaddress.ip_address(expected)
+
+
+@pytest.mark.parametrize("text", ["", "localhost", "127.1", "[::1]", "10.0.0.256", "127.0.0.1 "])
+def test_unmapped_ip_takes_strict_literals_only(text: str) -> None:
+    assert unmapped_ip(text) is None
 
 
 def test_embedded_ipv4() -> None:

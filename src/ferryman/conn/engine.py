@@ -25,6 +25,7 @@ from ferryman.http1.events import RequestHead
 from ferryman.observe.access_log import AccessLog
 from ferryman.observe.usage import UserUsage
 from ferryman.pipeline.admit.control import AuthPlan
+from ferryman.pipeline.admit.safety import unmapped_ip
 from ferryman.pipeline.cache.memory import MemoryStore
 from ferryman.pipeline.cache.store import Store
 from ferryman.pipeline.plan import CachePlan, Plan, PoolPlan
@@ -311,14 +312,11 @@ class Engine:
             return False
         if ip in self.local_addrs:
             return True
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+        addr = unmapped_ip(ip)
+        if addr is None:
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
-            if str(addr) in self.local_addrs:
-                return True
+        if addr.version == 4 and ":" in ip and str(addr) in self.local_addrs:
+            return True  # ::ffff:127.0.0.1 reaches 127.0.0.1
         return addr.is_loopback or addr.is_unspecified
 
     def _on_tick(self) -> None:

@@ -25,7 +25,6 @@ The proxy itself refuses requests to the admin listener as a loop (508).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ from ferryman.errors import BodyTooLarge, FerrymanError
 from ferryman.http1.events import RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
+from ferryman.pipeline.admit.safety import unmapped_ip
 
 log = logging.getLogger("ferryman")
 
@@ -59,13 +59,8 @@ def host_allowed(host: bytes | None, allowed: frozenset[str]) -> bool:
     h = h.removesuffix(".")
     if h == "localhost" or h.endswith(".localhost") or h in allowed:
         return True
-    try:
-        addr = ipaddress.ip_address(h)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
+    addr = unmapped_ip(h)
+    return addr is not None and addr.is_loopback
 
 
 def is_json(head: RequestHead) -> bool:

@@ -11,6 +11,8 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from ferryman.pipeline.admit.safety import unmapped_ip
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -42,10 +44,5 @@ class ClientAcl:
             except OSError:
                 return False
             return any(n & mask == net for net, mask in self._v4)
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in n for n in self.networks)
+        addr = unmapped_ip(ip)
+        return addr is not None and any(addr in n for n in self.networks)

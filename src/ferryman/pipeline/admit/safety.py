@@ -74,6 +74,18 @@ def parse_ip(text: str) -> IPAddress | None:
     return addr
 
 
+def unmapped_ip(text: str) -> IPAddress | None:
+    """``text`` as a strict IP literal (no brackets, no zone), an IPv4-mapped IPv6
+    address as the IPv4 address it carries; None for anything else."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
 def embedded_ipv4(addr: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4), or
     the address itself."""
