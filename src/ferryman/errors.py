@@ -131,6 +131,17 @@ class UpstreamFull(FerrymanError):
     source = "upstream"
 
 
+class SourceLineError(ValueError):
+    """A line of a file (or an entry of a config list) that cannot be used: names its
+    ``source`` and ``line`` (0: the source as a whole, e.g. unreadable)."""
+
+    def __init__(self, source: str, line: int, message: str) -> None:
+        super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
+        self.source = source
+        self.line = line
+        self.message = message
+
+
 class ConfigError(Exception):
     """A configuration that cannot be built; ``errors`` holds one line per problem."""
 

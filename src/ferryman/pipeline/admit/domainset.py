@@ -35,6 +35,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
+from ferryman.errors import SourceLineError
+
 # kind bits: which lookups an entry answers
 _EXACT = 1  # "example.com" (and ".example.com"): the host itself
 _SUFFIX = 2  # "*.example.com" (and ".example.com"): hosts under it
@@ -55,14 +57,8 @@ _BAD_LINE = re.compile(rf"^(?![ \t\r\f\v]*(?:{_ENTRY})?[ \t\r\f\v]*$).*$", re.M)
 _COMMENT = re.compile(r"#[^\n]*")
 
 
-class DomainSetError(ValueError):
+class DomainSetError(SourceLineError):
     """An entry that is not a domain; names its source (file or field) and line."""
-
-    def __init__(self, source: str, line: int, message: str) -> None:
-        super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
-        self.source = source
-        self.line = line
-        self.message = message
 
 
 def normalise_entry(raw: str) -> str | None:

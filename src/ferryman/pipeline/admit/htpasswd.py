@@ -33,6 +33,8 @@ from typing import Literal
 
 import bcrypt
 
+from ferryman.errors import SourceLineError
+
 Scheme = Literal["bcrypt", "apr1", "sha1"]
 WEAK_SCHEMES: frozenset[str] = frozenset({"apr1", "sha1"})
 
@@ -46,14 +48,12 @@ _SHA_B64_LEN = 28  # base64 of a 20-byte SHA-1 digest
 _GROUP_NAME = re.compile(r"[^\s:]+")
 
 
-class AuthFileError(ValueError):
+class AuthFileError(SourceLineError):
     """A line of an htpasswd or group file that cannot be used."""
 
-    def __init__(self, path: str, line: int, message: str) -> None:
-        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
-        self.path = path
-        self.line = line
-        self.message = message
+    @property
+    def path(self) -> str:
+        return self.source
 
 
 @dataclass(frozen=True, slots=True)
