@@ -20,7 +20,7 @@ before one of them is dialled: destination ``networks`` rules, loops to
 ferryman itself, and (issue 12) the SSRF guard.  They return the addresses
 that may be dialled, or `Respond`.
 
-The lists are compiled once per Plan and listener mode (`pipeline/phases.py`); a
+The lists are compiled once per Plan and listener mode (`conn/phases.py`); a
 phase that does not apply to a listener is not in its list.  `run` is the one
 runner.  The log phases run once at the end of every exchange, with the error
 if there was one (the connection calls them: its exchange may end long after
