@@ -71,17 +71,26 @@ def _connect(host: str, port: int) -> bytes:
     return b"CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (host.encode(), port, host.encode(), port)
 
 
+def _request(method: str, fm: Ferryman, host: str, port: int) -> bytes:
+    return _get(fm, host, port) if method == "GET" else _connect(host, port)
+
+
+def _refused(fm: Ferryman, req: bytes, status: int, origin: Origin) -> bytes:
+    """The error body; the proxy closed the connection and the origin saw none."""
+    before = origin.connections
+    resp = exchange(fm.port, req)
+    assert_error_and_closed(resp, status)
+    assert origin.connections == before, "the request reached the origin"
+    return resp.body
+
+
 @pytest.mark.parametrize("method", ["GET", "CONNECT"])
 @pytest.mark.parametrize("host", SPELLINGS_OF_127_0_0_2)
 def test_every_spelling_of_a_denied_address_is_denied(
     proxy: Ferryman, denied: Origin, host: str, method: str
 ) -> None:
-    before = denied.connections
-    req = _get(proxy, host, denied.port) if method == "GET" else _connect(host, denied.port)
-    resp = exchange(proxy.port, req)
-    assert_error_and_closed(resp, 403)
-    assert b"(rule: no-lo2)" in resp.body
-    assert denied.connections == before, "the request reached the denied origin"
+    body = _refused(proxy, _request(method, proxy, host, denied.port), 403, denied)
+    assert b"(rule: no-lo2)" in body
 
 
 def test_numeric_spellings_of_an_allowed_address_reach_it_canonically(
@@ -112,12 +121,8 @@ def test_a_name_resolving_into_a_denied_network_is_denied(
     proxy: Ferryman, local: Origin, method: str
 ) -> None:
     # `localhost` is 127.0.0.1 here: the rule sees the address DNS gave, the one dialled
-    before = local.connections
-    req = _get(proxy, "localhost", local.port) if method == "GET" else _connect("localhost", local.port)
-    resp = exchange(proxy.port, req)
-    assert_error_and_closed(resp, 403)
-    assert b"access to localhost denied (rule: no-lo1)" in resp.body
-    assert local.connections == before, "the request reached the denied origin"
+    body = _refused(proxy, _request(method, proxy, "localhost", local.port), 403, local)
+    assert b"access to localhost denied (rule: no-lo1)" in body
 
 
 @pytest.mark.parametrize("method", ["GET", "CONNECT"])
@@ -125,11 +130,7 @@ def test_a_name_resolving_into_a_denied_network_is_denied(
 def test_more_than_one_trailing_dot_is_a_400(
     proxy: Ferryman, local: Origin, host: str, method: str
 ) -> None:
-    before = local.connections
-    req = _get(proxy, host, local.port) if method == "GET" else _connect(host, local.port)
-    resp = exchange(proxy.port, req)
-    assert_error_and_closed(resp, 400)
-    assert local.connections == before
+    _refused(proxy, _request(method, proxy, host, local.port), 400, local)
 
 
 @pytest.mark.parametrize("method", ["GET", "CONNECT"])

@@ -146,14 +146,7 @@ def resolved(fwd: ForwardPlan) -> AddrPhase | None:
         check = ctx.address_check
         if check is None:
             return addrs
-        allowed: list[Addr] = []
-        first = None
-        for a in addrs:
-            err = check.refusal(str(a[1][0]))
-            if err is None:
-                allowed.append(a)
-            elif first is None:
-                first = err
+        allowed, first = check.sift(addrs)
         if allowed:
             return allowed  # only allowed addresses are dialled
         return Respond.refuse(first if first is not None else denied(check.host, "no address"))

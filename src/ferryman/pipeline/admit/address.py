@@ -74,9 +74,9 @@ class AddressCheck:
     def allows(self, ip: str) -> bool:
         return self.refusal(ip) is None
 
-    def admit(self, addrs: list[A]) -> list[A]:
-        """The resolved ``(family, sockaddr)`` entries that may be dialled, in order; raise
-        the first refusal when none may."""
+    def sift(self, addrs: list[A]) -> tuple[list[A], FerrymanError | None]:
+        """The resolved ``(family, sockaddr)`` entries that may be dialled, in order, and
+        the first refusal (None when nothing was refused)."""
         allowed: list[A] = []
         first: FerrymanError | None = None
         for a in addrs:
@@ -85,6 +85,11 @@ class AddressCheck:
                 allowed.append(a)
             elif first is None:
                 first = err
+        return allowed, first
+
+    def admit(self, addrs: list[A]) -> list[A]:
+        """The entries that may be dialled (`sift`); raise the first refusal when none may."""
+        allowed, first = self.sift(addrs)
         if not allowed:
             raise first if first is not None else Forbidden(f"access to {self.host} denied (no address)")
         return allowed
