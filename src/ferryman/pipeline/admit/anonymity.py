@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from ferryman.http1.events import Headers
+
 Level = Literal["transparent", "anonymous", "elite"]
 LEVELS: tuple[Level, ...] = ("transparent", "anonymous", "elite")
-Headers = list[tuple[bytes, bytes]]
 
 DEFAULT_IDENTIFYING: tuple[str, ...] = ("From", "X-Client-IP", "Client-IP", "True-Client-IP")
 # What elite always removes: every field that tells a proxy is in the path or who is behind it.

@@ -8,17 +8,14 @@ to find rules that can never match.  ``covers`` may answer False when unsure.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
+from ferryman.http1.events import Headers
+from ferryman.pipeline.admit.acl import IPNetwork
 from ferryman.pipeline.admit.domainset import DomainSet, normalise_entry
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Headers = list[tuple[bytes, bytes]]
-
 
 _V6 = 1 << 128  # IPv6 keys carry this bit, so that they never equal an IPv4 key
 

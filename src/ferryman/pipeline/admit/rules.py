@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ferryman.http1.events import Headers
 from ferryman.pipeline.admit.conditions import (
     BY_NAME,
     BY_NETWORK,
@@ -46,13 +47,12 @@ from ferryman.pipeline.admit.conditions import (
     Destination,
     Facts,
     Groups,
-    Headers,
     PortRange,
     Ports,
     Users,
 )
 from ferryman.pipeline.admit.domainset import DomainSet
-from ferryman.pipeline.admit.rules_compile import ACTIONS, Action, RuleError, compile_rule
+from ferryman.pipeline.admit.rules_compile import Action, RuleError, compile_rule
 from ferryman.pipeline.admit.rules_index import RunIndex, build_run, plan_runs
 
 
@@ -249,6 +249,6 @@ def compile_rules(
 
 
 __all__ = [
-    "ACTIONS", "AclDecision", "AclRequest", "Action", "Rule", "RuleError", "RuleSet", "Shadowed",
+    "AclDecision", "AclRequest", "Action", "Rule", "RuleError", "RuleSet", "Shadowed",
     "compile_rules",
 ]

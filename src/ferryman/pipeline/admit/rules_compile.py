@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ferryman.pipeline.admit.acl import IPNetwork
 from ferryman.pipeline.admit.conditions import (
     DAYS,
     Authenticated,
@@ -21,7 +22,6 @@ from ferryman.pipeline.admit.conditions import (
     Groups,
     Header,
     IndexedError,
-    IPNetwork,
     Methods,
     Path,
     PortRange,
