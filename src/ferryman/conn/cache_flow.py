@@ -382,8 +382,7 @@ class Cache(CacheFront):
         """
         entry = stored.entry
         if not look.strip and ex.head.method == "GET" and not conditional(ex.head.headers):
-            plan = ex.plan
-            via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
+            via = ex.plan.via_for(ds.reverse)
             if stored.block is None or stored.block_via != via:
                 # the stored Age goes: the one sent is the current age (RFC 9111 4.2.3)
                 hdrs = forward_response_headers(entry.headers, ex.cache.rules.serve_drop if ex.cache else
@@ -416,8 +415,7 @@ class Cache(CacheFront):
         self, ds: ClientConn, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool
     ) -> Answer:
         """Headers, extra bytes, status and byte range for answering from ``entry``."""
-        plan = ex.plan
-        via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
+        via = ex.plan.via_for(ds.reverse)
         drop = ex.cache.rules.serve_drop if ex.cache is not None else policy.DEFAULT_RULES.serve_drop
         return answer(ex.head.method, ex.head.headers, entry, size, look, hit, via, drop, time.time())
 

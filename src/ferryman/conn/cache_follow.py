@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.fill import Fill
+from ferryman.http1.events import Headers
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.lookup import Stored, if_range_holds, range_of
@@ -31,6 +32,13 @@ class Cache(Protocol):
         self, ds: ClientConn, ex: Exchange, stored: Stored, look: policy.Lookup, hit: bool,
         validated: bool = False,
     ) -> None: ...
+
+
+def _collapsed_head(ds: ClientConn, ex: Exchange, headers: Headers) -> tuple[Headers, bytes]:
+    """The fill's response fields as this client gets them, and its Cache-Status line."""
+    hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
+    hdrs = forward_response_headers(headers, hidden, ex.plan.via_for(ds.reverse))
+    return hdrs, b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
 
 
 async def follow(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fill: Fill) -> None:
@@ -57,11 +65,7 @@ async def follow(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fill: Fil
             return
         assert fill.head is not None
         status, reason, headers = fill.head
-        plan = ex.plan
-        via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
-        hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
-        hdrs = forward_response_headers(headers, hidden, via)
-        extra = b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
+        hdrs, extra = _collapsed_head(ds, ex, headers)
         length = fill.length if fill.length >= 0 else None
         ds.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD", length)
         if await _pump(cache, ds, ex, fill, 0, length):
@@ -99,11 +103,7 @@ async def follow_range(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fil
             pass_through(ds, ex, keep=True)
             return
         start, end = rng
-        plan = ex.plan
-        via = plan.reverse.via if ds.reverse and plan.reverse else plan.forward.via
-        hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
-        hdrs = forward_response_headers(headers, hidden, via)
-        extra = b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
+        hdrs, extra = _collapsed_head(ds, ex, headers)
         extra += b"Content-Range: bytes %d-%d/%d\r\n" % (start, end - 1, fill.length)
         ex.cache_result = "collapsed"
         ds.begin_stream(ex, 206, b"Partial Content", hdrs, extra, True, end - start)

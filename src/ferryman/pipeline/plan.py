@@ -108,3 +108,7 @@ class Plan:
     admin: tuple[str, int] | None = None
     cache: CachePlan | None = None
     admin_hosts: frozenset[str] = frozenset()  # Host values the admin API answers (besides loopback)
+
+    def via_for(self, reverse: bool) -> bytes | None:
+        """The Via received-by token for a reverse or forward listener's messages (None: off)."""
+        return self.reverse.via if reverse and self.reverse else self.forward.via
