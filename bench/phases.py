@@ -13,6 +13,7 @@ by other load than wall time), best of ``--rounds``.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import timeit
 
@@ -59,6 +60,39 @@ def no_log() -> AccessLog:
     raise AssertionError("the log phases are not timed here")
 
 
+def control_case(tmp: str) -> tuple[str, tuple[object, ...], Client, RequestHead, Plan]:
+    """issue 12's benchmark config (bench/run.py `control_forward`): proxy auth with the
+    request's credential already checked (answered from the connection's memo), 20 rules
+    with a 100,000-entry domains file, elite."""
+    import asyncio
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import run as bench_run  # noqa: PLC0415 (the config of the wrk scenario, shared)
+
+    from ferryman.conn.auth import AuthRuntime
+    from ferryman.pipeline.admit.htpasswd import verify_password
+    from ferryman.pipeline.stage import Authenticate
+
+    fwd = bench_run.control_forward(Path(tmp), True)
+    text = "forward: " + json.dumps(fwd) + "\n"
+    plan = plan_of(text)
+    rt = AuthRuntime(asyncio.new_event_loop())
+    rt.adopt(plan.forward.control.auth)
+    phases = compile_phases(plan, "forward", Env(False, lambda ip, port: False, no_log, rt))
+    client = Client(plan.listeners[0], "127.0.0.1", 5555)
+    h = head(b"http://origin.test/index.html")
+    h.headers = [*HEADERS, (b"Proxy-Authorization", bench_run.BENCH_AUTH.encode())]
+    ctx = RequestContext(client, h, plan)
+    d = run(phases.request, ctx)
+    assert isinstance(d, Authenticate)
+    d.resume(ctx, d.step, verify_password(d.step.entry, d.step.password))
+    label = f"forward, auth + 20 rules (100k file) + elite ({len(phases.request)} phases)"
+    return label, phases.request, client, h, plan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--number", type=int, default=100_000)
@@ -79,6 +113,9 @@ def main() -> None:
             h = head(target)
             label = f"{name}{' +cache' if cache else ''} ({len(phases.request)} phases)"
             cases.append((label, phases.request, client, h, plan))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cases.append(control_case(tmp))
 
     def cont(ctx: RequestContext) -> Decision:
         return CONTINUE
