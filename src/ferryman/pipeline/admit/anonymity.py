@@ -19,7 +19,7 @@ identifying fields [#]_     client's                     client's        none
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ferryman.http1.events import Headers
@@ -37,6 +37,11 @@ class AnonymityPolicy:
     level: Level
     strip: frozenset[bytes]  # lower-case names removed from the request
     add_client: bool  # append the client address to X-Forwarded-For and Forwarded
+    # the lengths of the stripped names: a field of another length is kept unlowered
+    sizes: frozenset[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", frozenset(len(n) for n in self.strip))
 
     @classmethod
     def compile(cls, level: str, identifying: Iterable[str] = DEFAULT_IDENTIFYING) -> AnonymityPolicy:
@@ -63,8 +68,11 @@ class AnonymityPolicy:
         strip = self.strip
         if not strip:
             return headers
-        out = [(n, v) for n, v in headers if n.lower() not in strip]
-        return headers if len(out) == len(headers) else out
+        sizes = self.sizes
+        for n, _ in headers:
+            if len(n) in sizes and n.lower() in strip:  # something to strip: one copy
+                return [f for f in headers if len(f[0]) not in sizes or f[0].lower() not in strip]
+        return headers
 
 
 def forwarded_for(client_ip: str) -> bytes:

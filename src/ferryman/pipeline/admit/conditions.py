@@ -229,6 +229,7 @@ class IndexedError(ValueError):
         self.index = index
 
 NO_MATCH, BY_NAME, BY_NETWORK, NEEDS_ADDRESS = 0, 1, 2, 3
+HOST_MEMO = 4096  # hosts whose name match a Destination or a RunIndex remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,28 +243,27 @@ class Destination:
     files: tuple[tuple[str, DomainSet], ...] = ()  # (absolute path, set)
     networks: tuple[IPNetwork, ...] = ()
     ranges: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+    # host -> whether the name part matches (hosts repeat: the files and regexes are
+    # searched once per host, not per request); bounded, emptied when full
+    _by_host: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranges", network_ranges(self.networks))
+        object.__setattr__(self, "_by_host", {})
 
     def match(self, ev: Facts) -> int:
         """NO_MATCH, BY_NAME, BY_NETWORK, or NEEDS_ADDRESS when only the dialled
         address can tell and it is not known yet."""
         host = ev.host
-        if host in self.exact:
+        named = self._by_host.get(host)
+        if named is None:
+            named = self._by_name(ev)
+            memo = self._by_host
+            if len(memo) >= HOST_MEMO:
+                memo.clear()
+            memo[host] = named
+        if named:
             return BY_NAME
-        if self.suffixes or self.files:
-            parents = ev._parents
-            if parents is None:
-                parents = ev.parents()
-            if self.suffixes and not self.suffixes.isdisjoint(parents):
-                return BY_NAME
-            for _, ds in self.files:
-                if ds.matches_parts(host, parents):
-                    return BY_NAME
-        for rx in self.regexes:
-            if rx.search(host):
-                return BY_NAME
         if self.networks:
             addr = ev.dest_addr()
             if addr is None:
@@ -271,6 +271,24 @@ class Destination:
             if in_ranges(addr, self.ranges):
                 return BY_NETWORK
         return NO_MATCH
+
+    def _by_name(self, ev: Facts) -> bool:
+        host = ev.host
+        if host in self.exact:
+            return True
+        if self.suffixes or self.files:
+            parents = ev._parents
+            if parents is None:
+                parents = ev.parents()
+            if self.suffixes and not self.suffixes.isdisjoint(parents):
+                return True
+            for _, ds in self.files:
+                if ds.matches_parts(host, parents):
+                    return True
+        for rx in self.regexes:
+            if rx.search(host):
+                return True
+        return False
 
     def covers(self, other: Destination) -> bool:
         if other.files and not {p for p, _ in other.files} <= {p for p, _ in self.files}:
@@ -351,7 +369,10 @@ class Path:
             return False
         if self.prefixes and path.startswith(self.prefixes):
             return True
-        return any(rx.search(path) for rx in self.regexes)
+        for rx in self.regexes:
+            if rx.search(path):
+                return True
+        return False
 
     def covers(self, other: Path) -> bool:
         if not {r.pattern for r in other.regexes} <= {r.pattern for r in self.regexes}:
@@ -377,8 +398,23 @@ class TimeWindow:
     days: frozenset[int]  # 0 = Monday
     tz: tzinfo | None  # None: the system's local time
     spec: str = field(default="", compare=False)  # as written, for messages
+    # [(minute since the epoch, the answer for it)]: time zone offsets are whole minutes,
+    # so the answer changes at most once a minute and is worked out once per minute
+    _last: list[tuple[float, bool]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_last", [(-1.0, False)])
 
     def test(self, ev: Facts) -> bool:
+        minute = ev.now // 60
+        last = self._last[0]
+        if last[0] == minute:
+            return last[1]
+        answer = self._at(ev)
+        self._last[0] = (minute, answer)
+        return answer
+
+    def _at(self, ev: Facts) -> bool:
         t = ev.local_time(self.tz)
         if t.weekday() not in self.days:
             return False
@@ -406,14 +442,16 @@ class Header:
     regex: re.Pattern[str] | None = None
 
     def test(self, ev: Facts) -> bool:
-        values = ev.header_values(self.name)
-        if values is None:
-            return not self.present
-        if not self.present:
-            return False
-        if self.regex is None:
-            return True
-        return any(self.regex.search(v.decode("latin-1")) for v in values)
+        name = self.name
+        size = len(name)
+        rx = self.regex
+        seen = False
+        for n, v in ev.headers:  # one pass, lowering only the names of the right length
+            if len(n) == size and n.lower() == name:
+                if rx is None or rx.search(v.decode("latin-1")):
+                    return self.present
+                seen = True
+        return not self.present and not seen
 
     def covers(self, other: Header) -> bool:
         if self.name != other.name:

@@ -10,10 +10,10 @@ answers the first rule of the run that matches, as the rules one by one would.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from ferryman.pipeline.admit.conditions import Condition, Destination, Facts, Methods, Ports
+from ferryman.pipeline.admit.conditions import HOST_MEMO, Condition, Destination, Facts, Methods, Ports
 
 _NONE = 1 << 62
 
@@ -35,21 +35,18 @@ class RunIndex:
     suffix: dict[str, int]  # parent domain -> first rule covering its subdomains
     ports: dict[int, int]
     methods: dict[str, int]
+    by_host: dict[str, int] = field(default_factory=dict, repr=False, compare=False)  # host -> best by name
 
     def lookup(self, ev: Facts) -> int:
         """The index of the first rule of the run that matches, or -1."""
         best = _NONE
-        if self.exact:
-            best = self.exact.get(ev.host, _NONE)
-        if self.suffix:
-            parents = ev._parents
-            if parents is None:
-                parents = ev.parents()
-            get = self.suffix.get
-            for p in parents:
-                j = get(p, _NONE)
-                if j < best:
-                    best = j
+        if self.exact or self.suffix:
+            best = self.by_host.get(ev.host, -1)
+            if best == -1:
+                best = self._by_name(ev)
+                if len(self.by_host) >= HOST_MEMO:
+                    self.by_host.clear()
+                self.by_host[ev.host] = best
         if self.ports:
             j = self.ports.get(ev.port, _NONE)
             if j < best:
@@ -59,6 +56,19 @@ class RunIndex:
             if j < best:
                 best = j
         return -1 if best == _NONE else best
+
+    def _by_name(self, ev: Facts) -> int:
+        best = self.exact.get(ev.host, _NONE)
+        if self.suffix:
+            parents = ev._parents
+            if parents is None:
+                parents = ev.parents()
+            get = self.suffix.get
+            for p in parents:
+                j = get(p, _NONE)
+                if j < best:
+                    best = j
+        return best
 
 
 def indexable(rule: _RuleLike) -> bool:
