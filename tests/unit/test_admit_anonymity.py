@@ -102,3 +102,12 @@ def test_bad_settings() -> None:
 def test_forwarded_for() -> None:
     assert forwarded_for("10.0.0.1") == b"for=10.0.0.1"
     assert forwarded_for("::1") == b'for="[::1]"'
+
+
+def test_elite_strips_in_one_pass_whatever_the_case_and_keeps_the_order() -> None:
+    policy = AnonymityPolicy.compile("elite")
+    headers = [(b"Accept", b"*/*"), (b"VIA", b"1.1 x"), (b"User-Agent", b"ua"), (b"x-real-ip", b"1.2.3.4"),
+               (b"X-Forwarded-For", b"5.6.7.8"), (b"Host-Ish", b"h"), (b"FROM", b"a@b")]
+    out = policy.apply(headers, "10.0.0.1")
+    assert out == [(b"Accept", b"*/*"), (b"User-Agent", b"ua"), (b"Host-Ish", b"h")]
+    assert headers[1] == (b"VIA", b"1.1 x")  # the input list is not changed

@@ -29,7 +29,8 @@ from time import time
 from ferryman.errors import ClientProtocolError
 from ferryman.pipeline.admit.address import AddressCheck, denied
 from ferryman.pipeline.admit.auth import DEFAULT_CHALLENGE, Challenges
-from ferryman.pipeline.admit.conditions import Facts, Path
+from ferryman.pipeline.admit.conditions import HOST_MEMO as PATH_MEMO
+from ferryman.pipeline.admit.conditions import MEMO_PATH_SIZE, Facts, Path
 from ferryman.pipeline.admit.control import AuthPlan
 from ferryman.pipeline.admit.rules import AclDecision, AclRequest, RuleSet
 from ferryman.pipeline.context import RequestContext
@@ -98,6 +99,7 @@ def phase(fwd: ForwardPlan, ask: Challenge | None = None) -> Phase | None:
     guard = None if fwd.control.safety.laptop or behind_parent else fwd.control.safety
     on_auth = ask if ask is not None else challenge(fwd.control.auth)
     decide = rules.decide
+    paths: dict[bytes, str] = {}  # target path -> what the rules see (paths repeat); bounded
 
     def admit_rules(ctx: RequestContext) -> Decision:
         t = ctx.target
@@ -106,10 +108,16 @@ def phase(fwd: ForwardPlan, ask: Challenge | None = None) -> Phase | None:
         method = head.method
         path = None
         if needs_path and method != "CONNECT":
-            try:
-                path = rules_path(t.path)
-            except ClientProtocolError as exc:
-                return Respond.refuse(exc)
+            path = paths.get(t.path)
+            if path is None:
+                try:
+                    path = rules_path(t.path)
+                except ClientProtocolError as exc:
+                    return Respond.refuse(exc)
+                if len(t.path) <= MEMO_PATH_SIZE:
+                    if len(paths) >= PATH_MEMO:
+                        paths.clear()
+                    paths[t.path] = path
         ident = ctx.identity
         user = ident.user or None
         now = time()

@@ -229,7 +229,8 @@ class IndexedError(ValueError):
         self.index = index
 
 NO_MATCH, BY_NAME, BY_NETWORK, NEEDS_ADDRESS = 0, 1, 2, 3
-HOST_MEMO = 4096  # hosts whose name match a Destination or a RunIndex remembers
+HOST_MEMO = 4096  # hosts (paths) whose match a Destination, a RunIndex (a Path) remembers
+MEMO_PATH_SIZE = 512  # longer paths are searched each time (the memo stays small)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +363,11 @@ class Path:
 
     prefixes: tuple[str, ...] = ()
     regexes: tuple[re.Pattern[str], ...] = ()
+    # path -> whether a regex matches it (paths repeat); bounded, emptied when full
+    _by_path: dict[str, bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_path", {})
 
     def test(self, ev: Facts) -> bool:
         path = ev.path
@@ -369,10 +375,21 @@ class Path:
             return False
         if self.prefixes and path.startswith(self.prefixes):
             return True
-        for rx in self.regexes:
-            if rx.search(path):
-                return True
-        return False
+        if not self.regexes:
+            return False
+        memo = self._by_path
+        found = memo.get(path)
+        if found is None:
+            found = False
+            for rx in self.regexes:
+                if rx.search(path):
+                    found = True
+                    break
+            if len(path) <= MEMO_PATH_SIZE:
+                if len(memo) >= HOST_MEMO:
+                    memo.clear()
+                memo[path] = found
+        return found
 
     def covers(self, other: Path) -> bool:
         if not {r.pattern for r in other.regexes} <= {r.pattern for r in self.regexes}:
