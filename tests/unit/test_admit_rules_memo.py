@@ -119,3 +119,62 @@ def test_path_regex_memo_keeps_answers_and_skips_long_paths() -> None:
     path_cond = r.rules[0].conditions[0]
     assert isinstance(path_cond, conditions.Path)
     assert long_path not in path_cond._by_path and "/a/setup.exe" in path_cond._by_path
+
+
+def test_rules_whose_destination_cannot_match_the_host_are_not_tested(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tested: list[bytes] = []
+    real = conditions.Header.test
+
+    def counting(self: conditions.Header, ev: Facts) -> bool:
+        tested.append(self.name)
+        return real(self, ev)
+
+    monkeypatch.setattr(conditions.Header, "test", counting)
+    r = rs(
+        {"deny": {"domains": [".tor.test"], "headers": {"X-Tor": True}}, "name": "tor"},
+        {"deny": {"headers": {"X-Bad": True}}, "name": "bad"},
+    )
+    for _ in range(2):
+        assert action(r, host="www.example.com", headers=[(b"X-Tor", b"1")]) == "allow"
+    assert tested == [b"x-bad", b"x-bad"]  # the tor rule is left out for www.example.com
+    assert action(r, host="a.tor.test", headers=[(b"X-Tor", b"1")]) == "deny"
+    assert action(r, host="a.tor.test", headers=[(b"X-Bad", b"1")]) == "deny"
+    assert action(r, host="a.tor.test") == "allow"
+
+
+def test_per_host_steps_decide_as_the_rules_one_by_one() -> None:
+    r = compile_rules([
+        {"auth": {"domains": [".private.test"]}, "name": "private"},
+        {"deny": {"domains": ["a.test"]}, "name": "a"},
+        {"deny": {"ports": [25]}, "name": "smtp"},
+        {"deny": {"domains": [".b.test"]}, "name": "b"},
+        {"allow": {"domains": ["net.test"], "networks": ["10.0.0.0/8"]}, "name": "net"},
+        {"deny": {"domain_regex": ["^x"], "methods": ["POST"]}, "name": "x-post"},
+        {"deny": {"domains": ["c.test"]}, "name": "c"},
+        {"deny": {"domains": [".d.test"]}, "name": "d"},
+        {"allow": {"users": ["ann"]}, "name": "ann"},
+    ], default="deny")
+
+    def name(**kw: Any) -> str:
+        base: dict[str, Any] = {"client": "10.1.2.3", "method": "GET", "host": "www.example.com", "port": 80}
+        base.update(kw)
+        return r.evaluate(AclRequest(**base), TUE_1030).rule
+
+    for _ in range(2):  # fresh, then from the memo
+        assert name(host="s.private.test") == "private"
+        assert name(host="s.private.test", user="ann") == "net"  # waits for the address
+        assert name(host="s.private.test", user="ann", address="192.0.2.1") == "ann"
+        assert name(host="a.test") == "a" and name(host="a.test", port=25) == "a"
+        assert name(host="other.test", port=25) == "smtp"
+        assert name(host="q.b.test") == "b" and name(host="b.test") == "b"
+        assert name(host="net.test") == "net"
+        assert name(host="10.1.1.1") == "net" and name(host="192.0.2.1") == "default"
+        assert name(host="other.test") == "net"  # waits for the address (resolve)
+        assert name(host="xy.test", method="POST") == "net"
+        assert name(host="xy.test", method="POST", address="192.0.2.1") == "x-post"
+        assert name(host="c.test", address="192.0.2.1") == "c"
+        assert name(host="e.d.test", address="192.0.2.1") == "d"
+        assert name(host="e.test", address="192.0.2.1", user="ann") == "ann"
+        assert name(host="e.test", address="192.0.2.1") == "default"

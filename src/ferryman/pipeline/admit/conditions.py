@@ -255,15 +255,7 @@ class Destination:
     def match(self, ev: Facts) -> int:
         """NO_MATCH, BY_NAME, BY_NETWORK, or NEEDS_ADDRESS when only the dialled
         address can tell and it is not known yet."""
-        host = ev.host
-        named = self._by_host.get(host)
-        if named is None:
-            named = self._by_name(ev)
-            memo = self._by_host
-            if len(memo) >= HOST_MEMO:
-                memo.clear()
-            memo[host] = named
-        if named:
+        if self.matches_name(ev):
             return BY_NAME
         if self.networks:
             addr = ev.dest_addr()
@@ -273,8 +265,19 @@ class Destination:
                 return BY_NETWORK
         return NO_MATCH
 
-    def _by_name(self, ev: Facts) -> bool:
+    def matches_name(self, ev: Facts) -> bool:
+        """Whether the host matches by name (entries, files, regexes); remembered per host."""
         host = ev.host
+        named = self._by_host.get(host)
+        if named is None:
+            named = self._by_name(host, ev)
+            memo = self._by_host
+            if len(memo) >= HOST_MEMO:
+                memo.clear()
+            memo[host] = named
+        return named
+
+    def _by_name(self, host: str, ev: Facts) -> bool:
         if host in self.exact:
             return True
         if self.suffixes or self.files:

@@ -41,6 +41,7 @@ from ferryman.http1.events import Headers
 from ferryman.pipeline.admit.conditions import (
     BY_NAME,
     BY_NETWORK,
+    HOST_MEMO,
     NEEDS_ADDRESS,
     Authenticated,
     Condition,
@@ -53,7 +54,7 @@ from ferryman.pipeline.admit.conditions import (
 )
 from ferryman.pipeline.admit.domainset import DomainSet
 from ferryman.pipeline.admit.rules_compile import Action, RuleError, compile_rule
-from ferryman.pipeline.admit.rules_index import RunIndex, build_run, plan_runs
+from ferryman.pipeline.admit.rules_index import NO_RULE, build_run, plan_runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +105,10 @@ _EMPTY_HEADERS: Headers = []
 
 
 # Per rule, what `evaluate` reads: its tests, its destination, whether it is an auth
-# rule, its decisions (by name, by network) built once, and its index.
-_Step = tuple[tuple[Any, ...], Destination | None, bool, AclDecision, AclDecision, int]
+# rule, its decisions (by name, by network) built once, and its index.  A run of rules
+# looked up at once (`RunIndex`) is a step with no tests (None) and the run where the
+# destination goes.
+_Step = tuple[tuple[Any, ...] | None, Any, bool, AclDecision, AclDecision, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,10 @@ class RuleSet:
     rules: tuple[Rule, ...]
     default: Action = "allow"
     _steps: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
-    _fast: tuple[_Step | RunIndex, ...] = field(init=False, repr=False, compare=False)
+    _fast: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
+    _decisions: tuple[AclDecision, ...] = field(init=False, repr=False, compare=False)
+    # host -> the steps that may match a request to it (`_for_host`); bounded
+    _by_host: dict[str, tuple[_Step, ...]] = field(init=False, repr=False, compare=False)
     _default: AclDecision = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -126,18 +132,21 @@ class RuleSet:
                 AclDecision(r.action, r.name, i, r.message, True),
                 i,
             ))
-        fast: list[_Step | RunIndex] = []
+        fast: list[_Step] = []
         runs = dict(plan_runs(self.rules))
         i = 0
         while i < len(steps):
             if i in runs:
-                fast.append(build_run(self.rules[i : runs[i] + 1], i))
+                run = build_run(self.rules[i : runs[i] + 1], i)
+                fast.append((None, run, False, steps[i][3], steps[i][4], i))
                 i = runs[i] + 1
             else:
                 fast.append(steps[i])
                 i += 1
         object.__setattr__(self, "_steps", tuple(steps))
         object.__setattr__(self, "_fast", tuple(fast))
+        object.__setattr__(self, "_decisions", tuple(s[3] for s in steps))
+        object.__setattr__(self, "_by_host", {})
         object.__setattr__(self, "_default", AclDecision(self.default, "default", -1))
 
     def evaluate(self, req: AclRequest, now: float, start: int = 0) -> AclDecision:
@@ -150,14 +159,18 @@ class RuleSet:
 
     def decide(self, ev: Facts, start: int = 0) -> AclDecision:
         """`evaluate` on facts the caller built (the admit phase: no `AclRequest` per request)."""
-        steps: Sequence[_Step | RunIndex] = self._fast if start == 0 else self._steps[start:]
-        for step in steps:
-            if step.__class__ is RunIndex:
-                j = step.lookup(ev)
+        if start == 0:
+            steps: Sequence[_Step] | None = self._by_host.get(ev.host)
+            if steps is None:
+                steps = self._for_host(ev)
+        else:
+            steps = self._steps[start:]
+        for tests, dest, is_auth, decision, by_net, i in steps:
+            if tests is None:  # a run of rules, looked up at once
+                j: int = dest.lookup(ev)
                 if j >= 0:
-                    return self._steps[j][3]
+                    return self._decisions[j]
                 continue
-            tests, dest, is_auth, decision, by_net, i = step  # type: ignore[misc]
             for test in tests:
                 if not test(ev):
                     break
@@ -175,6 +188,29 @@ class RuleSet:
                     continue
                 return by_net if how == BY_NETWORK else decision
         return self._default
+
+    def _for_host(self, ev: Facts) -> tuple[_Step, ...]:
+        """The steps that may match a request to ``ev.host``: a rule whose destination
+        cannot match this name (and has no networks) is left out, and a destination that
+        matches it by name needs no test; a run naming other hosts only is left out."""
+        out: list[_Step] = []
+        for step in self._fast:
+            tests, dest, is_auth, decision, by_net, i = step
+            if tests is None:
+                if dest.ports or dest.methods or dest.by_name(ev) != NO_RULE:
+                    out.append(step)
+            elif dest is None:
+                out.append(step)
+            elif dest.matches_name(ev):
+                out.append((tests, None, is_auth, decision, by_net, i))  # matched by name
+            elif dest.networks:
+                out.append(step)
+        steps = tuple(out)
+        memo = self._by_host
+        if len(memo) >= HOST_MEMO:
+            memo.clear()
+        memo[ev.host] = steps
+        return steps
 
     @property
     def needs_auth(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ferryman.pipeline.admit.conditions import HOST_MEMO, Condition, Destination, Facts, Methods, Ports
 
-_NONE = 1 << 62
+_NONE = NO_RULE = 1 << 62  # no rule of the run matches
 
 
 class _RuleLike(Protocol):
@@ -43,7 +43,7 @@ class RunIndex:
         if self.exact or self.suffix:
             best = self.by_host.get(ev.host, -1)
             if best == -1:
-                best = self._by_name(ev)
+                best = self.by_name(ev)
                 if len(self.by_host) >= HOST_MEMO:
                     self.by_host.clear()
                 self.by_host[ev.host] = best
@@ -57,7 +57,8 @@ class RunIndex:
                 best = j
         return -1 if best == _NONE else best
 
-    def _by_name(self, ev: Facts) -> int:
+    def by_name(self, ev: Facts) -> int:
+        """The first rule of the run matching the host by name, or NO_RULE."""
         best = self.exact.get(ev.host, _NONE)
         if self.suffix:
             parents = ev._parents
