@@ -33,6 +33,5 @@ class LoopClock:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.call_later: Callable[..., Timer] = loop.call_later
 
-    @staticmethod
-    def time() -> float:
-        return monotonic()
+    # the builtin itself: no Python frame on the many reads per request
+    time: Callable[[], float] = staticmethod(monotonic)

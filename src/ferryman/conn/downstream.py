@@ -61,6 +61,7 @@ log = logging.getLogger("ferryman")
 
 OPEN, IDLE, HEAD, BODY, UPSTREAM, WAIT, RESPONSE, WRITING, TUNNEL, CLOSED = State  # fast names
 _BUFFER_HIGH = 256 * 1024
+_NEVER = float("inf")
 
 
 class Downstream(asyncio.Protocol):
@@ -85,7 +86,8 @@ class Downstream(asyncio.Protocol):
         self.write_paused = False
         self._paused = 0  # why reading is paused (P_* bits)
         self._timer: Timer | None = None
-        self._deadline = 0.0  # when `_timer` fires
+        self._fires = 0.0  # when `_timer` fires
+        self._due = _NEVER  # the current state's deadline (activity states: see _on_timer)
         self._timeout = 0.0  # the current state's deadline, in seconds
         self._last = 0.0  # the last activity (activity states count from it)
         self.tunnel_pending: list[bytes] | None = None  # what the client sent for a coming tunnel
@@ -122,20 +124,24 @@ class Downstream(asyncio.Protocol):
         t = (deadlines or self.engine.deadlines)[new]
         timer = self._timer
         if t is None:
-            if timer is not None:
+            # No deadline here: a timer armed for an earlier state stays (re-arming it on
+            # every move costs more than letting it fire and find nothing due, _on_timer).
+            self._due = _NEVER
+            if new is CLOSED and timer is not None:
                 timer.cancel()
                 self._timer = None
             return
         now = self._now()
         self._last = now
         self._timeout = t
+        if timer is not None and FIELD[old] is FIELD[new] and old is not new:
+            return  # the same deadline goes on (OPEN -> HEAD: client_header from the accept)
+        due = self._due = now + t
         if timer is not None:
-            if FIELD[old] is FIELD[new] and old is not new:
-                return  # the same deadline goes on (OPEN -> HEAD: client_header from the accept)
-            if IS_ACTIVITY[new] and self._deadline <= now + t:
+            if self._fires <= due:
                 return  # fires no later than due; re-armed for the rest then (see _on_timer)
             timer.cancel()
-        self._deadline = now + t
+        self._fires = due
         self._timer = self._call_later(t, self._on_timer)
 
     def touch(self) -> None:
@@ -144,14 +150,16 @@ class Downstream(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         st = self.state
-        if IS_ACTIVITY[st]:
-            # Activity deadlines: re-arm for the remainder if bytes moved meanwhile.
-            now = self._now()
-            left = self._last + self._timeout - now
-            if left > 0.001:
-                self._deadline = now + left
-                self._timer = self._call_later(left, self._on_timer)
-                return
+        # Activity deadlines count from the last byte moved; others from entering the state.
+        due = self._last + self._timeout if IS_ACTIVITY[st] else self._due
+        if due == _NEVER:
+            return  # armed for an earlier state; this one has no deadline
+        now = self._now()
+        left = due - now
+        if left > 0.001:
+            self._fires = now + left
+            self._timer = self._call_later(left, self._on_timer)
+            return
         what = EXPIRED.get(st)
         if what is None:
             return
