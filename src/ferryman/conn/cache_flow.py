@@ -33,6 +33,7 @@ from ferryman.errors import FerrymanError
 from ferryman.http1.events import Framing, Headers, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.cache import policy
+from ferryman.pipeline.cache.action import PROXY, TAKEN, CacheAction
 from ferryman.pipeline.cache.index import selecting_fields, variant_bytes
 from ferryman.pipeline.cache.key import request_key, uri_key
 from ferryman.pipeline.cache.lookup import (
@@ -75,8 +76,11 @@ class Cache(CacheFront):
         return fill
 
     # -- request side ---------------------------------------------------------
-    def on_request(self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, scheme: str) -> bool:
-        """True when the cache took the exchange over (hit, follower, purge, 504)."""
+    def on_request(
+        self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, scheme: str
+    ) -> CacheAction:
+        """`TAKEN` when the cache took the exchange over (hit, follower, purge, 504, a stored
+        head being loaded); `PROXY` when the connection sends it upstream now."""
         head = ex.head
         method = head.method
         if d.group is None:  # forward: the origin's URL
@@ -93,14 +97,14 @@ class Cache(CacheFront):
             key = self._keys[memo] = request_key(scheme, authority, target)
         if method == "PURGE":
             ds.loop.create_task(self._purge_request(ds, ex, key))
-            return True
+            return TAKEN
         if method not in ("GET", "HEAD"):
             ex.cache = CacheState(key, rules)  # for invalidation once the answer is known
-            return False
+            return PROXY
         if self.persistent and key not in self.index and key not in self.checked:
             # A disk entry from before a restart (or another worker): load its meta once.
             ds.loop.create_task(self._load_then_decide(ds, ex, d, rules, key))
-            return True
+            return TAKEN
         return self._decide(ds, ex, d, rules, key)
 
     async def _load_then_decide(
@@ -117,10 +121,13 @@ class Cache(CacheFront):
             self.remember(key, Stored(entry, meta.variant, meta.version))
         if ds.closed or ex is not ds.cur:
             return
-        if not self._decide(ds, ex, d, rules, key):
+        if self._decide(ds, ex, d, rules, key) is PROXY:
             ds.resume_proxy(ex)
 
-    def _decide(self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes) -> bool:
+    def _decide(
+        self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
+    ) -> CacheAction:
+        """Look ``key`` up for this request and act on the freshness policy's outcome."""
         head = ex.head
         method = head.method
         now = time.time()
@@ -140,12 +147,12 @@ class Cache(CacheFront):
                     got = self.inline.get_nowait(key, stored.variant)
                     if got is not None and got[0].version == stored.version:
                         self._send_inline(ds, ex, stored, got[1], look)
-                        return True
+                        return TAKEN
                 ds.loop.create_task(self.serve(ds, ex, stored, look, hit=True))
-                return True
+                return TAKEN
         if out is policy.Outcome.ONLY_IF_CACHED_MISS:
             ds.send_synthetic(ex, 504, "only-if-cached and nothing stored")
-            return True
+            return TAKEN
         self.misses += 1
         stale = self._stored_for(key, look.entry) if out is policy.Outcome.MUST_VALIDATE else None
         if method == "GET" and has_range(head.headers):
@@ -157,19 +164,19 @@ class Cache(CacheFront):
             if fill is not None:
                 fill.followers += 1
                 ds.loop.create_task(follow_range(self, ds, ex, d, fill))
-                return True
+                return TAKEN
         if method != "GET":  # HEAD: never stored, validated as it passes
             if stale is not None:
                 state.stored = stale
                 d.headers = validating(d.fields(), stale)
                 ex.cache_result = "revalidate"
-            return False
+            return PROXY
         fill = self._joinable(key, head.headers) if self.coalesce else None
         if fill is not None:
             fill.followers += 1
             ex.cache_result = "collapsed"
             ds.loop.create_task(follow(self, ds, ex, d, fill))
-            return True
+            return TAKEN
         if stale is not None:
             # One conditional request per stale entry; concurrent requests wait for it.
             state.stored = stale
@@ -177,19 +184,19 @@ class Cache(CacheFront):
             ex.cache_result = "revalidate"
             fill = state.fill = self._fill(key)
             fill.set_variant(stale.entry.vary_fields, stale.entry.vary, stale.variant)
-            return False
+            return PROXY
         if has_range(head.headers):
-            return False  # a Range miss with range fills off: passed through, not stored
+            return PROXY  # a Range miss with range fills off: passed through, not stored
         state.fill = self._fill(key)
         ex.cache_result = "miss"
-        return False
+        return PROXY
 
     def _redecide(self, ds: ClientConn, ex: Exchange, d: Proxy) -> None:
         """A follower whose fill could not serve it goes through the cache phase again."""
         state = ex.cache
         if ds.closed or ex is not ds.cur or state is None:
             return
-        if not self._decide(ds, ex, d, state.rules, state.key):
+        if self._decide(ds, ex, d, state.rules, state.key) is PROXY:
             ds.resume_proxy(ex)
 
     async def _purge_request(self, ds: ClientConn, ex: Exchange, key: bytes) -> None:

@@ -44,6 +44,7 @@ from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
+from ferryman.pipeline.cache.action import TAKEN
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan
 from ferryman.pipeline.stage import (
@@ -391,8 +392,8 @@ class Downstream(asyncio.Protocol):
         if type(decision) is CacheLookup:
             cache, rules = self.engine.cache, proxy.cache_rules
             if cache is not None and rules is not None:
-                if cache.on_request(self, ex, proxy, rules, decision.scheme):
-                    return
+                if cache.on_request(self, ex, proxy, rules, decision.scheme) is TAKEN:
+                    return  # the cache answers, or sends the request on itself
         self.proxy(ex)
 
     def _suspend(self, ex: Exchange, d: Authenticate) -> None:

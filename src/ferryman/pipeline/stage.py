@@ -6,7 +6,8 @@ A *phase* takes the request context and returns a Decision (DESIGN 2.9):
     with an error of the one table (``error``; the connection answers and closes);
   - `Connect`: open a CONNECT tunnel;
   - `CacheLookup`: the cache phase applies: the connection consults the cache,
-    which answers (hit, follower, purge) or lets the request go on;
+    which says `TAKEN` (it answers: hit, follower, purge) or `PROXY` (go on
+    upstream), the two values of `pipeline/cache/action.py`;
   - `Authenticate`: a password must be checked, which is CPU work (bcrypt): the
     connection runs the check off the event loop, hands the result to
     ``resume`` on the loop, and, when that continues, runs the phases after

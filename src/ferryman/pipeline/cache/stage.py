@@ -2,9 +2,9 @@
 
 The lookup itself may need the store (a persistent entry is loaded on first
 sight), so the phase hands a `CacheLookup` to the connection, which consults the
-cache (`conn/cache_flow.py`): it answers (hit, coalesced follower, purge, 504
-only-if-cached) or lets the request go on upstream.  Only in the list of a
-listener whose Plan has a cache.
+cache (`conn/cache_flow.py`): it takes the exchange over (`action.TAKEN`: hit,
+coalesced follower, purge, 504 only-if-cached) or lets the request go on upstream
+(`action.PROXY`).  Only in the list of a listener whose Plan has a cache.
 """
 
 from __future__ import annotations
