@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from ferryman.pipeline.cache.redis_store import RedisStore, key_hash, variant_hash
+from ferryman.pipeline.cache.redis_format import key_hash, variant_hash
+from ferryman.pipeline.cache.redis_store import RedisStore
 from ferryman.pipeline.cache.store import BodyReader, EntryMeta
 from tests.helpers.procs import free_port
 from tests.helpers.wait import wait_for, wait_for_async
@@ -333,7 +334,7 @@ async def test_garbage_value_is_a_miss_and_deleted(store: RedisStore, raw: Redis
     await raw.set(entry_name(b"http://a/g"), b"garbage")  # not even a hash
     assert await store.get(b"http://a/g", b"") is None
     assert await raw.exists(entry_name(b"http://a/g")) == 0
-    assert store.available  # bad data is not an outage
+    assert store.conn.available  # bad data is not an outage
     assert await put(store, meta(b"http://a/g"), b"good again")
     assert await body(store, b"http://a/g") == b"good again"
 
@@ -402,7 +403,7 @@ async def test_redis_down_is_a_quick_miss(caplog: pytest.LogCaptureFixture) -> N
         assert await s.purge_prefix(b"http://") == 0
         await s.update_meta(b"http://a/1", b"", meta(b"http://a/1"))
         assert time.monotonic() - t0 < 1.0
-        assert not s.available  # the breaker is open
+        assert not s.conn.available  # the breaker is open
         assert s.begin(meta(b"http://a/w")) is None
         errors = [r for r in caplog.records if r.name == "ferryman" and r.levelno >= logging.ERROR]
         assert len(errors) == 1 and "redis cache" in errors[0].getMessage()
@@ -416,7 +417,7 @@ async def test_hung_redis_costs_one_timeout_then_recovers(
     store = timed_store
     caplog.set_level(logging.WARNING, logger="ferryman")
     assert await put(store, meta(b"http://a/h"), b"before")
-    store.breaker_seconds = 0.5
+    store.conn.breaker_seconds = 0.5
     redis_server.pause()  # accepts connections, answers nothing
     try:
         t0 = time.monotonic()
@@ -432,18 +433,18 @@ async def test_hung_redis_costs_one_timeout_then_recovers(
         return await body(store, b"http://a/h") == b"before"
 
     await wait_for_async(served, 5, "the store to try Redis again")
-    assert store.available
+    assert store.conn.available
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
 async def test_breaker_recovers_after_a_restart(redis_server: RedisServer, timed_store: RedisStore) -> None:
     store = timed_store
-    store.breaker_seconds = 0.3
+    store.conn.breaker_seconds = 0.3
     assert await put(store, meta(b"http://a/r"), b"before")
     redis_server.stop()
     assert await store.get(b"http://a/r", b"") is None
     tripped = time.monotonic()
-    assert not store.available
+    assert not store.conn.available
     assert store.begin(meta(b"http://a/r")) is None
     redis_server.start()  # same port, empty (no persistence)
     if time.monotonic() - tripped < 0.25:
@@ -486,7 +487,7 @@ async def test_variants_per_key_are_capped_least_recently_used_first(
         await raw.zadd(b"ferryman:v:http://a/v", {variant_hash(b"a"): time.time() + 5})  # a: used last
         assert await put(store, meta(b"http://a/v", b"d"), b"d")
         assert await store.get(b"http://a/v", b"b") is None  # the least recently used went
-        assert not await raw.exists(store.entry_name(b"http://a/v", b"b"))
+        assert not await raw.exists(store.conn.entry_name(b"http://a/v", b"b"))
         for v in (b"a", b"c", b"d"):
             hit = await store.get(b"http://a/v", v)
             assert hit is not None and await read_all(hit[1]) == v

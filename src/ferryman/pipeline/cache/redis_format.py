@@ -1,4 +1,26 @@
-"""The Redis cache tier's record format and names (pure): see ``redis_store.py`` for the layout."""
+"""The Redis cache tier's layout and record format (pure).
+
+Layout (``P`` = ``prefix``, ``H`` = blake2b-128(key) hex, ``V`` = blake2b-64(variant) hex)
+------------------------------------------------------------------------------------
+
+    P e:H:V     a hash, one per entry: field ``m`` = head + meta (+ the body when it is
+                at most 1 MiB, "inline"); field ``b`` = the body when it is larger
+    P v:KEY     a sorted set per primary key (KEY raw, so SCAN MATCH can filter on its
+                prefix): the ``V`` of every variant stored under it, scored by when it
+                was last stored, refreshed or read (reads bump it at most once a minute)
+
+``m`` (integers big-endian)::
+
+    head  32 B  magic b"FRYREDIS" | u16 version=2 | u16 flags (1: body inline) | u32 meta_len
+                | u64 body_len | u32 CRC32(meta) | u32 CRC32(body)
+    meta        compact JSON {"k","v","s","h","q","t0","t1","n"} (``store.encode_meta``),
+                byte strings as latin-1 text
+    body        body_len bytes, only when inline
+
+An entry whose head names another magic or version is corrupt: a miss, and ``get`` deletes it.
+``redis_conn.py`` spells the names, ``redis_store.py`` (reads) and ``redis_writer.py``
+(fills) use them; how they are written and read (atomicity, expiry) is in ``redis_store.py``.
+"""
 
 from __future__ import annotations
 
