@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from ferryman.pipeline.cache import disk
+from ferryman.pipeline.cache import disk_writer
 from ferryman.pipeline.cache.disk import DiskStore, entry_name
 from ferryman.pipeline.cache.store import CHUNK, BodyReader, CacheEntryCorrupt, EntryMeta
 
@@ -383,9 +383,9 @@ async def test_a_full_or_forbidden_disk_fails_fills_quietly(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if where == "create":
-        monkeypatch.setattr(disk, "_create_temp", create)
+        monkeypatch.setattr(disk_writer, "_create_temp", create)
     else:
-        monkeypatch.setattr(disk, "_write_all", write)
+        monkeypatch.setattr(disk_writer, "_write_all", write)
     with caplog.at_level(logging.ERROR, logger="ferryman"):
         big = store.begin(meta(b"big"))
         assert big is not None

@@ -1,5 +1,9 @@
 """Disk cache tier: one file per entry, published by atomic rename, checked block by block.
 
+The modules: here the store and its reader (the read path); ``disk_writer.py`` a fill (the
+queue, the drain thread, sealing and publishing); ``disk_file.py`` the file format and the
+blocking file operations the I/O threads run.
+
 Layout::
 
     <root>/<h[0:2]>/<h[2:4]>/<h>-<v>      h = blake2b-128(key), v = blake2b-64(variant), in hex
@@ -53,9 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
-import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -65,6 +67,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from ferryman.pipeline.cache import disk_file as f
 from ferryman.pipeline.cache.disk_file import Ident, entry_name
+from ferryman.pipeline.cache.disk_writer import DiskWriter
 from ferryman.pipeline.cache.lru import LruIndex, Slot
 from ferryman.pipeline.cache.store import (
     CHUNK,
@@ -74,29 +77,22 @@ from ferryman.pipeline.cache.store import (
     EntryMeta,
     ErrorLog,
     check_range,
-    encode_meta,
     new_version,
 )
 
 if TYPE_CHECKING:
     from ferryman.pipeline.cache.store import Store
 
-__all__ = ["DiskReader", "DiskStore", "DiskWriter", "entry_name"]
+__all__ = ["DiskReader", "DiskStore", "entry_name"]
 
-log = logging.getLogger("ferryman")
 T = TypeVar("T")
 
-_HIGH_WATER: Final = 4 << 20  # queued body bytes past which ``ready`` asks the fill to wait
-_MAX_BACKLOG: Final = 64 << 20  # queued body bytes before a fill the disk can't follow gives up
 _WRITES_OFF: Final = 30.0
 _DISABLING: Final = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 )
 _READ_BLOCKS: Final = CHUNK // f.BLOCK  # blocks per read while streaming
 _Corrupt = f.Corrupt
-# Looked up here at call time by the writer (tests make them fail).
-_create_temp = f.create_temp
-_write_all = f.write_all
 
 
 # -- the store (event loop side) ----------------------------------------------------------
@@ -123,7 +119,7 @@ class DiskStore:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ferryman-cache")
         self._index: LruIndex[Ident] = LruIndex(max_bytes, max_entries, max_variants)
         self.on_evict: Callable[[bytes, bytes], None] | None = None  # told of what this process evicts
-        self._writers: set[DiskWriter] = set()
+        self.writers: set[DiskWriter] = set()
         self._writes_off_until = 0.0
         self._log = ErrorLog(f"disk cache {self.root}")
         self._closed = False
@@ -138,23 +134,23 @@ class DiskStore:
     async def open(self) -> None:
         """Create the directory, prove it writable, remove dead fills and bad files, rebuild the index."""
         try:
-            await self._run(f.prepare, self.root)
+            await self.run_io(f.prepare, self.root)
         except OSError as exc:
-            self._failed("preparing the directory", exc)
+            self.failed("preparing the directory", exc)
         try:
-            found, _ = await self._run(f.scan, self.root, None)
+            found, _ = await self.run_io(f.scan, self.root, None)
         except OSError as exc:
-            self._failed("scanning", exc)
+            self.failed("scanning", exc)
             return
         for entry in sorted(found, key=lambda e: e.used_at):
-            self._track(entry.key, entry.variant, entry.ident)
+            self.track(entry.key, entry.variant, entry.ident)
 
     async def get(self, key: bytes, variant: bytes) -> tuple[EntryMeta, BodyReader] | None:
         if self._closed:
             return None
         path = self._final(key, variant)
         try:
-            opened = await self._run(f.open_entry, path, key, variant)
+            opened = await self.run_io(f.open_entry, path, key, variant)
         except _Corrupt as exc:
             self._index.pop(key, variant)
             self._log(f"deleted corrupt {path}: {exc}")
@@ -166,7 +162,7 @@ class DiskStore:
             self._index.pop(key, variant)
             return None
         if self._index.get(key, variant) != opened.ident:
-            self._track(key, variant, opened.ident)
+            self.track(key, variant, opened.ident)
         if opened.body is not None:
             return opened.meta, BytesReader(opened.body)
         return opened.meta, DiskReader(self, opened, path)
@@ -181,7 +177,7 @@ class DiskStore:
         writer = DiskWriter(self, meta, self._final(meta.key, meta.variant))
         if writer.file_size(0) > self.max_bytes:
             return None
-        self._writers.add(writer)
+        self.writers.add(writer)
         return writer
 
     async def update_meta(self, key: bytes, variant: bytes, meta: EntryMeta) -> None:
@@ -190,18 +186,18 @@ class DiskStore:
         final = self._final(key, variant)
         try:
             update = replace(meta, key=key, variant=variant)
-            ident = await self._run(f.rewrite, final, f.temp_for(final), update, self.fsync)
+            ident = await self.run_io(f.rewrite, final, f.temp_for(final), update, self.fsync)
         except _Corrupt as exc:
             self._index.pop(key, variant)
             self._log(f"deleted corrupt {final}: {exc}")
             return
         except OSError as exc:
-            self._failed("updating meta", exc)
+            self.failed("updating meta", exc)
             return
         if ident is None:
             self._index.pop(key, variant)
         else:
-            self._track(key, variant, ident)
+            self.track(key, variant, ident)
 
     def variants(self, key: bytes) -> list[bytes]:
         """Variants of ``key`` this process knows on disk (from the start-up scan and its own fills)."""
@@ -214,7 +210,7 @@ class DiskStore:
         self._index.pop_key(key)
         sub, name = entry_name(key, b"")
         try:
-            return await self._run(f.unlink_key, os.path.join(self.root, sub), name.split("-")[0] + "-")
+            return await self.run_io(f.unlink_key, os.path.join(self.root, sub), name.split("-")[0] + "-")
         except OSError as exc:
             self._log(f"deleting: {exc}")
             return 0
@@ -227,7 +223,7 @@ class DiskStore:
         for key in self._index.keys_with_prefix(prefix):
             self._index.pop_key(key)
         try:
-            return (await self._run(f.scan, self.root, prefix))[1]
+            return (await self.run_io(f.scan, self.root, prefix))[1]
         except OSError as exc:
             self._log(f"purging: {exc}")
             return 0
@@ -241,26 +237,26 @@ class DiskStore:
         await asyncio.to_thread(self._pool.shutdown, True)
         self._index.clear()
 
-    # -- internals -----------------------------------------------------------------------
+    # -- the I/O threads, the index, failures (``run_io`` .. ``failed``: a fill's ``FillStore``) --
 
     def _final(self, key: bytes, variant: bytes) -> str:
         sub, name = entry_name(key, variant)
         return os.path.join(self.root, sub, name)
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def run_io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _submit(self, fn: Callable[..., None], *args: object) -> Future[None] | None:
+    def submit_io(self, fn: Callable[..., None], *args: object) -> Future[None] | None:
         try:
             return self._pool.submit(fn, *args)
         except RuntimeError:  # shut down
             return None
 
-    def _track(self, key: bytes, variant: bytes, ident: Ident) -> None:
+    def track(self, key: bytes, variant: bytes, ident: Ident) -> None:
         """Index a file as most recent; unlink what the size cap pushes out."""
         evicted = self._index.put(key, variant, ident, ident[3])
         if evicted:
-            self._submit(f.unlink_many, [(self._final(*s), v) for s, v in evicted])
+            self.submit_io(f.unlink_many, [(self._final(*s), v) for s, v in evicted])
             if self.on_evict is not None:
                 for (k, v), _ in evicted:
                     self.on_evict(k, v)
@@ -270,27 +266,21 @@ class DiskStore:
             self._index.pop(*slot)
         self._log(f"deleting corrupt {path}: {exc}")
         try:
-            await self._run(f.unlink_if_same, path, ident)
+            await self.run_io(f.unlink_if_same, path, ident)
         except OSError:
             pass
 
     def _abort_writers(self, match: Callable[[bytes], bool]) -> None:
-        for writer in list(self._writers):  # a fill begun before a purge must not publish
+        for writer in list(self.writers):  # a fill begun before a purge must not publish
             if match(writer.meta.key):
                 writer.abort()
 
-    def _failed(self, what: str, exc: OSError) -> None:
+    def failed(self, what: str, exc: OSError) -> None:
         if exc.errno in _DISABLING:
             self._writes_off_until = time.monotonic() + _WRITES_OFF
             self._log(f"{what}: {exc}; cache writes off for {_WRITES_OFF:g} s")
         else:
             self._log(f"{what}: {exc}")
-
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class DiskReader:
@@ -354,7 +344,7 @@ class DiskReader:
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         try:
-            return await self._store._run(fn, *args)
+            return await self._store.run_io(fn, *args)
         except (f.Corrupt, OSError, RuntimeError) as exc:  # RuntimeError: the store was closed
             if isinstance(exc, f.Corrupt):
                 await self._bad(exc)
@@ -364,145 +354,6 @@ class DiskReader:
         meta = self._opened.meta
         await self._store._corrupt(self._path, (meta.key, meta.variant), self._opened.ident, exc)
         raise CacheEntryCorrupt(f"cache file {self._path}: {exc}")
-
-
-class DiskWriter:
-    """A fill: ``write`` queues bytes, an I/O thread appends them to the temp file.
-
-    At most one drain job runs per writer (a new one starts only when the last is
-    done) and the I/O lock orders drain, finish and clean-up, so bytes land in order.
-    """
-
-    def __init__(self, store: DiskStore, meta: EntryMeta, final: str) -> None:
-        self.meta = meta
-        self._store = store
-        self._final = final
-        self._tmp = f.temp_for(final)
-        self._meta_bytes = encode_meta(meta)
-        self._queue: list[bytes] = []
-        self._queued = 0
-        self._qlock = threading.Lock()
-        self._io = threading.Lock()
-        self._fd = -1
-        self._sums = f.BlockSums()
-        self._size = 0
-        self._error: OSError | None = None
-        self._state = "open"  # open -> committing -> done | aborted
-        self._job: Future[None] | None = None
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-
-    def file_size(self, body_len: int) -> int:
-        return f.file_size(len(self._meta_bytes), body_len)
-
-    def write(self, data: bytes) -> None:
-        if self._state != "open" or not data:
-            return
-        self._size += len(data)
-        if self._size > self._store.max_object_size or self._error is not None:
-            self.abort()
-            return
-        with self._qlock:
-            self._queue.append(bytes(data))
-            self._queued += len(data)
-            backlog = self._queued
-        if backlog > _MAX_BACKLOG:
-            # The fill ignored ``ready``: lose the entry rather than hold the body in memory.
-            log.warning("ferryman: disk cache fill of %s abandoned: %d bytes queued, the disk can't keep up",
-                        self.meta.key.decode("latin-1"), backlog)
-            self.abort()
-        elif backlog >= CHUNK and (self._job is None or self._job.done()):
-            self._job = self._store._submit(self._drain)
-
-    def ready(self) -> asyncio.Future[None] | None:
-        """None while the disk keeps up; else a future done once the queue has drained."""
-        if self._state != "open" or self._queued < _HIGH_WATER:
-            return None
-        with self._qlock:
-            if self._waiter is None:
-                loop = asyncio.get_running_loop()
-                self._waiter = (loop, loop.create_future())
-            fut = self._waiter[1]
-        self._job = self._store._submit(self._drain)  # one more pass, in case the last one is ending
-        return fut
-
-    def _wake(self) -> None:
-        """Release a fill waiting in ``ready`` (from any thread)."""
-        with self._qlock:
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, fut = waiter
-            try:
-                loop.call_soon_threadsafe(_set_done, fut)
-            except RuntimeError:  # the loop is closed
-                pass
-
-    async def commit(self) -> bool:
-        if self._state != "open":
-            return False
-        self._state = "committing"
-        store = self._store
-        store._writers.discard(self)
-        if self.file_size(self._size) > store.max_bytes:
-            self._state = "open"
-            self.abort()
-            return False
-        try:
-            ident = await store._run(self._finish)
-        except OSError as exc:
-            self._state = "aborted"
-            store._submit(self._cleanup)
-            store._failed(f"storing {self._final}", exc)
-            return False
-        self._state = "done"
-        store._track(self.meta.key, self.meta.variant, ident)
-        return True
-
-    def abort(self) -> None:
-        if self._state != "open":
-            return
-        self._state = "aborted"
-        self._store._writers.discard(self)
-        with self._qlock:
-            self._queue, self._queued = [], 0
-        self._wake()
-        self._store._submit(self._cleanup)
-        if self._error is not None:
-            self._store._failed(f"storing {self._final}", self._error)
-
-    def _drain(self) -> None:
-        with self._io:
-            try:
-                if self._state == "aborted" or self._error is not None:
-                    return
-                if self._fd < 0:
-                    self._fd = _create_temp(self._tmp, self._meta_bytes)
-                while True:
-                    with self._qlock:
-                        chunks, self._queue, self._queued = self._queue, [], 0
-                    if not chunks:
-                        return
-                    for chunk in chunks:
-                        self._sums.update(chunk)
-                        _write_all(self._fd, chunk)
-            except OSError as exc:
-                self._error = exc
-            finally:
-                if self._waiter is not None:
-                    self._wake()  # caught up (or failed): the fill may read on
-
-    def _finish(self) -> Ident:
-        self._drain()
-        with self._io:
-            if self._error is not None:
-                raise self._error
-            fd, self._fd = self._fd, -1
-            sums, sync = self._sums.finish(), self._store.fsync
-            return f.seal(fd, self._tmp, self._final, self._meta_bytes, self._size, sums, sync)
-
-    def _cleanup(self) -> None:
-        with self._io:
-            fd, self._fd = self._fd, -1
-            f.discard(fd, self._tmp)
 
 
 if TYPE_CHECKING:
