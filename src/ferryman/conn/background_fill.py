@@ -7,6 +7,14 @@ requests (and plain misses) that come while it runs follow its `Fill`, and are
 answered from it as soon as their bytes have arrived.  When an entry with
 validators is stored, the request is conditional: a 304 freshens the entry.
 The fill is registered with the cache like any other, so a purge marks it.
+
+The fill holds a server slot like any request (the dial returns the release of its
+`Lease`, taken before dialling): it counts toward ``max_conns`` and the in-flight
+requests of ``/status``, and the slot comes back exactly once, when the response has
+arrived or the fill ends otherwise, with the server's verdict for passive health and
+the balancer: a bad, cut-short, stalled or 5xx response counts against the server;
+ferryman's own reasons to stop (a purge, the store refusing, the process stopping)
+do not.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from ferryman.pipeline.plan import TimeoutsPlan
 from ferryman.pipeline.stage import Proxy
 
 if TYPE_CHECKING:
-    from ferryman.conn.cache_front import CacheFront, FillDial
+    from ferryman.conn.cache_front import CacheFront, FillDial, FillRelease
 
 log = logging.getLogger("ferryman")
 
@@ -49,6 +57,8 @@ class _FillClient(asyncio.Protocol):
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.t0 = time.time()
+        self.verdict: bool | None = None  # the server's (set by the final head; module doc)
+        self.release: FillRelease | None = None  # the server slot's, set once dialled
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -57,23 +67,24 @@ class _FillClient(asyncio.Protocol):
         try:
             self.parser.feed(data)
         except FerrymanError:
-            self._finish("failed: bad response")
+            self._finish("failed: bad response", fault=True)
 
     def eof_received(self) -> bool | None:
         try:
             self.parser.finish()
         except FerrymanError:
             if not self.fill.done:
-                self._finish("failed: response cut short")
+                self._finish("failed: response cut short", fault=True)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.fill.done:  # once the body is complete, the commit decides
-            self._finish("failed: connection lost")
+            self._finish("failed: connection lost", fault=True)
 
     def on_response_head(self, head: ResponseHead) -> None:
         if head.status < 200:
             return
+        self.verdict = head.status < 500
         now = time.time()
         if head.status == 304 and self.validate is not None:
             entry = policy.refresh_entry(self.validate.entry, head.headers, self.t0, now, self.rules)
@@ -116,6 +127,9 @@ class _FillClient(asyncio.Protocol):
                 wait.add_done_callback(lambda _: _resume(transport))
 
     def on_response_end(self) -> None:
+        if self.verdict is None:
+            return  # the end of an interim (1xx) response: the final one is still to come
+        self._release()  # the server is done: its slot comes back before the commit
         if self.writer is not None and self.stored is not None:
             self.fill.finish()
             writer, self.writer = self.writer, None
@@ -127,21 +141,29 @@ class _FillClient(asyncio.Protocol):
         ok = await self.cache.commit(self.key, stored, writer, self.fill)
         self._finish("stored" if ok else "not stored")
 
-    def _finish(self, outcome: str) -> None:
-        """The fill's end, whatever it is: release its followers and the connection."""
+    def _finish(self, outcome: str, fault: bool = False) -> None:
+        """The fill's end, whatever it is: release its followers, the server slot and the
+        connection.  ``fault``: the server's (the first end decides the verdict)."""
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
         if not self.done.done():
+            if fault:
+                self.verdict = False
             self.done.set_result(outcome)
+        self._release()
         if not self.fill.done:
             self.fill.fail()  # followers past what arrived decide for themselves
         if self.transport is not None:
             self.transport.close()
 
+    def _release(self) -> None:
+        if self.release is not None:
+            self.release(self.verdict)  # only the first call counts
+
     # Upstream-handler methods the parser may call.
     def on_upgrade(self, conn: object, rest: bytes) -> None:
-        self._finish("failed: unexpected upgrade")
+        self._finish("failed: unexpected upgrade", fault=True)
 
 
 async def _progressing(client: _FillClient, first: float, idle: float) -> str:
@@ -153,7 +175,7 @@ async def _progressing(client: _FillClient, first: float, idle: float) -> str:
             return await asyncio.wait_for(asyncio.shield(client.done), first if seen < 0 else idle)
         except TimeoutError:
             if client.fill.size == seen or (seen < 0 and client.fill.head is None and not client.fill.done):
-                client._finish("failed: the upstream stalled")
+                client._finish("failed: the upstream stalled", fault=True)
                 raise
             seen = client.fill.size
 
@@ -168,6 +190,7 @@ async def fill_whole_object(
     rules: policy.Rules, client_ip: str, validate: Stored | None,
 ) -> None:
     key = fill.key
+    release: FillRelease | None = None
     try:
         headers: Headers = [(n, v) for n, v in d.fields() if n.lower() not in _DROP]
         if validate is not None:
@@ -177,8 +200,11 @@ async def fill_whole_object(
         dialled = await dial(d, client_ip, req, factory, timeouts.upstream_connect)
         if dialled is None:
             return  # no server, or a loop (the request itself was refused with 508 already)
-        proto, authority = dialled
+        proto, authority, release = dialled
         client = cast(_FillClient, proto)
+        client.release = release
+        if client.done.done():  # the connection ended before this task went on
+            client._release()
         assert client.transport is not None
         client.transport.write(ser.request_head("GET", d.target, authority, headers, Framing.NONE, 0))
         outcome = await _progressing(client, timeouts.upstream_header, timeouts.upstream_idle)
@@ -186,6 +212,8 @@ async def fill_whole_object(
     except (FerrymanError, OSError, TimeoutError) as exc:
         log.info("ferryman: background fill of %s failed: %s", key.decode("latin-1"), exc)
     finally:
+        if release is not None:
+            release(None)  # a no-op once released; else cancelled (the process stopping) or a bug
         if fill.stored is None:
             fill.fail()
         cache._end_fill(fill)

@@ -38,12 +38,19 @@ from ferryman.pipeline.stage import Proxy
 log = logging.getLogger("ferryman")
 
 
+# Gives back the server slot a background fill holds, with the server's verdict: True it
+# answered, False it failed (counts toward passive ejection), None no verdict.  The first
+# call counts; later ones do nothing.
+FillRelease = Callable[[bool | None], None]
+
 # Opens the connection of a fill to the request's next hop (the engine's `dial_fill`):
 # (decision, client address, request head, protocol factory, connect timeout) ->
-# (the connected protocol, the Host to send), or None when there is nowhere to go.
+# (the connected protocol, the Host to send, the release of the server slot it holds
+# like any request: upstream/group.py `Lease`), or None when there is nowhere to go (no
+# server up, or none freed a slot within the queue timeout).
 FillDial = Callable[
     [Proxy, str, RequestHead, Callable[[], asyncio.Protocol], float],
-    Awaitable["tuple[asyncio.BaseProtocol, bytes] | None"],
+    Awaitable["tuple[asyncio.BaseProtocol, bytes, FillRelease] | None"],
 ]
 
 @dataclass(slots=True)

@@ -17,9 +17,10 @@ from typing import Protocol
 
 from ferryman.conn.auth import AuthRuntime
 from ferryman.conn.cache_flow import Cache
-from ferryman.conn.cache_front import purge_acl
+from ferryman.conn.cache_front import FillRelease, purge_acl
 from ferryman.conn.clock import Clock, LoopClock, Timer
 from ferryman.conn.phases import Env, compile_phases
+from ferryman.conn.queueing import lease_for_fill
 from ferryman.conn.state import Deadlines, deadlines
 from ferryman.http1.events import RequestHead
 from ferryman.observe.access_log import AccessLog
@@ -33,7 +34,7 @@ from ferryman.pipeline.stage import Phases, Proxy
 from ferryman.upstream import dial
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import Resolver, open_connection
-from ferryman.upstream.group import UpstreamGroup
+from ferryman.upstream.group import Lease, UpstreamGroup
 from ferryman.upstream.health_check import run_checks
 from ferryman.upstream.pool import Pool, auto_max_total
 
@@ -74,6 +75,10 @@ def _own_hosts(plan: Plan) -> set[str]:
         except ValueError:
             continue
     return out
+
+
+def _no_lease(ok: bool | None) -> None:
+    """The release of a fill that holds no server slot (forward: the origin or a parent)."""
 
 
 def auth_plan(plan: Plan) -> AuthPlan | None:
@@ -207,15 +212,20 @@ class Engine:
     async def dial_fill(
         self, d: Proxy, client_ip: str, req: RequestHead, factory: Callable[[], asyncio.Protocol],
         timeout: float,
-    ) -> tuple[asyncio.BaseProtocol, bytes] | None:
+    ) -> tuple[asyncio.BaseProtocol, bytes, FillRelease] | None:
         """Connect a background fill (conn/background_fill.py) to the request's next hop: a
-        server of its upstream, or the forward next hop after the destination rules on
-        the address; None when no server is up, or the address is ferryman itself."""
+        server of its upstream, holding a `Lease` on it like any request (taken before
+        dialling, waiting in the upstream's queue when every server is full), or the forward
+        next hop after the destination rules on the address.  Returns the connection, the
+        Host to send and the lease's release; None when no server is up or freed a slot in
+        time, or the address is ferryman itself."""
+        lease: Lease | None = None
         if d.group is not None:
             group = self.groups.get(d.group)
-            server = group.pick(client_ip, req, self.clock.time(), frozenset()) if group else None
-            if server is None:
+            lease = await lease_for_fill(group, client_ip, req, self.clock) if group else None
+            if lease is None:
                 return None
+            server = lease.server
             host, port, ssl_ctx, sni = server.plan.host, server.plan.port, server.ssl, server.tls_name
             authority = server.plan.authority if d.host_from_server else d.host
         else:
@@ -223,13 +233,22 @@ class Engine:
             _, host, port = d.next_hop
             ssl_ctx = self.tls_context if d.tls_name else None
             sni, authority = d.tls_name, d.host
-        addrs = await self.resolver.resolve(host, port)
-        if d.address_check is not None:
-            addrs = d.address_check.admit(addrs)
-        if d.group is None and any(self.is_self(str(a[1][0]), port) for a in addrs):
-            return None
-        _, proto = await open_connection(addrs, factory, timeout, ssl_ctx, sni)
-        return proto, authority
+        try:
+            addrs = await self.resolver.resolve(host, port)
+            if d.address_check is not None:
+                addrs = d.address_check.admit(addrs)
+            if d.group is None and any(self.is_self(str(a[1][0]), port) for a in addrs):
+                return None
+            _, proto = await open_connection(addrs, factory, timeout, ssl_ctx, sni)
+        except BaseException as exc:
+            if lease is not None:  # not reached counts against the server; cancelled does not
+                lease.release(self.clock.time(), None if isinstance(exc, asyncio.CancelledError) else False)
+            raise
+        if lease is None:
+            return proto, authority, _no_lease
+        lease.t_sent = self.clock.time()  # the fill writes its request at once
+        held, clock = lease, self.clock
+        return proto, authority, lambda ok: held.release(clock.time(), ok)
 
     async def purge(self, uri: str, prefix: bool) -> int:
         if self.cache is None:

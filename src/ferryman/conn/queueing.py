@@ -7,15 +7,21 @@ arrives from inside another exchange's release, so the request goes on at the
 next turn of the loop (by then the releasing exchange has parked its upstream
 connection in the pool, ready for reuse).  Only requests that meet a full
 upstream get here: the others never allocate any of this.
+
+A background cache fill has no client connection: `lease_for_fill` takes its slot
+the same way (at once, or after waiting its turn in the same FIFO, bounded by the
+same ``queue.timeout``), so a fill never exceeds ``max_conns`` nor jumps the queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
-from ferryman.conn.clock import Timer
+from ferryman.conn.clock import Clock, Timer
 from ferryman.conn.exchange import Exchange
 from ferryman.errors import FerrymanError, UpstreamFull
+from ferryman.http1.events import RequestHead
 from ferryman.upstream.group import Lease, UpstreamGroup, Waiter
 
 if TYPE_CHECKING:
@@ -87,3 +93,42 @@ def enqueue(ds: ClientConn, ex: Exchange, group: UpstreamGroup) -> None:
     q.waiter = waiter
     q.timer = ds.clock.call_later(plan.queue_timeout, q.expire)
     ex.up.queued = q
+
+
+async def lease_for_fill(
+    group: UpstreamGroup, client_ip: str, head: RequestHead, clock: Clock
+) -> Lease | None:
+    """A slot of ``group`` for a background cache fill: at once when a server has one free,
+    else after waiting in the upstream's queue like a request, at most ``queue.timeout``.
+    None when no server is up, the queue is full or off, or the wait ran out (the fill is
+    then skipped).  Cancelled while waiting, it leaves the queue and gives back a slot
+    granted meanwhile: no lease outlives the wait unless it is returned."""
+    none: frozenset[int] = frozenset()
+    lease = group.acquire(client_ip, head, clock.time(), none)
+    if lease is not None or not group.saturated(none) or group.plan.queue_timeout <= 0:
+        return lease
+    got: asyncio.Future[Lease | None] = asyncio.get_running_loop().create_future()
+
+    def grant(lease: Lease) -> None:  # inside another lease's release
+        if got.done():
+            lease.release(clock.time(), None)
+        else:
+            got.set_result(lease)
+
+    def expire() -> None:
+        if not got.done():
+            got.set_result(None)
+
+    waiter = group.enqueue(client_ip, head, none, grant)
+    if waiter is None:
+        return None
+    timer = clock.call_later(group.plan.queue_timeout, expire)
+    try:
+        return await got
+    except BaseException:  # cancelled (shutdown): a slot granted meanwhile goes back
+        if got.done() and not got.cancelled() and (granted := got.result()) is not None:
+            granted.release(clock.time(), None)
+        raise
+    finally:
+        timer.cancel()
+        group.cancel(waiter)  # a no-op once granted
