@@ -23,7 +23,7 @@ import pytest
 from tests.helpers.origin import Origin, header_value, path_of, read_head, reset, serve
 from tests.helpers.procs import Ferryman, free_port, run_reverse
 from tests.helpers.rawhttp import Response, connect, read_response
-from tests.helpers.wait import wait_for, wait_port
+from tests.helpers.wait import wait_for, wait_port, wait_text
 
 BODY = bytes(range(256)) * 4  # 1024 bytes
 FIRST = 100  # bytes a held fill sends before waiting for its gate
@@ -75,6 +75,12 @@ async def _answer(origin: Origin, load: Load, head: bytes, writer: asyncio.Strea
     elif path.startswith("/early/"):  # an interim response before the whole object
         writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\n" + cacheable + b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    elif path.startswith("/stall/"):  # the whole object's body stops after its first bytes
+        writer.write(b"HTTP/1.1 200 OK\r\n" + cacheable + b"Content-Length: %d\r\n\r\n" % len(BODY))
+        writer.write(BODY[:FIRST])
+        await writer.drain()
+        await _gate(origin, path)  # opened only when the test ends
+        return False
     elif path.startswith("/broken/"):  # the whole object fails: RST
         reset(writer)
         return False
@@ -234,3 +240,60 @@ def test_a_fill_goes_on_past_an_interim_response(site: Site) -> None:
     wait_for(lambda: site.active("one") == [0], what="the fill's slot to come back")
     hit = site.get("/early/d", _range(10, 19))
     assert hit.status == 206 and hit.body == BODY[10:20] and "hit" in (hit.head.get("cache-status") or "")
+
+
+def test_a_fill_purged_meanwhile_keeps_its_slot_until_the_server_is_done(site: Site) -> None:
+    first = site.get("/big/p", _range(0, 9))
+    assert first.status == 206 and first.body == BODY[:10]
+    purge = connect(site.fm.port, timeout=10)
+    with purge:
+        purge.sendall(b"PURGE /big/p HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        assert read_response(purge, timeout=10).status in (200, 404)  # stored or not yet
+    assert site.active("one") == [1]  # the server is still sending: the slot is still taken
+    site.open_gate("/big/p")
+    wait_for(lambda: site.active("one") == [0], what="the purged fill's slot to come back")
+    assert not site.servers("one")[0]["ejected"]  # a purge is not the server's fault
+
+
+def test_a_fill_kept_across_a_reload_gives_its_slot_back_once(site: Site) -> None:
+    first = site.get("/big/r", _range(0, 9))
+    assert first.status == 206 and site.active("one") == [1]
+    site.fm.reload()
+    wait_text(site.fm.stderr, "configuration reloaded")
+    # The new Plan's group starts empty (as for requests in flight); the fill's lease stays
+    # with the group it was taken from and is given back there, never to the new one.
+    site.open_gate("/big/r")
+    wait_for(lambda: site.get("/big/r", _range(10, 19)).status == 206, what="the object served")
+    wait_for(lambda: site.active("one") == [0], what="nothing in flight")
+    hit = site.get("/big/r", _range(20, 29))
+    assert hit.body == BODY[20:30] and "hit" in (hit.head.get("cache-status") or "")
+    assert site.active("one") == [0]
+    assert "Traceback" not in site.fm.stderr()
+
+
+# -- a fill ended by a timeout ----------------------------------------
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """Short upstream timeouts, so a stalled fill is given up within a second."""
+    tmp = tmp_path_factory.mktemp("fill_lease_quick")
+    admin = free_port()
+    load = Load()
+    with serve(_handler(load)) as origin:
+        ups = {"one": {"servers": [{"url": origin.url, "max_conns": 1}],
+                       "passive": {"failures": 1, "window": "60s", "ejection": "60s",
+                                   "max_ejected_share": 1.0}}}
+        routes = [{"upstream": "one", "cache": {"enabled": True}}]
+        with run_reverse(tmp, routes=routes, upstreams=ups, admin={"listen": f"127.0.0.1:{admin}"},
+                         cache={"store": "memory"},
+                         timeouts={"upstream_header": "600ms", "upstream_idle": "600ms",
+                                   "shutdown_grace": "1s"}) as fm:
+            wait_port(admin)
+            yield Site(fm, admin, origin, load)
+
+
+def test_a_stalled_fill_counts_against_its_server_and_gives_its_slot_back(quick: Site) -> None:
+    first = quick.get("/stall/s", _range(0, 9))
+    assert first.status == 206 and first.body == BODY[:10]  # the first bytes did arrive
+    assert quick.active("one") == [1]
+    wait_for(lambda: quick.servers("one")[0]["ejected"], what="the stalled fill to count (failures: 1)")
+    assert quick.active("one") == [0]

@@ -198,8 +198,10 @@ async def fill_whole_object(
         headers.append((b"Connection", b"close"))
         factory = lambda: _FillClient(cache, fill, req, rules, validate)  # noqa: E731
         dialled = await dial(d, client_ip, req, factory, timeouts.upstream_connect)
-        if dialled is None:
-            return  # no server, or a loop (the request itself was refused with 508 already)
+        if dialled is None:  # (or a forward loop: the request itself was refused with 508)
+            log.info("ferryman: background fill of %s skipped: no server up, or none free "
+                     "within the queue timeout", key.decode("latin-1"))
+            return
         proto, authority, release = dialled
         client = cast(_FillClient, proto)
         client.release = release
