@@ -46,13 +46,14 @@ from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
 from ferryman.pipeline.cache.action import TAKEN
 from ferryman.pipeline.context import Client, RequestContext
-from ferryman.pipeline.plan import ListenerPlan
+from ferryman.pipeline.plan import ListenerPlan, Plan
 from ferryman.pipeline.stage import (
     CONTINUE,
     Authenticate,
     CacheLookup,
     Connect,
     Decision,
+    Phases,
     Respond,
     run,
     run_after,
@@ -83,6 +84,11 @@ class Downstream(asyncio.Protocol):
         self.cur: Exchange | None = None  # being served
         self.rx: Exchange | None = None  # being read by the parser
         self.queue: deque[Exchange] = deque()
+        # The phases and deadlines of the Plan the last request started on (a reload
+        # makes the next request look them up again).
+        self._plan: Plan | None = None
+        self._phases: Phases | None = None
+        self._deadlines: Deadlines | None = None
         self.state = OPEN
         self.write_paused = False
         self._paused = 0  # why reading is paused (P_* bits)
@@ -297,11 +303,15 @@ class Downstream(asyncio.Protocol):
     def write(self, ex: Exchange, data: bytes) -> None:
         assert self.transport is not None
         ex.bytes_out += len(data)
+        if self.relay.held is not None:
+            self.relay.flush()
         self.transport.write(data)
 
     def write_body(self, ex: Exchange, data: bytes) -> None:
         assert self.transport is not None
         ex.bytes_out += len(data)
+        if self.relay.held is not None:
+            self.relay.flush()
         send_body(self.transport, ex.out_mode, data)
 
     # ------------------------------------------------------ request parsing sink
@@ -358,8 +368,13 @@ class Downstream(asyncio.Protocol):
         """Run the request's phases (admit, route, cache), then carry out their decision."""
         ctx = ex.ctx
         plan = ctx.plan = self.engine.plan
-        phases = ex.phases = self.engine.phases(plan, self.reverse)
-        ex.deadlines = self.engine.deadlines_for(plan)
+        if plan is not self._plan:
+            self._plan = plan
+            self._phases = self.engine.phases(plan, self.reverse)
+            self._deadlines = self.engine.deadlines_for(plan)
+        phases = ex.phases = self._phases
+        ex.deadlines = self._deadlines
+        assert phases is not None
         self._decide(ex, run(phases.request, ctx))
 
     def _decide(self, ex: Exchange, decision: Decision) -> None:
@@ -439,7 +454,7 @@ class Downstream(asyncio.Protocol):
         self.cur = None
         if self.rx is ex:
             self.rx = None
-        if not ex.keep_alive or self.closed:
+        if not ex.keep_alive or self.state is CLOSED:
             self.close()
             return
         if self.queue:
@@ -477,6 +492,7 @@ class Downstream(asyncio.Protocol):
                     return
                 cache.on_abort(ex)
         started = ex is not None and ex.resp is not None
+        self.relay.flush()  # a relayed head held back for its body goes out before the end
         if not started and self.transport is not None:
             data = respond.error(exc)
             self.transport.write(data)
@@ -497,6 +513,7 @@ class Downstream(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.relay.flush()
             self.to(CLOSED)
             self.transport.close()
         elif self._timer is not None:
@@ -505,6 +522,7 @@ class Downstream(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close after a response was cut short (the client must see the truncation)."""
+        self.relay.flush()
         self.to(CLOSED)
         if self.transport is not None:
             self.transport.close()
@@ -515,7 +533,9 @@ class Downstream(asyncio.Protocol):
             return
         ex.logged = True
         up = ex.up
-        up.release(self._now(), None)  # every exchange is logged: no slot outlives it
+        lease = up.lease
+        if lease is not None:
+            lease.release(self._now(), None)  # every exchange is logged: no slot outlives it
         if up.queued is not None:
             up.queued.cancel()
         phases = ex.phases or self.engine.phases(ex.ctx.plan, self.reverse)

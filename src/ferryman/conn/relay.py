@@ -58,12 +58,28 @@ WAIT = State.WAIT
 RESPONSE = State.RESPONSE
 
 class UpstreamRelay:
-    __slots__ = ("conn", "engine", "responder")
+    """``held``: a relayed response head not written yet.  It leaves with the first piece
+    of the body (a small response is one write, one syscall, not two), or, when no body
+    came in the same read from the upstream, at the end of that read (`flush`, called by
+    the upstream connection), at the response's end, or before the client connection
+    writes anything else or closes."""
+
+    __slots__ = ("conn", "engine", "responder", "held")
 
     def __init__(self, conn: ClientConn, engine: Engine, responder: Responder) -> None:
         self.conn = conn
         self.engine = engine
         self.responder = responder
+        self.held: bytes | None = None
+
+    def flush(self) -> None:
+        """Write the held head (no-op when nothing is held)."""
+        held = self.held
+        if held is not None:
+            self.held = None
+            tr = self.conn.transport
+            if tr is not None and not tr.is_closing():
+                tr.write(held)
 
     # --------------------------------------------------- sending the request
     def proxy(self, ex: Exchange) -> None:
@@ -263,12 +279,14 @@ class UpstreamRelay:
         if framing is Framing.NONE:
             # HEAD and 304 keep the representation's length as metadata.
             n = head.content_length
-            self.responder.start_response(
+            data = self.responder.response_head(
                 ex, status, head.reason, hdrs, b"", False, n if status != 204 and n > 0 else None, cache_extra
             )
         else:
             length = head.content_length if framing is Framing.LENGTH else None
-            self.responder.start_response(ex, status, head.reason, hdrs, b"", True, length, cache_extra)
+            data = self.responder.response_head(ex, status, head.reason, hdrs, b"", True, length, cache_extra)
+        ex.bytes_out += len(data)
+        self.held = data  # written with the body's first piece, or by `flush`
 
     def on_response_body(self, data: bytes) -> None:
         client = self.conn
@@ -282,7 +300,27 @@ class UpstreamRelay:
             return
         if ex.cache is not None and self.engine.cache is not None:
             self.engine.cache.on_response_body(ex, data)
-        client.write_body(ex, data)
+        ex.bytes_out += len(data)
+        tr = client.transport
+        assert tr is not None
+        held = self.held
+        if ex.out_mode == outgoing.RAW:
+            if held is None:
+                tr.write(data)
+            else:
+                self.held = None
+                if len(data) <= 8192:
+                    tr.write(held + data)  # a copy of a few bytes beats a second syscall
+                else:
+                    tr.writelines((held, data))
+        elif held is not None and ex.out_mode == outgoing.CHUNK:
+            self.held = None
+            tr.writelines((held, *outgoing.frame(outgoing.CHUNK, data)))
+        else:
+            if held is not None:
+                self.held = None
+                tr.write(held)
+            send_body(tr, ex.out_mode, data)
         client.touch()
 
     def on_response_end(self) -> None:
@@ -303,13 +341,22 @@ class UpstreamRelay:
             return  # the end of an interim (1xx) response; a 101 goes on as a tunnel
         if ex.cache is not None and self.engine.cache is not None:
             self.engine.cache.on_response_end(client, ex)
-        if ex.out_mode == outgoing.CHUNK:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if ex.out_mode == outgoing.CHUNK:
+                held += ser.LAST_CHUNK
+            client.transport.write(held)
+        elif ex.out_mode == outgoing.CHUNK:
             client.transport.write(ser.LAST_CHUNK)
-        conn = ex.up.conn
-        ex.up.conn = None
-        ex.up.release(client.clock.time(), ex.status < 500)
+        up = ex.up
+        conn = up.conn
+        up.conn = None
+        lease = up.lease
+        if lease is not None:
+            lease.release(client.clock.time(), ex.status < 500)
         if conn is not None:
-            key = ex.up.key
+            key = up.key
             if (
                 ex.resp.keep_alive
                 and not conn.private

@@ -81,10 +81,11 @@ def forward_request_headers(
             continue
         out.append((name, value))
     if via is not None:
-        token = via_token(via)
-        for v in via_values:
-            if via_names(v, token):
-                via_seen = True
+        if via_values:
+            token = via_token(via)
+            for v in via_values:
+                if via_names(v, token):
+                    via_seen = True
         via_values.append(_received(via, version))
     if via_values:
         out.append((b"Via", b", ".join(via_values)))

@@ -28,6 +28,11 @@ from ferryman.http1.parser import ResponseParser
 
 
 class UpstreamHandler(Protocol):
+    # A relayed head the handler holds back to send with the body (one write to its
+    # client, not two); `flush` writes it, and is called at the end of each read.
+    held: bytes | None
+
+    def flush(self) -> None: ...
     def on_response_head(self, head: ResponseHead) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self) -> None: ...
@@ -131,8 +136,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             if h is not None:
                 h.on_upgrade(self, data[off:])
-        elif self.handler is None and self.parser.in_head:
-            self.close()  # bytes after a complete response: never a valid next response
+        else:
+            h = self.handler
+            if h is None:
+                if self.parser.in_head:
+                    self.close()  # bytes after a complete response: never a valid next response
+            elif h.held is not None:
+                h.flush()  # the head came without body bytes in this read
 
     def eof_received(self) -> bool | None:
         handler = self.handler
