@@ -444,6 +444,11 @@ class Cache(CacheFront):
 class _Headless:
     """Upstream handler for a fill whose client is gone: the body goes to the store and followers."""
 
+    held: bytes | None = None  # no client: nothing is ever held back for one
+
+    def flush(self) -> None:
+        return None
+
     def __init__(self, cache: Cache, ex: Exchange, conn: UpstreamConnection) -> None:
         self.cache = cache
         self.ex = ex

@@ -375,7 +375,15 @@ class Downstream(asyncio.Protocol):
         phases = ex.phases = self._phases
         ex.deadlines = self._deadlines
         assert phases is not None
-        self._decide(ex, run(phases.request, ctx))
+        head = ctx.head
+        if head.method == "CONNECT":
+            steps = phases.connect
+        elif head.target[:1] == b"/":
+            steps = phases.origin
+        else:
+            steps = phases.absolute  # the forward proxy's usual request
+        assert steps is not None
+        self._decide(ex, run(steps, ctx))
 
     def _decide(self, ex: Exchange, decision: Decision) -> None:
         """Carry out what the phases decided."""
@@ -429,7 +437,7 @@ class Downstream(asyncio.Protocol):
             decision = d.resume(ctx, d.step, ok)
             if decision is CONTINUE:
                 assert ex.phases is not None
-                decision = run_after(ex.phases.request, d.phase, ctx)
+                decision = run_after(ex.phases.for_head(ctx.head), d.phase, ctx)
             self._decide(ex, decision)
         except FerrymanError as exc:
             self.fail(ex, exc)

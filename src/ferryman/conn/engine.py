@@ -13,6 +13,7 @@ import resource
 import socket
 import ssl
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from ferryman.conn.auth import AuthRuntime
@@ -133,7 +134,10 @@ class Engine:
     # ------------------------------------------------------------- phases
     def _env(self) -> Env:
         return Env(
-            self.cache is not None, self.is_self, lambda: self.log, self.auth, self.usage, self.clock.time
+            # partial(getattr, ...): the current log (a reload may replace it), read per
+            # request without a Python frame
+            self.cache is not None, self.is_self, partial(getattr, self, "log"), self.auth, self.usage,
+            self.clock.time,
         )
 
     def _compile_phases(self) -> None:

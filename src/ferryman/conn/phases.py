@@ -42,13 +42,29 @@ Row = Callable[[Plan, Env], Phase | None]
 AddrRow = Callable[[Plan, Env], AddrPhase | None]
 LogRow = Callable[[Plan, Env], LogPhase | None]
 
-FORWARD: list[Row] = [
+# The forms of request target (RFC 9112 3.2) a phase may apply to (`Only`).
+ABSOLUTE, CONNECT, ORIGIN = "absolute", "connect", "origin"
+FORMS = (ABSOLUTE, CONNECT, ORIGIN)
+
+
+@dataclass(frozen=True, slots=True)
+class Only:
+    """A row whose phase applies to requests of these target forms only: the lists of
+    the other forms leave it out (`Phases.for_head`)."""
+
+    forms: frozenset[str]
+    row: Row
+
+    def __call__(self, p: Plan, env: Env) -> Phase | None:
+        return self.row(p, env)
+
+FORWARD: list[Row | Only] = [
     lambda p, env: size.phase(p.limits),
     lambda p, env: clients.phase(p.forward),
-    lambda p, env: pac_file.phase(p.forward),
+    Only(frozenset({ORIGIN}), lambda p, env: pac_file.phase(p.forward)),  # GET /proxy.pac
     lambda p, env: loop.via(p.forward.via),
     lambda p, env: forward.parse_target,
-    lambda p, env: ports.phase(p.forward.connect_ports),
+    Only(frozenset({CONNECT}), lambda p, env: ports.phase(p.forward.connect_ports)),
     lambda p, env: proxy_auth(p, env),
     lambda p, env: access.phase(p.forward),
     lambda p, env: guard.phase(p.forward, env.is_self),
@@ -60,7 +76,7 @@ FORWARD_RESOLVED: list[AddrRow] = [
     lambda p, env: loop.resolved(p.forward.parent, env.is_self),
     lambda p, env: access.resolved(p.forward),
 ]
-REVERSE: list[Row] = [
+REVERSE: list[Row | Only] = [
     lambda p, env: size.phase(p.limits),
     lambda p, env: reverse.trusted_client(p.reverse) if p.reverse is not None else None,
     lambda p, env: reverse.route(p.reverse) if p.reverse is not None else None,
@@ -91,10 +107,14 @@ def compile_phases(plan: Plan, mode: str, env: Env) -> Phases:
         rows, addr_rows, log_rows = REVERSE, REVERSE_RESOLVED, REVERSE_LOG
     else:
         rows, addr_rows, log_rows = FORWARD, FORWARD_RESOLVED, FORWARD_LOG
-    request = tuple(ph for ph in (row(plan, env) for row in rows) if ph is not None)
+    built = [(row(plan, env), row.forms if isinstance(row, Only) else None) for row in rows]
+    request = tuple(ph for ph, _ in built if ph is not None)
+    form = {
+        f: tuple(ph for ph, only in built if ph is not None and (only is None or f in only)) for f in FORMS
+    }
     resolved = tuple(ph for ph in (row(plan, env) for row in addr_rows) if ph is not None)
     logs = tuple(ph for ph in (row(plan, env) for row in log_rows) if ph is not None)
-    return Phases(request, resolved, logs)
+    return Phases(request, resolved, logs, form[ABSOLUTE], form[CONNECT], form[ORIGIN])
 
 
 def access_log(

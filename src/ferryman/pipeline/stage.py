@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ferryman.errors import FerrymanError
+from ferryman.http1.events import RequestHead
 from ferryman.pipeline.admit.credentials import Verify
 from ferryman.pipeline.context import Outcome, RequestContext
 from ferryman.pipeline.route.action import Connect, Proxy
@@ -99,11 +100,35 @@ LogPhase = Callable[[RequestContext, Outcome], None]
 
 @dataclass(frozen=True, slots=True)
 class Phases:
-    """One listener mode's compiled phases under one Plan."""
+    """One listener mode's compiled phases under one Plan.
+
+    ``request`` holds every request phase; ``absolute``, ``connect`` and ``origin``
+    hold those that apply to a request target of that form (RFC 9112 3.2: a phase
+    for CONNECT only, such as the safe-port check, is not in the others, and costs
+    their requests nothing).  Each is ``request`` when not given."""
 
     request: tuple[Phase, ...]  # admit, route, cache: up to the first decision
     resolved: tuple[AddrPhase, ...] = ()  # on resolved addresses, before dialling
     log: tuple[LogPhase, ...] = ()  # at the end of every exchange
+    absolute: tuple[Phase, ...] | None = None  # GET http://host/path (and ``*``)
+    connect: tuple[Phase, ...] | None = None  # CONNECT host:port
+    origin: tuple[Phase, ...] | None = None  # GET /path
+
+    def __post_init__(self) -> None:
+        for name in ("absolute", "connect", "origin"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.request)
+
+    def for_head(self, head: RequestHead) -> tuple[Phase, ...]:
+        """The request phases for ``head``'s form of target."""
+        if head.method == "CONNECT":
+            out = self.connect
+        elif head.target[:1] == b"/":
+            out = self.origin
+        else:
+            out = self.absolute
+        assert out is not None
+        return out
 
 
 def run(phases: tuple[Phase, ...], ctx: RequestContext) -> Decision:
