@@ -84,8 +84,24 @@ def _ipv4(host: str) -> tuple[str, ipaddress.IPv4Address]:
     return str(ip), ip
 
 
+_CANONICAL: dict[str, tuple[str, IPAddress | None]] = {}  # a bounded memo of hosts seen
+_CANONICAL_MAX = 4096
+
+
 def canonical_host(raw: str) -> tuple[str, IPAddress | None]:
-    """The destination host in its one canonical spelling, and its address if it is one."""
+    """The destination host in its one canonical spelling, and its address if it is one.
+    Remembered for the hosts seen last (a forward proxy sees the same few again and
+    again; an address costs an `ipaddress` object to parse); refusals are not."""
+    got = _CANONICAL.get(raw)
+    if got is None:
+        got = _canonical_host(raw)
+        if len(_CANONICAL) >= _CANONICAL_MAX:
+            _CANONICAL.clear()
+        _CANONICAL[raw] = got
+    return got
+
+
+def _canonical_host(raw: str) -> tuple[str, IPAddress | None]:
     host = raw.lower()
     if host.endswith("."):
         host = host[:-1]  # one trailing dot names the same host
