@@ -41,10 +41,11 @@ from ferryman.errors import (
 )
 from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, RequestHead
+from ferryman.http1.events import Framing, Headers, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
 from ferryman.pipeline.cache.action import TAKEN
+from ferryman.pipeline.cache.store import BodyReader
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan, Plan
 from ferryman.pipeline.stage import (
@@ -67,6 +68,15 @@ _NEVER = float("inf")
 
 
 class Downstream(asyncio.Protocol):
+    # Slots: one is made per accepted connection, and its fields are read on every event.
+    __slots__ = (
+        "engine", "listener", "reverse", "loop", "clock", "_now", "_call_later", "transport",
+        "client_ip", "client_port", "client", "parser", "cur", "rx", "queue", "_plan", "_phases",
+        "_deadlines", "state", "write_paused", "_paused", "_timer", "_fires", "_due", "_timeout",
+        "_last", "tunnel_pending", "tunnel", "tunnel_eof", "_writable", "proxied", "responder",
+        "relay", "proxy", "send_to",
+    )
+
     def __init__(self, engine: Engine, listener: ListenerPlan) -> None:
         self.engine = engine
         self.listener = listener
@@ -104,17 +114,42 @@ class Downstream(asyncio.Protocol):
         self.proxied: tuple[str, int] | None = None  # the client named by a PROXY header (conn/accept.py)
         self.responder = responder = Responder(self, engine)
         self.relay = relay = UpstreamRelay(self, engine, responder)
-        self.proxy = relay.proxy
+        self.proxy = relay.proxy  # once per request: bound once per connection
         self.send_to = relay.send_to
-        # What the cache flow asks of the connection is the responder's (`ClientConn`).
-        self.send_synthetic = responder.send_synthetic
-        self.resume_proxy = responder.resume_proxy
-        self.abort_after_partial = responder.abort_after_partial
-        self.begin_stream = responder.begin_stream
-        self.stream_chunk = responder.stream_chunk
-        self.end_stream = responder.end_stream
-        self.write_cached = responder.write_cached
-        self.stream_cached = responder.stream_cached
+
+    # What the cache flow asks of the connection is the responder's (`ClientConn`).
+    def send_synthetic(self, ex: Exchange, status: int, text: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        self.responder.send_synthetic(ex, status, text, extra)
+
+    def resume_proxy(self, ex: Exchange) -> None:
+        self.responder.resume_proxy(ex)
+
+    def abort_after_partial(self, ex: Exchange, reason: str) -> None:
+        self.responder.abort_after_partial(ex, reason)
+
+    def begin_stream(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        has_body: bool, length: int | None = None,
+    ) -> None:
+        self.responder.begin_stream(ex, status, reason, hdrs, extra, has_body, length)
+
+    def stream_chunk(self, ex: Exchange, data: bytes) -> bool:
+        return self.responder.stream_chunk(ex, data)
+
+    def end_stream(self, ex: Exchange) -> None:
+        self.responder.end_stream(ex)
+
+    def write_cached(
+        self, ex: Exchange, status: int, reason: bytes, hdrs: Headers, extra: bytes,
+        body: object, start: int, end: int,
+    ) -> None:
+        self.responder.write_cached(ex, status, reason, hdrs, extra, body, start, end)
+
+    async def stream_cached(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        reader: BodyReader | None, start: int, end: int,
+    ) -> None:
+        await self.responder.stream_cached(ex, status, reason, hdrs, extra, reader, start, end)
 
     @property
     def closed(self) -> bool:
