@@ -172,6 +172,8 @@ class Cache(CacheFront):
                 ex.cache_result = "revalidate"
             return PROXY
         fill = self._joinable(key, head.headers) if self.coalesce else None
+        if fill is not None and self.passes.passing(key, self.now()):
+            fill = None  # lately uncacheable: waiting for that fill would only delay (passes.py)
         if fill is not None:
             fill.followers += 1
             ex.cache_result = "collapsed"
@@ -227,6 +229,8 @@ class Cache(CacheFront):
         fwd = state.lookup.fwd if state.lookup is not None else "uri-miss"
         verdict = policy.storable(req.method, head.status, req.headers, head.headers, state.rules)
         if not verdict or ex.decision is None:
+            if not verdict and state.fill is not None:
+                self.passes.mark(state.key, self.now())  # its next misses go upstream at once
             self._drop_fill(state)
             return status_field(False, fwd or "uri-miss", False, detail=verdict.reason or None)
         if state.fill is not None and state.fill.invalidated:
@@ -241,6 +245,7 @@ class Cache(CacheFront):
             state.key, variant, head.status, tuple(stored_headers), selecting_fields(entry, req.headers),
             state.request_time, now, head.content_length if head.content_length > 0 else 0,
         )
+        self.passes.clear(state.key)  # storable again: its misses coalesce again
         writer = self.store.begin(meta)
         if writer is None:
             self._drop_fill(state)

@@ -32,6 +32,7 @@ from ferryman.pipeline.cache.index import EntryIndex
 from ferryman.pipeline.cache.key import prefix_key, uri_key
 from ferryman.pipeline.cache.lookup import Stored
 from ferryman.pipeline.cache.memory import MemoryStore
+from ferryman.pipeline.cache.passes import PassMarks
 from ferryman.pipeline.cache.store import EntryMeta, Store, Writer
 from ferryman.pipeline.stage import Proxy
 
@@ -96,6 +97,7 @@ class CacheFront:
         self.checked: set[bytes] = set()  # keys already looked for in a persistent store
         self._keys: dict[tuple[str, bytes, bytes], bytes] = {}  # (scheme, authority, target) -> key
         self.fills: dict[bytes, list[Fill]] = {}  # every fill in flight, per key
+        self.passes = PassMarks()  # keys lately answered uncacheable: their misses do not wait
         self.fill_budget = Budget()  # memory the fills hold for their followers
         self.hits = 0
         self.misses = 0
@@ -115,6 +117,7 @@ class CacheFront:
     def invalidate(self, key: bytes) -> None:
         """Forget ``key`` and mark its fills in flight: none of them may store what it fetched."""
         self.forget(key)
+        self.passes.clear(key)
         for fill in self.fills.pop(key, ()):
             fill.invalidate()
 

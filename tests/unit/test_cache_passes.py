@@ -1,0 +1,45 @@
+"""PassMarks (pipeline/cache/passes.py): which misses skip waiting for a fill in flight."""
+
+from __future__ import annotations
+
+from ferryman.pipeline.cache.passes import PASS_TTL, PassMarks
+
+
+def test_an_unmarked_key_waits_for_the_fill() -> None:
+    assert not PassMarks().passing(b"k", 0.0)
+
+
+def test_a_marked_key_passes_until_its_mark_expires() -> None:
+    marks = PassMarks(ttl=120.0)
+    marks.mark(b"k", 1000.0)
+    assert marks.passing(b"k", 1000.0)
+    assert marks.passing(b"k", 1119.9)
+    assert not marks.passing(b"k", 1120.0)
+    assert len(marks) == 0  # an expired mark is let go when seen
+
+
+def test_a_stored_response_clears_the_mark() -> None:
+    marks = PassMarks()
+    marks.mark(b"k", 0.0)
+    marks.clear(b"k")
+    assert not marks.passing(b"k", 1.0)
+    marks.clear(b"other")  # clearing what is not marked is fine
+
+
+def test_marking_again_extends_the_mark() -> None:
+    marks = PassMarks(ttl=10.0)
+    marks.mark(b"k", 0.0)
+    marks.mark(b"k", 8.0)
+    assert marks.passing(b"k", 15.0)
+
+
+def test_the_table_is_bounded() -> None:
+    marks = PassMarks(max_keys=100)
+    for i in range(1000):
+        marks.mark(b"k%d" % i, 0.0)
+        assert len(marks) <= 100
+    assert marks.passing(b"k999", 1.0)  # the newest mark survives a restart of the table
+
+
+def test_the_default_ttl_is_varnish_hit_for_miss() -> None:
+    assert PASS_TTL == 120.0
