@@ -171,9 +171,12 @@ class Cache(CacheFront):
                 d.headers = validating(d.fields(), stale)
                 ex.cache_result = "revalidate"
             return PROXY
+        if stale is None and self.passes.passing(key, now):
+            # Lately uncacheable: straight upstream, not waiting for a fill nor examined (passes.py).
+            ex.cache = None
+            ex.cache_result = "miss"
+            return PROXY
         fill = self._joinable(key, head.headers) if self.coalesce else None
-        if fill is not None and self.passes.passing(key, self.now()):
-            fill = None  # lately uncacheable: waiting for that fill would only delay (passes.py)
         if fill is not None:
             fill.followers += 1
             ex.cache_result = "collapsed"
@@ -230,7 +233,7 @@ class Cache(CacheFront):
         verdict = policy.storable(req.method, head.status, req.headers, head.headers, state.rules)
         if not verdict or ex.decision is None:
             if not verdict and state.fill is not None:
-                self.passes.mark(state.key, self.now())  # its next misses go upstream at once
+                self.passes.mark(state.key, now)  # its next misses go upstream at once
             self._drop_fill(state)
             return status_field(False, fwd or "uri-miss", False, detail=verdict.reason or None)
         if state.fill is not None and state.fill.invalidated:

@@ -1,56 +1,70 @@
-"""URLs lately answered uncacheable, whose misses are not coalesced (pure).
+"""URLs lately answered uncacheable, whose misses go straight upstream (pure).
 
 Coalescing makes concurrent misses for one URL wait for the first one's response:
 worth it when that response is stored, pure delay when it cannot be (``no-store``,
-``private``, a Set-Cookie without explicit freshness...).  A URL that could not be
-stored is therefore remembered for `PASS_TTL` seconds (Varnish's "hit-for-miss"):
-its misses go upstream at once, side by side, each still a fill of its own, so the
-first response that can be stored again is stored and clears the mark.
+``private``, a Set-Cookie without explicit freshness...).  A URL whose response
+could not be stored is therefore marked for `PASS_TTL` seconds (Varnish's
+hit-for-pass): its misses go upstream at once, side by side, as plain proxied
+requests that the cache neither waits for nor examines.
 
-Bounded: past `MAX_KEYS` marks the table starts again (a mark only saves waiting;
-losing one costs one coalesced wait).
+A mark is not blind for its whole life: one miss per `PROBE_EVERY` seconds goes the
+cache's usual way instead (a fill, its response examined).  If that response can be
+stored, it is, and the mark ends; if not, the mark is renewed.  So a URL that turns
+cacheable is cached again within about a second, at the cost of one examined
+response per second per marked URL.
+
+Times are the caller's clock (seconds).  Bounded: past `MAX_KEYS` marks the table
+starts again (a lost mark costs one coalesced wait).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-PASS_TTL: Final = 120.0  # seconds; Varnish's default TTL for hit-for-miss objects
+PASS_TTL: Final = 120.0  # seconds; Varnish's default TTL for hit-for-pass objects
+PROBE_EVERY: Final = 1.0  # seconds between the misses of a marked URL that are examined
 MAX_KEYS: Final = 16_384
 
 
 class PassMarks:
-    __slots__ = ("_until", "ttl", "max_keys")
+    __slots__ = ("_marks", "ttl", "probe_every", "max_keys")
 
-    def __init__(self, ttl: float = PASS_TTL, max_keys: int = MAX_KEYS) -> None:
-        self._until: dict[bytes, float] = {}
+    def __init__(
+        self, ttl: float = PASS_TTL, probe_every: float = PROBE_EVERY, max_keys: int = MAX_KEYS
+    ) -> None:
+        self._marks: dict[bytes, list[float]] = {}  # key -> [until, next probe]
         self.ttl = ttl
+        self.probe_every = probe_every
         self.max_keys = max_keys
 
     def __len__(self) -> int:
-        return len(self._until)
+        return len(self._marks)
 
     def mark(self, key: bytes, now: float) -> None:
         """``key``'s response could not be stored."""
-        until = self._until
-        if len(until) >= self.max_keys and key not in until:
-            until.clear()
-        until[key] = now + self.ttl
+        marks = self._marks
+        if len(marks) >= self.max_keys and key not in marks:
+            marks.clear()
+        marks[key] = [now + self.ttl, now + self.probe_every]
 
     def clear(self, key: bytes) -> None:
-        """``key``'s response was stored: its misses coalesce again."""
-        if self._until:
-            self._until.pop(key, None)
+        """``key``'s response was stored (or purged): its misses are cached again."""
+        if self._marks:
+            self._marks.pop(key, None)
 
     def passing(self, key: bytes, now: float) -> bool:
-        """Should a miss for ``key`` go upstream without waiting for one in flight?"""
-        until = self._until
-        if not until:
+        """Should this miss for ``key`` go upstream past the cache?  False for an unmarked
+        key, an expired mark, and the one probe per `PROBE_EVERY` of a marked key."""
+        marks = self._marks
+        if not marks:
             return False
-        t = until.get(key)
-        if t is None:
+        m = marks.get(key)
+        if m is None:
             return False
-        if t > now:
-            return True
-        del until[key]
-        return False
+        if m[0] <= now:
+            del marks[key]
+            return False
+        if m[1] <= now:
+            m[1] = now + self.probe_every  # this one is examined; the next in a while
+            return False
+        return True
