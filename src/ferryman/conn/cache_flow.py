@@ -30,7 +30,7 @@ from ferryman.conn.cache_front import CacheFront, CacheState
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.fill import Fill
 from ferryman.errors import FerrymanError
-from ferryman.http1.events import Framing, Headers, ResponseHead
+from ferryman.http1.events import Framing, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline.cache import policy
 from ferryman.pipeline.cache.action import PROXY, TAKEN, CacheAction
@@ -213,9 +213,7 @@ class Cache(CacheFront):
         ds.send_synthetic(ex, 200 if n else 404, f"purged {n} entr{'y' if n == 1 else 'ies'}")
 
     # -- response side --------------------------------------------------------
-    def on_response_head(
-        self, ds: ClientConn, ex: Exchange, head: ResponseHead, stored_headers: Headers
-    ) -> bytes:
+    def on_response_head(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> bytes:
         """Store/fill bookkeeping for a final response; returns Cache-Status bytes to add."""
         state = ex.cache
         assert state is not None
@@ -240,6 +238,8 @@ class Cache(CacheFront):
             # Purged or invalidated while this fetch was in flight: what it brings is not stored.
             self._drop_fill(state)
             return status_field(False, fwd or "uri-miss", False, detail="invalidated")
+        # What is stored: the response's end-to-end fields (no Via of ours).
+        stored_headers = forward_response_headers(head.headers, head.connection_tokens, None)
         entry = policy.make_entry(
             head.status, req.headers, stored_headers, state.request_time, now, state.rules
         )

@@ -270,8 +270,7 @@ class UpstreamRelay:
         hdrs = forward_response_headers(head.headers, drop, via, head.version)
         cache_extra = b""
         if ex.cache is not None and self.engine.cache is not None:
-            stored = forward_response_headers(head.headers, head.connection_tokens, None)
-            cache_extra = self.engine.cache.on_response_head(client, ex, head, stored)
+            cache_extra = self.engine.cache.on_response_head(client, ex, head)
         if d is not None and d.upgrade:
             ex.keep_alive = False  # the upgrade was refused; bytes after it are not HTTP
             client.drop_tunnel_hold()
