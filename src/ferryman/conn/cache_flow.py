@@ -81,7 +81,7 @@ class Cache(CacheFront):
     ) -> CacheAction:
         """`TAKEN` when the cache took the exchange over (hit, follower, purge, 504, a stored
         head being loaded); `PROXY` when the connection sends it upstream now."""
-        head = ex.head
+        head = ex.ctx.head
         method = head.method
         if d.group is None:  # forward: the origin's URL
             authority = d.host if d.host else (head.host or b"")
@@ -128,7 +128,7 @@ class Cache(CacheFront):
         self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
     ) -> CacheAction:
         """Look ``key`` up for this request and act on the freshness policy's outcome."""
-        head = ex.head
+        head = ex.ctx.head
         method = head.method
         now = time.time()
         look = policy.lookup(self.index.select(key, head.headers), method, head.headers, now, rules)
@@ -218,7 +218,7 @@ class Cache(CacheFront):
         state = ex.cache
         assert state is not None
         now = time.time()
-        req = ex.head
+        req = ex.ctx.head
         if req.method not in ("GET", "HEAD"):
             target = state.key.decode("latin-1")
             for uri in policy.invalidations(req.method, head.status, target, head.headers):

@@ -395,7 +395,7 @@ class Downstream(asyncio.Protocol):
         if ex is self.cur and up.conn is not None and up.head_sent:
             if ex.ctx.head.framing is Framing.CHUNKED:
                 up.conn.write(ser.LAST_CHUNK)
-            if ex.resp is None:
+            if ex.resp is None and self.state is not WAIT:
                 self.to(WAIT, ex.deadlines)
 
     # ------------------------------------------------------------- phases
