@@ -279,9 +279,9 @@ async def test_an_answer_ready_after_the_client_left_is_dropped(engine: Engine) 
     )
     ex = Exchange(RequestContext(ds.client, head, engine.plan), engine.clock.time())
     ds.connection_lost(None)
-    ds.begin_stream(ex, 200, None, [], b"", True, 2)
-    assert not ds.stream_chunk(ex, b"hi")
-    ds.end_stream(ex)
+    ds.responder.begin_stream(ex, 200, None, [], b"", True, 2)
+    assert not ds.responder.stream_chunk(ex, b"hi")
+    ds.responder.end_stream(ex)
     assert tr.take() == b"" and ds.state is State.CLOSED
 
 

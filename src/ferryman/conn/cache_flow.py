@@ -122,7 +122,7 @@ class Cache(CacheFront):
         if ds.closed or ex is not ds.cur:
             return
         if self._decide(ds, ex, d, rules, key) is PROXY:
-            ds.resume_proxy(ex)
+            ds.responder.resume_proxy(ex)
 
     def _decide(
         self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
@@ -151,7 +151,7 @@ class Cache(CacheFront):
                 ds.loop.create_task(self.serve(ds, ex, stored, look, hit=True))
                 return TAKEN
         if out is policy.Outcome.ONLY_IF_CACHED_MISS:
-            ds.send_synthetic(ex, 504, "only-if-cached and nothing stored")
+            ds.responder.send_synthetic(ex, 504, "only-if-cached and nothing stored")
             return TAKEN
         self.misses += 1
         stale = self._stored_for(key, look.entry) if out is policy.Outcome.MUST_VALIDATE else None
@@ -202,15 +202,16 @@ class Cache(CacheFront):
         if ds.closed or ex is not ds.cur or state is None:
             return
         if self._decide(ds, ex, d, state.rules, state.key) is PROXY:
-            ds.resume_proxy(ex)
+            ds.responder.resume_proxy(ex)
 
     async def _purge_request(self, ds: ClientConn, ex: Exchange, key: bytes) -> None:
         if not self.purge_clients.allows(ex.client_ip):
-            ds.send_synthetic(ex, 403, "PURGE is not allowed from this client (rule: cache.purge_clients)")
+            why = "PURGE is not allowed from this client (rule: cache.purge_clients)"
+            ds.responder.send_synthetic(ex, 403, why)
             return
         self.invalidate(key)
         n = await self.store.delete(key)
-        ds.send_synthetic(ex, 200 if n else 404, f"purged {n} entr{'y' if n == 1 else 'ies'}")
+        ds.responder.send_synthetic(ex, 200 if n else 404, f"purged {n} entr{'y' if n == 1 else 'ies'}")
 
     # -- response side --------------------------------------------------------
     def on_response_head(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> bytes:
@@ -375,7 +376,7 @@ class Cache(CacheFront):
             # Evicted or vanished between index and read: treat as a miss.
             self.forget(ex.cache.key if ex.cache else b"")
             ex.cache = None
-            ds.resume_proxy(ex)
+            ds.responder.resume_proxy(ex)
             return
         meta, reader = got
         try:
@@ -383,7 +384,7 @@ class Cache(CacheFront):
         except CacheEntryCorrupt:
             self.forget(meta.key)
             await self.store.delete(meta.key)
-            ds.abort_after_partial(ex, "cached body corrupt")
+            ds.responder.abort_after_partial(ex, "cached body corrupt")
         finally:
             reader.close()
 
@@ -407,24 +408,24 @@ class Cache(CacheFront):
             age = int(entry.age(time.time()))
             member = policy.cache_status(True, None, False, ttl=entry.lifetime - age)
             extra = b"%sAge: %d\r\nCache-Status: %s\r\n" % (stored.block, age, member)
-            ds.begin_stream(ex, entry.status, None, [], extra, True, reader.size)
-            ds.stream_chunk(ex, reader.slice(0, reader.size))
-            ds.end_stream(ex)
+            ds.responder.begin_stream(ex, entry.status, None, [], extra, True, reader.size)
+            ds.responder.stream_chunk(ex, reader.slice(0, reader.size))
+            ds.responder.end_stream(ex)
             return
         hdrs, extra, status, start, end = self._prepare(ds, ex, entry, reader.size, look, True)
         if status == 304:
-            ds.write_cached(ex, 304, b"Not Modified", hdrs, extra, None, 0, 0)
+            ds.responder.write_cached(ex, 304, b"Not Modified", hdrs, extra, None, 0, 0)
         elif status == 416:
-            ds.send_synthetic(
+            ds.responder.send_synthetic(
                 ex, 416, "range not satisfiable", [(b"Content-Range", b"bytes */%d" % reader.size)]
             )
         else:
             body = reader.slice(start, end) if ex.head.method != "HEAD" else None
-            ds.begin_stream(ex, status, b"Partial Content" if status == 206 else None, hdrs, extra,
+            ds.responder.begin_stream(ex, status, b"Partial Content" if status == 206 else None, hdrs, extra,
                             body is not None, end - start)
             if body:
-                ds.stream_chunk(ex, body)
-            ds.end_stream(ex)
+                ds.responder.stream_chunk(ex, body)
+            ds.responder.end_stream(ex)
 
     def _prepare(
         self, ds: ClientConn, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool
@@ -441,13 +442,14 @@ class Cache(CacheFront):
         size = reader.size
         hdrs, extra, status, start, end = self._prepare(ds, ex, entry, size, look, hit)
         if status == 304:
-            ds.write_cached(ex, 304, b"Not Modified", hdrs, extra, None, 0, 0)
+            ds.responder.write_cached(ex, 304, b"Not Modified", hdrs, extra, None, 0, 0)
         elif status == 416:
-            ds.send_synthetic(ex, 416, "range not satisfiable", [(b"Content-Range", b"bytes */%d" % size)])
+            unsatisfied = [(b"Content-Range", b"bytes */%d" % size)]
+            ds.responder.send_synthetic(ex, 416, "range not satisfiable", unsatisfied)
         else:
             body = None if ex.head.method == "HEAD" else reader
             reason = b"Partial Content" if status == 206 else None
-            await ds.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
+            await ds.responder.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
 
 class _Headless:
     """Upstream handler for a fill whose client is gone: the body goes to the store and followers."""

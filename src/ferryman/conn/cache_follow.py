@@ -67,9 +67,9 @@ async def follow(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fill: Fil
         status, reason, headers = fill.head
         hdrs, extra = _collapsed_head(ds, ex, headers)
         length = fill.length if fill.length >= 0 else None
-        ds.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD", length)
+        ds.responder.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD", length)
         if await _pump(cache, ds, ex, fill, 0, length):
-            ds.end_stream(ex)
+            ds.responder.end_stream(ex)
     finally:
         fill.followers -= 1
 
@@ -96,7 +96,7 @@ async def follow_range(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fil
             rng = range_of(ex.head.headers, fill.length)
         if rng == "bad":
             crange = [(b"Content-Range", b"bytes */%d" % fill.length)]
-            ds.send_synthetic(ex, 416, "range not satisfiable", crange)
+            ds.responder.send_synthetic(ex, 416, "range not satisfiable", crange)
             return
         if not isinstance(rng, tuple) or rng[0] > fill.size:
             # The fill has not got there yet: this range goes to the origin.
@@ -106,9 +106,9 @@ async def follow_range(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fil
         hdrs, extra = _collapsed_head(ds, ex, headers)
         extra += b"Content-Range: bytes %d-%d/%d\r\n" % (start, end - 1, fill.length)
         ex.cache_result = "collapsed"
-        ds.begin_stream(ex, 206, b"Partial Content", hdrs, extra, True, end - start)
+        ds.responder.begin_stream(ex, 206, b"Partial Content", hdrs, extra, True, end - start)
         if await _pump(cache, ds, ex, fill, start, end):
-            ds.end_stream(ex)
+            ds.responder.end_stream(ex)
     finally:
         fill.followers -= 1
 
@@ -139,7 +139,7 @@ async def _pump(cache: Cache, ds: ClientConn, ex: Exchange, fill: Fill, start: i
             top = base + len(chunk)
             if pos < top:
                 piece = chunk[pos - base : (top if end is None else min(top, end)) - base]
-                if not ds.stream_chunk(ex, piece if len(piece) < len(chunk) else chunk):
+                if not ds.responder.stream_chunk(ex, piece if len(piece) < len(chunk) else chunk):
                     return False
                 pos += len(piece)
                 if ds.write_paused:
@@ -150,7 +150,7 @@ async def _pump(cache: Cache, ds: ClientConn, ex: Exchange, fill: Fill, start: i
         if end is not None and pos >= end:
             return True
         if fill.failed:
-            ds.abort_after_partial(ex, "coalesced fetch failed")
+            ds.responder.abort_after_partial(ex, "coalesced fetch failed")
             return False
         if fill.done and pos >= fill.size:
             return True
@@ -167,21 +167,21 @@ async def _pump_stored(
         await fill.wait()
     got = await cache.store.get(fill.key, fill.variant) if fill.stored else None
     if got is None:
-        ds.abort_after_partial(ex, "coalesced fetch not stored: the rest is not available")
+        ds.responder.abort_after_partial(ex, "coalesced fetch not stored: the rest is not available")
         return False
     reader = got[1]
     try:
         stop = reader.size if end is None else min(end, reader.size)
         if reader.size != fill.size or pos > stop:
-            ds.abort_after_partial(ex, "coalesced fetch replaced in the store")
+            ds.responder.abort_after_partial(ex, "coalesced fetch replaced in the store")
             return False
         async for chunk in reader.read_range(pos, stop):
-            if not ds.stream_chunk(ex, chunk):
+            if not ds.responder.stream_chunk(ex, chunk):
                 return False
             if ds.write_paused:
                 await ds.wait_writable()
     except CacheEntryCorrupt:
-        ds.abort_after_partial(ex, "cached body corrupt")
+        ds.responder.abort_after_partial(ex, "cached body corrupt")
         return False
     finally:
         reader.close()
@@ -193,4 +193,4 @@ def pass_through(ds: ClientConn, ex: Exchange, keep: bool = False) -> None:
     if not keep:
         ex.cache = None
     ex.cache_result = "miss"
-    ds.resume_proxy(ex)
+    ds.responder.resume_proxy(ex)

@@ -52,8 +52,12 @@ class Writer(Protocol):
     def resume_proxy(self, ex: Exchange) -> None: ...
 
 
-class ClientConn(Writer, Protocol):
+class ClientConn(Protocol):
     """One client connection: its exchange, its state, and what may be asked of it."""
+
+    @property
+    def responder(self) -> Writer:
+        """Writes the answers that do not come from an upstream (conn/responder.py)."""
 
     loop: asyncio.AbstractEventLoop
     clock: Clock
@@ -100,8 +104,9 @@ class ClientConn(Writer, Protocol):
     async def wait_writable(self) -> None: ...
 
     # -- tunnels (conn/connect.py)
-    def hold_for_tunnel(self) -> None:
-        """Bytes the client sends from now on belong to a tunnel that is being opened."""
+    def hold_for_tunnel(self) -> bool:
+        """Bytes the client sends from now on belong to a tunnel that is being opened
+        (False: they were held already)."""
 
     def drop_tunnel_hold(self) -> None:
         """No tunnel after all (refused upgrade, failed CONNECT)."""

@@ -10,8 +10,9 @@ Rules this module owns:
 - the connection's life is the table of conn/state.py: every state change goes
   through `to`, which checks the move and arms the state's one deadline.
 
-Its parts are composed, not mixed in: `relay` (conn/relay.py) handles the
-upstream's response, `responder` (conn/responder.py) writes the answers that
+Its parts are composed, not mixed in: `decider` (conn/decide.py) runs the
+request's phases and carries out their decision, `relay` (conn/relay.py) handles
+the upstream's response, `responder` (conn/responder.py) writes the answers that
 do not come from an upstream; they, the cache flow, CONNECT and the upstream
 queue see this class only as `ClientConn` (conn/client.py).
 """
@@ -23,8 +24,8 @@ import logging
 from collections import deque
 from typing import cast
 
-from ferryman.conn import connect
 from ferryman.conn.clock import Timer
+from ferryman.conn.decide import Decider
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.relay import UpstreamRelay, send_body
@@ -41,24 +42,11 @@ from ferryman.errors import (
 )
 from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, Headers, RequestHead
+from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
-from ferryman.pipeline.cache.action import TAKEN
-from ferryman.pipeline.cache.store import BodyReader
 from ferryman.pipeline.context import Client, RequestContext
-from ferryman.pipeline.plan import ListenerPlan, Plan
-from ferryman.pipeline.stage import (
-    CONTINUE,
-    Authenticate,
-    CacheLookup,
-    Connect,
-    Decision,
-    Phases,
-    Respond,
-    run,
-    run_after,
-)
+from ferryman.pipeline.plan import ListenerPlan
 
 log = logging.getLogger("ferryman")
 
@@ -71,10 +59,9 @@ class Downstream(asyncio.Protocol):
     # Slots: one is made per accepted connection, and its fields are read on every event.
     __slots__ = (
         "engine", "listener", "reverse", "loop", "clock", "_now", "_call_later", "transport",
-        "client_ip", "client_port", "client", "parser", "cur", "rx", "queue", "_plan", "_phases",
-        "_deadlines", "state", "write_paused", "_paused", "_timer", "_fires", "_due", "_timeout",
-        "_last", "tunnel_pending", "tunnel", "tunnel_eof", "_writable", "proxied", "responder",
-        "relay", "proxy", "send_to",
+        "client_ip", "client_port", "client", "parser", "cur", "rx", "queue", "decider", "state",
+        "write_paused", "_paused", "_timer", "_fires", "_due", "_timeout", "_last", "tunnel_pending",
+        "tunnel", "tunnel_eof", "_writable", "proxied", "responder", "relay", "proxy", "send_to",
     )
 
     def __init__(self, engine: Engine, listener: ListenerPlan) -> None:
@@ -94,11 +81,6 @@ class Downstream(asyncio.Protocol):
         self.cur: Exchange | None = None  # being served
         self.rx: Exchange | None = None  # being read by the parser
         self.queue: deque[Exchange] = deque()
-        # The phases and deadlines of the Plan the last request started on (a reload
-        # makes the next request look them up again).
-        self._plan: Plan | None = None
-        self._phases: Phases | None = None
-        self._deadlines: Deadlines | None = None
         self.state = OPEN
         self.write_paused = False
         self._paused = 0  # why reading is paused (P_* bits)
@@ -114,42 +96,9 @@ class Downstream(asyncio.Protocol):
         self.proxied: tuple[str, int] | None = None  # the client named by a PROXY header (conn/accept.py)
         self.responder = responder = Responder(self, engine)
         self.relay = relay = UpstreamRelay(self, engine, responder)
+        self.decider = Decider(self, engine, self.reverse)  # carries out the request's phases
         self.proxy = relay.proxy  # once per request: bound once per connection
         self.send_to = relay.send_to
-
-    # What the cache flow asks of the connection is the responder's (`ClientConn`).
-    def send_synthetic(self, ex: Exchange, status: int, text: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
-        self.responder.send_synthetic(ex, status, text, extra)
-
-    def resume_proxy(self, ex: Exchange) -> None:
-        self.responder.resume_proxy(ex)
-
-    def abort_after_partial(self, ex: Exchange, reason: str) -> None:
-        self.responder.abort_after_partial(ex, reason)
-
-    def begin_stream(
-        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
-        has_body: bool, length: int | None = None,
-    ) -> None:
-        self.responder.begin_stream(ex, status, reason, hdrs, extra, has_body, length)
-
-    def stream_chunk(self, ex: Exchange, data: bytes) -> bool:
-        return self.responder.stream_chunk(ex, data)
-
-    def end_stream(self, ex: Exchange) -> None:
-        self.responder.end_stream(ex)
-
-    def write_cached(
-        self, ex: Exchange, status: int, reason: bytes, hdrs: Headers, extra: bytes,
-        body: object, start: int, end: int,
-    ) -> None:
-        self.responder.write_cached(ex, status, reason, hdrs, extra, body, start, end)
-
-    async def stream_cached(
-        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
-        reader: BodyReader | None, start: int, end: int,
-    ) -> None:
-        await self.responder.stream_cached(ex, status, reason, hdrs, extra, reader, start, end)
 
     @property
     def closed(self) -> bool:
@@ -357,7 +306,7 @@ class Downstream(asyncio.Protocol):
         self.rx = ex
         if self.cur is None:
             self.cur = ex
-            self._start(ex)
+            self.decider.start(ex)
         else:
             self.queue.append(ex)
             self.pause(P_PIPELINE)
@@ -398,96 +347,6 @@ class Downstream(asyncio.Protocol):
             if ex.resp is None and self.state is not WAIT:
                 self.to(WAIT, ex.deadlines)
 
-    # ------------------------------------------------------------- phases
-    def _start(self, ex: Exchange) -> None:
-        """Run the request's phases (admit, route, cache), then carry out their decision."""
-        ctx = ex.ctx
-        plan = ctx.plan = self.engine.plan
-        if plan is not self._plan:
-            self._plan = plan
-            self._phases = self.engine.phases(plan, self.reverse)
-            self._deadlines = self.engine.deadlines_for(plan)
-        phases = ex.phases = self._phases
-        ex.deadlines = self._deadlines
-        assert phases is not None
-        head = ctx.head
-        if head.method == "CONNECT":
-            steps = phases.connect
-        elif head.target[:1] == b"/":
-            steps = phases.origin
-        else:
-            steps = phases.absolute  # the forward proxy's usual request
-        assert steps is not None
-        self._decide(ex, run(steps, ctx))
-
-    def _decide(self, ex: Exchange, decision: Decision) -> None:
-        """Carry out what the phases decided."""
-        ctx = ex.ctx
-        if type(decision) is Authenticate:
-            self._suspend(ex, decision)
-            return
-        proxy = ctx.proxy
-        if ctx.head.upgrade is not None and not (proxy is not None and proxy.upgrade):
-            # A refused upgrade (or one answered here): the parser handed what follows this
-            # head to a tunnel that will not exist, so the connection ends with this exchange.
-            ex.keep_alive = False
-        if isinstance(decision, Respond):
-            if decision.error is not None:
-                raise decision.error  # refused: answered from the error table, connection closed
-            self._respond_synthetic(ex, decision)
-            return
-        if isinstance(decision, Connect):
-            self.to(TUNNEL)
-            self.hold_for_tunnel()  # unless bytes came already, while a password was checked
-            self.pause(P_BUFFER)  # nothing more from the client until the tunnel is up
-            task = connect.open_connect_tunnel(self, ex, decision, self.engine.resolver)
-            ex.task = self.loop.create_task(task)
-            return
-        if proxy is None:
-            raise FerrymanError(f"no phase decided what to do with the request ({decision!r})")
-        ctx.route = proxy.route
-        self.to(UPSTREAM if ex.req_done else BODY, ex.deadlines)
-        if type(decision) is CacheLookup:
-            cache, rules = self.engine.cache, proxy.cache_rules
-            if cache is not None and rules is not None:
-                if cache.on_request(self, ex, proxy, rules, decision.scheme) is TAKEN:
-                    return  # the cache answers, or sends the request on itself
-        self.proxy(ex)
-
-    def _suspend(self, ex: Exchange, d: Authenticate) -> None:
-        """A password to check: off the loop; the request waits (its body is buffered,
-        pipelined requests queue), then its phases go on after the one that asked."""
-        if ex.ctx.head.method == "CONNECT" and self.tunnel_pending is None:
-            self.hold_for_tunnel()  # what follows the head waits for the tunnel (or the 407)
-            self.pause(P_BUFFER)
-        ex.task = self.loop.create_task(self._authenticate(ex, d))
-
-    async def _authenticate(self, ex: Exchange, d: Authenticate) -> None:
-        ok = await self.engine.auth.verify(d.step)
-        ex.task = None
-        if ex is not self.cur or self.closed:
-            return
-        ctx = ex.ctx
-        try:
-            decision = d.resume(ctx, d.step, ok)
-            if decision is CONTINUE:
-                assert ex.phases is not None
-                decision = run_after(ex.phases.for_head(ctx.head), d.phase, ctx)
-            self._decide(ex, decision)
-        except FerrymanError as exc:
-            self.fail(ex, exc)
-
-    def _respond_synthetic(self, ex: Exchange, d: Respond) -> None:
-        assert self.transport is not None
-        ex.status = d.status
-        ex.ctx.route = d.route
-        self.write(ex, d.data)
-        if not ex.req_done or d.close or ex.ctx.head.method == "CONNECT":
-            # an unread body would be parsed as a request; after a CONNECT head the
-            # parser has handed the stream to a tunnel that will not exist
-            ex.keep_alive = False
-        self.finish(ex)
-
     # ------------------------------------------------------------- endings
     def finish(self, ex: Exchange) -> None:
         state = ex.cache
@@ -505,7 +364,7 @@ class Downstream(asyncio.Protocol):
             if not self.queue:
                 self.resume(P_PIPELINE)
             try:
-                self._start(nxt)
+                self.decider.start(nxt)
             except FerrymanError as exc:
                 self.fail(nxt, exc)
             return
@@ -591,9 +450,11 @@ class Downstream(asyncio.Protocol):
             lg.log(self.client_ip, "", "-", "-", "1.1", exc.status, 0, 0, 0.0, None, None, "", "", exc.detail)
 
     # ------------------------------------------------------------- tunnels
-    def hold_for_tunnel(self) -> None:
+    def hold_for_tunnel(self) -> bool:
         if self.tunnel_pending is None:
             self.tunnel_pending = []
+            return True
+        return False
 
     def drop_tunnel_hold(self) -> None:
         self.tunnel_pending = None
