@@ -29,6 +29,7 @@ from ferryman.conn.cache_follow import follow, follow_range
 from ferryman.conn.cache_front import CacheFront, CacheState
 from ferryman.conn.exchange import Exchange
 from ferryman.conn.fill import Fill
+from ferryman.conn.orphan_fill import OrphanFill
 from ferryman.errors import FerrymanError
 from ferryman.http1.events import Framing, ResponseHead
 from ferryman.http1.headers import forward_response_headers
@@ -171,11 +172,15 @@ class Cache(CacheFront):
                 d.headers = validating(d.fields(), stale)
                 ex.cache_result = "revalidate"
             return PROXY
-        if stale is None and self.passes.passing(key, now):
-            # Lately uncacheable: straight upstream, not waiting for a fill nor examined (passes.py).
-            ex.cache = None
-            ex.cache_result = "miss"
-            return PROXY
+        if stale is None:
+            field = self.passes.passing(key, now)
+            if field is not None:
+                # Lately uncacheable: straight upstream, not waiting for a fill nor examined
+                # (passes.py); the answer says why, as the one that marked the URL did.
+                ex.cache = None
+                ex.cache_result = "miss"
+                ex.cache_field = field
+                return PROXY
         fill = self._joinable(key, head.headers) if self.coalesce else None
         if fill is not None:
             fill.followers += 1
@@ -231,10 +236,11 @@ class Cache(CacheFront):
         fwd = state.lookup.fwd if state.lookup is not None else "uri-miss"
         verdict = policy.storable(req.method, head.status, req.headers, head.headers, state.rules)
         if not verdict or ex.decision is None:
+            field = status_field(False, fwd or "uri-miss", False, detail=verdict.reason or None)
             if not verdict and state.fill is not None:
-                self.passes.mark(state.key, now)  # its next misses go upstream at once
+                self.passes.mark(state.key, now, field)  # its next misses go upstream at once
             self._drop_fill(state)
-            return status_field(False, fwd or "uri-miss", False, detail=verdict.reason or None)
+            return field
         if state.fill is not None and state.fill.invalidated:
             # Purged or invalidated while this fetch was in flight: what it brings is not stored.
             self._drop_fill(state)
@@ -278,10 +284,13 @@ class Cache(CacheFront):
             state.fill.append(data)
 
     def on_response_end(self, ds: ClientConn, ex: Exchange) -> None:
+        self.complete(ex)
+
+    def complete(self, ex: Exchange) -> None:
+        """``ex``'s response ended: commit its fill."""
         state = ex.cache
-        if state is None:
-            return
-        self._complete(state)
+        if state is not None:
+            self._complete(state)
 
     def on_abort(self, ex: Exchange, why: str = "") -> None:
         state = ex.cache
@@ -322,7 +331,7 @@ class Cache(CacheFront):
             return False
         if ex.resp is None or state.writer is None:
             return False
-        conn.handler = _Headless(self, ex, conn)
+        conn.handler = OrphanFill(self, ex, conn)
         conn.resume_reading()
         return True
 
@@ -450,56 +459,6 @@ class Cache(CacheFront):
             body = None if ex.head.method == "HEAD" else reader
             reason = b"Partial Content" if status == 206 else None
             await ds.responder.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
-
-class _Headless:
-    """Upstream handler for a fill whose client is gone: the body goes to the store and followers."""
-
-    held: bytes | None = None  # no client: nothing is ever held back for one
-
-    def flush(self) -> None:
-        return None
-
-    def __init__(self, cache: Cache, ex: Exchange, conn: UpstreamConnection) -> None:
-        self.cache = cache
-        self.ex = ex
-        self.conn = conn
-        # The fill keeps the server's in-flight slot until it ends (the client's log line
-        # must not give it back while the server is still sending).
-        self.lease, ex.up.lease = ex.up.lease, None
-
-    def _release(self, ok: bool) -> None:
-        if self.lease is not None:
-            self.lease.release(self.cache.now(), ok)
-
-    def on_response_head(self, head: ResponseHead) -> None:
-        self.upstream_failed(FerrymanError("unexpected second response head"), True)
-
-    def on_response_body(self, data: bytes) -> None:
-        self.cache.on_response_body(self.ex, data, self.conn)
-
-    def on_response_end(self) -> None:
-        conn = self.conn
-        state = self.ex.cache
-        if state is not None:
-            self.cache._complete(state)
-        self._release(True)
-        if conn is not None:
-            conn.close()
-
-    def on_upgrade(self, conn: object, rest: bytes) -> None:
-        self.upstream_failed(FerrymanError("unexpected upgrade"), True)
-
-    def upstream_failed(self, exc: FerrymanError, got_bytes: bool) -> None:
-        self._release(False)
-        self.cache.on_abort(self.ex, f"upstream failed: {exc.detail}")
-        self.conn.close()
-
-    def upstream_pause_writing(self) -> None:
-        pass
-
-    def upstream_resume_writing(self) -> None:
-        pass
-
 
 def _hold(conn: UpstreamConnection | None, wait: asyncio.Future[None]) -> None:
     """Pause reading ``conn`` until ``wait`` is done (unless its client is paused too)."""

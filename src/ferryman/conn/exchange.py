@@ -68,7 +68,7 @@ class Exchange:
     __slots__ = (
         "ctx", "up", "phases", "deadlines", "t0", "req_bytes", "body_buf", "body_buffered", "req_done",
         "resp", "out_mode", "status", "bytes_in", "bytes_out", "t_first", "keep_alive", "task", "error",
-        "logged", "cache", "cache_takeover", "cache_result",
+        "logged", "cache", "cache_takeover", "cache_result", "cache_field",
     )
 
     def __init__(self, ctx: RequestContext, now: float) -> None:
@@ -95,6 +95,7 @@ class Exchange:
         self.cache: CacheState | None = None
         self.cache_takeover = False  # the cache answers; the upstream exchange only validates
         self.cache_result = ""  # for the access log: hit, miss, stale, revalidated, collapsed...
+        self.cache_field = b""  # the Cache-Status line of an answer the cache let pass (passes.py)
 
     # The request's facts, read through the context.
     @property

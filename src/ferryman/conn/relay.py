@@ -268,7 +268,7 @@ class UpstreamRelay:
         if d is not None and d.cache_rules is not None and d.cache_rules.hidden:
             drop = drop | d.cache_rules.hidden  # e.g. our own targeted field (RFC 9213), kept in the store
         hdrs = forward_response_headers(head.headers, drop, via, head.version)
-        cache_extra = b""
+        cache_extra = ex.cache_field
         if ex.cache is not None and self.engine.cache is not None:
             cache_extra = self.engine.cache.on_response_head(client, ex, head)
         if d is not None and d.upgrade:
