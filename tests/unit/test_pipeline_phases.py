@@ -239,8 +239,10 @@ def test_log_phase_gets_the_error() -> None:
     class Out:
         status, bytes_in, bytes_out, t0, t_first, cache_result = 403, 0, 10, 0.0, None, ""
         error = "denied"
-        t_connect = None
-        upstream_label = ""
+
+        class up:  # noqa: N801 (the attempt, as `Outcome.up`)
+            t_connect = None
+            label = ""
 
     out: Outcome = Out()
     for phase in p.log:

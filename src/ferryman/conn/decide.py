@@ -11,8 +11,8 @@ this object acts on the decision, and nothing else does:
   - `CacheLookup`: the cache takes the exchange (hit, follower...) or lets it go on;
   - `Proxy` (on the context): the request goes upstream (conn/relay.py).
 
-It keeps the Plan the connection's last request started on, with that Plan's phases
-and deadlines, so a request on a kept-alive connection looks nothing up.
+A request starts on the engine's current Plan, with the phases and deadlines compiled
+for it (`Engine.compiled`, one tuple: nothing is looked up or compiled per request).
 """
 
 from __future__ import annotations
@@ -21,18 +21,16 @@ from ferryman.conn import connect
 from ferryman.conn.client import ClientConn
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
-from ferryman.conn.state import Deadlines, State
+from ferryman.conn.state import State
 from ferryman.conn.timeouts import P_BUFFER
 from ferryman.errors import FerrymanError
 from ferryman.pipeline.cache.action import TAKEN
-from ferryman.pipeline.plan import Plan
 from ferryman.pipeline.stage import (
     CONTINUE,
     Authenticate,
     CacheLookup,
     Connect,
     Decision,
-    Phases,
     Respond,
     run,
     run_after,
@@ -42,27 +40,18 @@ BODY, UPSTREAM, TUNNEL = State.BODY, State.UPSTREAM, State.TUNNEL
 
 
 class Decider:
-    __slots__ = ("conn", "engine", "reverse", "_plan", "_phases", "_deadlines")
+    __slots__ = ("conn", "engine", "reverse")
 
     def __init__(self, conn: ClientConn, engine: Engine, reverse: bool) -> None:
         self.conn = conn
         self.engine = engine
         self.reverse = reverse
-        self._plan: Plan | None = None
-        self._phases: Phases | None = None
-        self._deadlines: Deadlines | None = None
 
     def start(self, ex: Exchange) -> None:
         """Run the request's phases (admit, route, cache), then carry out their decision."""
         ctx = ex.ctx
-        plan = ctx.plan = self.engine.plan
-        if plan is not self._plan:
-            self._plan = plan
-            self._phases = self.engine.phases(plan, self.reverse)
-            self._deadlines = self.engine.deadlines_for(plan)
-        phases = ex.phases = self._phases
-        ex.deadlines = self._deadlines
-        assert phases is not None
+        ctx.plan, fwd, rev, ex.deadlines = self.engine.compiled
+        phases = ex.phases = rev if self.reverse else fwd
         head = ctx.head
         if head.method == "CONNECT":
             steps = phases.connect

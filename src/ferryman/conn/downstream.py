@@ -228,7 +228,8 @@ class Downstream(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.to(CLOSED)
+        if self.state is not CLOSED:
+            self.to(CLOSED)
         self.engine.closed(self)
         ex = self.cur
         if ex is not None and self.tunnel is None:
@@ -414,8 +415,9 @@ class Downstream(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if not self.closed and self.transport is not None:
-            self.relay.flush()
+        if self.state is not CLOSED and self.transport is not None:
+            if self.relay.held is not None:
+                self.relay.flush()
             self.to(CLOSED)
             self.transport.close()
         elif self._timer is not None:

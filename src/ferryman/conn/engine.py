@@ -148,6 +148,9 @@ class Engine:
         self._rev_phases = compile_phases(plan, "reverse", env)
         self.deadlines = deadlines(plan.timeouts)
         self._phases_plan = plan
+        # What a request starts on, read in one go (conn/decide.py): the Plan, the forward
+        # and reverse phases compiled for it, and its deadlines per connection state.
+        self.compiled = (plan, self._fwd_phases, self._rev_phases, self.deadlines)
 
     def deadlines_for(self, plan: Plan) -> Deadlines:
         return self.deadlines if plan is self._phases_plan else deadlines(plan.timeouts)

@@ -113,12 +113,3 @@ class Exchange:
     @property
     def decision(self) -> Proxy | None:
         return self.ctx.proxy
-
-    # For the log phases (`pipeline.context.Outcome`).
-    @property
-    def t_connect(self) -> float | None:
-        return self.up.t_connect
-
-    @property
-    def upstream_label(self) -> str:
-        return self.up.label

@@ -135,10 +135,11 @@ def access_log(
             q = target.find(b"?")
             if q >= 0:
                 target = target[:q]
+        up = out.up
         lg.log(
             ctx.client_ip, ctx.identity.user, head.method, target.decode("latin-1"), head.version,
             out.status, out.bytes_in, out.bytes_out, now() - out.t0,
-            out.t_connect, out.t_first, out.cache_result, out.upstream_label, out.error,
+            up.t_connect, out.t_first, out.cache_result, up.label, out.error,
         )
 
     return log_access

@@ -77,6 +77,13 @@ class RequestContext:
         self.incoming: Chain | None = None  # reverse: the hops a trusted peer reported
 
 
+class Attempted(Protocol):
+    """The upstream side of an exchange, as the log phases see it."""
+
+    t_connect: float | None  # seconds to connect, when a new connection was dialled
+    label: str  # host:port of the next hop ("" when none was reached)
+
+
 class Outcome(Protocol):
     """How an exchange ended, as the log phases see it."""
 
@@ -89,7 +96,4 @@ class Outcome(Protocol):
     error: str
 
     @property
-    def t_connect(self) -> float | None: ...
-
-    @property
-    def upstream_label(self) -> str: ...
+    def up(self) -> Attempted: ...
