@@ -33,13 +33,7 @@ from ferryman.conn.responder import Responder
 from ferryman.conn.state import EXPIRED, FIELD, IS_ACTIVITY, MOVES, Deadlines, State, StateError
 from ferryman.conn.timeouts import P_BUFFER, P_PIPELINE
 from ferryman.conn.tunnel import RelaySide, Tunnel
-from ferryman.errors import (
-    BodyTooLarge,
-    ClientTimeout,
-    FerrymanError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-)
+from ferryman.errors import BodyTooLarge, ClientTimeout, FerrymanError, UpstreamProtocolError, UpstreamTimeout
 from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
