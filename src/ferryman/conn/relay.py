@@ -45,13 +45,19 @@ def _peer_allowed(conn: UpstreamConnection, check: AddressCheck) -> bool:
     return peer is not None and check.allows(str(peer[0]))
 
 
-def send_body(transport: asyncio.Transport, mode: int, data: bytes) -> None:
+def send_body(transport: asyncio.Transport, mode: int, data: bytes, head: bytes | None = None) -> None:
     """One piece of a body, re-framed (http1/outgoing.py): every body ferryman sends,
-    to the client or to the upstream, goes through here."""
+    to the client or to the upstream, goes through here.  ``head``: the message's head,
+    not written yet, sent in the same write (one syscall for a small response)."""
     if mode == outgoing.CHUNK:
-        transport.writelines(outgoing.frame(mode, data))
-    else:
+        frames = outgoing.frame(mode, data)
+        transport.writelines(frames if head is None else (head, *frames))
+    elif head is None:
         transport.write(data)
+    elif len(data) <= 8192:
+        transport.write(head + data)  # a copy of a few bytes beats a second syscall
+    else:
+        transport.writelines((head, data))
 
 
 WAIT = State.WAIT
@@ -303,23 +309,9 @@ class UpstreamRelay:
         tr = client.transport
         assert tr is not None
         held = self.held
-        if ex.out_mode == outgoing.RAW:
-            if held is None:
-                tr.write(data)
-            else:
-                self.held = None
-                if len(data) <= 8192:
-                    tr.write(held + data)  # a copy of a few bytes beats a second syscall
-                else:
-                    tr.writelines((held, data))
-        elif held is not None and ex.out_mode == outgoing.CHUNK:
+        if held is not None:
             self.held = None
-            tr.writelines((held, *outgoing.frame(outgoing.CHUNK, data)))
-        else:
-            if held is not None:
-                self.held = None
-                tr.write(held)
-            send_body(tr, ex.out_mode, data)
+        send_body(tr, ex.out_mode, data, held)
         client.touch()
 
     def on_response_end(self) -> None:
