@@ -417,9 +417,7 @@ class Cache(CacheFront):
             age = int(entry.age(time.time()))
             member = policy.cache_status(True, None, False, ttl=entry.lifetime - age)
             extra = b"%sAge: %d\r\nCache-Status: %s\r\n" % (stored.block, age, member)
-            ds.responder.begin_stream(ex, entry.status, None, [], extra, True, reader.size)
-            ds.responder.stream_chunk(ex, reader.slice(0, reader.size))
-            ds.responder.end_stream(ex)
+            ds.responder.write_whole(ex, entry.status, None, [], extra, reader.slice(0, reader.size))
             return
         hdrs, extra, status, start, end = self._prepare(ds, ex, entry, reader.size, look, True)
         if status == 304:
@@ -430,11 +428,12 @@ class Cache(CacheFront):
             )
         else:
             body = reader.slice(start, end) if ex.head.method != "HEAD" else None
-            ds.responder.begin_stream(ex, status, b"Partial Content" if status == 206 else None, hdrs, extra,
-                            body is not None, end - start)
-            if body:
-                ds.responder.stream_chunk(ex, body)
-            ds.responder.end_stream(ex)
+            reason = b"Partial Content" if status == 206 else None
+            if body is None:
+                ds.responder.begin_stream(ex, status, reason, hdrs, extra, False, end - start)
+                ds.responder.end_stream(ex)
+            else:
+                ds.responder.write_whole(ex, status, reason, hdrs, extra, body)
 
     def _prepare(
         self, ds: ClientConn, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool

@@ -28,8 +28,8 @@ from ferryman.conn.clock import Timer
 from ferryman.conn.decide import Decider
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
-from ferryman.conn.relay import UpstreamRelay, send_body
-from ferryman.conn.responder import Responder
+from ferryman.conn.relay import UpstreamRelay
+from ferryman.conn.responder import Responder, send_body
 from ferryman.conn.state import EXPIRED, FIELD, IS_ACTIVITY, MOVES, Deadlines, State, StateError
 from ferryman.conn.timeouts import P_BUFFER, P_PIPELINE
 from ferryman.conn.tunnel import RelaySide, Tunnel

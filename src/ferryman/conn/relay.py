@@ -12,13 +12,11 @@ and a request is retried only when provably safe.
 
 from __future__ import annotations
 
-import asyncio
-
 from ferryman.conn import connect, queueing
 from ferryman.conn.client import ClientConn
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
-from ferryman.conn.responder import Responder
+from ferryman.conn.responder import Responder, send_body
 from ferryman.conn.state import State
 from ferryman.conn.timeouts import IDEMPOTENT, P_BUFFER, P_UPSTREAM
 from ferryman.errors import (
@@ -43,21 +41,6 @@ from ferryman.upstream.group import Lease
 def _peer_allowed(conn: UpstreamConnection, check: AddressCheck) -> bool:
     peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
     return peer is not None and check.allows(str(peer[0]))
-
-
-def send_body(transport: asyncio.Transport, mode: int, data: bytes, head: bytes | None = None) -> None:
-    """One piece of a body, re-framed (http1/outgoing.py): every body ferryman sends,
-    to the client or to the upstream, goes through here.  ``head``: the message's head,
-    not written yet, sent in the same write (one syscall for a small response)."""
-    if mode == outgoing.CHUNK:
-        frames = outgoing.frame(mode, data)
-        transport.writelines(frames if head is None else (head, *frames))
-    elif head is None:
-        transport.write(data)
-    elif len(data) <= 8192:
-        transport.write(head + data)  # a copy of a few bytes beats a second syscall
-    else:
-        transport.writelines((head, data))
 
 
 WAIT = State.WAIT

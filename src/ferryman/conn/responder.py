@@ -6,6 +6,8 @@ through `ClientConn.to`.
 
 from __future__ import annotations
 
+import asyncio
+
 from ferryman.conn.client import ClientConn
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
@@ -17,7 +19,22 @@ from ferryman.http1.events import Framing, Headers, ResponseHead
 from ferryman.pipeline import respond
 from ferryman.pipeline.cache.store import BodyReader
 
-WRITING = State.WRITING
+WRITING, CLOSED = State.WRITING, State.CLOSED
+
+
+def send_body(transport: asyncio.Transport, mode: int, data: bytes, head: bytes | None = None) -> None:
+    """One piece of a body, re-framed (http1/outgoing.py): every body ferryman sends,
+    to the client or to the upstream, goes through here.  ``head``: the message's head,
+    not written yet, sent in the same write (one syscall for a small response)."""
+    if mode == outgoing.CHUNK:
+        frames = outgoing.frame(mode, data)
+        transport.writelines(frames if head is None else (head, *frames))
+    elif head is None:
+        transport.write(data)
+    elif len(data) <= 8192:
+        transport.write(head + data)  # a copy of a few bytes beats a second syscall
+    else:
+        transport.writelines((head, data))
 
 class Responder:
     __slots__ = ("conn", "engine")
@@ -79,17 +96,48 @@ class Responder:
         self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
         has_body: bool, length: int | None = None,
     ) -> None:
+        head = self._begin(ex, status, reason, hdrs, extra, has_body, length)
+        if head is not None:
+            self.conn.write(ex, head)
+
+    def write_whole(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        body: bytes | None,
+    ) -> None:
+        """A whole answer whose body is in memory (a memory-cache hit): head and body leave
+        in one write, then the exchange ends.  ``body`` None: no body (HEAD)."""
+        head = self._begin(ex, status, reason, hdrs, extra, body is not None, len(body or b""))
+        if head is None:
+            return
         conn = self.conn
-        if conn.closed:
-            return  # the client left while the answer was being looked up: nothing to write
         assert conn.transport is not None
+        ex.bytes_out += len(head)
+        if body and ex.out_mode != outgoing.NONE:
+            ex.bytes_out += len(body)
+            send_body(conn.transport, ex.out_mode, body, head)
+        else:
+            conn.transport.write(head)
+        if ex.out_mode == outgoing.CHUNK:
+            conn.transport.write(ser.LAST_CHUNK)
+        conn.finish(ex)
+
+    def _begin(
+        self, ex: Exchange, status: int, reason: bytes | None, hdrs: Headers, extra: bytes,
+        has_body: bool, length: int | None,
+    ) -> bytes | None:
+        """The answer starts: the state, the response's facts, and its head's bytes (not
+        written); None when the client left while the answer was being looked up."""
+        conn = self.conn
+        if conn.state is CLOSED:
+            return None
         conn.to(WRITING)
-        ex.resp = ResponseHead(
+        ex.resp = resp = ResponseHead(
             status, reason or b"", "1.1", [], Framing.LENGTH, length or 0, ex.keep_alive, frozenset()
         )
         ex.t_first = conn.clock.time() - ex.t0
-        self.start_response(ex, status, reason or b"", hdrs, extra, has_body, length)
-        ex.resp.keep_alive = ex.keep_alive
+        head = self.response_head(ex, status, reason or b"", hdrs, extra, has_body, length)
+        resp.keep_alive = ex.keep_alive
+        return head
 
     def stream_chunk(self, ex: Exchange, data: bytes) -> bool:
         conn = self.conn
