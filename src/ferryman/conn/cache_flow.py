@@ -71,8 +71,9 @@ class Cache(CacheFront):
             e = validate.entry
             fill.set_variant(e.vary_fields, e.vary, validate.variant)
         assert self.dial is not None
-        timeouts = ex.ctx.plan.timeouts
-        task = fill_whole_object(self.dial, timeouts, self, fill, d, ex.head, rules, ex.client_ip, validate)
+        ctx = ex.ctx
+        timeouts = ctx.plan.timeouts
+        task = fill_whole_object(self.dial, timeouts, self, fill, d, ctx.head, rules, ctx.client_ip, validate)
         ds.loop.create_task(task)
         return fill
 
@@ -141,7 +142,7 @@ class Cache(CacheFront):
                 self.hits += 1
                 state.stored = stored
                 ex.cache_result = "hit" if out is policy.Outcome.FRESH else "stale"
-                if look.revalidate and ex.head.method == "GET" and self._joinable(key, head.headers) is None:
+                if look.revalidate and head.method == "GET" and self._joinable(key, head.headers) is None:
                     # stale-while-revalidate (RFC 5861): answer stale now, refresh once behind it.
                     self._background(ds, ex, d, key, rules, stored)
                 if self.inline is not None:
@@ -210,7 +211,7 @@ class Cache(CacheFront):
             ds.responder.resume_proxy(ex)
 
     async def _purge_request(self, ds: ClientConn, ex: Exchange, key: bytes) -> None:
-        if not self.purge_clients.allows(ex.client_ip):
+        if not self.purge_clients.allows(ex.ctx.client_ip):
             why = "PURGE is not allowed from this client (rule: cache.purge_clients)"
             ds.responder.send_synthetic(ex, 403, why)
             return
@@ -235,7 +236,7 @@ class Cache(CacheFront):
             return b""
         fwd = state.lookup.fwd if state.lookup is not None else "uri-miss"
         verdict = policy.storable(req.method, head.status, req.headers, head.headers, state.rules)
-        if not verdict or ex.decision is None:
+        if not verdict or ex.ctx.proxy is None:
             field = status_field(False, fwd or "uri-miss", False, detail=verdict.reason or None)
             if not verdict and state.fill is not None:
                 self.passes.mark(state.key, now, field)  # its next misses go upstream at once
@@ -311,7 +312,7 @@ class Cache(CacheFront):
         if head.status in policy.ERROR_STATUSES and state is not None and state.stored is not None:
             entry = state.stored.entry
             now = time.time()
-            if policy.stale_if_error(entry, ex.head.headers, now, head.status):
+            if policy.stale_if_error(entry, ex.ctx.head.headers, now, head.status):
                 self._drop_fill(state)
                 ex.error = f"upstream answered {head.status}; served stale"
                 ex.cache_result = "stale-if-error"
@@ -360,7 +361,7 @@ class Cache(CacheFront):
             return False
         entry = state.stored.entry
         now = time.time()
-        if not policy.stale_if_error(entry, ex.head.headers, now, exc.status):
+        if not policy.stale_if_error(entry, ex.ctx.head.headers, now, exc.status):
             return False
         self._drop_fill(state)
         ex.error = exc.detail
@@ -406,8 +407,8 @@ class Cache(CacheFront):
         built on its first hit, so a hit only formats Age and Cache-Status.
         """
         entry = stored.entry
-        if not look.strip and ex.head.method == "GET" and not conditional(ex.head.headers):
-            via = ex.plan.via_for(ds.reverse)
+        if not look.strip and ex.ctx.head.method == "GET" and not conditional(ex.ctx.head.headers):
+            via = ex.ctx.plan.via_for(ds.reverse)
             if stored.block is None or stored.block_via != via:
                 # the stored Age goes: the one sent is the current age (RFC 9111 4.2.3)
                 hdrs = forward_response_headers(entry.headers, ex.cache.rules.serve_drop if ex.cache else
@@ -427,7 +428,7 @@ class Cache(CacheFront):
                 ex, 416, "range not satisfiable", [(b"Content-Range", b"bytes */%d" % reader.size)]
             )
         else:
-            body = reader.slice(start, end) if ex.head.method != "HEAD" else None
+            body = reader.slice(start, end) if ex.ctx.head.method != "HEAD" else None
             reason = b"Partial Content" if status == 206 else None
             if body is None:
                 ds.responder.begin_stream(ex, status, reason, hdrs, extra, False, end - start)
@@ -439,9 +440,9 @@ class Cache(CacheFront):
         self, ds: ClientConn, ex: Exchange, entry: policy.Entry, size: int, look: policy.Lookup, hit: bool
     ) -> Answer:
         """Headers, extra bytes, status and byte range for answering from ``entry``."""
-        via = ex.plan.via_for(ds.reverse)
+        via = ex.ctx.plan.via_for(ds.reverse)
         drop = ex.cache.rules.serve_drop if ex.cache is not None else policy.DEFAULT_RULES.serve_drop
-        return answer(ex.head.method, ex.head.headers, entry, size, look, hit, via, drop, time.time())
+        return answer(ex.ctx.head.method, ex.ctx.head.headers, entry, size, look, hit, via, drop, time.time())
 
     async def _send_entry(
         self, ds: ClientConn, ex: Exchange, entry: policy.Entry, reader: BodyReader, look: policy.Lookup,
@@ -455,7 +456,7 @@ class Cache(CacheFront):
             unsatisfied = [(b"Content-Range", b"bytes */%d" % size)]
             ds.responder.send_synthetic(ex, 416, "range not satisfiable", unsatisfied)
         else:
-            body = None if ex.head.method == "HEAD" else reader
+            body = None if ex.ctx.head.method == "HEAD" else reader
             reason = b"Partial Content" if status == 206 else None
             await ds.responder.stream_cached(ex, status, reason, hdrs, extra, body, start, end)
 

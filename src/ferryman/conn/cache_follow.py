@@ -37,7 +37,7 @@ class Cache(Protocol):
 def _collapsed_head(ds: ClientConn, ex: Exchange, headers: Headers) -> tuple[Headers, bytes]:
     """The fill's response fields as this client gets them, and its Cache-Status line."""
     hidden = ex.cache.rules.hidden if ex.cache is not None else frozenset()
-    hdrs = forward_response_headers(headers, hidden, ex.plan.via_for(ds.reverse))
+    hdrs = forward_response_headers(headers, hidden, ex.ctx.plan.via_for(ds.reverse))
     return hdrs, b"Cache-Status: " + policy.cache_status(True, None, False, detail="collapsed") + b"\r\n"
 
 
@@ -59,7 +59,7 @@ async def follow(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fill: Fil
             if not fill.stored:
                 pass_through(ds, ex)
                 return
-        if not fill.serves(ex.head.headers):
+        if not fill.serves(ex.ctx.head.headers):
             # Another variant (which gets a fill of its own), a purge, or a 304 that freshened the entry.
             cache._redecide(ds, ex, d)
             return
@@ -67,7 +67,7 @@ async def follow(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fill: Fil
         status, reason, headers = fill.head
         hdrs, extra = _collapsed_head(ds, ex, headers)
         length = fill.length if fill.length >= 0 else None
-        ds.responder.begin_stream(ex, status, reason, hdrs, extra, ex.head.method != "HEAD", length)
+        ds.responder.begin_stream(ex, status, reason, hdrs, extra, ex.ctx.head.method != "HEAD", length)
         if await _pump(cache, ds, ex, fill, 0, length):
             ds.responder.end_stream(ex)
     finally:
@@ -86,14 +86,14 @@ async def follow_range(cache: Cache, ds: ClientConn, ex: Exchange, d: Proxy, fil
         if fill.failed or (fill.head is None and fill.usable):
             pass_through(ds, ex, keep=True)
             return
-        if not fill.serves(ex.head.headers):
+        if not fill.serves(ex.ctx.head.headers):
             cache._redecide(ds, ex, d)  # a 304 freshened the entry, a purge, another variant
             return
         assert fill.head is not None
         status, reason, headers = fill.head
         rng = None
-        if status == 200 and fill.length >= 0 and if_range_holds(ex.head.headers, headers):
-            rng = range_of(ex.head.headers, fill.length)
+        if status == 200 and fill.length >= 0 and if_range_holds(ex.ctx.head.headers, headers):
+            rng = range_of(ex.ctx.head.headers, fill.length)
         if rng == "bad":
             crange = [(b"Content-Range", b"bytes */%d" % fill.length)]
             ds.responder.send_synthetic(ex, 416, "range not satisfiable", crange)

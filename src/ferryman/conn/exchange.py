@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from ferryman.conn.state import Deadlines
 from ferryman.http1 import outgoing
-from ferryman.http1.events import Framing, RequestHead, ResponseHead
+from ferryman.http1.events import Framing, ResponseHead
 from ferryman.pipeline.context import RequestContext
-from ferryman.pipeline.plan import Plan
-from ferryman.pipeline.stage import Phases, Proxy
+from ferryman.pipeline.stage import Phases
 
 if TYPE_CHECKING:
     from ferryman.conn.cache_front import CacheState
@@ -96,20 +95,3 @@ class Exchange:
         self.cache_takeover = False  # the cache answers; the upstream exchange only validates
         self.cache_result = ""  # for the access log: hit, miss, stale, revalidated, collapsed...
         self.cache_field = b""  # the Cache-Status line of an answer the cache let pass (passes.py)
-
-    # The request's facts, read through the context.
-    @property
-    def head(self) -> RequestHead:
-        return self.ctx.head
-
-    @property
-    def plan(self) -> Plan:
-        return self.ctx.plan
-
-    @property
-    def client_ip(self) -> str:
-        return self.ctx.client_ip
-
-    @property
-    def decision(self) -> Proxy | None:
-        return self.ctx.proxy
