@@ -83,6 +83,16 @@ class RateLimited(FerrymanError):
     source = "policy"
 
 
+class AuthBusy(FerrymanError):
+    """Too many proxy password checks waiting already (``forward.auth.max_pending_checks``):
+    the credentials were not checked (sent with Retry-After).  503, not 429: the client did
+    nothing wrong, this worker's password checker is saturated (Squid and nginx users know
+    "auth backend unavailable" as a 503); not 407, which would say the password was wrong."""
+
+    status = 503
+    source = "internal"
+
+
 class RouteNotFound(FerrymanError):
     status = 404
     source = "policy"

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from passlib.hash import apr_md5_crypt
 
 from tests.helpers.origin import TLS_BODY, Backend, Origin, Tls, backends
 from tests.helpers.procs import ferryman_check, free_port, run_ferryman
-from tests.helpers.rawhttp import curl, raw_client
+from tests.helpers.rawhttp import connect, curl, exchange, raw_client, read_response
 from tests.helpers.wait import json_lines as json_log
 from tests.helpers.wait import wait_for as poll
 from tests.helpers.wait import wait_log as wait_log_entry
@@ -372,3 +373,88 @@ def test_two_workers(tmp_path: Path, origin: Backend) -> None:
             return True
 
         poll(alice_refused_everywhere, what="every worker dropped alice")
+
+
+# -- refusals: the log says why; a spray of wrong passwords is bounded --------------------------
+
+
+def test_every_auth_refusal_says_why_in_the_access_log(tmp_path: Path, origin: Backend) -> None:
+    """407 (missing, malformed, unknown user, wrong password, and the rules' own 407) and the
+    limiter's 429 fill the log's error field, as refusals from the error table do."""
+    cfg = {**fwd(tmp_path, max_failures=4, lockout="30s"),
+           "rules": [{"name": "open", "allow": {"path_prefix": ["/public/"]}}, {"auth": {}}]}
+    with run_ferryman(tmp_path, forward=cfg) as fm:
+        def status(path: str, *args: str) -> int:
+            out = curl("-o", "/dev/null", "-w", "%{http_code}", "-x", fm.proxy, *args, f"{origin.url}{path}")
+            return int(out.stdout)
+
+        assert status("/missing") == 407
+        assert status("/malformed", "--proxy-header", "Proxy-Authorization: Basic !!!") == 407
+        assert status("/unknown", "--proxy-user", "mallory:x") == 407
+        assert status("/wrong", "--proxy-user", "alice:nope") == 407
+        assert status("/locked", "--proxy-user", "alice:nope2") == 429
+        expected = {
+            "/missing": "proxy authentication required",
+            "/malformed": "malformed Proxy-Authorization",
+            "/unknown": "unknown proxy user",
+            "/wrong": "wrong proxy password",
+            "/locked": "too many failed proxy logins from this address; retry in 30s",
+        }
+
+        def all_logged() -> dict[str, dict[str, Any]] | None:
+            got = {e["target"].removeprefix(origin.url): e for e in json_log(fm.access_log())}
+            return got if len(got) == len(expected) else None
+
+        logged = poll(all_logged, what="5 log lines")
+        assert {p: e["error"] for p, e in logged.items()} == expected
+        assert [logged[p]["status"] for p in expected] == [407, 407, 407, 407, 429]
+
+
+def test_spray_of_wrong_passwords_does_not_queue_checks_in_front_of_users(
+    tmp_path: Path, origin: Backend
+) -> None:
+    """300 connections at once with distinct wrong passwords for a user whose bcrypt check
+    takes ~50 ms: without a bound they queue ~8 s of checks (2 threads) in front of everyone.
+    With the default bound (8 checks per thread of the pool) the ones over it get 503 with
+    Retry-After at once, unchecked, and a user with the right (new) credentials gets
+    through within a bound."""
+    users = tmp_path / "users.htpasswd"
+    users.write_text(f"alice:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()}\n")
+    admin = free_port()
+    cfg = fwd(tmp_path, max_failures=100_000)  # the per-address limiter is not what is tested
+    n = 300
+
+    def req(password: str, close: str = "") -> bytes:
+        return (f"GET {origin.url}/s HTTP/1.1\r\nHost: x\r\n{close}"
+                f"Proxy-Authorization: {basic('alice', password)}\r\n\r\n").encode()
+
+    with run_ferryman(tmp_path, forward=cfg, admin={"listen": f"127.0.0.1:{admin}"}) as fm:
+        socks = []
+        try:
+            for i in range(n):
+                s = connect(fm.port)
+                socks.append(s)
+                s.sendall(req(f"guess{i}"))
+            t0 = time.monotonic()
+            last = read_response(socks[-1], timeout=2.0)  # over the bound: answered unchecked
+            assert last.status == 503 and last.header("retry-after") is not None
+            assert time.monotonic() - t0 < 1.0
+
+            def user_through() -> bool:
+                r = exchange(fm.port, req(PASSWORD, "Connection: close\r\n"), timeout=10.0)
+                assert r.status in (200, 503), r.status
+                return r.status == 200
+
+            poll(user_through, timeout=4.0, interval=0.05, what="the right password through")
+            statuses = [read_response(s, timeout=10.0).status for s in socks[:-1]] + [503]
+        finally:
+            for s in socks:
+                s.close()
+        assert set(statuses) <= {407, 503}
+        assert statuses.count(503) >= n - 100
+        st = admin_status(admin)["auth"]
+        assert st["password_checks_refused"] >= statuses.count(503)
+        assert st["password_checks"] <= n - statuses.count(503) + 50  # the user's tries included
+        wait_log_entry(fm.access_log, lambda e: e["status"] == 503)
+        busy = [e for e in json_log(fm.access_log()) if e["status"] == 503]
+        assert busy and all("password checks pending" in e["error"] for e in busy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from pathlib import Path
+from time import monotonic
 from types import SimpleNamespace
 
 import bcrypt
@@ -21,6 +22,7 @@ from ferryman.pipeline.admit.credentials import Authenticator, CredentialCache, 
 from ferryman.pipeline.admit.htpasswd import PasswordEntry, UserDb, verify_password
 from ferryman.pipeline.context import ANONYMOUS, RequestContext
 from ferryman.pipeline.stage import CONTINUE, Authenticate, Respond
+from tests.helpers.fakeclock import FakeClock
 
 PW = b"wonderland"
 HASH = bcrypt.hashpw(PW, bcrypt.gensalt(4)).decode()
@@ -38,6 +40,7 @@ class Slot:
         self.current: Authenticator | None = Authenticator(
             db, CredentialCache(60.0), FailureLimiter(max_failures, 60.0, 30.0)
         )
+        self.time = monotonic
 
 
 def ctx_for(
@@ -214,7 +217,7 @@ def test_runtime_shares_one_check_per_credential(tmp_path: Path) -> None:
     assert ap is not None and not errors
 
     async def main() -> tuple[list[bool], int]:
-        rt = AuthRuntime(asyncio.get_running_loop())
+        rt = AuthRuntime(asyncio.get_running_loop(), FakeClock())
         rt.adopt(ap)
         assert rt.current is not None
         header = basic(b"alice", PW)
@@ -238,7 +241,7 @@ def test_runtime_rereads_changed_files_and_keeps_old_users_on_error(
     assert ap is not None
 
     async def main() -> None:
-        rt = AuthRuntime(asyncio.get_running_loop())
+        rt = AuthRuntime(asyncio.get_running_loop(), FakeClock())
         rt.adopt(ap)
         assert not await rt.reread(ap)  # unchanged
         write_users(users, {"alice": PW, "bob": b"builder"})
@@ -255,3 +258,39 @@ def test_runtime_rereads_changed_files_and_keeps_old_users_on_error(
         asyncio.run(main())
     errs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errs) == 1 and "keep serving" in errs[0] and f"{users}:1" in errs[0]
+
+
+def test_runtime_bounds_pending_checks_and_the_phase_answers_503(tmp_path: Path) -> None:
+    write_users(tmp_path / "users", {"alice": PW})
+    errors: list[str] = []
+    ap = compile_auth({"htpasswd": "users", "max_pending_checks": 2}, str(tmp_path), "forward.auth", errors)
+    assert ap is not None and ap.max_pending_checks == 2
+
+    async def main() -> None:
+        rt = AuthRuntime(asyncio.get_running_loop(), FakeClock())
+        rt.adopt(ap)
+        assert rt.current is not None and rt.max_pending == 2
+        steps = [rt.current.begin("127.0.0.1", basic(b"alice", b"guess%d" % i), 0.0) for i in range(3)]
+        assert all(isinstance(s, Verify) for s in steps)
+        a, b, c = (rt.verify(s) for s in steps)  # type: ignore[arg-type]
+        twin = rt.verify(steps[0])  # type: ignore[arg-type]  # joins a check in flight: allowed
+        got = await asyncio.gather(a, b, c, twin)
+        assert got == [False, False, None, False]
+        assert (rt.checks, rt.refused) == (2, 1)
+        again = steps[2]
+        assert isinstance(again, Verify)
+        assert await rt.verify(again) is False  # room again once they finished
+        status = rt.status()
+        assert status is not None and status["password_checks_refused"] == 1
+        rt.close()
+
+        slot = Slot()
+        phase = auth_phase.phase(slot, CHALLENGE)
+        req = ctx_for([(b"Proxy-Authorization", basic(b"alice", b"x"))])
+        d = phase(req)
+        assert isinstance(d, Authenticate)
+        busy = d.resume(req, d.step, None)
+        assert isinstance(busy, Respond) and busy.status == 503 and busy.error is not None
+        assert slot.current is not None and len(slot.current.limiter) == 0  # not a failure
+
+    asyncio.run(main())

@@ -52,6 +52,7 @@ def compile_auth(auth: Mapping[str, Any], base_dir: str, path: str, errors: list
         lockout=float(lockout) if lockout is not None else window,
         reload_check=float(auth.get("reload_check", 5.0)),
         stamps=stamps,
+        max_pending_checks=auth.get("max_pending_checks"),
         reread=partial(compile_auth, dict(auth), base_dir, path),
     )
 

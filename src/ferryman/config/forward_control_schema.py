@@ -57,6 +57,8 @@ class ProxyAuthCfg(_Model):
     failure_window: Duration = 60.0
     lockout: Duration | None = None  # default: failure_window
     reload_check: Duration = 5.0  # look at the files' mtimes at most this often
+    # password checks waiting or running per worker; beyond, 503 at once (None: 8 per thread)
+    max_pending_checks: int | None = Field(default=None, ge=1)
 
     @field_validator("realm")
     @classmethod

@@ -7,6 +7,13 @@
   the event loop.  Identical credentials checked at the same time share one
   check: a burst of connections opened with the same new credentials costs one
   bcrypt, not one each.
+- At most ``max_pending_checks`` distinct checks wait or run at once (default:
+  `PENDING_PER_THREAD` per thread of the pool); a credential beyond that is not
+  checked at all (`verify` says None: the phase answers 503 at once), so a spray
+  of distinct wrong passwords cannot queue seconds of bcrypt in front of real
+  users.  Joining a check already in flight is always allowed (it costs nothing).
+- Times are read from the connections' clock (`conn/clock.py`), so the fake clock
+  of the protocol tests drives the file watch and the phase's cache and limiter.
 - The htpasswd and group files are looked at (stat, off the loop) at most every
   ``reload_check`` seconds; when one changed they are read again
   (`AuthPlan.reread`, which config/ provides).  A file that cannot be used keeps the users already loaded and
@@ -22,21 +29,30 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+from ferryman.conn.clock import Clock
 from ferryman.pipeline.admit.control import AuthPlan
 from ferryman.pipeline.admit.credentials import Authenticator, CredentialCache, FailureLimiter, Verify
 from ferryman.pipeline.admit.htpasswd import file_stamps, verify_password
 
 log = logging.getLogger("ferryman")
 
+PENDING_PER_THREAD = 8  # default cap on checks queued or running, per thread of the pool
+
+
+def check_threads() -> int:
+    """Threads of the password-check pool (bcrypt is CPU work: no more than the cores)."""
+    return min(4, os.cpu_count() or 1)
+
 
 class AuthRuntime:
     __slots__ = (
-        "loop", "plan", "current", "cache", "limiter", "_source", "_executor", "_inflight",
-        "_next_check", "_watch", "checks",
+        "loop", "time", "plan", "current", "cache", "limiter", "_source", "_executor", "_inflight",
+        "_next_check", "_watch", "checks", "refused", "max_pending",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self.loop = loop
+        self.time = clock.time  # the connections' clock: the phase reads it too (`AuthSlot`)
         self.plan: AuthPlan | None = None  # the users in force: the Plan's, or re-read since
         self.current: Authenticator | None = None
         self.cache: CredentialCache | None = None
@@ -47,6 +63,8 @@ class AuthRuntime:
         self._next_check = 0.0
         self._watch: asyncio.Task[None] | None = None
         self.checks = 0  # password checks run (not cache hits), for /status and tests
+        self.refused = 0  # credentials not checked: too many checks pending
+        self.max_pending = PENDING_PER_THREAD * check_threads()
 
     # ------------------------------------------------------------- plans
     def adopt(self, ap: AuthPlan | None) -> None:
@@ -72,17 +90,21 @@ class AuthRuntime:
         assert self.cache is not None and self.limiter is not None
         self.plan = ap
         self.current = ap.authenticator(self.cache, self.limiter)
-        self._next_check = self.loop.time() + ap.reload_check
+        self.max_pending = ap.max_pending_checks or PENDING_PER_THREAD * check_threads()
+        self._next_check = self.time() + ap.reload_check
 
     # ------------------------------------------------------------- checks
-    async def verify(self, step: Verify) -> bool:
-        """Check a password off the loop; concurrent checks of one credential share one."""
+    async def verify(self, step: Verify) -> bool | None:
+        """Check a password off the loop; concurrent checks of one credential share one.
+        None: not checked, ``max_pending`` checks are waiting or running already."""
         key = (step.header, step.entry.hash)
         fut = self._inflight.get(key)
         if fut is None:
+            if len(self._inflight) >= self.max_pending:
+                self.refused += 1
+                return None
             if self._executor is None:
-                n = min(4, os.cpu_count() or 1)
-                self._executor = ThreadPoolExecutor(n, thread_name_prefix="ferryman-auth")
+                self._executor = ThreadPoolExecutor(check_threads(), thread_name_prefix="ferryman-auth")
             self.checks += 1
             fut = self._inflight[key] = self.loop.run_in_executor(
                 self._executor, verify_password, step.entry, step.password
@@ -95,9 +117,12 @@ class AuthRuntime:
     def tick(self) -> None:
         """Called about once a second: look at the files when ``reload_check`` is due."""
         ap = self.plan
-        if ap is None or self._watch is not None or self.loop.time() < self._next_check:
+        if ap is None or self._watch is not None:
             return
-        self._next_check = self.loop.time() + ap.reload_check
+        now = self.time()
+        if now < self._next_check:
+            return
+        self._next_check = now + ap.reload_check
         self._watch = self.loop.create_task(self._look(ap))
 
     async def _look(self, ap: AuthPlan) -> None:
@@ -132,14 +157,15 @@ class AuthRuntime:
         return True
 
     def status(self) -> dict[str, int] | None:
-        """For /status: users loaded, cached credentials, password checks run, clients
-        with failures on record."""
+        """For /status: users loaded, cached credentials, password checks run and refused
+        (too many pending), clients with failures on record."""
         if self.plan is None:
             return None
         return {
             "users": len(self.plan.db.users),
             "cached_credentials": len(self.cache or ()),
             "password_checks": self.checks,
+            "password_checks_refused": self.refused,
             "clients_failing": len(self.limiter or ()),
         }
 

@@ -127,6 +127,7 @@ class Decider:
         assert conn.transport is not None
         ex.status = d.status
         ex.ctx.route = d.route
+        ex.error = d.why  # a 407 or 429 written as data: why, for the log
         conn.write(ex, d.data)
         if not ex.req_done or d.close or ex.ctx.head.method == "CONNECT":
             # an unread body would be parsed as a request; after a CONNECT head the

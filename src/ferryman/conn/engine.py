@@ -124,7 +124,7 @@ class Engine:
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._build_groups(plan)
         self._tick: Timer | None = self.clock.call_later(1.0, self._on_tick)
-        self.auth = AuthRuntime(self.loop)  # proxy users, credential cache, failure limiter
+        self.auth = AuthRuntime(self.loop, self.clock)  # proxy users, credential cache, failure limiter
         self.usage = UserUsage()  # requests and bytes per proxy user, for /status
         self._phases_plan: Plan | None = None
         self._fwd_phases = self._rev_phases = Phases(())

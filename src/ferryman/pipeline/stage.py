@@ -69,6 +69,7 @@ class Respond:
     route: str = ""
     error: FerrymanError | None = None
     close: bool = False  # ``data`` says Connection: close: the connection ends after it
+    why: str = ""  # a refusal written as ``data`` (407, 429): the log's error field
 
     @staticmethod
     def refuse(exc: FerrymanError) -> Respond:
@@ -88,7 +89,7 @@ class Authenticate:
     ``resume(ctx, step, ok)`` on the loop; if that continues, go on after ``phase``."""
 
     step: Verify
-    resume: Callable[[RequestContext, Verify, bool], Decision]
+    resume: Callable[[RequestContext, Verify, bool | None], Decision]  # None: not checked
     phase: Phase
 
 

@@ -8,6 +8,11 @@ Rules this phase owns:
   unknown or malformed credential (bad base64, no colon, a NUL byte, too long, the
   field twice) is answered 407 with the realm's challenge, never 400 or 500;
 - a client locked out by the failure limiter is answered 429 with Retry-After;
+- a credential that would need a password check while the worker has too many
+  waiting already (`conn/auth.py`) is answered 503 with Retry-After, unchecked (not a
+  failure: the limiter does not count it);
+- a 407 or 429 says why in the access log's error field (``Respond.why``), as
+  refusals from the error table do;
 - a credential seen recently costs one HMAC (the worker's cache); anything else is a
   password check (bcrypt: milliseconds), which the connection runs off the event
   loop (`Authenticate`) and hands back to `resume` here, on the loop;
@@ -21,10 +26,10 @@ worker's and outlive reloads.
 
 from __future__ import annotations
 
-from time import monotonic
+from collections.abc import Callable
 from typing import Protocol, cast
 
-from ferryman.errors import ProxyAuthRequired, RateLimited
+from ferryman.errors import AuthBusy, ProxyAuthRequired, RateLimited
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.pipeline import respond
 from ferryman.pipeline.admit.credentials import Authenticator, Challenge, Granted, Locked, Verify
@@ -44,11 +49,18 @@ _WHY = {
 }
 
 
+_BUSY = "too many proxy password checks pending; credentials not checked, try again"
+
+
 class AuthSlot(Protocol):
-    """Where the phase finds the current users (the worker's `conn.auth.AuthRuntime`)."""
+    """Where the phase finds the current users (the worker's `conn.auth.AuthRuntime`)
+    and the connections' clock (``time``, `conn/clock.py`)."""
 
     @property
     def current(self) -> Authenticator | None: ...
+
+    @property
+    def time(self) -> Callable[[], float]: ...
 
 
 def credentials_of(head: RequestHead) -> bytes | None:
@@ -71,29 +83,29 @@ def must_close(head: RequestHead) -> bool:
 
 
 class Challenges:
-    """The 407 and 429 answers of one realm, built once (two variants: keep-alive, close)."""
+    """The 407 and 429 answers of one realm, the 407s built once (two variants:
+    keep-alive, close); each names its reason for the log (``Respond.why``)."""
 
     __slots__ = ("header", "_keep", "_close")
 
     def __init__(self, header: bytes) -> None:
         self.header = header
-        self._keep: dict[str, bytes] = {}
-        self._close: dict[str, bytes] = {}
+        self._keep: dict[str, Respond] = {}
+        self._close: dict[str, Respond] = {}
         for reason, why in _WHY.items():
             exc = ProxyAuthRequired(why)
-            self._keep[reason] = respond.challenge(exc, header, close=False)
-            self._close[reason] = respond.challenge(exc, header, close=True)
+            self._keep[reason] = Respond(407, respond.challenge(exc, header, False), why=why)
+            self._close[reason] = Respond(407, respond.challenge(exc, header, True), close=True, why=why)
 
     def challenge(self, head: RequestHead, reason: str) -> Respond:
-        close = must_close(head)
-        data = (self._close if close else self._keep).get(reason)
-        if data is None:
-            data = respond.challenge(ProxyAuthRequired(_WHY["missing"]), self.header, close)
-        return Respond(407, data, close=close)
+        answers = self._close if must_close(head) else self._keep
+        d = answers.get(reason)
+        return d if d is not None else answers["missing"]
 
     def locked(self, head: RequestHead, retry_after: int) -> Respond:
         exc = RateLimited(f"too many failed proxy logins from this address; retry in {retry_after}s")
-        return Respond(429, respond.retry_later(exc, retry_after, close=True), close=True)
+        data = respond.retry_later(exc, retry_after, close=True)
+        return Respond(429, data, close=True, why=exc.detail)
 
 
 def outcome(ctx: RequestContext, step: Granted | Challenge | Locked, answers: Challenges) -> Decision:
@@ -127,6 +139,7 @@ def phase(slot: AuthSlot, challenge_header: bytes) -> Phase:
     users are loaded (a reload or a changed file makes a new `Authenticator`), for at
     most ``cache_ttl``, and unless its address is locked out meanwhile."""
     answers = Challenges(challenge_header)
+    clock = slot.time  # monotonic seconds in production (the builtin: no frame per read)
 
     def granted(
         ctx: RequestContext, auth: Authenticator, value: bytes, step: Granted, now: float
@@ -137,15 +150,17 @@ def phase(slot: AuthSlot, challenge_header: bytes) -> Phase:
             ctx.client.memo[authenticate] = _Seen(auth, value, now + ttl, ident)
         return CONTINUE
 
-    def resume(ctx: RequestContext, step: Verify, ok: bool) -> Decision:
+    def resume(ctx: RequestContext, step: Verify, ok: bool | None) -> Decision:
         auth = slot.current
         if auth is None:  # auth was switched off meanwhile: nothing to check against
             return CONTINUE
+        if ok is None:  # not checked: too many checks pending in this worker
+            return Respond.refuse(AuthBusy(_BUSY))  # a new one: a raised error keeps its traceback
         entry = auth.db.get(step.entry.user)
         if entry is None or entry.hash != step.entry.hash:
             # the users were reloaded during the check and this one changed: ask again
             return answers.challenge(ctx.head, "unknown-user")
-        now = monotonic()
+        now = clock()
         done = auth.finish(ctx.client_ip, step, ok, now)
         if type(done) is Granted:
             return granted(ctx, auth, step.header, done, now)
@@ -158,7 +173,7 @@ def phase(slot: AuthSlot, challenge_header: bytes) -> Phase:
         auth = slot.current
         if auth is None:
             return CONTINUE
-        now = monotonic()
+        now = clock()
         seen = cast("_Seen | None", ctx.client.memo.get(authenticate))
         if (
             seen is not None and seen.auth is auth and seen.value == value

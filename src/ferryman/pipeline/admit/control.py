@@ -30,6 +30,7 @@ class AuthPlan:
     lockout: float
     reload_check: float  # seconds between two looks at the files' mtimes
     stamps: tuple[FileStamp, ...]
+    max_pending_checks: int | None = None  # checks waiting or running; None: the runtime's default
     # Reads the files again into a new AuthPlan, or None with the reasons appended to
     # the list when they cannot be used (set by config/, which knows the settings).
     reread: Callable[[list[str]], AuthPlan | None] | None = field(default=None, compare=False, repr=False)
