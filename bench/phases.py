@@ -1,9 +1,10 @@
 """Per-request cost of the phase runner (pipeline/stage.run) over the compiled lists.
 
-Times, per request: building the context, then `run` over the forward list (GET with an
-absolute URL: the default config, 20 rules, the SSRF guard's phase, elite anonymity) and the
-reverse list (one route to an upstream group),
-each with and without the memory cache's phase; and, for scale, the bare runner over a
+Times, per request: building the context, then `run` over the list the connection runs
+for the request's form of target (`Phases.for_head`): the forward list for a GET with an
+absolute URL (the default config, 20 rules, the SSRF guard's phase, elite anonymity) and
+the reverse list (one route to an upstream group), each with and without the memory
+cache's phase; and, for scale, the bare runner over a
 list of phases that only continue.  CPU time of one request (process_time: less disturbed
 by other load than wall time), best of ``--rounds``.
 
@@ -86,11 +87,12 @@ def control_case(tmp: str) -> tuple[str, tuple[object, ...], Client, RequestHead
     h = head(b"http://origin.test/index.html")
     h.headers = [*HEADERS, (b"Proxy-Authorization", bench_run.BENCH_AUTH.encode())]
     ctx = RequestContext(client, h, plan)
-    d = run(phases.request, ctx)
+    steps = phases.for_head(h)
+    d = run(steps, ctx)
     assert isinstance(d, Authenticate)
     d.resume(ctx, d.step, verify_password(d.step.entry, d.step.password))
-    label = f"forward, auth + 20 rules (100k file) + elite ({len(phases.request)} phases)"
-    return label, phases.request, client, h, plan
+    label = f"forward, auth + 20 rules (100k file) + elite ({len(steps)} phases)"
+    return label, steps, client, h, plan
 
 
 def main() -> None:
@@ -111,8 +113,9 @@ def main() -> None:
             phases = compile_phases(plan, mode, Env(cache, lambda ip, port: False, no_log))
             client = Client(plan.listeners[0], "127.0.0.1", 5555)
             h = head(target)
-            label = f"{name}{' +cache' if cache else ''} ({len(phases.request)} phases)"
-            cases.append((label, phases.request, client, h, plan))
+            steps = phases.for_head(h)  # what the connection runs for this form of target
+            label = f"{name}{' +cache' if cache else ''} ({len(steps)} phases)"
+            cases.append((label, steps, client, h, plan))
 
     with tempfile.TemporaryDirectory() as tmp:
         cases.append(control_case(tmp))
