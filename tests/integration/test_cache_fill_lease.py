@@ -260,8 +260,9 @@ def test_a_fill_kept_across_a_reload_gives_its_slot_back_once(site: Site) -> Non
     assert first.status == 206 and site.active("one") == [1]
     site.fm.reload()
     wait_text(site.fm.stderr, "configuration reloaded")
-    # The new Plan's group starts empty (as for requests in flight); the fill's lease stays
-    # with the group it was taken from and is given back there, never to the new one.
+    # The server stays, so the new Plan's group takes over its in-flight count: the fill
+    # still holds its slot there, and gives it back once (into the new group's count).
+    assert site.active("one") == [1]
     site.open_gate("/big/r")
     wait_for(lambda: site.get("/big/r", _range(10, 19)).status == 206, what="the object served")
     wait_for(lambda: site.active("one") == [0], what="nothing in flight")

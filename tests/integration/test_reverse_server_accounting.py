@@ -206,3 +206,39 @@ def test_two_timeouts_do_not_eject_a_server_set_to_four_failures(proxy: Proxy) -
     assert [s["ejected"] for s in servers] == [False, False], servers
     assert all(s["healthy"] for s in servers), servers
     assert [s["active"] for s in servers] == [0, 0]
+
+
+def test_requests_in_flight_across_a_reload_are_counted_once(proxy: Proxy) -> None:
+    """The reload's new group takes over the server's count: witnesses started before it
+    still count (and still hold ``max_conns``), and each one's end takes one off."""
+    a = Witness(proxy, "/c/", "reload-a")
+    try:
+        w1, w2 = Witness(proxy, "/w/", "reload-w1"), Witness(proxy, "/w/", "reload-w2")
+        try:
+            assert (proxy.active("web"), proxy.active("cap")) == ([2], [1])
+            before = proxy.fm.stderr().count("configuration reloaded")
+            proxy.fm.reload()  # the same file: every group is built again
+            wait_for(lambda: proxy.fm.stderr().count("configuration reloaded") > before, what="reload")
+            assert (proxy.active("web"), proxy.active("cap")) == ([2], [1])
+            _success(proxy)
+            _server_error(proxy)
+            assert proxy.active("web") == [2]
+            b = Witness(proxy, "/c/", "reload-b")  # the second of cap's two slots
+            try:
+                assert proxy.active("cap") == [2]
+                before_ok = proxy.origin.count("/c/ok")
+                assert _exchange(proxy, "/c/ok")[0] == 503  # full (no queue): max_conns held
+                assert proxy.origin.count("/c/ok") == before_ok
+            finally:
+                b.finish()
+            w1.finish()
+            wait_for(lambda: proxy.active("web") == [1], what="one witness off")
+            assert proxy.active("web") == [1]  # exactly one: a double release would show 0
+        finally:
+            if w1.sock.fileno() != -1:  # not finished above
+                w1.finish()
+            w2.finish()
+        wait_for(lambda: proxy.active("web") == [0], what="web back to zero")
+    finally:
+        a.finish()
+    wait_for(lambda: proxy.active("cap") == [0], what="cap back to zero")

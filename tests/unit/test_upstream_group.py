@@ -10,25 +10,36 @@ from __future__ import annotations
 import random
 
 from ferryman.http1.events import Framing, RequestHead
-from ferryman.upstream.group import Lease, PassivePlan, ServerPlan, UpstreamGroup, UpstreamPlan
+from ferryman.upstream.group import (
+    HealthPlan,
+    Lease,
+    PassivePlan,
+    ServerPlan,
+    UpstreamGroup,
+    UpstreamPlan,
+    UpstreamServer,
+)
 
 HEAD = RequestHead("GET", b"/", "1.1", [], Framing.NONE, 0, True, b"app.test", frozenset(), False)
 
 
 def _group(
-    n: int = 2, max_conns: int = 0, failures: int = 4, balance: str = "round_robin", queue_max: int = 1000
+    n: int = 2, max_conns: int = 0, failures: int = 4, balance: str = "round_robin", queue_max: int = 1000,
+    ports: tuple[int, ...] | None = None, health: HealthPlan | None = None, now: float = 0.0,
+    slow_start: float = 0.0,
 ) -> UpstreamGroup:
+    ports = ports if ports is not None else tuple(8000 + i for i in range(n))
     servers = tuple(
-        ServerPlan(i, f"http://127.0.0.1:{8000 + i}", "http", "127.0.0.1", 8000 + i, 1, False, max_conns)
-        for i in range(n)
+        ServerPlan(i, f"http://127.0.0.1:{port}", "http", "127.0.0.1", port, 1, False, max_conns)
+        for i, port in enumerate(ports)
     )
     plan = UpstreamPlan(
         name="web", balance=balance, hash_header=None, hash_cookie=None, hash_uri=False,
-        servers=servers, health=None, passive=PassivePlan(failures, 60.0, 30.0, 0.5),
-        slow_start=0.0, retries=2, retry_budget=0.2, tls_verify=True, tls_ca_file=None, tls_sni=None,
+        servers=servers, health=health, passive=PassivePlan(failures, 60.0, 30.0, 0.5),
+        slow_start=slow_start, retries=2, retry_budget=0.2, tls_verify=True, tls_ca_file=None, tls_sni=None,
         queue_max=queue_max, queue_timeout=5.0,
     )
-    return UpstreamGroup(plan, now=0.0)
+    return UpstreamGroup(plan, now=now)
 
 
 def _acquire(g: UpstreamGroup, now: float = 1.0, exclude: frozenset[int] = frozenset()) -> Lease:
@@ -176,3 +187,203 @@ def test_cancelled_waiters_do_not_pile_up() -> None:
         assert w is not None
         g.cancel(w)
     assert g.queued == 0 and len(g._waiting) <= 16
+
+
+# -- reload: the new group adopts the old one's state (issue: adopt) -----------------
+
+
+def _reloaded(old: UpstreamGroup, now: float, **kw: object) -> UpstreamGroup:
+    new = _group(now=now, **kw)  # type: ignore[arg-type]
+    new.adopt(old, now)
+    return new
+
+
+def _current(lease: Lease) -> UpstreamServer:
+    """The server state a lease releases into (its server's, after any reloads)."""
+    server = lease.server
+    while server.moved is not None:
+        server = server.moved[1]
+    return server
+
+
+def test_a_passive_ejection_across_a_reload_ends_when_it_would_have() -> None:
+    old = _group(n=2, failures=2)  # ejection: 30 s
+    for t in (1.0, 2.0):
+        _acquire(old, t, exclude=frozenset({1})).release(t, False)
+    assert old.servers[0].ejected and not old.servers[0].state.healthy  # out until 32.0
+    new = _reloaded(old, 3.0, n=2, failures=2)
+    s = new.servers[0]
+    assert s.ejected and not s.state.healthy
+    new.tick(31.9)
+    assert s.ejected and not s.state.healthy
+    new.tick(32.0)  # no active check: only the ejection's expiry can bring it back
+    assert not s.ejected and s.state.healthy
+    assert new.acquire("127.0.0.1", HEAD, 32.0, frozenset({1})) is not None
+
+
+def test_failures_before_a_reload_count_after_it() -> None:
+    old = _group(n=2, failures=2)
+    _acquire(old, 1.0, exclude=frozenset({1})).release(1.0, False)
+    new = _reloaded(old, 2.0, n=2, failures=2)
+    assert not new.servers[0].ejected
+    _acquire(new, 3.0, exclude=frozenset({1})).release(3.0, False)
+    assert new.servers[0].ejected  # the second failure, as without the reload
+
+
+def test_an_active_check_verdict_is_kept_with_the_new_thresholds() -> None:
+    check = HealthPlan("/h", 1.0, 1.0, frozenset(), rise=1, fall=1)
+    old = _group(n=2, health=check)
+    old.observe_check(old.servers[0], False, 1.0)
+    assert not old.servers[0].state.healthy
+    new = _reloaded(old, 2.0, n=2, health=HealthPlan("/h", 1.0, 1.0, frozenset(), rise=2, fall=1))
+    s = new.servers[0]
+    assert not s.state.healthy and s.active is not None and s.active.rise == 2
+    new.observe_check(s, True, 3.0)
+    assert not s.state.healthy  # rise is 2 now
+    new.observe_check(s, True, 4.0)
+    assert s.state.healthy
+
+
+def test_a_server_down_by_a_check_the_reload_removed_comes_back() -> None:
+    check = HealthPlan("/h", 1.0, 1.0, frozenset(), rise=1, fall=1)
+    old = _group(n=2, health=check)
+    old.observe_check(old.servers[0], False, 1.0)
+    new = _reloaded(old, 2.0, n=2)  # no health check any more: nothing else would revive it
+    assert new.servers[0].state.healthy
+
+
+def test_in_flight_count_carries_over_and_max_conns_holds() -> None:
+    old = _group(n=1, max_conns=1)
+    a = _acquire(old)
+    new = _reloaded(old, 2.0, n=1, max_conns=1)
+    assert new.servers[0].state.active == 1
+    assert new.acquire("127.0.0.1", HEAD, 2.0, frozenset()) is None  # still full
+    assert new.saturated(frozenset())  # worth waiting for
+    a.release(3.0, True)
+    assert new.servers[0].state.active == 0
+    a.release(3.0, False)  # once only, even across the reload
+    assert new.servers[0].state.active == 0
+    _acquire(new, 4.0)
+    assert new.acquire("127.0.0.1", HEAD, 4.0, frozenset()) is None
+
+
+def test_a_lease_from_before_a_reload_frees_its_slot_to_the_new_queue() -> None:
+    old = _group(n=1, max_conns=1)
+    a = _acquire(old)
+    new = _reloaded(old, 2.0, n=1, max_conns=1)
+    got: list[Lease] = []
+    assert new.enqueue("127.0.0.1", HEAD, frozenset(), got.append) is not None
+    a.release(3.0, True)
+    assert len(got) == 1 and got[0].group is new and new.queued == 0
+    assert new.servers[0].state.active == 1
+    got[0].release(4.0, True)
+    assert new.servers[0].state.active == 0
+
+
+def test_the_outcome_of_a_lease_from_before_a_reload_counts_in_the_new_group() -> None:
+    old = _group(n=2, failures=2)
+    _acquire(old, 1.0, exclude=frozenset({1})).release(1.0, False)
+    pending = _acquire(old, 2.0, exclude=frozenset({1}))
+    new = _reloaded(old, 3.0, n=2, failures=2)
+    pending.release(4.0, False)
+    assert new.servers[0].ejected and not new.servers[0].state.healthy
+    assert not old.servers[0].ejected  # the old group is retired: nothing recorded there
+    assert new.servers[0].state.active == 0
+
+
+def test_waiters_move_to_the_new_group_in_order() -> None:
+    old = _group(n=1, max_conns=1)
+    a = _acquire(old)
+    got: list[tuple[str, Lease]] = []
+    wa = old.enqueue("127.0.0.1", HEAD, frozenset(), lambda lease: got.append(("a", lease)))
+    wb = old.enqueue("127.0.0.1", HEAD, frozenset(), lambda lease: got.append(("b", lease)))
+    wc = old.enqueue("127.0.0.1", HEAD, frozenset(), lambda lease: got.append(("c", lease)))
+    assert wa is not None and wb is not None and wc is not None
+    new = _reloaded(old, 2.0, n=1, max_conns=1)
+    assert (old.queued, new.queued) == (0, 3)
+    old.cancel(wb)  # the waiter's own handle still holds the old group
+    assert new.queued == 2
+    a.release(3.0, True)
+    assert [n for n, _ in got] == ["a"] and got[0][1].group is new
+    got[0][1].release(4.0, True)
+    assert [n for n, _ in got] == ["a", "c"] and new.queued == 0
+    got[1][1].release(5.0, True)
+    assert new.servers[0].state.active == 0
+
+
+def test_a_reload_with_room_grants_waiting_requests_at_once() -> None:
+    old = _group(n=1, max_conns=1)
+    _acquire(old)
+    got: list[Lease] = []
+    assert old.enqueue("127.0.0.1", HEAD, frozenset(), got.append) is not None
+    new = _reloaded(old, 2.0, n=1, max_conns=2)
+    assert len(got) == 1 and new.queued == 0 and new.servers[0].state.active == 2
+
+
+def test_a_reload_that_reorders_servers_follows_them_by_address() -> None:
+    old = _group(ports=(8000, 8001), max_conns=1)
+    a = _acquire(old, exclude=frozenset({1}))  # on 8000
+    b = _acquire(old, exclude=frozenset({0}))  # on 8001
+    got: list[Lease] = []
+    assert old.enqueue("127.0.0.1", HEAD, frozenset({0}), got.append) is not None  # tried 8000
+    new = _reloaded(old, 2.0, ports=(8001, 8000), max_conns=1)
+    assert [s.plan.port for s in new.servers] == [8001, 8000]
+    assert [s.state.active for s in new.servers] == [1, 1]
+    a.release(3.0, True)  # frees 8000, which the waiter already tried: not for it
+    assert got == [] and [s.state.active for s in new.servers] == [1, 0]
+    b.release(4.0, True)
+    assert len(got) == 1 and got[0].server.plan.port == 8001
+
+
+def test_a_server_the_reload_removed_keeps_its_old_bookkeeping() -> None:
+    old = _group(ports=(8000, 8001), max_conns=1)
+    a = _acquire(old, exclude=frozenset({1}))  # on 8000
+    new = _reloaded(old, 2.0, ports=(8001,), max_conns=1)
+    a.release(3.0, False)
+    assert old.servers[0].state.active == 0 and new.servers[0].state.active == 0
+
+
+def test_leases_survive_two_reloads() -> None:
+    g1 = _group(n=1, max_conns=2)
+    a = _acquire(g1)
+    g2 = _reloaded(g1, 2.0, n=1, max_conns=2)
+    b = _acquire(g2, 2.0)
+    g3 = _reloaded(g2, 3.0, n=1, max_conns=2)
+    assert g3.servers[0].state.active == 2 and g3.acquire("127.0.0.1", HEAD, 3.0, frozenset()) is None
+    a.release(4.0, True)
+    b.release(4.0, True)
+    assert g3.servers[0].state.active == 0
+
+
+def test_active_matches_unreleased_leases_across_random_reloads() -> None:
+    """A server's count covers every unreleased lease taken on it since it joined the
+    config (whatever reloads happened meanwhile), and never exceeds its max_conns."""
+    rng = random.Random(4321)
+    layouts = [(8000, 8001, 8002), (8002, 8000, 8001), (8001, 8002), (8000, 8001, 8002, 8003)]
+    for policy in ("round_robin", "least_conn", "random_two", "ewma"):
+        g = _group(ports=layouts[0], max_conns=3, failures=1000, balance=policy)
+        leases: list[Lease] = []
+        mine: dict[int, list[Lease]] = {port: [] for port in layouts[0]}  # port -> its leases
+        now = 0.0
+        for _ in range(2000):
+            now += 0.01
+            r = rng.random()
+            if r < 0.02:
+                ports = rng.choice(layouts)
+                g = _reloaded(g, now, ports=ports, max_conns=3, failures=1000, balance=policy)
+                mine = {port: mine.get(port, []) for port in ports}  # a dropped server starts over
+            elif r < 0.5:
+                lease = g.acquire("127.0.0.1", HEAD, now, frozenset())
+                if lease is not None:
+                    leases.append(lease)
+                    mine[lease.server.plan.port].append(lease)
+            elif leases:
+                lease = rng.choice(leases)
+                lease.release(now, rng.choice((True, False, None)))
+            for s in g.servers:
+                held = sum(1 for x in mine[s.plan.port] if x.held)
+                assert s.state.active == held and held <= 3
+                assert all(_current(x) is s for x in mine[s.plan.port] if x.held)
+        for lease in leases:
+            lease.release(now, True)
+        assert [s.state.active for s in g.servers] == [0] * len(g.servers)

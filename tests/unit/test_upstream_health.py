@@ -319,6 +319,58 @@ def test_return_then_reejection_before_expired_is_not_reported() -> None:
     assert d.expired(e.until) == [0]
 
 
+# -- reload: a new detector adopts a server's state ------------------------------------
+
+
+def test_adopted_ejection_keeps_its_expiry_at_the_new_index() -> None:
+    old = detector(size=3, base_ejection=10.0)
+    e = eject(old, 2, 5.0)
+    new = detector(size=3, base_ejection=10.0)
+    new.adopt(0, old, 2)  # the server moved from index 2 to 0
+    assert new.ejection(0, 6.0) == Ejection(0, e.at, e.until, e.times)
+    assert not new.is_available(0, 14.9) and new.ejected_count(14.9) == 1
+    assert new.expired(14.9) == []
+    assert new.expired(15.0) == [0]  # back exactly when it would have been without a reload
+    assert new.is_available(0, 15.0)
+
+
+def test_adopted_failures_count_toward_the_next_ejection() -> None:
+    old = detector(failures=3, window=10.0)
+    old.record(1, False, 1.0)
+    old.record(1, False, 2.0)
+    new = detector(failures=3, window=10.0)
+    new.adopt(1, old, 1)
+    assert new.record(1, False, 3.0) is not None  # the third failure, the first after the reload
+
+
+def test_adopted_failures_fit_a_lower_threshold() -> None:
+    old = detector(failures=5)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        old.record(0, False, t)
+    new = detector(failures=2)
+    new.adopt(0, old, 0)
+    assert new.record(0, False, 5.0) is not None  # the newest failures kept, at most 2
+
+
+def test_adopted_ejection_count_still_lengthens_the_next_one() -> None:
+    old = detector(base_ejection=10.0, max_ejection=100.0)
+    eject(old, 0, 0.0)
+    new = detector(base_ejection=10.0, max_ejection=100.0)
+    new.adopt(0, old, 0)
+    assert new.expired(10.0) == [0]
+    assert eject(new, 0, 11.0).times == 2  # not forgiven by the reload
+
+
+def test_a_return_not_yet_reported_is_reported_by_the_new_detector() -> None:
+    old = detector(base_ejection=10.0)
+    eject(old, 4, 0.0)
+    old.record(4, True, 12.0)  # the return, noticed by record, not yet by expired
+    new = detector(base_ejection=10.0)
+    new.adopt(1, old, 4)
+    assert new.expired(13.0) == [1]
+    assert new.expired(14.0) == []
+
+
 # -- combined view ---------------------------------------------------------------------
 
 

@@ -162,7 +162,8 @@ class Engine:
         return compile_phases(plan, "reverse" if reverse else "forward", self._env())  # an old Plan
 
     def _build_groups(self, plan: Plan) -> None:
-        """New groups for a new Plan, keeping health verdicts of servers that stay."""
+        """New groups for a new Plan; a server that stays keeps its health, passive state
+        and in-flight count, and its old group's leases and waiters move over (``adopt``)."""
         now = self.clock.time()
         old = self.groups
         groups: dict[str, UpstreamGroup] = {}
@@ -170,7 +171,7 @@ class Engine:
             for name, up in plan.reverse.upstreams.items():
                 g = UpstreamGroup(up, now)
                 if name in old:
-                    g.adopt(old[name])
+                    g.adopt(old[name], now)
                 groups[name] = g
         for task in self._checks.values():
             task.cancel()

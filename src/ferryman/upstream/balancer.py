@@ -16,7 +16,9 @@ backup tier       backups are considered only when no primary is eligible (down,
 nothing eligible  ``pick()`` returns ``None``; the engine answers 503 ``NoHealthyUpstream``
 in flight         ``on_start()`` adds one to ``active``, ``on_done()`` takes it off; the engine
                   calls each exactly once per attempt (retries are new attempts), through
-                  the group's ``Lease``, which releases once however often it is asked
+                  the group's ``Lease``, which releases once however often it is asked;
+                  a reload carries ``active`` over (``carry``) and old leases release
+                  into the new state, so a server's count is never split
 slow start        a server that comes back (``mark_up``) weighs 10% -> 100% of its weight,
                   linearly over ``slow_start`` seconds; hash policies ignore it (a key's
                   home must not drift while the weight ramps)
@@ -118,6 +120,17 @@ class ServerState:
 
     def mark_down(self) -> None:
         self.healthy = False
+
+    def carry(self, prev: ServerState) -> None:
+        """A reload keeps the server: take over its verdict, in-flight count, latency
+        estimate and slow start from the state the old Plan's group had (the spec is this
+        Plan's).  Leases taken before the reload then release into this state."""
+        self.healthy = prev.healthy
+        self.active = prev.active
+        self.ewma = prev.ewma
+        self.ewma_stamp = prev.ewma_stamp
+        self.slow_start_begin = prev.slow_start_begin
+        self.slow_start_until = prev.slow_start_until
 
     def effective_weight(self, now: float, slow_start: float) -> float:
         """Weight ramped linearly from 10% to 100% over ``slow_start`` after ``mark_up``,

@@ -18,6 +18,16 @@ is at its ``max_conns``, a request waits as a `Waiter`, at most
 (FIFO): the first one the balancer can place gets a lease through its
 ``on_grant`` callback, called from inside the release.  The caller bounds
 the wait (``queue_timeout``) and cancels its waiter when it gives up.
+
+Reload (``adopt``): the new Plan's group takes over, for each server that stays
+(same address), everything that must not reset: the active-check verdict, the
+passive state (an ejection and its expiry, failures so far), the in-flight
+count, the latency estimate and slow start.  The old group is retired: its
+staying servers point to their successors (``moved``), so a lease taken before
+the reload releases into the new group (counted once, its outcome recorded
+there, its slot offered to the new group's queue), and its waiters move to
+the new group's queue in their order.  ``max_conns`` therefore holds across a
+reload, and ``/status`` counts requests started on either Plan.
 """
 
 from __future__ import annotations
@@ -97,7 +107,7 @@ class UpstreamPlan:
 
 
 class UpstreamServer:
-    __slots__ = ("plan", "state", "key", "active", "ejected", "ssl", "tls_name")
+    __slots__ = ("plan", "state", "key", "active", "ejected", "ssl", "tls_name", "moved")
 
     def __init__(self, plan: ServerPlan, ssl_ctx: ssl.SSLContext | None, tls_name: str | None) -> None:
         self.plan = plan
@@ -109,6 +119,8 @@ class UpstreamServer:
         self.ejected = False
         self.ssl = ssl_ctx
         self.tls_name = tls_name
+        # After a reload that kept this server: its group and state under the new Plan.
+        self.moved: tuple[UpstreamGroup, UpstreamServer] | None = None
 
 
 class Lease:
@@ -136,17 +148,22 @@ class Lease:
             return
         self._held = False
         latency = now - self.t_sent if self.t_sent and ok is not None else None
-        self.group._finished(self.server, now, latency, ok)
+        group, server = self.group, self.server
+        while server.moved is not None:  # reloaded meanwhile: the server's current state
+            group, server = server.moved
+        group._finished(server, now, latency, ok)
 
 
 class Waiter:
     """A request waiting for a slot (see the module docstring); ``live`` until granted or cancelled."""
 
-    __slots__ = ("client_ip", "head", "exclude", "on_grant", "live")
+    __slots__ = ("group", "client_ip", "head", "exclude", "on_grant", "live")
 
     def __init__(
-        self, client_ip: str, head: RequestHead, exclude: frozenset[int], on_grant: Callable[[Lease], None]
+        self, group: UpstreamGroup, client_ip: str, head: RequestHead, exclude: frozenset[int],
+        on_grant: Callable[[Lease], None],
     ) -> None:
+        self.group = group  # whose queue it is in (a reload moves it)
         self.client_ip = client_ip
         self.head = head
         self.exclude = exclude
@@ -186,15 +203,34 @@ class UpstreamGroup:
         self._waiting: deque[Waiter] = deque()
         self.queued = 0  # live waiters (cancelled ones may still sit in the deque)
 
-    def adopt(self, old: UpstreamGroup) -> None:
-        """Keep what a reload must not forget: health verdicts of the same servers."""
+    def adopt(self, old: UpstreamGroup, now: float) -> None:
+        """Take over from the group of the previous Plan (see the module docstring)."""
         by_addr = {s.plan.address: s for s in old.servers}
+        index: dict[int, int] = {}  # old index -> new index, for the servers that stay
         for s in self.servers:
             prev = by_addr.get(s.plan.address)
-            if prev is not None:
-                if s.active is not None and prev.active is not None:
-                    s.active = prev.active
-                s.state.healthy = prev.state.healthy
+            if prev is None:
+                continue
+            index[prev.plan.index] = s.plan.index
+            if s.active is not None and prev.active is not None:
+                rise, fall = s.active.rise, s.active.fall  # this Plan's thresholds
+                s.active = prev.active
+                s.active.rise, s.active.fall = rise, fall
+            s.ejected = prev.ejected
+            self.outlier.adopt(s.plan.index, old.outlier, prev.plan.index)
+            s.state.carry(prev.state)
+            prev.moved = (self, s)
+            self._refresh(s, now)  # active checks added or dropped by the new Plan
+        for waiter in old._waiting:
+            if waiter.live:
+                waiter.group = self
+                waiter.exclude = frozenset(index[i] for i in waiter.exclude if i in index)
+                self._waiting.append(waiter)
+                self.queued += 1
+        old._waiting = deque()
+        old.queued = 0
+        if self.queued:
+            self.wake(now)  # the new Plan may have room (more servers, higher max_conns)
 
     # -- per request -------------------------------------------------------
     def hash_key(self, client_ip: str, head: RequestHead) -> bytes | None:
@@ -262,19 +298,21 @@ class UpstreamGroup:
         """Wait for a slot; None when the queue is full (or off: ``queue_max`` 0)."""
         if self.queued >= self.plan.queue_max:
             return None
-        waiter = Waiter(client_ip, head, exclude, on_grant)
+        waiter = Waiter(self, client_ip, head, exclude, on_grant)
         self._waiting.append(waiter)
         self.queued += 1
         return waiter
 
     def cancel(self, waiter: Waiter) -> None:
-        """The waiter gave up (timeout, client gone); it is skipped when its turn comes."""
+        """The waiter gave up (timeout, client gone); it is skipped when its turn comes.
+        Asked of the group it first queued in, it leaves the queue it is in now."""
         if waiter.live:
             waiter.live = False
-            self.queued -= 1
-            waiting = self._waiting
-            if len(waiting) > 2 * self.queued + 16:  # drop the cancelled ones (amortised O(1))
-                self._waiting = deque(w for w in waiting if w.live)
+            g = waiter.group
+            g.queued -= 1
+            waiting = g._waiting
+            if len(waiting) > 2 * g.queued + 16:  # drop the cancelled ones (amortised O(1))
+                g._waiting = deque(w for w in waiting if w.live)
 
     def wake(self, now: float) -> None:
         """Hand free slots to the waiters, first come first served.  A waiter that cannot be

@@ -48,6 +48,9 @@ Passive checks (Envoy outlier detection, nginx ``max_fails``/``fail_timeout``)::
   * Return: ``expired`` hands back the servers whose time is up; the caller
     applies slow start.  ``is_available`` already reports an expired server
     available even before ``expired`` has run.
+  * Reload: a detector built for a new Plan ``adopt``s each staying server's
+    state from the old one (ejection and its expiry, failures, ejection count),
+    so a reload neither forgives nor prolongs anything.
 """
 
 from __future__ import annotations
@@ -264,6 +267,22 @@ class OutlierDetector:
         """The ejection in force for ``index`` at ``now``, if any."""
         e = self._servers[index].ejection
         return e if e is not None and now < e.until else None
+
+    def adopt(self, index: int, old: OutlierDetector, old_index: int) -> None:
+        """Take over server ``old_index``'s passive state from ``old`` (a reload built this
+        detector; the server is ``index`` here): its ejection and expiry, failures so far,
+        ejection count and decay, and a return not yet reported by ``expired``, so the
+        server comes back exactly when it would have without the reload.  ``old`` is
+        not used for that server afterwards."""
+        src, dst = old._servers[old_index], self._servers[index]
+        dst.state = src.state
+        dst.failures = deque(src.failures, maxlen=self.failures)  # the newest, if fewer now
+        e = src.ejection
+        dst.ejection = None if e is None else Ejection(index, e.at, e.until, e.times)
+        dst.times = src.times
+        dst.last_until = src.last_until
+        if old_index in old._back and index not in self._back:
+            self._back.append(index)
 
     def ejected_count(self, now: float) -> int:
         return sum(1 for s in self._servers if s.ejection is not None and now < s.ejection.until)
