@@ -14,7 +14,9 @@ Rules it owns:
   uncacheable.  A Range miss starts or joins a whole-object fill, never a second;
 - a store slower than the client slows the fill down (``Writer.ready``): a
   response marked ``stored`` is stored whatever the client's speed;
-- a store failure never fails the request: it becomes a pass-through miss.
+- a store failure never fails the request: it becomes a pass-through miss;
+- a forward request whose rules wait for the destination's address is answered from
+  the cache only once the address passes them (`cache_address.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ferryman.conn.background_fill import fill_whole_object
+from ferryman.conn.cache_address import admit
 from ferryman.conn.cache_follow import follow, follow_range
 from ferryman.conn.cache_front import CacheFront, CacheState
 from ferryman.conn.exchange import Exchange
@@ -127,9 +130,11 @@ class Cache(CacheFront):
             ds.responder.resume_proxy(ex)
 
     def _decide(
-        self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
+        self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes,
+        admitted: bool = False,
     ) -> CacheAction:
-        """Look ``key`` up for this request and act on the freshness policy's outcome."""
+        """Look ``key`` up for this request and act on the freshness policy's outcome
+        (``admitted``: its address passed the post-resolve phases already)."""
         head = ex.ctx.head
         method = head.method
         now = time.time()
@@ -139,6 +144,10 @@ class Cache(CacheFront):
         if out is policy.Outcome.FRESH or out is policy.Outcome.STALE_OK:
             stored = self._stored_for(key, look.entry)
             if stored is not None:
+                if d.address_check is not None and not admitted:
+                    refused = self._admit(ds, ex, d, rules, key)
+                    if refused is not None:
+                        return refused
                 self.hits += 1
                 state.stored = stored
                 ex.cache_result = "hit" if out is policy.Outcome.FRESH else "stale"
@@ -155,6 +164,13 @@ class Cache(CacheFront):
         if out is policy.Outcome.ONLY_IF_CACHED_MISS:
             ds.responder.send_synthetic(ex, 504, "only-if-cached and nothing stored")
             return TAKEN
+        if d.address_check is not None and not admitted and method == "GET" and (
+            (self.coalesce and self._joinable(key, head.headers) is not None)
+            or (self.range_fill and has_range(head.headers))
+        ):  # it would be answered from a fill, not sent on: the address first
+            refused = self._admit(ds, ex, d, rules, key)
+            if refused is not None:
+                return refused
         self.misses += 1
         stale = self._stored_for(key, look.entry) if out is policy.Outcome.MUST_VALIDATE else None
         if method == "GET" and has_range(head.headers):
@@ -201,6 +217,13 @@ class Cache(CacheFront):
         state.fill = self._fill(key)
         ex.cache_result = "miss"
         return PROXY
+
+    def _admit(
+        self, ds: ClientConn, ex: Exchange, d: Proxy, rules: policy.Rules, key: bytes
+    ) -> CacheAction | None:
+        if self.resolver is None:
+            return None
+        return admit(ds, ex, d, self.resolver, lambda: self._decide(ds, ex, d, rules, key, True))
 
     def _redecide(self, ds: ClientConn, ex: Exchange, d: Proxy) -> None:
         """A follower whose fill could not serve it goes through the cache phase again."""

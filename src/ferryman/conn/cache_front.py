@@ -35,6 +35,7 @@ from ferryman.pipeline.cache.memory import MemoryStore
 from ferryman.pipeline.cache.passes import PassMarks
 from ferryman.pipeline.cache.store import EntryMeta, Store, Writer
 from ferryman.pipeline.stage import Proxy
+from ferryman.upstream.dial import Resolver
 
 log = logging.getLogger("ferryman")
 
@@ -77,9 +78,12 @@ class CacheFront:
         self, store: Store, max_object_size: int, purge_clients: ClientAcl, coalesce: bool,
         range_fill: bool = True, max_entries: int = 1_000_000, max_variants: int = 32,
         dial: FillDial | None = None, now: Callable[[], float] = time.monotonic,
+        resolver: Resolver | None = None,
     ) -> None:
         self.store = store
         self.dial = dial  # opens the connection of a background fill (the engine's `dial_fill`)
+        # The engine's resolver: a forward hit whose rules wait for the address resolves first.
+        self.resolver = resolver
         self.now = now  # the connections' clock (conn/clock.py)
         self.range_fill = range_fill
         self.max_object_size = max_object_size

@@ -213,7 +213,7 @@ class Engine:
         self.cache = Cache(
             store, cp.max_object_size, purge_acl(list(cp.purge_clients)), cp.coalesce, cp.range_fill,
             max_entries=cp.max_entries, max_variants=cp.max_variants,
-            dial=self.dial_fill, now=self.clock.time,
+            dial=self.dial_fill, now=self.clock.time, resolver=self.resolver,
         )
         self._compile_phases()
 

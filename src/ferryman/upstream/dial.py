@@ -76,6 +76,14 @@ class Resolver:
             loop.create_task(self._lookup(key, fut))
         return await asyncio.shield(fut)
 
+    def known(self, host: str, port: int, now: float) -> list[Addr] | None:
+        """The addresses ``resolve`` would return at ``now`` (the loop's time) from its
+        cache, without a lookup; None when it would have to ask (or answer an IP literal)."""
+        hit = self._cache.get((host, port))
+        if hit is None or hit[0] <= now:
+            return None
+        return hit[1]
+
     async def _lookup(self, key: tuple[str, int], fut: asyncio.Future[list[Addr]]) -> None:
         loop = asyncio.get_running_loop()
         host, port = key
