@@ -96,8 +96,6 @@ class Acceptor(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = tr = cast(asyncio.Transport, transport)
-        sock = tr.get_extra_info("socket")
-        self.engine.accepting(sock.fileno() if sock is not None else -1)
         peer = tr.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "-"
         plan = self.engine.plan

@@ -173,9 +173,6 @@ class Downstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = tr = cast(asyncio.Transport, transport)
-        if self.proxied is None:  # (a PROXY listener's Acceptor did the check at the accept)
-            sock = tr.get_extra_info("socket")
-            self.engine.accepting(sock.fileno() if sock is not None else -1)
         peer = tr.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0])

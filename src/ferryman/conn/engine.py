@@ -307,14 +307,11 @@ class Engine:
         os.close(fd)
         return fd >= self.fd_limit - self.fd_reserve
 
-    def accepting(self, fd: int = -1) -> None:
+    def accepting(self) -> None:
         """A client was just accepted: near the descriptor limit, close idle upstream
         connections; with none left to close, have the listeners pause (clients then wait in
-        the accept queue instead of being accepted and dropped).  ``fd``: the accepted
-        socket's descriptor, which the kernel gave the lowest free number: it tells what
-        the probe of `descriptors_low` would, without its two syscalls."""
-        low = fd >= self.fd_limit - self.fd_reserve if fd >= 0 else self.descriptors_low()
-        if low and not self.relieve_descriptors(self.fd_reserve):
+        the accept queue instead of being accepted and dropped)."""
+        if self.descriptors_low() and not self.relieve_descriptors(self.fd_reserve):
             if self.on_descriptors_low is not None:
                 self.on_descriptors_low()
 

@@ -115,18 +115,17 @@ class Bound:
 
 
 def _factory(engine: Engine, bound: Bound) -> Callable[[], asyncio.BaseProtocol]:
-    # The descriptor check of each accept (engine.py `accepting`) is the protocol's, in
-    # connection_made: it reads the accepted socket's own descriptor number.  On a TLS
-    # listener that comes after the handshake, so the accept itself is checked too.
+    accepting = engine.accepting  # called at each accept: the descriptor check (engine.py)
     if _shape(bound.plan)[0]:
 
         def native() -> asyncio.BaseProtocol:
-            engine.accepting()
+            accepting()
             return Downstream(engine, bound.plan)  # the loop's TLS server wraps it
 
         return native
 
     def plain() -> asyncio.BaseProtocol:
+        accepting()
         return protocol_for(engine, bound.plan, bound.tls.default if bound.tls is not None else None)
 
     return plain
