@@ -108,6 +108,8 @@ class Engine:
         dial.set_exhaustion_relief(self.relieve_descriptors)
         self.fd_limit = descriptor_limit()
         self.fd_reserve = max(32, self.fd_limit // 16)
+        # Below this many descriptors counted (see `accepting`), none is probed for.
+        self._probe_from = self.fd_limit - self.fd_reserve - max(1024, self.fd_limit // 8)
         self._fd_probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.on_descriptors_low: Callable[[], None] | None = None  # the lifecycle pauses accepting
         self.resolver = Resolver(plan.dns.ttl, plan.dns.negative_ttl)
@@ -310,7 +312,13 @@ class Engine:
     def accepting(self) -> None:
         """A client was just accepted: near the descriptor limit, close idle upstream
         connections; with none left to close, have the listeners pause (clients then wait in
-        the accept queue instead of being accepted and dropped)."""
+        the accept queue instead of being accepted and dropped).
+
+        Far from the limit the probe is skipped: every client connection holds at most three
+        descriptors (itself, its upstream, a cache file), the pool at most ``max_total`` idle
+        ones, and all the rest (listeners, logs, fills, Redis, DNS) is given ``_fd_slack``."""
+        if 3 * len(self.connections) + self.pool.max_total < self._probe_from:
+            return
         if self.descriptors_low() and not self.relieve_descriptors(self.fd_reserve):
             if self.on_descriptors_low is not None:
                 self.on_descriptors_low()
