@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from typing import Protocol, cast
+from typing import Protocol
 
 from ferryman.errors import FerrymanError, UpstreamClosed
 from ferryman.http1.events import ResponseHead
@@ -112,7 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport  # type: ignore[assignment]  # (no cast(): a call less)
 
     def data_received(self, data: bytes) -> None:
         handler = self.handler
