@@ -292,9 +292,11 @@ class UpstreamRelay:
         tr = client.transport
         assert tr is not None
         held = self.held
-        if held is not None:
+        if held is None and ex.out_mode == outgoing.RAW:
+            tr.write(data)  # the body's later pieces, as they are: no framing, no call
+        else:
             self.held = None
-        send_body(tr, ex.out_mode, data, held)
+            send_body(tr, ex.out_mode, data, held)
         client.touch()
 
     def on_response_end(self) -> None:
