@@ -20,12 +20,10 @@ import pytest
 from ferryman.config.compile import compile_config
 from ferryman.config.load import load_text, normalise
 from ferryman.conn.cache_flow import Cache
-from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
 from ferryman.pipeline.cache.action import PROXY, TAKEN, CacheAction
-from ferryman.upstream.connection import UpstreamConnection
-from tests.protocol.test_downstream import ORIGIN, FakeTransport
+from tests.protocol.test_downstream import client, park_upstream
 
 
 class Recorded:
@@ -78,21 +76,6 @@ async def engine() -> AsyncIterator[Engine]:
 def spy(engine: Engine) -> Recorded:
     assert engine.cache is not None
     return Recorded(engine.cache)
-
-
-def park_upstream(engine: Engine) -> tuple[UpstreamConnection, FakeTransport]:
-    conn = UpstreamConnection(ORIGIN, 32768, 100)
-    tr = FakeTransport()
-    conn.connection_made(tr)  # type: ignore[arg-type]
-    assert engine.pool.park(ORIGIN, conn, engine.loop.time()) is None
-    return conn, tr
-
-
-def client(engine: Engine) -> tuple[Downstream, FakeTransport]:
-    ds = Downstream(engine, engine.plan.listeners[0])
-    tr = FakeTransport()
-    ds.connection_made(tr)  # type: ignore[arg-type]
-    return ds, tr
 
 
 def request(method: bytes = b"GET", path: bytes = b"/a", extra: bytes = b"") -> bytes:
