@@ -74,13 +74,15 @@ def control_case(tmp: str) -> tuple[str, tuple[object, ...], Client, RequestHead
     import run as bench_run  # noqa: PLC0415 (the config of the wrk scenario, shared)
 
     from ferryman.conn.auth import AuthRuntime
+    from ferryman.conn.clock import LoopClock
     from ferryman.pipeline.admit.htpasswd import verify_password
     from ferryman.pipeline.stage import Authenticate
 
     fwd = bench_run.control_forward(Path(tmp), True)
     text = "forward: " + json.dumps(fwd) + "\n"
     plan = plan_of(text)
-    rt = AuthRuntime(asyncio.new_event_loop())
+    loop = asyncio.new_event_loop()
+    rt = AuthRuntime(loop, LoopClock(loop))
     rt.adopt(plan.forward.control.auth)
     phases = compile_phases(plan, "forward", Env(False, lambda ip, port: False, no_log, rt))
     client = Client(plan.listeners[0], "127.0.0.1", 5555)
