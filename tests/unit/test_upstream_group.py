@@ -387,3 +387,13 @@ def test_active_matches_unreleased_leases_across_random_reloads() -> None:
         for lease in leases:
             lease.release(now, True)
         assert [s.state.active for s in g.servers] == [0] * len(g.servers)
+
+
+def test_a_retry_across_a_reload_excludes_the_servers_it_tried_not_their_places() -> None:
+    old = _group(ports=(8000, 8001, 8002))
+    new = _reloaded(old, 2.0, ports=(8002, 8000))  # 8001 removed, the others reordered
+    assert new.translate(old, frozenset({0, 1})) == frozenset({1})  # tried 8000 and 8001
+    assert new.translate(old, frozenset()) == frozenset()
+    assert old.translate(old, frozenset({2})) == frozenset({2})
+    lease = new.acquire("127.0.0.1", HEAD, 3.0, new.translate(old, frozenset({0})))
+    assert lease is not None and lease.server.plan.port == 8002  # not 8000 again

@@ -86,6 +86,8 @@ class UpstreamRelay:
         now = self.conn.clock.time()
         if up.lease is not None:
             up.lease.release(now, None)  # normally released already: a no-op then
+        if up.group is not None and up.group is not group:
+            up.tried = group.translate(up.group, up.tried)  # a reload came between two tries
         up.group = group
         lease = group.acquire(ex.ctx.client_ip, ex.ctx.head, now, up.tried)
         if lease is not None:

@@ -232,6 +232,18 @@ class UpstreamGroup:
         if self.queued:
             self.wake(now)  # the new Plan may have room (more servers, higher max_conns)
 
+    def translate(self, other: UpstreamGroup, tried: frozenset[int]) -> frozenset[int]:
+        """``tried``, server positions in ``other`` (the group of an earlier Plan), as
+        positions in this group, matched by address: a retry that began before a reload
+        that reordered the servers excludes the servers it tried, not their places."""
+        if other is self or not tried:
+            return tried
+        here = {s.plan.address: s.plan.index for s in self.servers}
+        return frozenset(
+            i for s in other.servers if s.plan.index in tried
+            for i in (here.get(s.plan.address),) if i is not None
+        )
+
     # -- per request -------------------------------------------------------
     def hash_key(self, client_ip: str, head: RequestHead) -> bytes | None:
         plan = self.plan
