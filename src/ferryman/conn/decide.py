@@ -52,15 +52,7 @@ class Decider:
         ctx = ex.ctx
         ctx.plan, fwd, rev, ex.deadlines = self.engine.compiled
         phases = ex.phases = rev if self.reverse else fwd
-        head = ctx.head
-        if head.method == "CONNECT":
-            steps = phases.connect
-        elif head.target[:1] == b"/":
-            steps = phases.origin
-        else:
-            steps = phases.absolute  # the forward proxy's usual request
-        assert steps is not None
-        self.decide(ex, run(steps, ctx))
+        self.decide(ex, run(phases.for_head(ctx.head), ctx))
 
     def decide(self, ex: Exchange, decision: Decision) -> None:
         """Carry out what the phases decided."""

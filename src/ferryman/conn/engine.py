@@ -22,7 +22,7 @@ from ferryman.conn.cache_front import FillRelease, purge_acl
 from ferryman.conn.clock import Clock, LoopClock, Timer
 from ferryman.conn.phases import Env, compile_phases
 from ferryman.conn.queueing import lease_for_fill
-from ferryman.conn.state import Deadlines, deadlines
+from ferryman.conn.state import deadlines
 from ferryman.http1.events import RequestHead
 from ferryman.observe.access_log import AccessLog
 from ferryman.observe.usage import UserUsage
@@ -153,9 +153,6 @@ class Engine:
         # What a request starts on, read in one go (conn/decide.py): the Plan, the forward
         # and reverse phases compiled for it, and its deadlines per connection state.
         self.compiled = (plan, self._fwd_phases, self._rev_phases, self.deadlines)
-
-    def deadlines_for(self, plan: Plan) -> Deadlines:
-        return self.deadlines if plan is self._phases_plan else deadlines(plan.timeouts)
 
     def phases(self, plan: Plan, reverse: bool) -> Phases:
         """The phases of a listener mode under ``plan`` (compiled once per Plan)."""

@@ -6,7 +6,7 @@ upstream fails (retry, or answer the error).
 One per client connection, composed into it (`Downstream.relay`) and attached to
 the upstream connection as its handler.  The rules are those of `downstream.py`:
 nothing is relayed that the parser did not accept, every body is re-framed
-(`Responder.start_response`), a truncated body is never passed off as complete,
+(`Responder.response_head`), a truncated body is never passed off as complete,
 and a request is retried only when provably safe.
 """
 

@@ -70,21 +70,14 @@ class Responder:
         self.conn.log(ex)
         self.conn.abort()
 
-    def start_response(
-        self, ex: Exchange, status: int, reason: bytes, hdrs: Headers, extra: bytes,
-        has_body: bool, length: int | None, tail: bytes = b"",
-    ) -> None:
-        """Write a response head: the one place that frames what ferryman sends the client
-        (relayed, cached, or its own streamed answers) and settles keep-alive.  ``extra``
-        lines go before the framing lines, ``tail`` after them."""
-        self.conn.write(ex, self.response_head(ex, status, reason, hdrs, extra, has_body, length, tail))
-
     def response_head(
         self, ex: Exchange, status: int, reason: bytes, hdrs: Headers, extra: bytes,
         has_body: bool, length: int | None, tail: bytes = b"",
     ) -> bytes:
-        """The bytes of `start_response`, not yet written (the relay sends a relayed head
-        with the first piece of its body: one write, see `UpstreamRelay.held`)."""
+        """A response head's bytes: the one place that frames what ferryman sends the client
+        (relayed, cached, or its own streamed answers) and settles keep-alive.  ``extra``
+        lines go before the framing lines, ``tail`` after them.  The caller writes them
+        (the relay with the first piece of the body: one write, see `UpstreamRelay.held`)."""
         keep = ex.keep_alive and ex.req_done and not self.engine.draining
         mode, lines, keep = outgoing.response(ex.ctx.head.version, has_body, length, keep)
         ex.out_mode = mode
