@@ -36,7 +36,7 @@ class Attempt:
 
     __slots__ = (
         "key", "conn", "reused", "attempts", "group", "lease", "queued", "tried", "label",
-        "t_connect", "head_sent", "body_sent",
+        "t_connect", "head_sent", "body_sent", "stale", "fresh",
     )
 
     def __init__(self) -> None:
@@ -54,6 +54,11 @@ class Attempt:
         self.t_connect: float | None = None
         self.head_sent = False
         self.body_sent = False  # some body bytes went to an upstream: no retry after that
+        # Re-sends after a pooled connection turned out dead: not the server's failure, so
+        # they do not count against the upstream's retries; the re-send dials afresh
+        # (``fresh``), since the pool's other idle sockets to that server are likely dead too.
+        self.stale = 0
+        self.fresh = False
 
     def release(self, now: float, ok: bool | None) -> None:
         """Hand the server slot back (``ok``: the server's verdict, None for none); the

@@ -121,7 +121,11 @@ class UpstreamRelay:
             d.method, d.target, host, d.fields(), head.framing, head.content_length
         )
         private = d.upgrade or (up.group is not None and up.group.plan.send_proxy is not None)
-        conn = None if private else self.engine.pool.acquire(key)
+        if up.fresh:
+            up.fresh = False
+            conn = None
+        else:
+            conn = None if private else self.engine.pool.acquire(key)
         if conn is not None and d.address_check is not None and not _peer_allowed(conn, d.address_check):
             conn.close()  # dialled for a request the rules treat differently: dial (and check) anew
             conn = None
@@ -393,14 +397,16 @@ class UpstreamRelay:
         d = ex.ctx.proxy
         method = ex.ctx.head.method
         if bodyless and not (d is not None and d.upgrade and reached):
-            if stale_pool and up.attempts < 3 and method in IDEMPOTENT:
+            if stale_pool and up.stale < 3 and method in IDEMPOTENT:
                 # The pooled socket was dead; the origin may still have read the request,
                 # so only idempotent methods are re-sent (RFC 9112 9.3.1).
                 may = True
+                up.stale += 1
+                up.fresh = True
             elif up.group is not None and not got_bytes:
                 never_sent = not reached or isinstance(exc, UpstreamConnectError)
                 if never_sent or method in IDEMPOTENT:
-                    may = up.group.may_retry(up.attempts)
+                    may = up.group.may_retry(up.attempts - up.stale)
         if may and stale_pool and lease is not None and lease.held:
             # A stale pooled socket is not the server's fault: re-send to the same server,
             # keeping its slot (under max_conns a queued request keeps its turn).
