@@ -36,8 +36,8 @@ from ferryman.conn.orphan_fill import OrphanFill
 from ferryman.errors import FerrymanError
 from ferryman.http1.events import Framing, ResponseHead
 from ferryman.http1.headers import forward_response_headers
-from ferryman.pipeline.cache import policy
-from ferryman.pipeline.cache.action import PROXY, TAKEN, CacheAction
+from ferryman.pipeline.cache import action, policy
+from ferryman.pipeline.cache.action import ABANDONED, ADOPTED, ANSWERS, PASSES, PROXY, TAKEN, CacheAction
 from ferryman.pipeline.cache.index import selecting_fields, variant_bytes
 from ferryman.pipeline.cache.key import request_key, uri_key
 from ferryman.pipeline.cache.lookup import (
@@ -327,8 +327,9 @@ class Cache(CacheFront):
                      why or ex.error or "the exchange failed")
         self._drop_fill(state)
 
-    def takeover(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> bool:
-        """Answer a validated request from the entry: on 304, or on 5xx with stale-if-error."""
+    def takeover(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> action.CacheReply:
+        """Our validation was answered: `ANSWERS` when the entry answers the client (freshened
+        by a 304, or stale on a 5xx under stale-if-error); `PASSES`: relay this response."""
         if head.status == 304:
             return self.on_not_modified(ds, ex, head)
         state = ex.cache
@@ -344,55 +345,57 @@ class Cache(CacheFront):
                     policy.Outcome.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age
                 )
                 ds.loop.create_task(self.serve(ds, ex, state.stored, look, hit=True))
-                return True
-        return False
+                return ANSWERS
+        return PASSES
 
-    def continue_without_client(self, ex: Exchange) -> bool:
-        """The leader's client left mid-fill: keep reading the upstream for the followers."""
+    def continue_without_client(self, ex: Exchange) -> action.Orphan:
+        """The leader's client left mid-fill: `ADOPTED` when the cache keeps reading the
+        upstream for the followers (the caller lets go of the socket), else `ABANDONED`."""
         state = ex.cache
         conn = ex.up.conn
-        if state is None or state.fill is None or state.fill.followers == 0 or conn is None:
-            return False
-        if ex.resp is None or state.writer is None:
-            return False
+        if (state is None or state.fill is None or state.fill.followers == 0 or conn is None
+                or ex.resp is None or state.writer is None):
+            return ABANDONED
         conn.handler = OrphanFill(self, ex, conn)
         conn.resume_reading()
-        return True
+        return ADOPTED
 
-    def on_not_modified(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> bool:
-        """A 304 to our own validation: freshen the entry and serve it.  False if it cannot."""
+    def on_not_modified(self, ds: ClientConn, ex: Exchange, head: ResponseHead) -> action.CacheReply:
+        """A 304 to our own validation: freshen the entry and serve it (`ANSWERS`); `PASSES`
+        when it cannot (the 304 is relayed)."""
         state = ex.cache
         if state is None or state.stored is None or state.lookup is None:
-            return False
+            return PASSES
         now = time.time()
         entry = policy.refresh_entry(state.stored.entry, head.headers, state.request_time, now, state.rules)
         if entry is None:
             self.forget(state.key)
             self._drop_fill(state)
-            return False
+            return PASSES
         stored = self.refreshed(state.key, state.stored, entry, state.fill)
         state.fill = None
         look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
         ex.cache_result = "revalidated"
         ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
-        return True
+        return ANSWERS
 
-    def serve_stale_on_error(self, ds: ClientConn, ex: Exchange, exc: FerrymanError) -> bool:
-        """RFC 5861 stale-if-error: the origin failed, a stale entry may still answer."""
+    def serve_stale_on_error(self, ds: ClientConn, ex: Exchange, exc: FerrymanError) -> action.CacheReply:
+        """RFC 5861 stale-if-error: the origin failed, a stale entry may still answer
+        (`ANSWERS`); `PASSES` when the connection answers with ``exc``."""
         state = ex.cache
         if state is None or state.stored is None or exc.status < 500:
-            return False
+            return PASSES
         entry = state.stored.entry
         now = time.time()
         if not policy.stale_if_error(entry, ex.ctx.head.headers, now, exc.status):
-            return False
+            return PASSES
         self._drop_fill(state)
         ex.error = exc.detail
         ex.cache_result = "stale-if-error"
         age = entry.age(now)
         look = policy.Lookup(policy.Outcome.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age)
         ds.loop.create_task(self.serve(ds, ex, state.stored, look, hit=True))
-        return True
+        return ANSWERS
 
     # -- serving --------------------------------------------------------------
     async def serve(

@@ -38,6 +38,7 @@ from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
+from ferryman.pipeline.cache.action import ADOPTED, ANSWERS
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan
 
@@ -235,7 +236,7 @@ class Downstream(asyncio.Protocol):
             cache = self.engine.cache
             handed = (
                 up.conn is not None and ex.cache is not None and cache is not None
-                and cache.continue_without_client(ex)
+                and cache.continue_without_client(ex) is ADOPTED
             )
             if handed:
                 up.conn = None  # the fill goes on for the followers; the cache owns the socket now
@@ -385,7 +386,7 @@ class Downstream(asyncio.Protocol):
             up.release(self._now(), False if exc.source == "upstream" else None)
             cache = self.engine.cache
             if ex.cache is not None and cache is not None:
-                if ex.resp is None and cache.serve_stale_on_error(self, ex, exc):
+                if ex.resp is None and cache.serve_stale_on_error(self, ex, exc) is ANSWERS:
                     return
                 cache.on_abort(ex)
         started = ex is not None and ex.resp is not None

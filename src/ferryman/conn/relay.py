@@ -32,6 +32,7 @@ from ferryman.http1.events import Framing, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline import respond
 from ferryman.pipeline.admit.address import AddressCheck
+from ferryman.pipeline.cache.action import ANSWERS
 from ferryman.pipeline.stage import Respond, run_resolved
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection
@@ -252,7 +253,7 @@ class UpstreamRelay:
             # Our validation was answered: a 304 freshens the entry, a 5xx may let it be
             # served stale (stale-if-error); either way the client gets the stored entry and
             # this response is only read to its end so the connection can be reused.
-            if self.engine.cache.takeover(client, ex, head):
+            if self.engine.cache.takeover(client, ex, head) is ANSWERS:
                 ex.cache_takeover = True
                 return
         ex.resp = head
