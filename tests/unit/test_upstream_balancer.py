@@ -414,3 +414,51 @@ def test_make_balancer_rejects_bad_input() -> None:
         make_balancer("hash", [ServerSpec(0, "a:1"), ServerSpec(1, "a:1")])
     with pytest.raises(ValueError, match="weight"):
         ServerSpec(0, "a:1", weight=0)
+
+
+# -- reload: a new Plan's balancer keeps the rotation for the servers that stay --------
+
+
+def _one_per_reload(policy: str, *weights: int, n: int, carry: bool) -> list[int]:
+    """``n`` picks, each by a balancer built anew (as by a reload) before it."""
+    sp = specs(*weights)
+    states = make_states(sp)
+    bal = make_balancer(policy, sp)
+    out = []
+    for _ in range(n):
+        new = make_balancer(policy, sp)
+        if carry:
+            new.adopt(bal, {i: i for i in range(len(sp))})
+        bal = new
+        out.extend(picks(bal, states, 1))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_conn", "hash"])
+def test_a_reload_before_every_pick_keeps_the_rotation(policy: str) -> None:
+    assert _one_per_reload(policy, 1, 1, 1, n=6, carry=False) == [0] * 6  # what a fresh start does
+    assert _one_per_reload(policy, 1, 1, 1, n=6, carry=True) == [0, 1, 2, 0, 1, 2]
+    assert _one_per_reload(policy, 5, 1, 1, n=7, carry=True) == picks(*setup(policy, 5, 1, 1), 7)
+
+
+def test_the_rotation_follows_servers_by_the_map_and_new_ones_start_at_zero() -> None:
+    old, old_states = setup("round_robin", 1, 1, 1)
+    assert picks(old, old_states, 2) == [0, 1]  # 10.0.0.3 is next
+    # The new Plan: 10.0.0.3 first, 10.0.0.1 dropped, 10.0.0.2 second, one new server.
+    sp = [ServerSpec(0, "10.0.0.3:8000"), ServerSpec(1, "10.0.0.2:8000"), ServerSpec(2, "10.0.0.9:8000")]
+    new = make_balancer("round_robin", sp)
+    new.adopt(old, {2: 0, 1: 1})
+    states = make_states(sp)
+    assert picks(new, states, 2) == [0, 2]  # 10.0.0.3's turn (not 10.0.0.2's), then the newcomer
+    assert Counter(picks(new, states, 300)) == {0: 100, 1: 100, 2: 100}  # and the shares hold
+
+
+@pytest.mark.parametrize("old_policy", POLICIES)
+@pytest.mark.parametrize("new_policy", POLICIES)
+def test_adopting_across_a_policy_change_keeps_picking(old_policy: str, new_policy: str) -> None:
+    old, states = setup(old_policy, 2, 1)
+    picks(old, states, 3)
+    new = make_balancer(new_policy, specs(2, 1), seed=1)
+    new.adopt(old, {0: 0, 1: 1})
+    assert Counter(picks(new, states, 300)) == Counter(picks(make_balancer(new_policy, specs(2, 1), seed=1),
+                                                            states, 300))

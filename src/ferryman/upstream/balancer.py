@@ -19,6 +19,8 @@ in flight         ``on_start()`` adds one to ``active``, ``on_done()`` takes it 
                   the group's ``Lease``, which releases once however often it is asked;
                   a reload carries ``active`` over (``carry``) and old leases release
                   into the new state, so a server's count is never split
+reload            ``adopt`` keeps smooth round robin's ``current`` scores for the servers
+                  that stay (``moved``: old index -> new, matched by address by the group)
 slow start        a server that comes back (``mark_up``) weighs 10% -> 100% of its weight,
                   linearly over ``slow_start`` seconds; hash policies ignore it (a key's
                   home must not drift while the weight ramps)
@@ -57,7 +59,7 @@ import math
 import random
 import struct
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Protocol
@@ -155,6 +157,8 @@ class Balancer(Protocol):
 
     def on_done(self, s: ServerState, now: float, latency: float | None, ok: bool) -> None: ...
 
+    def adopt(self, old: Balancer, moved: Mapping[int, int]) -> None: ...
+
 
 _Specs = Sequence[ServerSpec]
 _States = Sequence[ServerState]
@@ -210,6 +214,9 @@ class _Base:
         if s.active > 0:
             s.active -= 1
 
+    def adopt(self, old: Balancer, moved: Mapping[int, int]) -> None:
+        """A reload: random and hash picks have no rotation to keep (see ``ServerState.carry``)."""
+
 
 def _smooth(
     current: list[float],
@@ -253,6 +260,14 @@ class RoundRobin(_Base):
 
     def _choose(self, servers: _States, now: float, backup: bool, exclude: _Excl) -> ServerState | None:
         return _smooth(self._current, servers, now, self.slow_start, backup, exclude)
+
+    def adopt(self, old: Balancer, moved: Mapping[int, int]) -> None:
+        """Keep each staying server's score (a new one starts at 0; the sum need not be 0:
+        adding the same amount to every score changes no pick)."""
+        prev = old._fallback if isinstance(old, ConsistentHash) else old
+        if isinstance(prev, RoundRobin):
+            for o, n in moved.items():
+                self._current[n] = prev._current[o]
 
 
 class LeastConn(RoundRobin):
@@ -467,6 +482,9 @@ class ConsistentHash(_Base):
         if chosen is None and self._has_backup:
             chosen = self._backup.walk(servers, h, exclude)
         return chosen
+
+    def adopt(self, old: Balancer, moved: Mapping[int, int]) -> None:
+        self._fallback.adopt(old, moved)  # the ring is the config's own: only key-less picks rotate
 
 
 def make_balancer(
