@@ -8,6 +8,13 @@
   count toward ``max_conns`` and ``/status``, and release into the new count once.
   The new groups used to start at 0 while those requests released into the old ones,
   so right after a reload ``max_conns`` let a second request through to the origin.
+* So does the count of a server dropped by one reload and brought back by the next
+  (or whose whole upstream was): it used to start at 0 while the requests from
+  before still held the server.
+* The upstream's retry budget carries over: a reload during an outage used to hand
+  out a fresh burst of retries.
+* Round robin goes on where it was: it used to start again at the first server, so
+  a reload before each request sent them all there.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.helpers.origin import backends
 from tests.helpers.procs import Ferryman, free_port, reverse_config, run_reverse
@@ -119,3 +127,86 @@ def test_max_conns_and_the_in_flight_count_hold_across_a_reload(tmp_path: Path) 
             # One at a time, in arrival order: the waiter from before the reload kept its place.
             assert [r.target for r in a.requests] == ["/slow", "/queued-before", "/second"]
             wait_for(lambda: web() == ([0], 0), what="nothing in flight")
+
+
+def _dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens: connections are refused
+
+
+def test_a_reload_during_an_outage_does_not_refill_the_retry_budget(tmp_path: Path) -> None:
+    with backends("b") as (b,):
+        admin = free_port()
+        ups = {"web": {"servers": [{"url": _dead_url()}, {"url": b.url}],
+                       "retries": {"count": 1, "budget": 0.0},  # the first burst only, no refill
+                       "passive": {"failures": 1000}}}  # the dead server stays in the rotation
+        routes = [{"upstream": "web"}]
+        with run_reverse(tmp_path, routes=routes, upstreams=ups,
+                         admin={"listen": f"127.0.0.1:{admin}"}) as fm, \
+                httpx.Client(base_url=fm.proxy, trust_env=False, timeout=10) as c:
+            codes = []
+            while 502 not in codes:  # the dead server's turns are retried on b, until the budget is out
+                assert len(codes) < 40, codes
+                codes.append(c.get(f"/before/{len(codes)}").status_code)
+            assert codes.count(200) >= 10, codes
+
+            _reload(fm, admin, [{"match": {"path_prefix": "/new/"}, "upstream": "web"}, *routes], ups)
+            after = [c.get(f"/after/{i}").status_code for i in range(4)]
+            assert sorted(after) == [200, 200, 502, 502], after  # no fresh retries: the dead one's turns fail
+
+
+def test_round_robin_goes_on_across_reloads(tmp_path: Path) -> None:
+    with backends("a", "b") as (a, b):
+        admin = free_port()
+        ups = {"web": {"servers": [{"url": a.url}, {"url": b.url}]}}
+        routes = [{"upstream": "web"}]
+        variants = [routes, [{"match": {"path_prefix": "/new/"}, "upstream": "web"}, *routes]]
+        with run_reverse(tmp_path, routes=routes, upstreams=ups,
+                         admin={"listen": f"127.0.0.1:{admin}"}) as fm, \
+                httpx.Client(base_url=fm.proxy, trust_env=False, timeout=10) as c:
+            seen = []
+            for i in range(4):  # a reload before each request
+                _reload(fm, admin, variants[(i + 1) % 2], ups)
+                seen.append(c.get(f"/{i}").text)
+            assert seen == ["a", "b", "a", "b"]  # was "a" every time
+
+
+@pytest.mark.parametrize("drop", ["server", "upstream"])
+def test_a_server_dropped_and_brought_back_by_reloads_keeps_max_conns(tmp_path: Path, drop: str) -> None:
+    with backends("a", "b") as (a, b):
+        admin = free_port()
+        web: dict[str, Any] = {"servers": [{"url": a.url, "max_conns": 1}],
+                               "queue": {"max": 10, "timeout": "10s"}}
+        routes = [{"upstream": "web"}]
+        got: list[httpx.Response] = []
+        threads: list[threading.Thread] = []
+        with run_reverse(tmp_path, routes=routes, upstreams={"web": web},
+                         admin={"listen": f"127.0.0.1:{admin}"}) as fm:
+            try:
+                def state(name: str) -> tuple[list[int], int]:
+                    doc = _status(admin)
+                    return [s["active"] for s in doc["upstreams"][name]], doc["queued"][name]
+
+                threads.append(threading.Thread(target=_get, args=(fm, "/slow", got)))
+                threads[-1].start()
+                wait_for(lambda: a.count() == 1, what="the slow request at the origin")
+
+                if drop == "server":  # a leaves the upstream, then comes back
+                    _reload(fm, admin, routes, {"web": {"servers": [{"url": b.url}]}})
+                    assert state("web") == ([0], 0)
+                else:  # the whole upstream leaves, then comes back
+                    _reload(fm, admin, [{"upstream": "other"}], {"other": {"servers": [{"url": b.url}]}})
+                    assert "web" not in _status(admin)["upstreams"]
+                _reload(fm, admin, routes, {"web": web})
+                assert state("web") == ([1], 0)  # the slow request still holds a
+
+                threads.append(threading.Thread(target=_get, args=(fm, "/second", got)))
+                threads[-1].start()
+                wait_for(lambda: state("web")[1] == 1 or a.count() > 1, what="the second request")
+                assert a.count() == 1  # it waits: max_conns holds
+            finally:
+                a.release()
+                for t in threads:
+                    t.join(15)
+            assert [(r.status_code, r.text) for r in got] == [(200, "a")] * 2
+            assert [r.target for r in a.requests] == ["/slow", "/second"]
+            wait_for(lambda: state("web") == ([0], 0), what="nothing in flight")

@@ -356,8 +356,9 @@ def test_leases_survive_two_reloads() -> None:
 
 
 def test_active_matches_unreleased_leases_across_random_reloads() -> None:
-    """A server's count covers every unreleased lease taken on it since it joined the
-    config (whatever reloads happened meanwhile), and never exceeds its max_conns."""
+    """A server's count covers every unreleased lease taken on it, whatever reloads
+    happened meanwhile (one that dropped it and one that brought it back included), and
+    never exceeds its max_conns."""
     rng = random.Random(4321)
     layouts = [(8000, 8001, 8002), (8002, 8000, 8001), (8001, 8002), (8000, 8001, 8002, 8003)]
     for policy in ("round_robin", "least_conn", "random_two", "ewma"):
@@ -371,7 +372,8 @@ def test_active_matches_unreleased_leases_across_random_reloads() -> None:
             if r < 0.02:
                 ports = rng.choice(layouts)
                 g = _reloaded(g, now, ports=ports, max_conns=3, failures=1000, balance=policy)
-                mine = {port: mine.get(port, []) for port in ports}  # a dropped server starts over
+                for port in ports:  # a dropped server's leases still count if it comes back
+                    mine.setdefault(port, [])
             elif r < 0.5:
                 lease = g.acquire("127.0.0.1", HEAD, now, frozenset())
                 if lease is not None:
@@ -397,3 +399,92 @@ def test_a_retry_across_a_reload_excludes_the_servers_it_tried_not_their_places(
     assert old.translate(old, frozenset({2})) == frozenset({2})
     lease = new.acquire("127.0.0.1", HEAD, 3.0, new.translate(old, frozenset({0})))
     assert lease is not None and lease.server.plan.port == 8002  # not 8000 again
+
+
+# -- reload: the retry budget, the rotation, and servers dropped and brought back ------
+
+
+def test_a_reload_keeps_the_retry_budget_spent() -> None:
+    old = _group(n=2)
+    spent = 0
+    while old.may_retry(1):
+        spent += 1
+    assert spent == 10  # the burst
+    new = _reloaded(old, 2.0, n=2)
+    assert not new.may_retry(1)  # no fresh burst: the outage is still on
+    for _ in range(5):  # 5 requests at budget 0.2 earn one retry
+        _acquire(new, 3.0).release(3.0, True)
+    assert new.may_retry(1) and not new.may_retry(1)
+
+
+def test_a_retry_asked_of_the_retired_group_spends_the_current_tokens() -> None:
+    old = _group(n=2)
+    while old.may_retry(1):
+        pass
+    old.tokens = 3.0
+    new = _reloaded(old, 2.0, n=2)
+    third = _reloaded(new, 3.0, n=2)
+    assert old.may_retry(1) and new.may_retry(1) and third.may_retry(1)  # a request from each Plan
+    assert not old.may_retry(1) and not third.may_retry(1)
+    assert not old.may_retry(3)  # the count is the request's Plan's (retries: 2)
+
+
+def test_the_rotation_survives_reloads_by_address() -> None:
+    g = _group(ports=(8000, 8001, 8002))
+    seen = []
+    for i in range(5):
+        lease = _acquire(g, float(i))
+        seen.append(lease.server.plan.port)
+        lease.release(float(i), True)
+        g = _reloaded(g, float(i), ports=(8000, 8001, 8002))
+    assert seen == [8000, 8001, 8002, 8000, 8001]  # was 8000 every time
+    g = _reloaded(g, 7.0, ports=(8001, 8000, 8002))  # reordered: the turn follows the address
+    assert _acquire(g, 7.0).server.plan.port == 8002
+
+
+def test_a_server_dropped_and_brought_back_keeps_counting_its_requests() -> None:
+    g1 = _group(ports=(8000, 8001), max_conns=1)
+    a = _acquire(g1, exclude=frozenset({1}))  # on 8000
+    g2 = _reloaded(g1, 2.0, ports=(8001,), max_conns=1)  # 8000 dropped, a still in flight
+    assert set(g2.retired) == {"127.0.0.1:8000"}
+    g3 = _reloaded(g2, 3.0, ports=(8001, 8000), max_conns=1)  # and back
+    back = g3.servers[1]
+    assert back.state.active == 1 and g3.retired == {}
+    assert g3.acquire("127.0.0.1", HEAD, 3.0, frozenset({0})) is None  # max_conns holds
+    assert g3.saturated(frozenset({0}))
+    got: list[Lease] = []
+    assert g3.enqueue("127.0.0.1", HEAD, frozenset({0}), got.append) is not None
+    a.release(4.0, True)  # into the server it is now, freeing its slot for the waiter
+    assert len(got) == 1 and got[0].server is back and back.state.active == 1
+    got[0].release(5.0, True)
+    assert back.state.active == 0 and not g1.in_flight() and not g3.in_flight()
+
+
+def test_a_dropped_server_is_remembered_across_reloads_only_while_it_has_requests() -> None:
+    g = _group(ports=(8000, 8001))
+    a = _acquire(g, exclude=frozenset({1}))  # on 8000
+    b = _acquire(g, exclude=frozenset({0}))  # on 8001
+    g = _reloaded(g, 2.0, ports=(8002,))
+    assert set(g.retired) == {"127.0.0.1:8000", "127.0.0.1:8001"}
+    a.release(3.0, True)
+    g = _reloaded(g, 4.0, ports=(8003,))
+    assert set(g.retired) == {"127.0.0.1:8001"}  # 8000 has nothing in flight: forgotten
+    g = _reloaded(g, 5.0, ports=(8003, 8000, 8001))
+    assert [s.state.active for s in g.servers] == [0, 0, 1] and g.retired == {}
+    b.release(6.0, True)
+    assert [s.state.active for s in g.servers] == [0, 0, 0]
+    for i in range(100):  # many reloads with nothing in flight: nothing piles up
+        g = _reloaded(g, 7.0 + i, ports=(8004 + i % 2,))
+    assert g.retired == {} and not g.in_flight()
+
+
+def test_a_dropped_upstream_brought_back_keeps_counting_its_requests() -> None:
+    g1 = _group(n=1, max_conns=1)
+    a = _acquire(g1)
+    assert g1.in_flight()
+    g2 = _group(n=1, max_conns=1, now=3.0)  # the upstream, gone for one reload, is back
+    g2.take_back(g1)
+    assert g2.servers[0].state.active == 1
+    assert g2.acquire("127.0.0.1", HEAD, 3.0, frozenset()) is None
+    a.release(4.0, True)
+    assert g2.servers[0].state.active == 0 and not g1.in_flight()

@@ -121,6 +121,7 @@ class Engine:
         self.local_ports = _own_ports(plan)
         self._tls: ssl.SSLContext | None = None
         self.groups: dict[str, UpstreamGroup] = {}
+        self._dropped: dict[str, UpstreamGroup] = {}  # upstreams a reload removed, with leases out
         self.cache: Cache | None = None
         self._cache_plan: CachePlan | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
@@ -162,16 +163,24 @@ class Engine:
 
     def _build_groups(self, plan: Plan) -> None:
         """New groups for a new Plan; a server that stays keeps its health, passive state
-        and in-flight count, and its old group's leases and waiters move over (``adopt``)."""
+        and in-flight count, and its old group's leases and waiters move over (``adopt``).
+        An upstream the new Plan drops is kept aside while requests on it are in flight:
+        if a later Plan brings it back, its servers take over their counts (``take_back``)."""
         now = self.clock.time()
         old = self.groups
         groups: dict[str, UpstreamGroup] = {}
-        if plan.reverse is not None:
-            for name, up in plan.reverse.upstreams.items():
-                g = UpstreamGroup(up, now)
-                if name in old:
-                    g.adopt(old[name], now)
-                groups[name] = g
+        upstreams = plan.reverse.upstreams if plan.reverse is not None else {}
+        for name, up in upstreams.items():
+            g = UpstreamGroup(up, now)
+            if name in old:
+                g.adopt(old[name], now)
+            elif name in self._dropped:
+                g.take_back(self._dropped[name])
+            groups[name] = g
+        self._dropped = {
+            name: g for name, g in (*self._dropped.items(), *old.items())
+            if name not in groups and g.in_flight()
+        }
         for task in self._checks.values():
             task.cancel()
         self._checks = {

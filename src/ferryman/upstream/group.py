@@ -28,6 +28,17 @@ the reload releases into the new group (counted once, its outcome recorded
 there, its slot offered to the new group's queue), and its waiters move to
 the new group's queue in their order.  ``max_conns`` therefore holds across a
 reload, and ``/status`` counts requests started on either Plan.
+
+The upstream itself keeps its retry budget (``tokens``: a reload during an outage
+does not hand out a fresh burst of retries; a retry asked of the retired group
+spends the new group's tokens, ``successor``) and its balancer's rotation
+(``Balancer.adopt``, by address).  A server the new Plan drops while requests on
+it are in flight is remembered (``retired``, by address) for as long as it has
+leases out: if a later reload brings it back, the returning server takes over
+their count and they release into it (``take_back``), so ``max_conns`` holds even
+then.  ``retired`` is rebuilt at each reload from the servers that still have
+leases out, so it never holds more than the requests in flight.  Nothing of this
+is on the per-request path: acquire and release are as without reloads.
 """
 
 from __future__ import annotations
@@ -202,6 +213,9 @@ class UpstreamGroup:
         self.tokens = _BUDGET_CAP
         self._waiting: deque[Waiter] = deque()
         self.queued = 0  # live waiters (cancelled ones may still sit in the deque)
+        # Servers an earlier Plan had and this one lacks, by address, with leases out then.
+        self.retired: dict[str, UpstreamServer] = {}
+        self.successor: UpstreamGroup | None = None  # the next Plan's group, once reloaded
 
     def adopt(self, old: UpstreamGroup, now: float) -> None:
         """Take over from the group of the previous Plan (see the module docstring)."""
@@ -221,6 +235,10 @@ class UpstreamGroup:
             s.state.carry(prev.state)
             prev.moved = (self, s)
             self._refresh(s, now)  # active checks added or dropped by the new Plan
+        self.take_back(old)
+        self.balancer.adopt(old.balancer, index)
+        self.tokens = min(old.tokens, _BUDGET_CAP)
+        old.successor = self
         for waiter in old._waiting:
             if waiter.live:
                 waiter.group = self
@@ -231,6 +249,31 @@ class UpstreamGroup:
         old.queued = 0
         if self.queued:
             self.wake(now)  # the new Plan may have room (more servers, higher max_conns)
+
+    def take_back(self, old: UpstreamGroup) -> None:
+        """Servers with requests in flight that ``old`` (an earlier Plan's group of this
+        upstream) had or remembered and that ``adopt`` did not carry over: one this Plan has
+        again takes over their in-flight count, and their leases release into it; the others
+        are remembered by address while leases on them are out."""
+        mine = {s.plan.address: s for s in self.servers}
+        retired: dict[str, UpstreamServer] = {}
+        for prev in (*old.retired.values(), *old.servers):
+            if prev.moved is not None or not prev.state.active:
+                continue  # carried over by adopt, or nothing in flight
+            addr = prev.plan.address
+            back = mine.get(addr)
+            if back is None:
+                retired[addr] = prev
+            else:
+                back.state.active += prev.state.active
+                prev.moved = (self, back)
+        self.retired = retired
+
+    def in_flight(self) -> bool:
+        """Any lease out on a server this group has or remembers (not carried over since)?"""
+        return any(
+            s.moved is None and s.state.active for s in (*self.retired.values(), *self.servers)
+        )
 
     def translate(self, other: UpstreamGroup, tried: frozenset[int]) -> frozenset[int]:
         """``tried``, server positions in ``other`` (the group of an earlier Plan), as
@@ -349,9 +392,12 @@ class UpstreamGroup:
 
     def may_retry(self, attempts: int) -> bool:
         """Retries are bounded per request and by the budget (a share of live traffic)."""
-        if attempts > self.plan.retries or self.tokens < 1.0:
+        g = self
+        while g.successor is not None:  # a request from before a reload: the current tokens
+            g = g.successor
+        if attempts > self.plan.retries or g.tokens < 1.0:
             return False
-        self.tokens -= 1.0
+        g.tokens -= 1.0
         return True
 
     # -- health ------------------------------------------------------------
