@@ -145,7 +145,9 @@ class RequestParser:
         self._url += url
         if len(self._url) > self._max_url:
             raise UriTooLong("request target too long")
-        if b"#" in url:  # RFC 9112 3.2: no request-target form has a fragment
+        # RFC 9112 3.2: no request-target form has a fragment.  (``find``, not ``in``: on
+        # bytes, ``in`` first tries its operand as an int, raising and clearing a TypeError.)
+        if url.find(b"#") >= 0:
             raise ClientProtocolError("fragment (#) in the request target")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -197,7 +199,7 @@ class RequestParser:
         if host is None:
             if version == "1.1":
                 raise ClientProtocolError("missing Host header")
-        elif b"@" in host or b".." in host or host.translate(None, _VALID_HOST):
+        elif host.find(b"@") >= 0 or host.find(b"..") >= 0 or host.translate(None, _VALID_HOST):
             # ".." is an empty label: "host.." must not slip past rules and routes for "host"
             raise ClientProtocolError("invalid Host header")
         framing, length = request_framing(version, te, cl)

@@ -207,7 +207,7 @@ def _authority(scheme: str, authority: bytes) -> bytes:
 def _path(target: bytes) -> bytes:
     if not target or target[:1] == b"?":
         target = b"/" + target
-    if b"%" not in target:
+    if target.find(b"%") < 0:  # not ``in``: see http1/parser.py on_url
         return target
     pieces = target.split(b"%")
     out = [pieces[0]]

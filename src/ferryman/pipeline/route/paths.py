@@ -53,7 +53,9 @@ DEFAULT_POLICY = PathPolicy()
 
 def normalize(path: bytes, policy: PathPolicy = DEFAULT_POLICY) -> bytes:
     """The normal form of an origin-form path (no query); raises ClientProtocolError (400)."""
-    if b"%" not in path and b"\\" not in path and b"//" not in path and b"/." not in path:
+    # ``find``, not ``in``: on bytes, ``in`` first tries its operand as an int and raises
+    # and clears a TypeError, five times slower; this test runs on every request.
+    if path.find(b"%") < 0 and path.find(b"\\") < 0 and path.find(b"//") < 0 and path.find(b"/.") < 0:
         return path
     if not path.startswith(b"/"):
         return path
