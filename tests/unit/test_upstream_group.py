@@ -7,7 +7,9 @@ lease, so passive ejection counts each failed attempt once.
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.upstream.group import (
@@ -488,3 +490,21 @@ def test_a_dropped_upstream_brought_back_keeps_counting_its_requests() -> None:
     assert g2.acquire("127.0.0.1", HEAD, 3.0, frozenset()) is None
     a.release(4.0, True)
     assert g2.servers[0].state.active == 0 and not g1.in_flight()
+
+
+def test_a_lease_held_across_many_reloads_keeps_only_its_own_group_alive() -> None:
+    """Each reload points the older groups' servers (``moved``) and groups (``successor``)
+    straight at the newest ones: the groups in between are not kept alive by a chain."""
+    first = _group(ports=(8000, 8001), max_conns=1)
+    lease = _acquire(first, exclude=frozenset({1}))  # on 8000, held throughout
+    g, refs = first, []
+    for i in range(50):
+        ports = (8000, 8001) if i % 10 else (8001,)  # now and then 8000 is dropped, then back
+        g = _reloaded(g, 2.0 + i, ports=ports, max_conns=1)
+        refs.append(weakref.ref(g))
+    gc.collect()
+    assert [i for i, r in enumerate(refs) if r() is not None] == [49]  # the current group only
+    assert g.servers[0].state.active == 1 and g.acquire("127.0.0.1", HEAD, 60.0, frozenset({1})) is None
+    assert first.may_retry(1) and g.tokens == 9.0  # the request's retry spends the current tokens
+    lease.release(60.0, True)
+    assert g.servers[0].state.active == 0

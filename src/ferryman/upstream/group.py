@@ -27,7 +27,9 @@ staying servers point to their successors (``moved``), so a lease taken before
 the reload releases into the new group (counted once, its outcome recorded
 there, its slot offered to the new group's queue), and its waiters move to
 the new group's queue in their order.  ``max_conns`` therefore holds across a
-reload, and ``/status`` counts requests started on either Plan.
+reload, and ``/status`` counts requests started on either Plan.  Each reload
+points the older groups still alive straight at the newest (``_shorten``), so a
+lease held across many reloads keeps its own group alive, not all of them.
 
 The upstream itself keeps its retry budget (``tokens``: a reload during an outage
 does not hand out a fresh burst of retries; a retry asked of the retired group
@@ -44,6 +46,7 @@ is on the per-request path: acquire and release are as without reloads.
 from __future__ import annotations
 
 import ssl
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,6 +219,7 @@ class UpstreamGroup:
         # Servers an earlier Plan had and this one lacks, by address, with leases out then.
         self.retired: dict[str, UpstreamServer] = {}
         self.successor: UpstreamGroup | None = None  # the next Plan's group, once reloaded
+        self._older: list[weakref.ref[UpstreamGroup]] = []  # earlier Plans' groups still alive
 
     def adopt(self, old: UpstreamGroup, now: float) -> None:
         """Take over from the group of the previous Plan (see the module docstring)."""
@@ -235,10 +239,10 @@ class UpstreamGroup:
             s.state.carry(prev.state)
             prev.moved = (self, s)
             self._refresh(s, now)  # active checks added or dropped by the new Plan
-        self.take_back(old)
         self.balancer.adopt(old.balancer, index)
         self.tokens = min(old.tokens, _BUDGET_CAP)
         old.successor = self
+        self.take_back(old)
         for waiter in old._waiting:
             if waiter.live:
                 waiter.group = self
@@ -268,6 +272,30 @@ class UpstreamGroup:
                 back.state.active += prev.state.active
                 prev.moved = (self, back)
         self.retired = retired
+        self._shorten(old)
+
+    def _shorten(self, old: UpstreamGroup) -> None:
+        """Point the servers (``moved``) and groups (``successor``) of the earlier Plans still
+        alive straight at their newest successors: a lease held across many reloads then keeps
+        its own group alive, not every group since.  Weak references: a group that nothing
+        holds any more (no lease, no waiter) drops out of the list."""
+        older = [r for r in (*old._older, weakref.ref(old)) if r() is not None]
+        for ref in older:
+            g = ref()
+            if g is None:
+                continue
+            for s in g.servers:
+                m = s.moved
+                if m is not None:
+                    while m[1].moved is not None:
+                        m = m[1].moved
+                    s.moved = m
+            n = g.successor
+            if n is not None:
+                while n.successor is not None:
+                    n = n.successor
+                g.successor = n
+        self._older = older
 
     def in_flight(self) -> bool:
         """Any lease out on a server this group has or remembers (not carried over since)?"""
