@@ -3,6 +3,14 @@
 Every failure a request can meet is one of these classes; `conn/` never picks a
 status code itself.  That keeps the mapping auditable in one place and lets the
 log phase tell client faults from upstream faults (``source``).
+
+``origin_failure`` marks the errors that say the origin is down or failing: its name
+does not resolve, it cannot be reached, it closed or timed out, it answered garbage, or
+none of its servers is healthy or free.  Those, and only those, may be answered by a
+stale cache entry under RFC 5861 stale-if-error (`conn/cache_flow.py`).  ferryman's own
+refusals (403 by the rules or the SSRF guard, 508 loop: also when judged after DNS),
+client faults and internal errors never are, whatever their status: the client gets the
+refusal, as it would without a cache.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ class FerrymanError(Exception):
 
     status: ClassVar[int] = 500
     source: ClassVar[Source] = "internal"
+    origin_failure: ClassVar[bool] = False  # the origin is down or failing (module docstring)
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -102,6 +111,7 @@ class RouteNotFound(FerrymanError):
 class UpstreamConnectError(FerrymanError):
     status = 502
     source = "upstream"
+    origin_failure = True
 
 
 class UpstreamProtocolError(FerrymanError):
@@ -109,21 +119,25 @@ class UpstreamProtocolError(FerrymanError):
 
     status = 502
     source = "upstream"
+    origin_failure = True
 
 
 class UpstreamClosed(FerrymanError):
     status = 502
     source = "upstream"
+    origin_failure = True
 
 
 class DnsError(FerrymanError):
     status = 502
     source = "upstream"
+    origin_failure = True
 
 
 class UpstreamTimeout(FerrymanError):
     status = 504
     source = "upstream"
+    origin_failure = True
 
 
 class NoHealthyUpstream(FerrymanError):
@@ -131,14 +145,17 @@ class NoHealthyUpstream(FerrymanError):
 
     status = 503
     source = "upstream"
+    origin_failure = True
 
 
 class UpstreamFull(FerrymanError):
     """Every healthy server is at its max_conns and the queue timed out or is full
-    (sent with Retry-After).  Not a fault of the servers: passive health ignores it."""
+    (sent with Retry-After).  Not a fault of the servers: passive health ignores it; but
+    the origin cannot take the request now, so a stale entry may answer it."""
 
     status = 503
     source = "upstream"
+    origin_failure = True
 
 
 class SourceLineError(ValueError):

@@ -22,6 +22,7 @@ from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
 from ferryman.conn.exchange import Exchange
 from ferryman.errors import (
+    AuthBusy,
     ClientProtocolError,
     DnsError,
     FerrymanError,
@@ -277,6 +278,8 @@ NOT_ORIGIN_FAILURES = [
     LoopDetected("request aimed at ferryman itself (origin.test:80)"),
     Forbidden("access to origin.test denied (rule: no-loopback)"),
     ClientProtocolError("bad chunk"),
+    AuthBusy("too many password checks waiting"),  # 503, but ours
+    FerrymanError("internal error"),  # 500, but ours
 ]
 
 

@@ -380,10 +380,10 @@ class Cache(CacheFront):
         return ANSWERS
 
     def serve_stale_on_error(self, ds: ClientConn, ex: Exchange, exc: FerrymanError) -> action.CacheReply:
-        """RFC 5861 stale-if-error: the origin failed, a stale entry may still answer
-        (`ANSWERS`); `PASSES` when the connection answers with ``exc``."""
+        """RFC 5861 stale-if-error: the origin failed (``exc.origin_failure``: never one of
+        our refusals), a stale entry may still answer (`ANSWERS`); else `PASSES`."""
         state = ex.cache
-        if state is None or state.stored is None or exc.status < 500:
+        if state is None or state.stored is None or not exc.origin_failure:
             return PASSES
         entry = state.stored.entry
         now = time.time()
