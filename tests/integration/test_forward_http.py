@@ -119,6 +119,19 @@ def test_pipelined_requests_answered_in_order(ferryman: Ferryman, nginx: Nginx) 
     assert (r3.status, r3.body) == (200, b"hello from nginx\n")
 
 
+def test_malformed_request_pipelined_behind_good_ones_answered_last(ferryman: Ferryman, nginx: Nginx) -> None:
+    # The 400 is the third request's: the two before it get their own responses first
+    # (it used to take the place of the first one's, which never came).
+    bad = b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1, 2\r\n\r\n"
+    with raw_client(ferryman.port) as c:
+        c.send(proxy_request(f"{nginx.url}/echo?first") + proxy_request(f"{nginx.url}/echo?second") + bad)
+        r1, r2, r3 = c.read_response(), c.read_response(), c.read_response()
+        assert c.read_to_eof() == b""
+    assert (r1.status, r1.body) == (200, b"GET /echo?first\n")
+    assert (r2.status, r2.body) == (200, b"GET /echo?second\n")
+    assert r3.status == 400
+
+
 def test_pipelined_post_bodies_stay_with_their_requests(ferryman: Ferryman, echo: Origin) -> None:
     a, b = b"A" * 50_000, b"B" * 70
     with raw_client(ferryman.port) as c:

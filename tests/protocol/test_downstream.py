@@ -7,6 +7,7 @@ synchronously and everything happens inside the test's calls.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -225,3 +226,95 @@ def test_no_leftover_fixture_state() -> None:
     with pytest.raises(AssertionError):
         tr.write(b"x")
 
+
+
+# -- a refusal behind a request in a pipeline is answered in its turn ------------------------
+BAD_HEAD = b"GET http://origin.test/c HTTP/1.1\r\nHost: origin.test\r\nContent-Length: x\r\n\r\n"
+
+
+def _statuses(out: bytes) -> list[bytes]:
+    """The status of each response in ``out`` (the bodies here are short and plain)."""
+    return re.findall(rb"HTTP/1\.1 (\d{3}) ", out)
+
+
+async def test_malformed_head_behind_a_request_is_answered_after_it(engine: Engine) -> None:
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET + BAD_HEAD)
+    assert up_tr.take().startswith(b"GET /a ")  # the good request goes upstream
+    assert tr.take() == b"" and not tr.closed and not tr.reading  # no 400 in its place
+    up.data_received(OK)
+    out = tr.take()
+    assert _statuses(out) == [b"200", b"400"]
+    assert out.index(b"\r\n\r\nhi") < out.index(b"400 Bad Request")
+    assert tr.closed
+
+
+async def test_malformed_head_behind_two_requests_waits_for_both(engine: Engine) -> None:
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET + GET.replace(b"/a", b"/b") + BAD_HEAD)
+    assert up_tr.take().startswith(b"GET /a ")
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert up_tr.take().startswith(b"GET /b ")
+    assert _statuses(tr.take()) == [b"200"] and not tr.reading  # still not reading on
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    out = tr.take()
+    assert _statuses(out) == [b"200", b"400"] and out.startswith(b"HTTP/1.1 200 OK") and tr.closed
+
+
+async def test_malformed_body_of_a_queued_request_is_answered_in_its_turn(engine: Engine) -> None:
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    bad_chunked = (b"POST http://origin.test/p HTTP/1.1\r\nHost: origin.test\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    ds.data_received(GET + bad_chunked)
+    assert up_tr.take().startswith(b"GET /a ")
+    assert tr.take() == b"" and not tr.closed
+    up.data_received(OK)
+    out = tr.take()
+    assert _statuses(out) == [b"200", b"400"] and tr.closed
+    assert up_tr.take() == b""  # the refused POST never went upstream
+
+
+async def test_malformed_body_of_the_current_request_is_answered_at_once(engine: Engine) -> None:
+    park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(b"POST http://origin.test/p HTTP/1.1\r\nHost: origin.test\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert _statuses(tr.take()) == [b"400"] and tr.closed
+
+
+async def test_tunnel_request_pipelined_behind_a_request_is_refused_in_its_turn(engine: Engine) -> None:
+    up, up_tr = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET + b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    assert up_tr.take().startswith(b"GET /a ")
+    assert tr.take() == b""  # used to be a 502 written ahead of the GET's response
+    up.data_received(OK)
+    out = tr.take()
+    assert _statuses(out) == [b"200", b"400"] and tr.closed
+    assert b"tunnel request pipelined behind a request" in out
+
+
+async def test_a_refusal_with_nothing_in_flight_is_answered_at_once(engine: Engine) -> None:
+    ds, tr = client(engine)
+    ds.data_received(BAD_HEAD)
+    assert _statuses(tr.take()) == [b"400"] and tr.closed
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x01BAD / HTTP/1.1\r\n\r\n",  # no method
+    b"GET /x HTTP/1.1\r\nHost: origin.test\r\nHost: other.test\r\n\r\n",  # two Hosts
+    b"GET http://origin.test/# HTTP/1.1\r\nHost: origin.test\r\n\r\n",  # a fragment
+    b"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: gzip\r\n\r\n",
+])
+async def test_every_refused_spelling_behind_a_request_waits_its_turn(engine: Engine, bad: bytes) -> None:
+    up, _ = park_upstream(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET + bad)
+    assert tr.take() == b"" and not tr.closed
+    up.data_received(OK)
+    out = tr.take()
+    assert _statuses(out)[0] == b"200" and len(_statuses(out)) == 2 and _statuses(out)[1].startswith(b"4")
+    assert tr.closed

@@ -4,6 +4,9 @@ Rules this module owns:
 - one exchange is served at a time; pipelined requests queue behind it and
   reading pauses until they are reached (responses leave in request order);
 - every request ends in exactly one response or one error, and is logged once;
+- a request refused while requests before it are still being served (a malformed
+  head or body behind them in a pipeline) is answered in its turn, after theirs,
+  never in place of the current request's response;
 - a connection that saw an error is closed, never reused;
 - bytes are only relayed after the parser accepted them, and every body is
   re-framed by ferryman, so the next hop can never frame it differently;
@@ -30,15 +33,15 @@ from ferryman.conn.exchange import Exchange
 from ferryman.conn.relay import UpstreamRelay
 from ferryman.conn.responder import Responder, send_body
 from ferryman.conn.state import EXPIRED, FIELD, IS_ACTIVITY, MOVES, Deadlines, State, StateError
-from ferryman.conn.timeouts import P_BUFFER, P_PIPELINE
+from ferryman.conn.timeouts import P_BUFFER, P_PIPELINE, P_REFUSED
 from ferryman.conn.tunnel import RelaySide, Tunnel
-from ferryman.errors import BodyTooLarge, ClientTimeout, FerrymanError, UpstreamProtocolError, UpstreamTimeout
+from ferryman.errors import BodyTooLarge, ClientProtocolError, ClientTimeout, FerrymanError, UpstreamTimeout
 from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import Framing, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
-from ferryman.pipeline.cache.action import ADOPTED, ANSWERS
+from ferryman.pipeline.cache.action import ANSWERS
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan
 
@@ -56,6 +59,7 @@ class Downstream(asyncio.Protocol):
         "client_ip", "client_port", "client", "parser", "cur", "rx", "queue", "decider", "state",
         "write_paused", "_paused", "_timer", "_fires", "_due", "_timeout", "_last", "tunnel_pending",
         "tunnel", "tunnel_eof", "_writable", "proxied", "responder", "relay", "proxy", "send_to",
+        "refused",
     )
 
     def __init__(self, engine: Engine, listener: ListenerPlan) -> None:
@@ -88,6 +92,8 @@ class Downstream(asyncio.Protocol):
         self.tunnel_eof = False
         self._writable: asyncio.Future[None] | None = None
         self.proxied: tuple[str, int] | None = None  # the client named by a PROXY header (conn/accept.py)
+        # A refusal waiting for the requests before it (`_refuse_in_turn`): exchange, error.
+        self.refused: tuple[Exchange | None, FerrymanError] | None = None
         self.responder = responder = Responder(self, engine)
         self.relay = relay = UpstreamRelay(self, engine, responder)
         self.decider = Decider(self, engine, self.reverse)  # carries out the request's phases
@@ -197,7 +203,9 @@ class Downstream(asyncio.Protocol):
         try:
             off = self.parser.feed(data)
         except FerrymanError as exc:
-            self.fail(self.rx if self.rx is not None else self.cur, exc)
+            # The refused request: one whose head is being read (no exchange yet), or the
+            # last one read (its body, or a phase run from its head).
+            self._refuse_in_turn(None if self.parser.in_head else self.rx, exc)
             return
         if off is not None and not self.closed:
             # CONNECT or Upgrade: what follows the head belongs to the tunnel.
@@ -209,7 +217,21 @@ class Downstream(asyncio.Protocol):
             elif ex is not None and ex.ctx.head.upgrade is not None:
                 self.tunnel_pending = [rest] if rest else []
             else:
-                self.fail(ex, UpstreamProtocolError("tunnel request pipelined behind a request"))
+                self._refuse_in_turn(ex, ClientProtocolError("tunnel request pipelined behind a request"))
+
+    def _refuse_in_turn(self, ex: Exchange | None, exc: FerrymanError) -> None:
+        """Answer ``ex`` (None: a head that could not be read) with ``exc`` and close, once
+        the requests before it are answered; nothing more is read meanwhile."""
+        if self.refused is not None:
+            return
+        cur = self.cur
+        if cur is None or ex is cur:
+            self.fail(ex if ex is not None else cur, exc)
+            return
+        if ex is not None and ex in self.queue:
+            self.queue.remove(ex)  # the last one queued: the parser stops at the refusal
+        self.refused = (ex, exc)
+        self.pause(P_REFUSED)
 
     def eof_received(self) -> bool | None:
         if self.tunnel_pending is not None:
@@ -228,27 +250,7 @@ class Downstream(asyncio.Protocol):
         self.engine.closed(self)
         ex = self.cur
         if ex is not None and self.tunnel is None:
-            up = ex.up
-            if ex.task is not None:
-                ex.task.cancel()
-            if up.queued is not None:
-                up.queued.cancel()
-            cache = self.engine.cache
-            handed = (
-                up.conn is not None and ex.cache is not None and cache is not None
-                and cache.continue_without_client(ex) is ADOPTED
-            )
-            if handed:
-                up.conn = None  # the fill goes on for the followers; the cache owns the socket now
-            if up.conn is not None:
-                up.conn.abort()
-                up.conn = None
-            up.release(self._now(), None)  # the client left: no verdict on the server
-            if not ex.status:
-                ex.status = 499
-            ex.error = ex.error or "client closed the connection before the response completed"
-            if ex.cache is not None and cache is not None and not handed:
-                cache.on_abort(ex, "the client left and no other client waits for the fill")
+            self.relay.client_left(ex)
             self.log(ex)
         self.cur = None
         self.queue.clear()
@@ -364,6 +366,9 @@ class Downstream(asyncio.Protocol):
             except FerrymanError as exc:
                 self.fail(nxt, exc)
             return
+        if self.refused is not None:
+            self.fail(*self.refused)
+            return
         self.to(IDLE, ex.deadlines)
         if self.engine.draining:
             self.close()
@@ -448,10 +453,10 @@ class Downstream(asyncio.Protocol):
 
     # ------------------------------------------------------------- tunnels
     def hold_for_tunnel(self) -> bool:
-        if self.tunnel_pending is None:
+        held = self.tunnel_pending is None
+        if held:
             self.tunnel_pending = []
-            return True
-        return False
+        return held
 
     def drop_tunnel_hold(self) -> None:
         self.tunnel_pending = None

@@ -32,7 +32,7 @@ from ferryman.http1.events import Framing, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline import respond
 from ferryman.pipeline.admit.address import AddressCheck
-from ferryman.pipeline.cache.action import ANSWERS
+from ferryman.pipeline.cache.action import ADOPTED, ANSWERS
 from ferryman.pipeline.stage import Respond, run_resolved
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.dial import open_connection
@@ -383,6 +383,31 @@ class UpstreamRelay:
             ex.keep_alive = False
             client.log(ex)
             client.abort()
+
+    def client_left(self, ex: Exchange) -> None:
+        """The client went away mid-exchange: end the upstream side (or hand a fill with
+        followers to the cache) and give the server slot back, with no verdict on it."""
+        up = ex.up
+        if ex.task is not None:
+            ex.task.cancel()
+        if up.queued is not None:
+            up.queued.cancel()
+        cache = self.engine.cache
+        handed = (
+            up.conn is not None and ex.cache is not None and cache is not None
+            and cache.continue_without_client(ex) is ADOPTED
+        )
+        if handed:
+            up.conn = None  # the fill goes on for the followers; the cache owns the socket now
+        if up.conn is not None:
+            up.conn.abort()
+            up.conn = None
+        up.release(self.conn.clock.time(), None)
+        if not ex.status:
+            ex.status = 499
+        ex.error = ex.error or "client closed the connection before the response completed"
+        if ex.cache is not None and cache is not None and not handed:
+            cache.on_abort(ex, "the client left and no other client waits for the fill")
 
     def upstream_error(
         self, ex: Exchange, exc: FerrymanError, reached: bool, got_bytes: bool = False

@@ -160,7 +160,8 @@ class RequestParser:
             raise HeadersTooLarge("too many request header fields")
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        # `in_head` stays true until the head is accepted: a refusal raised here belongs to
+        # this new request, not to the one before it (conn/downstream.py answers in turn).
         p = self._p
         version = p.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -214,6 +215,7 @@ class RequestParser:
             self._up_framing = (framing, length)  # llhttp will skip this body: see `feed`
         if upgrade is not None and (b"upgrade" not in tokens or version != "1.1" or method == "CONNECT"):
             upgrade = None
+        self._in_head = False
         self._sink.on_request_head(
             RequestHead(
                 method, self._url, version, headers, framing, length,
