@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.origin import canned, serve
-from tests.helpers.procs import run_ferryman
+from tests.helpers.procs import free_port, run_ferryman
 from tests.helpers.rawhttp import connect, exchange, read_response
-from tests.helpers.wait import wait_log
+from tests.helpers.wait import wait_log, wait_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,7 +31,7 @@ def test_pac_and_wpad_are_served_from_the_config(tmp_path: Path) -> None:
     with run_ferryman(tmp_path, forward=fwd) as fm:
         with connect(fm.port) as s:  # keep-alive: both files, then HEAD, on one connection
             for path in (b"/proxy.pac", b"/wpad.dat?x=1"):
-                s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path)
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path, fm.port))
                 resp = read_response(s)
                 assert resp.status == 200
                 assert resp.header("content-type") == "application/x-ns-proxy-autoconfig"
@@ -47,6 +47,30 @@ def test_pac_and_wpad_are_served_from_the_config(tmp_path: Path) -> None:
         # any other origin-form request is still not a proxy request
         resp = exchange(fm.port, b"GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert resp.status == 400
+
+
+def _pac_proxy(port: int, request: bytes) -> str:
+    resp = exchange(port, request)
+    assert resp.status == 200, resp
+    js = resp.body.decode()
+    return js.split("var proxy = ", 1)[1].split(";", 1)[0].strip('"')
+
+
+def test_pac_names_the_proxy_the_browser_reached(tmp_path: Path) -> None:
+    """Every listener, and one on every address, names an address its clients reach: the
+    one the PAC file was fetched from (not the first listener, not this machine's name)."""
+    first, second = free_port(), free_port()
+    listeners = [{"listen": f"127.0.0.1:{p}", "mode": "forward"} for p in (first, second)]
+    with run_ferryman(tmp_path, listeners=listeners):
+        wait_port(second)
+        get = b"GET /proxy.pac HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+        assert _pac_proxy(second, get % b"127.0.0.1:%d" % second) == f"PROXY 127.0.0.1:{second}"
+        assert _pac_proxy(first, get % b"127.0.0.1:%d" % first) == f"PROXY 127.0.0.1:{first}"
+        assert _pac_proxy(first, get % b"proxy.corp.example:3128") == "PROXY proxy.corp.example:3128"
+        assert _pac_proxy(first, get % b"[::1]:3128") == "PROXY [::1]:3128"
+        assert _pac_proxy(first, get % b"wpad.corp.example") == "PROXY wpad.corp.example:80"
+        # HTTP/1.0 without Host: the listener the config names first
+        assert _pac_proxy(second, b"GET /wpad.dat HTTP/1.0\r\n\r\n") == f"PROXY 127.0.0.1:{first}"
 
 
 def _loopback_name() -> tuple[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dukpy
 import pytest
 
-from ferryman.pipeline.pac import pac_script, proxy_directive
+from ferryman.pipeline.pac import pac_script, proxy_directive, with_proxy
 
 # The PAC helpers as browsers define them (Mozilla's pac_utils.js), plus a dnsResolve
 # stub and, optionally, isInNetEx for IPv6.
@@ -123,3 +123,15 @@ def test_proxy_directive_checks_host_and_port() -> None:
     for host, port in (('a"b', 80), ("a b", 80), ("", 80), ("ok", 0), ("ok", 70000)):
         with pytest.raises(ValueError):
             proxy_directive(host, port)
+
+
+def test_with_proxy_names_another_proxy_everywhere_the_script_does() -> None:
+    # A direct domain that spells the same text as the proxy line must not be touched.
+    pac = pac_script("127.0.0.1", 3128, [], ["proxy.example"], resolve_names=True)
+    other = with_proxy(pac, proxy_directive("10.1.2.3", 8080))
+    resolved = {"www.example.com": "93.184.216.34"}
+    assert find_proxy(other, "www.example.com", resolved=resolved) == "PROXY 10.1.2.3:8080"
+    assert find_proxy(other, "unresolvable", resolved=resolved) == "PROXY 10.1.2.3:8080"
+    assert find_proxy(other, "proxy.example") == "DIRECT"
+    assert "127.0.0.1:3128" not in other
+    assert other.replace("10.1.2.3:8080", "127.0.0.1:3128") == pac

@@ -74,7 +74,8 @@ class _DomainsFileError(DomainSetError):
 
 
 def _pac_proxy(listeners: list[ListenerPlan]) -> tuple[str, int]:
-    """The ``PROXY host:port`` of the PAC file: the first forward listener (by this
+    """The ``PROXY host:port`` of the PAC file when its request has no Host (otherwise
+    the Host is named, pipeline/admit/pac_file.py): the first forward listener (by this
     machine's name when it listens on every address)."""
     lst = next((x for x in listeners if x.mode == "forward"), listeners[0])
     host = lst.host
