@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from ferryman.config.compile_forward_control import check_notes, compile_forward_control, file_stamps
-from ferryman.config.forward_control_schema import ForwardControlCfg
+from ferryman.config.schema import Forward
 from ferryman.errors import ConfigError
 from ferryman.pipeline.admit.credentials import Granted, Verify
 from ferryman.pipeline.admit.htpasswd import verify_password
@@ -49,7 +49,7 @@ def write_files(tmp_path: Path) -> None:
 
 
 def compile_text(tmp_path: Path, text: str, clients: tuple[str, ...] = ("10.0.0.0/8",)) -> Any:
-    cfg = ForwardControlCfg.model_validate(yaml.safe_load(text))
+    cfg = Forward.model_validate(yaml.safe_load(text))
     return compile_forward_control(
         cfg.model_dump(mode="json"), base_dir=str(tmp_path), clients=list(clients),
         own=[("0.0.0.0", 3128)], proxy=("proxy.corp.example", 3128), source=str(tmp_path / "f.yaml"),
@@ -153,7 +153,7 @@ def test_compile_errors_name_the_field_path(tmp_path: Path, text: str, error: st
 )
 def test_schema_errors_carry_field_paths(data: dict[str, Any], loc: tuple[Any, ...]) -> None:
     with pytest.raises(ValidationError) as ei:
-        ForwardControlCfg.model_validate(data)
+        Forward.model_validate(data)
     locs = [tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p)) for e in ei.value.errors()]
     assert loc in locs, locs
 
@@ -162,7 +162,7 @@ def test_today_rules_keep_their_shape() -> None:
     match = {"domains": ["a.test"], "domains_file": "f", "networks": ["10.0.0.0/8"], "ports": [25],
              "methods": ["GET"]}
     old = {"rules": [{"name": "x", "deny": match}]}
-    ForwardControlCfg.model_validate(old)
+    Forward.model_validate(old)
 
 
 def test_file_stamps_change_with_the_file(tmp_path: Path) -> None:

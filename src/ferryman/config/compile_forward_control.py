@@ -69,7 +69,7 @@ def compile_forward_control(
     path: str = "forward",
     load_domains: Callable[[str], DomainSet] = DomainSet.from_file,
 ) -> ForwardControl:
-    """``fwd``: the normalised ``forward`` mapping (keys of `ForwardControlCfg`);
+    """``fwd``: the normalised ``forward`` mapping (`config/schema.py` `Forward`);
     ``clients``: forward.clients; ``own``: every listener's and the admin API's
     (host, port); ``proxy``: the (host, port) the PAC file names."""
     errors: list[str] = []

@@ -1,5 +1,6 @@
 """The YAML shape of the forward proxy's control settings (issue 12), as frozen pydantic
-models.  `schema.Forward` holds these fields (``rules``, ``auth``, ``anonymity``...).
+models: a rule and proxy authentication; `schema.Forward` is the one ``forward``
+section that uses them (``rules``, ``auth``).
 
 Pydantic checks the shape (types, unknown keys, networks); what needs compiling (a
 regex, a time of day, a time zone, a domains file, an htpasswd line) is checked by
@@ -12,12 +13,11 @@ meaning.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
 from ferryman.config.units import Duration, Networks
-from ferryman.pipeline.admit.anonymity import DEFAULT_IDENTIFYING
 
 
 class _Model(BaseModel):
@@ -113,15 +113,3 @@ class RuleCfg(_Model):
         if self.message is not None and self.deny is None:
             raise ValueError("message: only a deny rule shows a message")
         return self
-
-
-class ForwardControlCfg(_Model):
-    auth: ProxyAuthCfg | None = None
-    rules: list[RuleCfg] = Field(default_factory=list)
-    default: Literal["allow", "deny"] = "allow"  # when no rule matches
-    anonymity: Literal["transparent", "anonymous", "elite"] = "anonymous"  # today: Via only
-    identifying_headers: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTIFYING))
-    direct: list[str] = Field(default_factory=list)  # PAC: domains reached without the proxy
-    direct_networks: Networks = Field(default_factory=list)  # PAC: networks reached directly
-    pac_resolve: bool = False  # PAC: let browsers resolve names to test direct_networks
-    log_query: bool = False  # keep query strings in the forward access log
