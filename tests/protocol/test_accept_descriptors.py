@@ -4,20 +4,10 @@ skipped far from it (the probe is two syscalls on every new connection)."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 
-from ferryman.config.compile import build_plan
 from ferryman.conn.engine import Engine
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[Engine]:
-    eng = Engine(build_plan(None))
-    eng.log.enabled = False
-    yield eng
-    eng.close()
 
 
 def probes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[bool]:

@@ -8,12 +8,10 @@ synchronously and everything happens inside the test's calls.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from ferryman.config.compile import build_plan
 from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
 from ferryman.upstream.connection import UpstreamConnection
@@ -62,14 +60,6 @@ class FakeTransport:
 
 
 ORIGIN = ("http", "origin.test", 80)
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[Engine]:
-    eng = Engine(build_plan(None))
-    eng.log.enabled = False
-    yield eng
-    eng.close()
 
 
 def park_upstream(engine: Engine) -> tuple[UpstreamConnection, FakeTransport]:
