@@ -130,6 +130,15 @@ class OriginServer:
     async def _stop(self, graceful: bool) -> None:
         server, self._server = self._server, None
         if server is not None:
+            # Stop accepting first, and let the connections already accepted get their
+            # transports (one loop turn: their tasks were queued before ours), then close.
+            # Closed in the same turn as an accept, asyncio fails to make the accepted socket's
+            # transport and leaves the socket for the garbage collector (a ResourceWarning,
+            # which fails whatever test is running then): a health check arriving as a
+            # backend stops did that.
+            for sock in server.sockets:
+                self.loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
             server.close()
         for w in list(self._writers):
             if graceful:
