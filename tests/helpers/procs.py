@@ -6,6 +6,7 @@ and stopped on leaving."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -13,14 +14,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.helpers.wait import wait_port
+from tests.helpers.wait import wait_for, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,31 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+_PICK = random.SystemRandom()  # not the `random` a test may seed: concurrent suites would pick alike
+
+
+def _below_ephemeral() -> range | None:
+    """Ports below the kernel's ephemeral range: never handed out by a ``bind`` to port 0 (the
+    test origins) nor to an outgoing connection, so nothing takes one between `free_port`
+    choosing it and the process it is for binding it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(10_000, low) if low > 12_000 else None
+
+
 def free_port() -> int:
+    """A port free on 127.0.0.1 for a process the test starts (ferryman, nginx, redis...)."""
+    ports = _below_ephemeral() or ()
+    for _ in range(100 if ports else 0):
+        port = _PICK.choice(ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -95,9 +120,10 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def launch(tmp: Path, *args: str, port: int, log_path: Path | None = None, stderr_path: Path | None = None,
            preexec_fn: Callable[[], None] | None = None) -> Iterator[Ferryman]:
-    """``python -m ferryman ARGS`` in ``tmp`` (stderr to a file), ready once ``port`` accepts;
-    stopped with SIGTERM (then SIGKILL) on leaving.  `run_ferryman` and `run_reverse` write a
-    config file and launch ``run -c`` on it; a one-liner launches its own arguments."""
+    """``python -m ferryman ARGS`` in ``tmp`` (stderr to a file), ready once its log says it
+    listens on ``port`` and ``port`` accepts (`PortTaken` if it could not bind it); stopped
+    with SIGTERM (then SIGKILL) on leaving.  `run_ferryman` and `run_reverse` write a config
+    file and launch ``run -c`` on it; a one-liner launches its own arguments."""
     stderr_path = stderr_path or tmp / "ferryman.stderr"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
@@ -107,12 +133,28 @@ def launch(tmp: Path, *args: str, port: int, log_path: Path | None = None, stder
     fm = Ferryman(proc, port, tmp / "ferryman.yaml", log_path or tmp / "access.log", stderr_path)
     try:
         try:
+            wait_for(lambda: _says_listening(fm), 30, f"ferryman listening on {port}")
             wait_port(port, proc)
         except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}; stderr:\n{fm.stderr()}") from None
+            err = fm.stderr()
+            kind = PortTaken if proc.poll() is not None and "in use" in err else RuntimeError
+            raise kind(f"{exc}; stderr:\n{err}") from None
         yield fm
     finally:
         stop_process(proc)
+
+
+class PortTaken(RuntimeError):
+    """ferryman could not bind its port: something else took it after `free_port` chose it."""
+
+
+def _says_listening(fm: Ferryman) -> bool:
+    """Whether ferryman's own log says it listens on ``fm.port`` (something else accepting on
+    that port, having taken it first, must not pass for a ready ferryman)."""
+    if fm.proc.poll() is not None:
+        raise RuntimeError(f"process exited with {fm.proc.returncode} before listening on {fm.port}")
+    needle = f":{fm.port} ("
+    return any("listening on" in line and needle in line for line in fm.stderr().splitlines())
 
 
 @contextmanager
@@ -169,14 +211,37 @@ def _ready_port(cfg: dict[str, Any], port: int) -> int:
 
 
 @contextmanager
+def _on_a_free_port(port: int | None, start: Callable[[int], AbstractContextManager[Ferryman]]
+                    ) -> Iterator[Ferryman]:
+    """``start(port)``; with no ``port`` given, on a free port, and on a fresh one (3 tries in
+    all) if another process took the one chosen before ferryman bound it."""
+    for attempt in range(3):
+        with ExitStack() as stack:
+            try:
+                fm = stack.enter_context(start(free_port() if port is None else port))
+            except PortTaken:
+                if port is not None or attempt == 2:
+                    raise
+                continue
+            yield fm
+            return
+
+
+@contextmanager
 def run_ferryman(tmp: Path, port: int | None = None, **overrides: Any) -> Iterator[Ferryman]:
     """`ferryman run -c FILE` with a forward listener and a JSON access log (`base_config`).
 
     ``port`` is the listener's (free by default); give it when the config must name it
     (a loop test puts the proxy's own port in ``forward.connect_ports`` or ``forward.parent``).
     """
-    cfg = base_config(free_port() if port is None else port, tmp / "access.log", **overrides)
-    with run_config(tmp, cfg, _ready_port(cfg, 0)) as fm:
+
+    def start(p: int) -> AbstractContextManager[Ferryman]:
+        cfg = base_config(p, tmp / "access.log", **overrides)
+        return run_config(tmp, cfg, _ready_port(cfg, 0))
+
+    if port is None and "listeners" in overrides:
+        port = free_port()  # the listeners given do not use it: no other port would help
+    with _on_a_free_port(port, start) as fm:
         yield fm
 
 
@@ -185,8 +250,11 @@ def run_reverse(tmp: Path, port: int | None = None, **overrides: Any) -> Iterato
     """`ferryman run -c FILE` with one reverse listener (`reverse_config`).
     ``fm.write_config(reverse_config(fm.port, fm.log_path, ...))`` plus ``fm.reload()``
     changes it later."""
-    port = free_port() if port is None else port
-    with run_config(tmp, reverse_config(port, tmp / "access.log", **overrides), port) as fm:
+
+    def start(p: int) -> AbstractContextManager[Ferryman]:
+        return run_config(tmp, reverse_config(p, tmp / "access.log", **overrides), p)
+
+    with _on_a_free_port(port, start) as fm:
         yield fm
 
 

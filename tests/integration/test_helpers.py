@@ -1,13 +1,20 @@
-"""The test origin itself (tests/helpers/origin.py): what the other tests rely on when it stops."""
+"""The test helpers themselves (tests/helpers/): what every other test relies on, where a
+slow or busy machine could make them lie (a leaked socket, a port taken by another process)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from tests.helpers.origin import Backend
+import pytest
+
+from tests.helpers import procs
+from tests.helpers.origin import Backend, backends
+from tests.helpers.procs import PortTaken, run_reverse, upstream
 
 
 def test_connections_accepted_as_the_origin_stops_are_closed_not_leaked() -> None:
@@ -45,3 +52,32 @@ def test_connections_accepted_as_the_origin_stops_are_closed_not_leaked() -> Non
         for c in clients:
             c.close()
         b.close()
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A port some other process listens on (as one that bound it after `free_port` chose it)."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        yield other.getsockname()[1]
+
+
+def _app(app: Backend) -> dict[str, Any]:
+    return {"routes": [{"upstream": "app"}], "upstreams": {"app": upstream(app.url)}}
+
+
+def test_a_port_another_process_listens_on_is_not_taken_for_ferryman(tmp_path: Path, taken: int) -> None:
+    with backends("app") as (app,), pytest.raises(PortTaken, match="in use"), \
+            run_reverse(tmp_path, port=taken, **_app(app)):
+        pytest.fail("ready, on the word of whatever listened on the port")
+
+
+def test_a_port_chosen_for_ferryman_and_taken_meanwhile_is_chosen_again(
+    tmp_path: Path, taken: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen = iter([taken, procs.free_port()])
+    monkeypatch.setattr(procs, "free_port", lambda: next(chosen))
+    with backends("app") as (app,), run_reverse(tmp_path, **_app(app)) as fm:
+        assert fm.port != taken
+        with socket.create_connection(("127.0.0.1", fm.port), timeout=5) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert c.recv(65536).startswith(b"HTTP/1.1 200 ")
