@@ -21,6 +21,10 @@ from ferryman.pipeline.plan import Plan
 
 
 def _serve(source: ConfigSource, pid_file: str | None) -> int:
+    # SIGHUP waits until the reload handler exists (lifecycle.serve unblocks it there, and a
+    # worker's too): one sent while ferryman starts, e.g. as soon as the pid file or the port
+    # shows up, reloads once it serves instead of killing it (SIGHUP's default action).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         plan: Plan = build_plan_sync(source)
     except ConfigError as exc:

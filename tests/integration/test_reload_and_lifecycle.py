@@ -4,16 +4,29 @@ on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
+import subprocess
+from contextlib import suppress
 from pathlib import Path
 
 import yaml
 
 from tests.helpers.origin import Origin, read_request, serve
-from tests.helpers.procs import Nginx, base_config, ferryman_cli, free_port, launch, run_ferryman
+from tests.helpers.procs import (
+    Nginx,
+    base_config,
+    child_env,
+    ferryman_cli,
+    ferryman_cmd,
+    free_port,
+    launch,
+    run_ferryman,
+    stop_process,
+)
 from tests.helpers.rawhttp import curl, proxy_request, raw_client
-from tests.helpers.wait import wait_for, wait_log, wait_text
+from tests.helpers.wait import wait_for, wait_log, wait_port, wait_text
 
 
 def refuses_connections(port: int) -> bool:
@@ -97,6 +110,44 @@ def test_check_accepts_a_good_file(tmp_path: Path) -> None:
     p = ferryman_cli(tmp_path, "check", "-c", str(good))
     assert p.returncode == 0, p.stderr
     assert "OK" in p.stdout
+
+
+def test_sighup_while_starting_reloads_once_serving_instead_of_killing(tmp_path: Path) -> None:
+    """A SIGHUP that comes before the reload handler exists (a service manager's reload
+    right after the start, or one sent as soon as the pid file shows up) waits for it.
+    The pid file here is a FIFO, so ferryman stops at writing it until the test reads it:
+    the signal lands in the middle of the start every time."""
+    port, pid_file, err = free_port(), tmp_path / "ferryman.pid", tmp_path / "stderr"
+    os.mkfifo(pid_file)
+    with open(err, "wb") as out:
+        proc = subprocess.Popen(
+            ferryman_cmd("forward", "--listen", f"127.0.0.1:{port}", "--access-log", "off",
+                         "--pid-file", str(pid_file)),
+            stdout=subprocess.DEVNULL, stderr=out, cwd=tmp_path, env=child_env(),
+        )
+    try:
+        wait_text(err.read_text, "file descriptor limit")  # logged just before the pid file
+        proc.send_signal(signal.SIGHUP)
+        fifo = os.open(pid_file, os.O_RDONLY | os.O_NONBLOCK)  # lets it go on
+        got = bytearray()
+
+        def pid_written() -> bool:
+            assert proc.poll() is None, f"ferryman ended ({proc.returncode}):\n{err.read_text()}"
+            with suppress(BlockingIOError):
+                got.extend(os.read(fifo, 64))
+            return got.endswith(b"\n")
+
+        try:
+            wait_for(pid_written, what="the pid file")
+        finally:
+            os.close(fifo)
+        assert got == b"%d\n" % proc.pid
+        wait_text(err.read_text, "configuration reloaded")
+        assert proc.poll() is None, err.read_text()
+        wait_port(port, proc)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, err.read_text()
 
 
 # -- the one-liner ----------------------------------------------------------------------------
