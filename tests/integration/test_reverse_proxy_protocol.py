@@ -109,7 +109,8 @@ def _set_proxy_protocol(fm: Ferryman, tls_handshake: str | None = None) -> None:
     fm.write_config(cfg)
     before = fm.stderr().count("configuration reloaded")
     fm.reload()
-    wait_for(lambda: fm.stderr().count("configuration reloaded") > before, timeout=30, what="reload")
+    wait_for(lambda: fm.stderr().count("configuration reloaded") > before, timeout=30,
+             what=lambda: f"reload (ferryman's exit code: {fm.proc.poll()}):\n{fm.stderr()[-2000:]}")
 
 
 def _from_balancer(port: int) -> socket.socket:
