@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers.procs import ferryman_cli, free_port, run_ferryman
+from tests.helpers.rawhttp import exchange
 
 
 def test_status_reload_and_purge(tmp_path: Path) -> None:
@@ -20,6 +21,9 @@ def test_status_reload_and_purge(tmp_path: Path) -> None:
         status = httpx.get(f"{base}/status", timeout=5).json()
         assert status["config"].endswith("ferryman.yaml") and status["draining"] is False
         assert httpx.get(f"{base}/healthz", timeout=5).text == "ok\n"
+        head = exchange(port, b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert head.status == 200 and head.header("content-length") == "3"
+        assert head.raw.endswith(b"\r\n\r\n")  # no body after the answer to HEAD
         assert httpx.post(f"{base}/reload", json={}, timeout=10).json() == {"reloaded": True}
         fm.config_path.write_text(fm.config_path.read_text() + "bogus_key: 1\n")
         r = httpx.post(f"{base}/reload", headers={"X-Ferryman-Admin": "1"}, timeout=10)

@@ -92,3 +92,13 @@ def test_no_other_module_spells_a_status_line() -> None:
         if p not in allowed and re.search(rb'b"HTTP/1\.[01] \d|b"HTTP/1\.1 %d', p.read_bytes())
     ]
     assert offenders == []
+
+
+def test_bodiless_keeps_the_head_and_its_length_only() -> None:
+    for data in (respond.text(404, "no route", close=True), respond.redirect(302, "http://a/"),
+                 respond.fixed(200, b"text/plain", b"fixed")):
+        head = respond.bodiless(data)
+        assert data.startswith(head) and head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
+        assert b"Content-Length: %d\r\n" % (len(data) - len(head)) in head
+    assert respond.bodiless(respond.bodiless(respond.fixed(200, b"text/plain", b"x"))) == respond.bodiless(
+        respond.fixed(200, b"text/plain", b"x"))

@@ -24,6 +24,7 @@ from ferryman.conn.exchange import Exchange
 from ferryman.conn.state import State
 from ferryman.conn.timeouts import P_BUFFER
 from ferryman.errors import FerrymanError
+from ferryman.pipeline import respond
 from ferryman.pipeline.cache.action import TAKEN
 from ferryman.pipeline.stage import (
     CONTINUE,
@@ -120,7 +121,10 @@ class Decider:
         ex.status = d.status
         ex.ctx.route = d.route
         ex.error = d.why  # a 407 or 429 written as data: why, for the log
-        conn.write(ex, d.data)
+        data = d.data
+        if ex.ctx.head.method == "HEAD":
+            data = respond.bodiless(data)  # a body after it would be read as the next response
+        conn.write(ex, data)
         if not ex.req_done or d.close or ex.ctx.head.method == "CONNECT":
             # an unread body would be parsed as a request; after a CONNECT head the
             # parser has handed the stream to a tunnel that will not exist

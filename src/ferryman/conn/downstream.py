@@ -398,6 +398,8 @@ class Downstream(asyncio.Protocol):
         self.relay.flush()  # a relayed head held back for its body goes out before the end
         if not started and self.transport is not None:
             data = respond.error(exc)
+            if ex is not None and ex.ctx.head.method == "HEAD":
+                data = respond.bodiless(data)  # no body after an answer to HEAD (RFC 9110 9.3.2)
             self.transport.write(data)
             if ex is not None:
                 ex.bytes_out += len(data)

@@ -50,6 +50,8 @@ class Responder:
         if not ex.req_done:
             ex.keep_alive = False  # the unread body would be parsed as a request
         data = respond.message(status, text, close=not ex.keep_alive, extra=list(extra))
+        if ex.ctx.head.method == "HEAD":
+            data = respond.bodiless(data)
         ex.status = status
         conn.write(ex, data)
         conn.finish(ex)

@@ -178,7 +178,7 @@ class AdminProtocol(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - an admin call must answer, whatever broke
             log.exception("ferryman: admin %s %s failed", method, path)
             out = _json(500, {"error": str(exc)})
-        self._send(out)
+        self._send(respond.bodiless(out) if method == "HEAD" else out)
 
     def _json_body(self) -> dict[str, object] | None:
         """The JSON object sent (an empty body is ``{}``), or None if it is not one."""

@@ -63,6 +63,13 @@ def retry_later(exc: RateLimited, retry_after: int, close: bool) -> bytes:
     return error(exc, close, [(b"Retry-After", b"%d" % max(1, retry_after))])
 
 
+def bodiless(data: bytes) -> bytes:
+    """A whole answer built here without its body: what a HEAD request gets (RFC 9110
+    9.3.2), its Content-Length kept as metadata.  A body sent anyway would be read by the
+    client as the start of the next response."""
+    return data[: data.find(b"\r\n\r\n") + 4]
+
+
 def message(status: int, detail: str, close: bool, extra: Headers = ()) -> bytes:  # type: ignore[assignment]
     """A ferryman answer that is not an error of the table (cache: purge results, 504
     only-if-cached, 416): ``ferryman: <detail>``."""
