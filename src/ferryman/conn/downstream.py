@@ -298,11 +298,17 @@ class Downstream(asyncio.Protocol):
 
     # ------------------------------------------------------ request parsing sink
     def on_request_head(self, head: RequestHead) -> None:
-        if self.state is CLOSED:
+        st = self.state
+        if st is CLOSED:
             return  # pipelined behind an answer that closed the connection: never served
         ex = Exchange(RequestContext(self.client, head, self.engine.plan), self._now())
         self.rx = ex
         if self.cur is None:
+            if st is IDLE:
+                # This head came in the read that ended the one before it, answered at once
+                # (ferryman's own answer, a memory-cache hit): the connection went IDLE
+                # inside `feed`, and data_received's move to HEAD came before that.
+                self.to(HEAD)
             self.cur = ex
             self.decider.start(ex)
         else:
