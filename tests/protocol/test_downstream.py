@@ -7,6 +7,7 @@ synchronously and everything happens inside the test's calls.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -40,6 +41,9 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def can_write_eof(self) -> bool:
+        return False
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -101,11 +105,32 @@ async def test_pipelined_requests_answered_in_order(engine: Engine) -> None:
     assert up_tr.take().startswith(b"GET /a ")
     assert not tr.reading
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
-    assert up_tr.take().startswith(b"GET /b ")
     assert tr.reading
+    await asyncio.sleep(0)  # the next request starts on the loop's next turn
+    assert up_tr.take().startswith(b"GET /b ")
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
     out = tr.take()
     assert out.index(b"\r\n\r\n1") < out.index(b"\r\n\r\n2")
+
+
+async def test_bytes_after_a_response_never_answer_the_pipelined_request(engine: Engine) -> None:
+    # An origin sends a second response after the one asked for, in the same read.  The
+    # pipelined request must not be sent on that connection (it used to be, from inside
+    # the read, and got the extra response as its own).
+    spare, spare_tr = park_upstream(engine)
+    up, up_tr = park_upstream(engine)  # handed out first (LIFO)
+    ds, tr = client(engine)
+    ds.data_received(GET + GET.replace(b"/a", b"/b"))
+    assert up_tr.take().startswith(b"GET /a ")
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON")
+    assert up_tr.closed
+    await asyncio.sleep(0)
+    assert up_tr.take() == b""
+    assert spare_tr.take().startswith(b"GET /b ")
+    spare.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    out = tr.take()
+    assert b"POISON" not in out and out.endswith(b"\r\n\r\n2") and _statuses(out) == [b"200", b"200"]
 
 
 async def test_interim_103_relayed_to_http11_only(engine: Engine) -> None:
@@ -246,6 +271,7 @@ async def test_malformed_head_behind_two_requests_waits_for_both(engine: Engine)
     ds.data_received(GET + GET.replace(b"/a", b"/b") + BAD_HEAD)
     assert up_tr.take().startswith(b"GET /a ")
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    await asyncio.sleep(0)  # the next request starts on the loop's next turn
     assert up_tr.take().startswith(b"GET /b ")
     assert _statuses(tr.take()) == [b"200"] and not tr.reading  # still not reading on
     up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")

@@ -367,10 +367,10 @@ class Downstream(asyncio.Protocol):
             nxt = self.cur = self.queue.popleft()
             if not self.queue:
                 self.resume(P_PIPELINE)
-            try:
-                self.decider.start(nxt)
-            except FerrymanError as exc:
-                self.fail(nxt, exc)
+            # Not inside the upstream read that ended this response: bytes after it in that
+            # read (more than the origin framed) must close that connection before the pool
+            # can hand it to this request, which would take them as its response.
+            self.loop.call_soon(self._start_next, nxt)
             return
         if self.refused is not None:
             self.fail(*self.refused)
@@ -378,6 +378,15 @@ class Downstream(asyncio.Protocol):
         self.to(IDLE, ex.deadlines)
         if self.engine.draining:
             self.close()
+
+    def _start_next(self, ex: Exchange) -> None:
+        """Start the pipelined request `finish` took from the queue."""
+        if ex is not self.cur or self.closed:
+            return  # the client left meanwhile (connection_lost logged it)
+        try:
+            self.decider.start(ex)
+        except FerrymanError as exc:
+            self.fail(ex, exc)
 
     def fail(self, ex: Exchange | None, exc: FerrymanError) -> None:
         """End the exchange with a synthetic error response and close the connection."""
