@@ -282,6 +282,26 @@ def test_every_upgrade_line_is_kept() -> None:
     assert sink.heads()[0].upgrade == b"websocket, h2c"
 
 
+@pytest.mark.parametrize(
+    "body", [b"", b"Content-Length: 3\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]
+)
+def test_restart_parses_what_follows_an_ignored_upgrade_as_http(body: bytes) -> None:
+    # An Upgrade the connection does not act on (HTTP/1.0: ignored, RFC 9110 7.8): llhttp
+    # hands over what follows as upgraded bytes (after the body, if any), and `restart`
+    # makes it requests again.
+    p, sink = request_parser()
+    head = b"GET /one HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    data = head + (body or b"\r\n") + b"GET /two HTTP/1.0\r\nHost: a\r\n\r\n"
+    if body.startswith(b"Transfer"):
+        data = data.replace(b"HTTP/1.0\r\nHost: a\r\nConn", b"HTTP/1.1\r\nHost: a\r\nConn", 1)
+    off = p.feed(data)
+    assert off is not None and data[off:] == b"GET /two HTTP/1.0\r\nHost: a\r\n\r\n"
+    p.restart()
+    assert p.feed(data[off:]) is None
+    assert [h.target for h in sink.heads()] == [b"/one", b"/two"]
+    assert sink.bodies() == [b"abc" if body else b"", b""]
+
+
 UP_HEAD = b"POST /up HTTP/1.1\r\nHost: a\r\nUpgrade: test\r\nConnection: Upgrade\r\n"
 
 

@@ -216,6 +216,12 @@ class Downstream(asyncio.Protocol):
                     self.tunnel_pending.append(rest)
             elif ex is not None and ex.ctx.head.upgrade is not None:
                 self.tunnel_pending = [rest] if rest else []
+            elif ex is None or ex.ctx.head.method != "CONNECT":
+                # No tunnel asked for (an Upgrade in an HTTP/1.0 request is ignored, RFC 9110
+                # 7.8; None: such a request answered at once): what follows is HTTP.
+                self.parser.restart()
+                if rest:
+                    self.data_received(rest)
             else:
                 self._refuse_in_turn(ex, ClientProtocolError("tunnel request pipelined behind a request"))
 

@@ -79,6 +79,16 @@ class RequestParser:
     def in_head(self) -> bool:
         return self._in_head
 
+    def restart(self) -> None:
+        """Parse what follows the last head as HTTP again: llhttp handed it over as an
+        upgrade, but the request was none (an Upgrade in an HTTP/1.0 request is ignored,
+        RFC 9110 7.8).  Its body, if it had one, was read to its end already."""
+        self._p = httptools.HttpRequestParser(self)
+        self._up_body = None
+        self._up_framing = None
+        self._bypass = False
+        self._remaining = -1
+
     def feed(self, data: bytes) -> int | None:
         if self._up_body is not None:
             end = self._up_body.feed(data)
