@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,13 +22,15 @@ import pytest
 
 from tests.helpers.origin import Origin, header_value, method_of, path_of, read_body, read_head, serve
 from tests.helpers.procs import Ferryman, free_port, run_ferryman, run_reverse, upstream
-from tests.helpers.rawhttp import RawClient, Response, send_quietly
+from tests.helpers.rawhttp import RawClient, Reader, Response, read_message, send_quietly
+from tests.helpers.wait import wait_log
 
 pytestmark = pytest.mark.timeout(30)
 
 NO_STORE = b"Cache-Control: no-store\r\n"
 NO_LENGTH = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\r\n"  # a body delimited by the close
 SEQ = itertools.count()
+BIG_REFUSAL = 2 << 20
 
 
 # -- the origin ------------------------------------------------------------------------
@@ -47,6 +50,14 @@ async def origin_handler(origin: Origin, reader: asyncio.StreamReader, writer: a
         method, path = method_of(head), path_of(head)
         kind = path.split("/")[1]
         ident = f"{method} {path}".encode()
+        if kind == "refusebig":
+            # A large refusal before the (endless) body, then read on, as a server that
+            # closes politely would.
+            writer.write(_answer(403, b"r" * BIG_REFUSAL, method, reason=b"Forbidden"))
+            await writer.drain()
+            while await reader.read(65536):
+                pass
+            return
         if kind == "early":
             writer.write(_answer(200, b"early " + ident, method))
             await writer.drain()
@@ -81,6 +92,16 @@ async def origin_handler(origin: Origin, reader: asyncio.StreamReader, writer: a
                 writer.write(b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nCache-Control: no-store\r\n\r\n')
             else:
                 writer.write(_answer(200, ident, method, b'ETag: "v1"\r\n' + NO_STORE))
+        elif kind == "overlong":
+            # More than the framing says, in the same write: a response to nothing.
+            poison = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"
+            framed = {
+                "length": _answer(200, ident, method),
+                "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                           % (len(ident), ident),
+                "nobody": b"HTTP/1.1 204 No Content\r\n\r\n",
+            }[path.split("/")[2]]
+            writer.write(framed + poison)
         elif kind == "cache":
             writer.write(_answer(200, b"cached " + path.encode(), method, b"Cache-Control: max-age=60\r\n"))
         elif kind == "echo":
@@ -123,7 +144,8 @@ def reverse(tmp_path_factory: pytest.TempPathFactory, origin: Origin) -> Iterato
         {"name": "hang", "match": {"path_prefix": "/hang"}, "upstream": "slow"},
         {"name": "cache", "match": {"path_prefix": "/cache"}, "upstream": "o", "cache": {"enabled": True}},
         *({"name": k, "match": {"path_prefix": f"/{k}"}, "upstream": "o"}
-          for k in ("o", "early", "upgrade", "hints", "eof", "closeafter", "etag", "echo")),
+          for k in ("o", "early", "upgrade", "hints", "eof", "closeafter", "etag", "echo", "overlong",
+                                "refusebig")),
     ]
     ups = {"o": upstream(origin.url), "slow": upstream(origin.url), "dead": upstream(f"http://127.0.0.1:{DEAD}")}
     with run_reverse(tmp_path_factory.mktemp("pipe-rev"), routes=routes, upstreams=ups,
@@ -180,7 +202,7 @@ Want = tuple[int, bytes | None, str]  # status, body (None: any), request method
 
 
 def read_all(c: RawClient, want: list[Want]) -> list[Response]:
-    got = []
+    got: list[Response] = []
     for status, body, method in want:
         try:
             r = c.read_response(method)
@@ -461,6 +483,23 @@ def test_close_delimited_response_in_the_middle(target: Target, how: str) -> Non
         assert_open(c, t)
 
 
+@pytest.mark.parametrize("how", WRITES)
+@pytest.mark.parametrize("framing", ["length", "chunked", "nobody"])
+def test_bytes_after_a_framed_response_never_answer_the_next_request(target: Target, how: str,
+                                                                       framing: str) -> None:
+    # The origin sends a whole extra response after the one it framed, in the same write.
+    # The pipelined request after it used to be sent on that connection at once, inside
+    # the read, and got the extra bytes as its response.
+    t = target
+    o, a = f"/overlong/{framing}/{tag('x')}", f"/o/{tag('a')}"
+    first = (204, b"") if framing == "nobody" else (200, ident("GET", o))
+    with RawClient(t.fm.port) as c:
+        send(c, t.req("GET", o) + t.req("GET", a) + t.req("GET", o) + t.req("GET", a), how)
+        second = (200, ident("GET", a), "GET")
+        read_all(c, [(*first, "GET"), second, (*first, "GET"), second])
+        assert_open(c, t)
+
+
 def test_close_delimited_response_to_http10_client_closes(target: Target) -> None:
     t = target
     e, b = f"/eof/{tag('e')}", f"/o/{tag('b')}"
@@ -470,6 +509,41 @@ def test_close_delimited_response_to_http10_client_closes(target: Target) -> Non
         r = c.read_response()
         assert (r.status, r.body, r.framing) == (200, ident("GET", e), "close")
     assert not any(path_of(h) == b for h in t.origin.requests)
+
+
+def test_answer_before_the_body_reaches_a_slow_client_whole(target: Target) -> None:
+    # RFC 9112 9.6: the origin refuses a big upload at once; ferryman relays the refusal and
+    # ends the connection while the client is still sending.  Closed with the client's bytes
+    # unread, the socket sent a reset that threw away the part of the answer still queued
+    # for a client slow to read it; a half-close, reading on until the client closes, keeps it.
+    t = target
+    path = f"/refusebig/{tag('r')}"
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", t.fm.port))
+    stop = threading.Event()
+
+    def upload() -> None:
+        chunk = b"u" * 65536
+        for _ in range(2000):  # at most 128 MiB
+            if stop.is_set() or not send_quietly(sock, chunk):
+                return
+
+    sender = threading.Thread(target=upload, daemon=True)
+    with sock:
+        sock.sendall(t.req("POST", path, b"Content-Length: 1000000000\r\n"))
+        sender.start()
+        wait_log(t.fm.access_log, lambda e: path in str(e.get("target")) and e.get("status") == 403)
+        r = Reader(sock)
+        try:
+            resp = read_message(r, "POST", timeout=10)
+        finally:
+            stop.set()
+        sender.join(10)
+        assert resp.status == 403
+        assert resp.complete and len(resp.body) == BIG_REFUSAL, f"{len(resp.body)} bytes, {resp.ended}"
+        assert (resp.header("connection") or "").lower() == "close"
 
 
 # -- errors in the middle --------------------------------------------------------------------------
@@ -518,6 +592,29 @@ def test_upgrade_behind_a_get_becomes_the_tunnel(target: Target, how: str) -> No
         want = b"GET /not-a-request HTTP/1.1\r\n\r\n"
         assert c.read_exact(len(want)) == want  # echoed through the tunnel, never parsed
     assert not any(path_of(h) == "/not-a-request" for h in t.origin.requests)
+
+
+@pytest.mark.parametrize("how", WRITES)
+def test_upgrade_in_an_http10_request_is_ignored(target: Target, how: str) -> None:
+    # RFC 9110 7.8: Upgrade in an HTTP/1.0 request is ignored.  One answer each, and what
+    # follows such a head is the next request: it used to get a second answer (a 400 after
+    # ferryman's own 200), or a 400 in place of the proxied one's.
+    t = target
+    up = b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
+    if t.mode == "forward":
+        own = b"GET /proxy.pac HTTP/1.0\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (t.fm.port, up)
+    else:
+        own = t.req("GET", "/fixed/1", up, version="1.0")
+    a, b = f"/o/{tag('a')}", f"/o/{tag('b')}"
+    ka = b"Connection: keep-alive\r\n"
+    data = own + t.req("GET", a, up, version="1.0") + t.req("GET", b, ka, version="1.0")
+    with RawClient(t.fm.port) as c:
+        send(c, data, how)
+        got = read_all(c, [(200, None, "GET"), (200, ident("GET", a), "GET"), (200, ident("GET", b), "GET")])
+        assert [(r.header("connection") or "").lower() for r in got[1:]] == ["keep-alive"] * 2
+        assert_open(c, t)
+    heads = [h for h in t.origin.requests if path_of(h) == a]
+    assert len(heads) == 1 and header_value(heads[0], "upgrade") is None
 
 
 @pytest.mark.parametrize("how", WRITES)

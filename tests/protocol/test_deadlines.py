@@ -104,10 +104,10 @@ async def test_head_deadline_counts_from_the_accept(engine: Engine, clock: FakeC
     ds.data_received(b"GET http://origin.test/ HTTP/1.1\r\n")  # slowloris: half a head
     assert ds.state is State.HEAD
     clock.advance(T.client_header - 6 - 0.1)
-    assert not tr.closed
+    assert not tr.ended
     clock.advance(0.2)
     out = tr.take()
-    assert status(out) == 408 and b"request header" in out and tr.closed
+    assert status(out) == 408 and b"request header" in out and tr.ended
 
 
 async def test_body_deadline_is_an_activity_deadline(engine: Engine, clock: FakeClock) -> None:
@@ -120,10 +120,10 @@ async def test_body_deadline_is_an_activity_deadline(engine: Engine, clock: Fake
     clock.advance(T.client_body - 1)
     ds.data_received(b"cd")  # bytes moved (streamed upstream): the deadline counts from here
     clock.advance(T.client_body - 1)
-    assert not tr.closed
+    assert not tr.ended
     clock.advance(2)
     out = tr.take()
-    assert status(out) == 408 and b"request body" in out and tr.closed
+    assert status(out) == 408 and b"request body" in out and tr.ended
     assert up_tr.closed  # the half-sent request is not left on a pooled connection
 
 
@@ -136,7 +136,7 @@ async def test_waiting_for_the_upstream(engine: Engine, clock: FakeClock) -> Non
     assert tr.take() == b""
     clock.advance(0.2)
     out = tr.take()
-    assert status(out) == 504 and b"no response within 40s" in out and tr.closed
+    assert status(out) == 504 and b"no response within 40s" in out and tr.ended
 
 
 async def test_a_stalled_response_is_cut_not_completed(engine: Engine, clock: FakeClock) -> None:
@@ -239,6 +239,29 @@ async def test_tunnel_idle_of_a_bare_tunnel(clock: FakeClock) -> None:
 # -- shutdown ---------------------------------------------------------------------------------------
 
 
+async def test_a_connection_ended_after_a_response_lingers_until_the_client_closes(
+    engine: Engine, clock: FakeClock
+) -> None:
+    # RFC 9112 9.6: a half-close after the answer, bytes still coming are read and dropped,
+    # and the close comes with the client's own (or after 2 s at most).
+    for client_closes in (True, False):
+        park(engine)
+        ds, tr = client(engine)
+        ds.data_received(GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        up = ds.cur.up.conn if ds.cur is not None else None
+        assert up is not None
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        assert tr.take().endswith(b"\r\n\r\nhi")
+        assert tr.eof_written and not tr.closed and tr.reading and ds.state is State.CLOSED
+        ds.data_received(b"GET /more HTTP/1.1\r\n\r\n")  # dropped: never parsed, never answered
+        assert tr.take() == b""
+        if client_closes:
+            assert ds.eof_received() is None  # the transport closes itself
+        else:
+            clock.advance(2.1)
+            assert tr.closed
+
+
 async def test_drain_ends_when_the_last_connection_closes(engine: Engine, clock: FakeClock) -> None:
     up, _ = park(engine)
     ds, tr = client(engine)
@@ -302,6 +325,6 @@ async def test_a_request_pipelined_behind_a_closing_answer_is_not_started(clock:
         ds.data_received(req + req.replace(b"/a", b"/b"))  # one read: the second is parsed too
         out = tr.take()
         assert out.count(b"HTTP/1.1 301") == 1 and b"/b" not in out
-        assert tr.closed and ds.state is State.CLOSED
+        assert tr.ended and ds.state is State.CLOSED
     finally:
         eng.close()

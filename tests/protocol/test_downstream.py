@@ -45,6 +45,14 @@ class FakeTransport:
     def can_write_eof(self) -> bool:
         return False
 
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+    @property
+    def ended(self) -> bool:
+        """The client sees the end: a FIN (half-close, ferryman lingering) or the close."""
+        return self.closed or self.eof_written
+
     def pause_reading(self) -> None:
         self.reading = False
 

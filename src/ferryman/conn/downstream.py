@@ -2,12 +2,15 @@
 
 Rules this module owns:
 - one exchange is served at a time; pipelined requests queue behind it and
-  reading pauses until they are reached (responses leave in request order);
+  reading pauses until they are reached (responses leave in request order); the
+  next one starts on the loop's next turn, never inside the upstream read that
+  ended the response before it (`finish`);
 - every request ends in exactly one response or one error, and is logged once;
 - a request refused while requests before it are still being served (a malformed
   head or body behind them in a pipeline) is answered in its turn, after theirs,
   never in place of the current request's response;
-- a connection that saw an error is closed, never reused;
+- a connection that saw an error is closed, never reused; one ended after a
+  response is half-closed and reads on until the client closes (`close`, RFC 9112 9.6);
 - bytes are only relayed after the parser accepted them, and every body is
   re-framed by ferryman, so the next hop can never frame it differently;
 - the connection's life is the table of conn/state.py: every state change goes
@@ -50,6 +53,7 @@ log = logging.getLogger("ferryman")
 OPEN, IDLE, HEAD, BODY, UPSTREAM, WAIT, RESPONSE, WRITING, TUNNEL, CLOSED = State  # fast names
 _BUFFER_HIGH = 256 * 1024
 _NEVER = float("inf")
+_LINGER = 2.0  # seconds a closed connection reads on, dropping the bytes (see `close`)
 
 
 class Downstream(asyncio.Protocol):
@@ -240,6 +244,8 @@ class Downstream(asyncio.Protocol):
         self.pause(P_REFUSED)
 
     def eof_received(self) -> bool | None:
+        if self.state is CLOSED:
+            return None  # the end of a lingering close (`close`)
         if self.tunnel_pending is not None:
             self.tunnel_eof = True  # replayed to the tunnel once it is joined
             return True
@@ -367,7 +373,7 @@ class Downstream(asyncio.Protocol):
         if self.rx is ex:
             self.rx = None
         if not ex.keep_alive or self.state is CLOSED:
-            self.close()
+            self.close(linger=True)
             return
         if self.queue:
             nxt = self.cur = self.queue.popleft()
@@ -435,14 +441,24 @@ class Downstream(asyncio.Protocol):
         if started:
             self.abort()
         else:
-            self.close()
+            self.close(linger=True)
 
-    def close(self) -> None:
-        if self.state is not CLOSED and self.transport is not None:
+    def close(self, linger: bool = False) -> None:
+        """Close; with ``linger``, after a response: see below."""
+        tr = self.transport
+        if self.state is not CLOSED and tr is not None:
             if self.relay.held is not None:
                 self.relay.flush()
             self.to(CLOSED)
-            self.transport.close()
+            if linger and tr.can_write_eof() and not tr.is_closing() and not self.engine.draining:
+                # RFC 9112 9.6: half-close, and drop what the client still sends until it
+                # closes too (at most _LINGER s): closed with its bytes unread, the socket
+                # would reset, destroying the end of the response still on its way.
+                tr.write_eof()
+                tr.resume_reading()
+                self._call_later(_LINGER, tr.close)
+            else:
+                tr.close()
         elif self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -515,7 +531,10 @@ class Downstream(asyncio.Protocol):
     # ------------------------------------------------------------- draining
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response."""
-        if self.cur is None and self.tunnel is None:
+        if self.state is CLOSED:
+            if self.transport is not None:
+                self.transport.close()  # lingering (`close`): not while ferryman shuts down
+        elif self.cur is None and self.tunnel is None:
             self.close()
 
     def force_close(self) -> None:
