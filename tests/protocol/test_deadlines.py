@@ -243,23 +243,38 @@ async def test_a_connection_ended_after_a_response_lingers_until_the_client_clos
     engine: Engine, clock: FakeClock
 ) -> None:
     # RFC 9112 9.6: a half-close after the answer, bytes still coming are read and dropped,
-    # and the close comes with the client's own (or after 2 s at most).
+    # and the close comes with the client's own (or after 2 s at most).  Here the answer
+    # comes before the whole body, so the client is still sending.
+    post = b"POST http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n"
     for client_closes in (True, False):
         park(engine)
         ds, tr = client(engine)
-        ds.data_received(GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        ds.data_received(post + b"x" * 10)
         up = ds.cur.up.conn if ds.cur is not None else None
         assert up is not None
-        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
-        assert tr.take().endswith(b"\r\n\r\nhi")
+        up.data_received(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno")
+        assert tr.take().endswith(b"\r\n\r\nno")
         assert tr.eof_written and not tr.closed and tr.reading and ds.state is State.CLOSED
-        ds.data_received(b"GET /more HTTP/1.1\r\n\r\n")  # dropped: never parsed, never answered
+        ds.data_received(b"x" * 90 + b"GET /more HTTP/1.1\r\n\r\n")  # dropped: never parsed
         assert tr.take() == b""
         if client_closes:
             assert ds.eof_received() is None  # the transport closes itself
         else:
             clock.advance(2.1)
             assert tr.closed
+
+
+async def test_a_client_that_asked_to_close_is_closed_at_once(engine: Engine, clock: FakeClock) -> None:
+    # It sends nothing more (RFC 9112 9.6), so no lingering: no half-close, no timer that
+    # would keep every Connection: close connection alive for seconds.
+    park(engine)
+    ds, tr = client(engine)
+    ds.data_received(GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+    up = ds.cur.up.conn if ds.cur is not None else None
+    assert up is not None
+    up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert tr.take().endswith(b"\r\n\r\nhi")
+    assert tr.closed and not tr.eof_written
 
 
 async def test_drain_ends_when_the_last_connection_closes(engine: Engine, clock: FakeClock) -> None:

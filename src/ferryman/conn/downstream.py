@@ -373,7 +373,11 @@ class Downstream(asyncio.Protocol):
         if self.rx is ex:
             self.rx = None
         if not ex.keep_alive or self.state is CLOSED:
-            self.close(linger=True)
+            # Linger (`close`) only when the client may still be sending: its body is not all
+            # read, requests wait behind it, or it did not ask to close (nginx's heuristic).
+            # A client that sent "Connection: close" sends nothing more (RFC 9112 9.6): its
+            # connection closes at once, with no timer to keep it alive for seconds.
+            self.close(linger=not ex.req_done or ex.ctx.head.keep_alive or bool(self.queue))
             return
         if self.queue:
             nxt = self.cur = self.queue.popleft()
