@@ -141,7 +141,7 @@ class Cache(CacheFront):
         look = policy.lookup(self.index.select(key, head.headers), method, head.headers, now, rules)
         state = ex.cache = CacheState(key, rules, look, request_time=now)
         out = look.outcome
-        if out is policy.Outcome.FRESH or out is policy.Outcome.STALE_OK:
+        if out is policy.FRESH or out is policy.STALE_OK:
             stored = self._stored_for(key, look.entry)
             if stored is not None:
                 if d.address_check is not None and not admitted:
@@ -150,7 +150,7 @@ class Cache(CacheFront):
                         return refused
                 self.hits += 1
                 state.stored = stored
-                ex.cache_result = "hit" if out is policy.Outcome.FRESH else "stale"
+                ex.cache_result = "hit" if out is policy.FRESH else "stale"
                 if look.revalidate and head.method == "GET" and self._joinable(key, head.headers) is None:
                     # stale-while-revalidate (RFC 5861): answer stale now, refresh once behind it.
                     self._background(ds, ex, d, key, rules, stored)
@@ -161,7 +161,7 @@ class Cache(CacheFront):
                         return TAKEN
                 ds.loop.create_task(self.serve(ds, ex, stored, look, hit=True))
                 return TAKEN
-        if out is policy.Outcome.ONLY_IF_CACHED_MISS:
+        if out is policy.ONLY_IF_CACHED_MISS:
             ds.responder.send_synthetic(ex, 504, "only-if-cached and nothing stored")
             return TAKEN
         if d.address_check is not None and not admitted and method == "GET" and (
@@ -172,7 +172,7 @@ class Cache(CacheFront):
             if refused is not None:
                 return refused
         self.misses += 1
-        stale = self._stored_for(key, look.entry) if out is policy.Outcome.MUST_VALIDATE else None
+        stale = self._stored_for(key, look.entry) if out is policy.MUST_VALIDATE else None
         if method == "GET" and has_range(head.headers):
             # One whole-object fill per object, whoever starts it: this Range joins the fill in
             # flight (answered from it once its bytes are there) or starts one in the background.
@@ -342,7 +342,7 @@ class Cache(CacheFront):
                 ex.cache_result = "stale-if-error"
                 age = entry.age(now)
                 look = policy.Lookup(
-                    policy.Outcome.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age
+                    policy.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age
                 )
                 ds.loop.create_task(self.serve(ds, ex, state.stored, look, hit=True))
                 return ANSWERS
@@ -374,7 +374,7 @@ class Cache(CacheFront):
             return PASSES
         stored = self.refreshed(state.key, state.stored, entry, state.fill)
         state.fill = None
-        look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
+        look = policy.Lookup(policy.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
         ex.cache_result = "revalidated"
         ds.loop.create_task(self.serve(ds, ex, stored, look, hit=False, validated=True))
         return ANSWERS
@@ -393,7 +393,7 @@ class Cache(CacheFront):
         ex.error = exc.detail
         ex.cache_result = "stale-if-error"
         age = entry.age(now)
-        look = policy.Lookup(policy.Outcome.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age)
+        look = policy.Lookup(policy.STALE_OK, entry, fwd="stale", age=age, ttl=entry.lifetime - age)
         ds.loop.create_task(self.serve(ds, ex, state.stored, look, hit=True))
         return ANSWERS
 

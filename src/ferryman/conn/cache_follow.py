@@ -121,7 +121,7 @@ def _serve_refreshed(cache: Cache, ds: ClientConn, ex: Exchange, fill: Fill) -> 
     state.stored = stored
     entry = stored.entry
     now = time.time()
-    look = policy.Lookup(policy.Outcome.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
+    look = policy.Lookup(policy.FRESH, entry, fwd="stale", age=entry.age(now), ttl=entry.lifetime)
     ex.cache_result = "revalidated"
     ds.loop.create_task(cache.serve(ds, ex, stored, look, hit=False, validated=True))
 

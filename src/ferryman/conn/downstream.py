@@ -41,7 +41,7 @@ from ferryman.conn.tunnel import RelaySide, Tunnel
 from ferryman.errors import BodyTooLarge, ClientProtocolError, ClientTimeout, FerrymanError, UpstreamTimeout
 from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, RequestHead
+from ferryman.http1.events import F_CHUNKED, RequestHead
 from ferryman.http1.parser import RequestParser
 from ferryman.pipeline import respond
 from ferryman.pipeline.cache.action import ANSWERS
@@ -342,7 +342,7 @@ class Downstream(asyncio.Protocol):
         if conn is not None and up.head_sent:
             up.body_sent = True
             assert conn.transport is not None
-            chunked = ex.ctx.head.framing is Framing.CHUNKED
+            chunked = ex.ctx.head.framing is F_CHUNKED
             send_body(conn.transport, outgoing.CHUNK if chunked else outgoing.RAW, data)
             self._last = self._now()
         else:
@@ -358,7 +358,7 @@ class Downstream(asyncio.Protocol):
         ex.req_done = True
         up = ex.up
         if ex is self.cur and up.conn is not None and up.head_sent:
-            if ex.ctx.head.framing is Framing.CHUNKED:
+            if ex.ctx.head.framing is F_CHUNKED:
                 up.conn.write(ser.LAST_CHUNK)
             if ex.resp is None and self.state is not WAIT:
                 self.to(WAIT, ex.deadlines)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ferryman.conn.state import Deadlines
 from ferryman.http1 import outgoing
-from ferryman.http1.events import Framing, ResponseHead
+from ferryman.http1.events import F_NONE, ResponseHead
 from ferryman.pipeline.context import RequestContext
 from ferryman.pipeline.stage import Phases
 
@@ -85,7 +85,7 @@ class Exchange:
         self.req_bytes = b""
         self.body_buf: list[bytes] = []
         self.body_buffered = 0
-        self.req_done = head.framing is Framing.NONE or head.content_length == 0
+        self.req_done = head.framing is F_NONE or head.content_length == 0
         self.resp: ResponseHead | None = None
         self.out_mode = outgoing.NONE  # how the answer's body is framed (http1/outgoing.py)
         self.status = 0

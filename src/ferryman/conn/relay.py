@@ -28,7 +28,7 @@ from ferryman.errors import (
 )
 from ferryman.http1 import outgoing, proxy_protocol
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, ResponseHead
+from ferryman.http1.events import F_CHUNKED, F_LENGTH, F_NONE, ResponseHead
 from ferryman.http1.headers import forward_response_headers
 from ferryman.pipeline import respond
 from ferryman.pipeline.admit.address import AddressCheck
@@ -206,7 +206,7 @@ class UpstreamRelay:
             client.transport.write(respond.CONTINUE_100)
         if ex.body_buf:
             up.body_sent = True
-            mode = outgoing.CHUNK if head.framing is Framing.CHUNKED else outgoing.RAW
+            mode = outgoing.CHUNK if head.framing is F_CHUNKED else outgoing.RAW
             assert conn.transport is not None
             for data in ex.body_buf:
                 send_body(conn.transport, mode, data)
@@ -214,7 +214,7 @@ class UpstreamRelay:
             ex.body_buffered = 0
             client.resume(P_BUFFER)
         if ex.req_done:
-            if head.framing is Framing.CHUNKED:
+            if head.framing is F_CHUNKED:
                 conn.write(ser.LAST_CHUNK)
             client.to(WAIT, ex.deadlines)
 
@@ -271,14 +271,14 @@ class UpstreamRelay:
             ex.keep_alive = False  # the upgrade was refused; bytes after it are not HTTP
             client.drop_tunnel_hold()
         framing = head.framing
-        if framing is Framing.NONE:
+        if framing is F_NONE:
             # HEAD and 304 keep the representation's length as metadata.
             n = head.content_length
             data = self.responder.response_head(
                 ex, status, head.reason, hdrs, b"", False, n if status != 204 and n > 0 else None, cache_extra
             )
         else:
-            length = head.content_length if framing is Framing.LENGTH else None
+            length = head.content_length if framing is F_LENGTH else None
             data = self.responder.response_head(ex, status, head.reason, hdrs, b"", True, length, cache_extra)
         ex.bytes_out += len(data)
         self.held = data  # written with the body's first piece, or by `flush`

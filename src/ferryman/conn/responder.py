@@ -15,7 +15,7 @@ from ferryman.conn.state import State
 from ferryman.errors import FerrymanError
 from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
-from ferryman.http1.events import Framing, Headers, ResponseHead
+from ferryman.http1.events import F_LENGTH, Headers, ResponseHead
 from ferryman.pipeline import respond
 from ferryman.pipeline.cache.store import BodyReader
 
@@ -127,7 +127,7 @@ class Responder:
             return None
         conn.to(WRITING)
         ex.resp = resp = ResponseHead(
-            status, reason or b"", "1.1", [], Framing.LENGTH, length or 0, ex.keep_alive, frozenset()
+            status, reason or b"", "1.1", [], F_LENGTH, length or 0, ex.keep_alive, frozenset()
         )
         ex.t_first = conn.clock.time() - ex.t0
         head = self.response_head(ex, status, reason or b"", hdrs, extra, has_body, length)

@@ -9,7 +9,7 @@ never frame a message differently (request smuggling).
 from __future__ import annotations
 
 from ferryman.errors import ClientProtocolError, NotImplementedByProxy, UpstreamProtocolError
-from ferryman.http1.events import Framing, Headers
+from ferryman.http1.events import F_CHUNKED, F_CLOSE, F_LENGTH, F_NONE, Framing, Headers
 
 _TOKEN_SPLIT = b","
 
@@ -50,12 +50,12 @@ def request_framing(version: str, te: list[bytes], cl: list[bytes]) -> tuple[Fra
             raise ClientProtocolError("Transfer-Encoding without final chunked")
         if len(codings) != 1:
             raise NotImplementedByProxy("unsupported transfer coding")
-        return Framing.CHUNKED, -1
+        return F_CHUNKED, -1
     if cl:
         # Content-Length: 0 stays LENGTH so the next hop sees it too (POST with
         # an empty body); the engine treats a zero length as no body.
-        return Framing.LENGTH, _content_length(cl, ClientProtocolError)
-    return Framing.NONE, 0
+        return F_LENGTH, _content_length(cl, ClientProtocolError)
+    return F_NONE, 0
 
 
 def response_framing(
@@ -66,18 +66,18 @@ def response_framing(
         if cl:
             # Still validate it: a garbage Content-Length is a broken upstream.
             n = _content_length(cl, UpstreamProtocolError)
-            return Framing.NONE, n
-        return Framing.NONE, 0
+            return F_NONE, n
+        return F_NONE, 0
     if te:
         if cl:
             raise UpstreamProtocolError("both Content-Length and Transfer-Encoding")
         codings = [c.strip().lower() for v in te for c in v.split(b",") if c.strip()]
         if codings == [b"chunked"]:
-            return Framing.CHUNKED, -1
+            return F_CHUNKED, -1
         raise UpstreamProtocolError("unsupported transfer coding from upstream")
     if cl:
-        return Framing.LENGTH, _content_length(cl, UpstreamProtocolError)
-    return Framing.CLOSE, -1
+        return F_LENGTH, _content_length(cl, UpstreamProtocolError)
+    return F_CLOSE, -1
 
 
 def header_values(headers: Headers, name: bytes) -> list[bytes]:

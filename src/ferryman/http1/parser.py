@@ -20,7 +20,7 @@ from ferryman.errors import (
     UpstreamProtocolError,
     UriTooLong,
 )
-from ferryman.http1.events import Framing, Headers, RequestHead, ResponseHead
+from ferryman.http1.events import F_CHUNKED, F_CLOSE, F_LENGTH, Framing, Headers, RequestHead, ResponseHead
 from ferryman.http1.framing import connection_tokens, request_framing, response_framing
 from ferryman.http1.upgrade_body import UpgradeBody
 
@@ -220,8 +220,8 @@ class RequestParser:
         else:
             keep_alive = b"keep-alive" in tokens
         headers, self._headers = self._headers, []  # trailers must not join the head
-        self._remaining = length if framing is Framing.LENGTH and length > 0 else -1
-        if (framing is Framing.CHUNKED or self._remaining > 0) and method != "CONNECT" and p.should_upgrade():
+        self._remaining = length if framing is F_LENGTH and length > 0 else -1
+        if (framing is F_CHUNKED or self._remaining > 0) and method != "CONNECT" and p.should_upgrade():
             self._up_framing = (framing, length)  # llhttp will skip this body: see `feed`
         if upgrade is not None and (b"upgrade" not in tokens or version != "1.1" or method == "CONNECT"):
             upgrade = None
@@ -321,7 +321,7 @@ class ResponseParser:
     def finish(self) -> None:
         """The upstream sent EOF: end a close-delimited body, or report truncation."""
         framing = self._body_framing
-        if framing is Framing.CLOSE:
+        if framing is F_CLOSE:
             self._body_framing = None
             self._sink.on_response_end()
         elif framing is not None:
@@ -372,7 +372,7 @@ class ResponseParser:
         framing, length = response_framing(status, self.request_method, te, cl)
         tokens = connection_tokens(conn) if conn else frozenset()
         keep_alive = (b"close" not in tokens) if version == "1.1" else (b"keep-alive" in tokens)
-        if framing is Framing.CLOSE or (self.request_method == "HEAD" and status >= 200):
+        if framing is F_CLOSE or (self.request_method == "HEAD" and status >= 200):
             keep_alive = False
         headers, self._headers = self._headers, []  # trailers must not join the head
         head = ResponseHead(
@@ -380,7 +380,7 @@ class ResponseParser:
         )
         if status >= 200:
             self._body_framing = framing
-            if framing is Framing.LENGTH and length > 0 and self.request_method != "HEAD":
+            if framing is F_LENGTH and length > 0 and self.request_method != "HEAD":
                 self._remaining = length
         self._sink.on_response_head(head)
         if self.request_method == "HEAD" and status >= 200:

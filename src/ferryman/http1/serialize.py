@@ -6,7 +6,7 @@ Responses ferryman writes itself are built in `pipeline/respond.py` on top of th
 from __future__ import annotations
 
 from ferryman.errors import reason
-from ferryman.http1.events import Framing, Headers
+from ferryman.http1.events import F_CHUNKED, F_LENGTH, Framing, Headers
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -24,9 +24,9 @@ def status_line(status: int, reason_phrase: bytes | None = None) -> bytes:
 
 
 def framing_header(framing: Framing, length: int) -> bytes:
-    if framing is Framing.LENGTH:
+    if framing is F_LENGTH:
         return b"Content-Length: %d\r\n" % length
-    if framing is Framing.CHUNKED:
+    if framing is F_CHUNKED:
         return b"Transfer-Encoding: chunked\r\n"
     return b""
 

@@ -88,6 +88,10 @@ class _Event(enum.Enum):
     EXPIRE = enum.auto()  # the ejection time is over
 
 
+# Read on every request's outcome (`record`): on Python 3.11 an Enum class's attribute goes
+# through EnumType.__getattr__'s slow hook, a module name does not.
+_EJECTED: Final = Outlier.EJECTED
+
 # (state, event) -> next state; a pair missing here cannot happen.
 _OUTLIER: Final[dict[tuple[Outlier, _Event], Outlier]] = {
     (Outlier.AVAILABLE, _Event.OUTCOME): Outlier.AVAILABLE,
@@ -221,7 +225,7 @@ class OutlierDetector:
     def record(self, index: int, ok: bool, now: float) -> Ejection | None:
         """Record one request outcome of server ``index``; an Ejection when it ejects."""
         s = self._servers[index]
-        if s.state is Outlier.EJECTED:
+        if s.state is _EJECTED:  # (a module name: Outlier.EJECTED is slow to read, see _EJECTED)
             if s.ejection is not None and now < s.ejection.until:
                 self._step(s, _Event.OUTCOME)
                 return None

@@ -159,6 +159,12 @@ class Outcome(StrEnum):
     ONLY_IF_CACHED_MISS = "only-if-cached-miss"  # answer 504 (5.2.1.7)
 
 
+# The outcomes as module names, read on every request: on Python 3.11 an Enum class's
+# attribute (`Outcome.MISS`) goes through EnumType.__getattr__'s slow hook.
+FRESH, STALE_OK, MUST_VALIDATE = Outcome.FRESH, Outcome.STALE_OK, Outcome.MUST_VALIDATE
+MISS, ONLY_IF_CACHED_MISS = Outcome.MISS, Outcome.ONLY_IF_CACHED_MISS
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """The cache phase's decision for one request."""
@@ -339,22 +345,22 @@ def lookup(
     """
     cc = request_cache_control(req_headers)
     if method != "GET" and method != "HEAD":
-        return Lookup(Outcome.MISS, reason="method", fwd="method")
+        return Lookup(MISS, reason="method", fwd="method")
     entry = _select(entries, req_headers)
     if entry is None:
         fwd = "vary-miss" if entries else "uri-miss"
         if cc.only_if_cached:
-            return Lookup(Outcome.ONLY_IF_CACHED_MISS, reason=fwd)
-        return Lookup(Outcome.MISS, reason=fwd, fwd=fwd)
+            return Lookup(ONLY_IF_CACHED_MISS, reason=fwd)
+        return Lookup(MISS, reason=fwd, fwd=fwd)
     age = entry.age(now)
     ttl = entry.lifetime - age
     fresh = ttl > 0
 
     def validate(reason: str, by_request: bool) -> Lookup:
         if cc.only_if_cached:
-            return Lookup(Outcome.ONLY_IF_CACHED_MISS, entry, reason, None, age, ttl)
+            return Lookup(ONLY_IF_CACHED_MISS, entry, reason, None, age, ttl)
         fwd = "request" if by_request and fresh else "stale"
-        return Lookup(Outcome.MUST_VALIDATE, entry, reason, fwd, age, ttl)
+        return Lookup(MUST_VALIDATE, entry, reason, fwd, age, ttl)
 
     if entry.no_cache:
         return validate("no-cache", False)
@@ -365,15 +371,15 @@ def lookup(
     if cc.min_fresh is not None and ttl < cc.min_fresh:
         return validate("min-fresh", True)
     if fresh:
-        return Lookup(Outcome.FRESH, entry, "fresh", None, age, ttl, strip=entry.no_cache_fields)
+        return Lookup(FRESH, entry, "fresh", None, age, ttl, strip=entry.no_cache_fields)
     if entry.no_stale:
         return validate("must-revalidate", False)
     staleness = -ttl
     if 0 < entry.stale_while_revalidate and staleness <= entry.stale_while_revalidate:
         reason = "stale-while-revalidate"
-        return Lookup(Outcome.STALE_OK, entry, reason, None, age, ttl, True, entry.no_cache_fields)
+        return Lookup(STALE_OK, entry, reason, None, age, ttl, True, entry.no_cache_fields)
     if cc.max_stale is not None and staleness <= cc.max_stale:
-        return Lookup(Outcome.STALE_OK, entry, "max-stale", None, age, ttl, strip=entry.no_cache_fields)
+        return Lookup(STALE_OK, entry, "max-stale", None, age, ttl, strip=entry.no_cache_fields)
     return validate("stale", False)
 
 
