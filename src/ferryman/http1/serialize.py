@@ -34,9 +34,9 @@ def framing_header(framing: Framing, length: int) -> bytes:
 def request_head(
     method: str, target: bytes, host: bytes, headers: Headers, framing: Framing, length: int
 ) -> bytes:
-    parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), target, host)]
+    parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", host, CRLF]
     for name, value in headers:
-        parts.append(b"%s: %s\r\n" % (name, value))
+        parts += (name, b": ", value, CRLF)  # joined once below: no bytes formatting per field
     parts.append(framing_header(framing, length))
     parts.append(CRLF)
     return b"".join(parts)
@@ -47,7 +47,7 @@ def response_head(
 ) -> bytes:
     parts = [status_line(status, reason_phrase)]
     for name, value in headers:
-        parts.append(b"%s: %s\r\n" % (name, value))
+        parts += (name, b": ", value, CRLF)
     parts.append(extra)
     parts.append(CRLF)
     return b"".join(parts)
