@@ -26,6 +26,10 @@ def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
 
 def _content_length(values: list[bytes], err: type[Exception]) -> int:
     # RFC 9110 8.6: a list of identical values may be collapsed, anything else is fatal.
+    if len(values) == 1:
+        val = values[0]
+        if val.isdigit() and len(val) <= 18:
+            return int(val)  # the usual one plain value: what the rules below give it
     seen: set[bytes] = set()
     for v in values:
         for part in v.split(b","):

@@ -41,6 +41,16 @@ class ResponseSink(Protocol):
 # bytes.translate, which deletes them in C: anything left over is invalid.
 _VALID_HOST = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:[]%!$&'()*+,;="
 
+# The fields each head's loop reads (lower case); every other field is passed over with
+# one set lookup.
+_REQUEST_FIELDS = frozenset(
+    {
+        b"via", b"upgrade", b"host", b"content-length", b"transfer-encoding", b"connection",
+        b"proxy-connection", b"expect",
+    }
+)
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
 
 class RequestParser:
     """Parses a stream of pipelined requests; raises a `FerrymanError` on bad input.
@@ -88,6 +98,12 @@ class RequestParser:
         self._up_framing = None
         self._bypass = False
         self._remaining = -1
+
+    def close(self) -> None:
+        """No more input: let go of the sink, and of the llhttp parser, which holds this
+        object's methods (a cycle), so that reference counting frees them, not the collector.
+        Nothing may be fed after."""
+        del self._p, self._sink
 
     def feed(self, data: bytes) -> int | None:
         if self._up_body is not None:
@@ -186,6 +202,8 @@ class RequestParser:
         via: bytes | None = None
         for name, value in self._headers:
             n = name.lower()
+            if n not in _REQUEST_FIELDS:
+                continue  # one set lookup for the usual field, not seven comparisons
             if n == b"via":
                 via = value if via is None else via + b", " + value
             elif n == b"upgrade":
@@ -360,6 +378,8 @@ class ResponseParser:
         conn: list[bytes] = []
         for name, value in self._headers:
             n = name.lower()
+            if n not in _FRAMING_FIELDS:
+                continue
             if n == b"content-length":
                 cl.append(value)
             elif n == b"transfer-encoding":

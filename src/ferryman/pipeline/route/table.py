@@ -155,10 +155,27 @@ def _host_key(pattern: str) -> tuple[bool, str]:
     return False, h
 
 
+_HOSTS: dict[bytes | str, str] = {}  # a bounded memo of the Host values seen last
+_HOSTS_MAX = 4096
+
+
 def request_host(host: bytes | str | None) -> str | None:
-    """The Host value as routes compare it: lower-case, no port, no trailing dot."""
+    """The Host value as routes compare it: lower-case, no port, no trailing dot.
+    Remembered for the values seen last (a site is asked for under a few spellings)."""
     if host is None:
         return None
+    got = _HOSTS.get(host)
+    if got is None:
+        got = _request_host(host)
+        if got is None:
+            return None
+        if len(_HOSTS) >= _HOSTS_MAX:
+            _HOSTS.clear()
+        _HOSTS[host] = got
+    return got
+
+
+def _request_host(host: bytes | str) -> str | None:
     h = host.decode("latin-1") if isinstance(host, bytes) else host
     h = h.strip().lower()
     if h.startswith("["):  # IPv6 literal: the port comes after "]"
