@@ -14,7 +14,7 @@ from typing import Protocol
 
 from ferryman.conn.clock import Clock
 from ferryman.conn.exchange import Exchange
-from ferryman.conn.state import Deadlines, State
+from ferryman.conn.state import Deadlines, State, StateError
 from ferryman.conn.tunnel import RelaySide
 from ferryman.errors import FerrymanError
 from ferryman.http1.events import Headers
@@ -118,3 +118,82 @@ class ClientConn(Protocol):
 
     def join_tunnel(self, ex: Exchange, upstream: RelaySide, idle: float) -> None:
         """The exchange becomes a tunnel between the client and ``upstream``."""
+
+
+class Gone:
+    """What the parts of a client connection point at once it ended with nothing in flight
+    (`Downstream._unlink`), instead of at it: a connection closed for good, on which nothing
+    is written and no state moves (as on the closed connection itself).  Pointing there ends
+    the reference cycles between the connection and its parts, so reference counting frees
+    them all when it closes, not the garbage collector some passes later."""
+
+    loop: asyncio.AbstractEventLoop  # never read: nothing starts on a closed connection
+    clock: Clock
+    transport: asyncio.Transport | None = None
+    cur: Exchange | None = None
+    reverse = False
+    write_paused = False
+
+    @property
+    def responder(self) -> Writer:
+        raise StateError("client connection: closed")
+
+    @property
+    def closed(self) -> bool:
+        return True
+
+    @property
+    def state(self) -> State:
+        return State.CLOSED
+
+    def to(self, new: State, deadlines: Deadlines | None = None) -> None:
+        if new is not State.CLOSED:
+            raise StateError(f"client connection: CLOSED -> {new.name} is not a move of the table")
+
+    def touch(self) -> None:
+        pass
+
+    def write(self, ex: Exchange, data: bytes) -> None:
+        pass
+
+    def write_body(self, ex: Exchange, data: bytes) -> None:
+        pass
+
+    def finish(self, ex: Exchange) -> None:
+        pass
+
+    def fail(self, ex: Exchange | None, exc: FerrymanError) -> None:
+        pass
+
+    def log(self, ex: Exchange) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def proxy(self, ex: Exchange) -> None:
+        pass
+
+    def send_to(self, ex: Exchange, lease: Lease | None) -> None:
+        pass
+
+    def pause(self, why: int) -> None:
+        pass
+
+    def resume(self, why: int) -> None:
+        pass
+
+    async def wait_writable(self) -> None:
+        pass
+
+    def hold_for_tunnel(self) -> bool:
+        return False
+
+    def drop_tunnel_hold(self) -> None:
+        pass
+
+    def join_tunnel(self, ex: Exchange, upstream: RelaySide, idle: float) -> None:
+        pass
+
+
+GONE: ClientConn = Gone()

@@ -29,6 +29,7 @@ import asyncio
 import logging
 from collections import deque
 
+from ferryman.conn.client import GONE
 from ferryman.conn.clock import Timer
 from ferryman.conn.decide import Decider
 from ferryman.conn.engine import Engine
@@ -267,6 +268,11 @@ class Downstream(asyncio.Protocol):
         self.cur = None
         self.queue.clear()
         self._wake_writable()
+        if ex is None and self.tunnel is None and self.tunnel_pending is None and self.refused is None:
+            # Nothing in flight: the parts point at GONE (conn/client.py), not back at this
+            # connection, so reference counting frees them all now, not the collector later.
+            self.responder.conn = self.relay.conn = self.decider.conn = GONE
+            self.parser.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
