@@ -31,6 +31,9 @@ class Waiting(Protocol):
     def cancel(self) -> None: ...
 
 
+_NONE_TRIED: frozenset[int] = frozenset()
+
+
 class Attempt:
     """The upstream side of one exchange: which server, which connection, how many tries."""
 
@@ -49,7 +52,7 @@ class Attempt:
         # itself), kept afterwards so a retry knows which server it left.
         self.lease: Lease | None = None
         self.queued: Waiting | None = None  # waiting for a slot (every server at max_conns)
-        self.tried: frozenset[int] = frozenset()
+        self.tried: frozenset[int] = _NONE_TRIED
         self.label = ""  # host:port, for the log
         self.t_connect: float | None = None
         self.head_sent = False

@@ -15,6 +15,11 @@ _TOKEN_SPLIT = b","
 
 
 def connection_tokens(values: list[bytes]) -> frozenset[bytes]:
+    if len(values) == 1:
+        one = values[0]
+        if one.find(_TOKEN_SPLIT) < 0:  # the usual one token ("close", "keep-alive")
+            tok = one.strip().lower()
+            return frozenset((tok,)) if tok else frozenset()
     out: set[bytes] = set()
     for v in values:
         for tok in v.split(_TOKEN_SPLIT):

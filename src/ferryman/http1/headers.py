@@ -70,7 +70,7 @@ def forward_request_headers(
         out.append((b"Upgrade", upgrade))
         out.append((b"Connection", b"upgrade"))
     via_seen = False
-    drop = _REQUEST_DROP | connection_tokens if connection_tokens else _REQUEST_DROP
+    drop = _REQUEST_DROP if connection_tokens <= _REQUEST_DROP else _REQUEST_DROP | connection_tokens
     via_values: list[bytes] = []
     for name, value in headers:
         n = name.lower()
@@ -116,7 +116,8 @@ def _received(via: bytes, version: str) -> bytes:
 def forward_response_headers(
     headers: Headers, connection_tokens: frozenset[bytes], via: bytes | None, version: str = "1.1"
 ) -> Headers:
-    drop = HOP_BY_HOP | connection_tokens if connection_tokens else HOP_BY_HOP
+    # (no new set when the tokens name hop-by-hop fields anyway: "keep-alive", "upgrade")
+    drop = HOP_BY_HOP if connection_tokens <= HOP_BY_HOP else HOP_BY_HOP | connection_tokens
     out: Headers = []
     via_values: list[bytes] = []
     for name, value in headers:

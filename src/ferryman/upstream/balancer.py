@@ -233,9 +233,15 @@ def _smooth(
     best_score = 0.0
     total = 0.0
     for s in servers:
-        if not _eligible(s, backup, exclude):
+        spec = s.spec  # _eligible and effective_weight, inline (once per server and pick)
+        if spec.backup != backup or not s.healthy or spec.index in exclude:
             continue
-        w = s.effective_weight(now, slow_start)
+        if spec.max_conns != 0 and s.active >= spec.max_conns:
+            continue
+        if slow_start <= 0.0 or now >= s.slow_start_until:
+            w = float(spec.weight)
+        else:
+            w = s.effective_weight(now, slow_start)
         if cap is not None and s.active * cap[1] > cap[0] * w:
             continue
         i = s.spec.index
