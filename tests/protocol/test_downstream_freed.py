@@ -13,9 +13,7 @@ import pytest
 from ferryman.conn.client import GONE
 from ferryman.conn.downstream import Downstream
 from ferryman.conn.engine import Engine
-from tests.protocol.test_downstream import GET, OK, client, engine, park_upstream
-
-__all__ = ["engine"]  # the fixture
+from tests.protocol.test_downstream import GET, OK, client, park_upstream
 
 
 @pytest.fixture
