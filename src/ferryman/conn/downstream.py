@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from functools import partial
 
 from ferryman.conn.client import GONE
 from ferryman.conn.clock import Timer
@@ -39,12 +40,12 @@ from ferryman.conn.responder import Responder, send_body
 from ferryman.conn.state import EXPIRED, FIELD, IS_ACTIVITY, MOVES, Deadlines, State, StateError
 from ferryman.conn.timeouts import P_BUFFER, P_PIPELINE, P_REFUSED
 from ferryman.conn.tunnel import RelaySide, Tunnel
+from ferryman.conn.tunnel import join as tunnel_join
 from ferryman.errors import BodyTooLarge, ClientProtocolError, ClientTimeout, FerrymanError, UpstreamTimeout
 from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import F_CHUNKED, RequestHead
 from ferryman.http1.parser import RequestParser
-from ferryman.pipeline import respond
 from ferryman.pipeline.cache.action import ANSWERS
 from ferryman.pipeline.context import Client, RequestContext
 from ferryman.pipeline.plan import ListenerPlan
@@ -415,17 +416,7 @@ class Downstream(asyncio.Protocol):
         if self.closed:
             return
         if ex is not None:
-            up = ex.up
-            if ex.task is not None:
-                ex.task.cancel()
-                ex.task = None
-            if up.queued is not None:
-                up.queued.cancel()
-            if up.conn is not None:
-                up.conn.abort()
-                up.conn = None
-            # Only the upstream's own faults count against the server (passive ejection).
-            up.release(self._now(), False if exc.source == "upstream" else None)
+            self.relay.abandon(ex, exc)
             cache = self.engine.cache
             if ex.cache is not None and cache is not None:
                 if ex.resp is None and cache.serve_stale_on_error(self, ex, exc) is ANSWERS:
@@ -434,12 +425,7 @@ class Downstream(asyncio.Protocol):
         started = ex is not None and ex.resp is not None
         self.relay.flush()  # a relayed head held back for its body goes out before the end
         if not started and self.transport is not None:
-            data = respond.error(exc)
-            if ex is not None and ex.ctx.head.method == "HEAD":
-                data = respond.bodiless(data)  # no body after an answer to HEAD (RFC 9110 9.3.2)
-            self.transport.write(data)
-            if ex is not None:
-                ex.bytes_out += len(data)
+            self.responder.write_error(ex, exc)
         if ex is not None:
             if not started:
                 ex.status = exc.status
@@ -447,7 +433,7 @@ class Downstream(asyncio.Protocol):
             ex.keep_alive = False
             self.log(ex)
         elif self.transport is not None:
-            self._log_bare(exc)
+            self.responder.log_bare(self.client_ip, exc)
         if started:
             self.abort()
         else:
@@ -495,11 +481,6 @@ class Downstream(asyncio.Protocol):
         for phase in phases.log:
             phase(ex.ctx, ex)
 
-    def _log_bare(self, exc: FerrymanError) -> None:
-        lg = self.engine.log
-        if lg.enabled:
-            lg.log(self.client_ip, "", "-", "-", "1.1", exc.status, 0, 0, 0.0, None, None, "", "", exc.detail)
-
     # ------------------------------------------------------------- tunnels
     def hold_for_tunnel(self) -> bool:
         held = self.tunnel_pending is None
@@ -515,20 +496,9 @@ class Downstream(asyncio.Protocol):
         tr = self.transport
         assert tr is not None
         self.to(TUNNEL)
-        client = RelaySide()
-        client.transport = tr
-        client.pending = self.tunnel_pending or []
-        self.tunnel_pending = None
-        for data in client.pending:
-            client.bytes_read += len(data)
-        self.tunnel = Tunnel(client, upstream, idle, lambda t: self._tunnel_closed(ex, t), self.clock)
-        tr.set_protocol(client)
-        tr.resume_reading()
-        if upstream.transport is not None:
-            upstream.transport.resume_reading()
-        self.tunnel.start()
-        if self.tunnel_eof:
-            client.eof_received()
+        pending, self.tunnel_pending = self.tunnel_pending or [], None
+        on_close = partial(self._tunnel_closed, ex)
+        self.tunnel = tunnel_join(tr, pending, self.tunnel_eof, upstream, idle, on_close, self.clock)
 
     def _tunnel_closed(self, ex: Exchange, tunnel: Tunnel) -> None:
         ex.bytes_in += tunnel.bytes_from_client

@@ -384,6 +384,20 @@ class UpstreamRelay:
             client.log(ex)
             client.abort()
 
+    def abandon(self, ex: Exchange, exc: FerrymanError) -> None:
+        """The exchange fails with ``exc``: end its upstream side and give the server slot
+        back; only the upstream's own faults count against the server (passive ejection)."""
+        up = ex.up
+        if ex.task is not None:
+            ex.task.cancel()
+            ex.task = None
+        if up.queued is not None:
+            up.queued.cancel()
+        if up.conn is not None:
+            up.conn.abort()
+            up.conn = None
+        up.release(self.conn.clock.time(), False if exc.source == "upstream" else None)
+
     def client_left(self, ex: Exchange) -> None:
         """The client went away mid-exchange: end the upstream side (or hand a fill with
         followers to the cache) and give the server slot back, with no verdict on it."""

@@ -43,6 +43,25 @@ class Responder:
         self.conn = conn
         self.engine = engine
 
+    def log_bare(self, client_ip: str, exc: FerrymanError) -> None:
+        """The access log line of an error with no request to name (a head not read)."""
+        lg = self.engine.log
+        if lg.enabled:
+            lg.log(client_ip, "", "-", "-", "1.1", exc.status, 0, 0, 0.0, None, None, "", "", exc.detail)
+
+    def write_error(self, ex: Exchange | None, exc: FerrymanError) -> None:
+        """The error answer from the one table (pipeline/respond.py), with no body after an
+        answer to HEAD (RFC 9110 9.3.2)."""
+        conn = self.conn
+        tr = conn.transport
+        assert tr is not None
+        data = respond.error(exc)
+        if ex is not None:
+            if ex.ctx.head.method == "HEAD":
+                data = respond.bodiless(data)
+            ex.bytes_out += len(data)
+        tr.write(data)
+
     def send_synthetic(self, ex: Exchange, status: int, text: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
         conn = self.conn
         if conn.closed or conn.transport is None:

@@ -159,3 +159,30 @@ class Tunnel:
             if side.transport is not None:
                 side.transport.close()
         self._on_close(self)
+
+
+def join(
+    transport: asyncio.Transport,
+    pending: list[bytes],
+    eof: bool,
+    upstream: RelaySide,
+    idle: float,
+    on_close: Callable[[Tunnel], None],
+    clock: Clock,
+) -> Tunnel:
+    """Glue a client's transport (with the bytes it sent early, ``pending``, and whether it
+    already half-closed, ``eof``) to ``upstream`` and start relaying."""
+    client = RelaySide()
+    client.transport = transport
+    client.pending = pending
+    for data in pending:
+        client.bytes_read += len(data)
+    tunnel = Tunnel(client, upstream, idle, on_close, clock)
+    transport.set_protocol(client)
+    transport.resume_reading()
+    if upstream.transport is not None:
+        upstream.transport.resume_reading()
+    tunnel.start()
+    if eof:
+        client.eof_received()
+    return tunnel
