@@ -23,7 +23,7 @@ import pytest
 from tests.helpers.origin import Origin, header_value, method_of, path_of, read_body, read_head, serve
 from tests.helpers.procs import Ferryman, free_port, run_ferryman, run_reverse, upstream
 from tests.helpers.rawhttp import RawClient, Reader, Response, read_message, send_quietly
-from tests.helpers.wait import wait_log
+from tests.helpers.wait import wait_for, wait_log
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,8 +43,9 @@ async def origin_handler(origin: Origin, reader: asyncio.StreamReader, writer: a
     """By the path's first segment: ``early`` answers before reading the body, ``hang``
     never answers, ``upgrade`` switches to an echo, ``hints`` sends 103 first, ``eof``
     frames its body by closing, ``closeafter`` closes without saying so, ``etag`` answers
-    If-None-Match with 304, ``cache`` is fresh for a minute, ``echo`` returns the body;
-    anything else answers ``METHOD PATH``."""
+    If-None-Match with 304, ``cache`` is fresh for a minute, ``echo`` returns the body,
+    ``held`` answers once the test sets the origin's event named by the path; anything
+    else answers ``METHOD PATH``."""
     while True:
         head = await read_head(reader)
         method, path = method_of(head), path_of(head)
@@ -68,6 +69,9 @@ async def origin_handler(origin: Origin, reader: asyncio.StreamReader, writer: a
         if kind == "hang":
             await reader.read()
             return
+        if kind == "held":
+            released = origin.event(path)
+            await asyncio.get_running_loop().run_in_executor(None, released.wait, 10)
         if kind == "upgrade":
             writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                          b"Upgrade: websocket\r\n\r\n")
@@ -620,10 +624,14 @@ def test_upgrade_in_an_http10_request_is_ignored(target: Target, how: str) -> No
 @pytest.mark.parametrize("how", WRITES)
 def test_connect_behind_a_get_refused_after_its_response(forward: Ferryman, origin: Origin, how: str) -> None:
     t = Target(forward, origin, "forward")
-    a = f"/o/{tag('a')}"
+    # The GET is answered only once the whole pipeline is sent: dribbled, a CONNECT arriving
+    # after the GET's answer would be a CONNECT on an idle connection (a tunnel, rightly).
+    a = f"/held/{tag('a')}"
     connect = b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (origin.port, origin.port)
     with RawClient(t.fm.port) as c:
         send(c, t.req("GET", a) + connect + b"GET /o/inside HTTP/1.1\r\nHost: x\r\n\r\n", how)
+        wait_for(lambda: any(path_of(h) == a for h in origin.requests), what="the GET at the origin")
+        origin.event(a).set()
         got = read_all(c, [(200, ident("GET", a), "GET"), (400, None, "GET")])
         assert (got[1].header("connection") or "").lower() == "close"
         assert_closed(c)
