@@ -446,6 +446,10 @@ def test_range_requests_are_answered_from_the_cached_object(site: Site) -> None:
     assert bad.status_code == 416 and bad.headers["content-range"] == "bytes */100"
     if_range = site.get("/range", Range="bytes=0-9", **{"If-Range": '"g1"'})
     assert if_range.status_code == 206 and if_range.content == RANGE_BODY[:10]
+    # Range is for GET only (RFC 9110 14.2): a HEAD hit with one is a plain HEAD answer.
+    head_hit = httpx.head(site.url("/range"), headers={"Range": "bytes=0-9"}, trust_env=False, timeout=10)
+    assert head_hit.status_code == 200 and head_hit.headers["content-length"] == "100"
+    assert "content-range" not in head_hit.headers and is_hit(head_hit)
     assert site.count("/range") == 1
 
 

@@ -91,6 +91,13 @@ def test_a_failing_if_range_or_a_non_200_entry_gets_the_whole_body() -> None:
     assert _answer([(b"Range", b"bytes=0-9")], status=203)[2:] == (203, 0, 100)
 
 
+def test_a_range_on_head_is_ignored() -> None:
+    # RFC 9110 14.2: a server MUST ignore Range for a method range handling is not defined
+    # for, and only GET has it: a HEAD is answered as a HEAD without Range would be.
+    assert _answer([(b"Range", b"bytes=10-19")], method="HEAD")[2:] == (200, 0, 100)
+    assert _answer([(b"Range", b"bytes=200-")], method="HEAD")[2:] == (200, 0, 100)
+
+
 def test_the_clients_own_validator_gets_304() -> None:
     hdrs, _, status, start, end = _answer([(b"If-None-Match", b'"a"')])
     assert (status, start, end) == (304, 0, 0)

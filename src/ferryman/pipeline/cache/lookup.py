@@ -104,7 +104,8 @@ def answer(
     """Headers, extra bytes, status and byte range for answering a request from ``entry``.
 
     304 when the client's own validators match, 416 for a range past the end, 206 for
-    one satisfiable range (If-Range permitting), else the stored status and the whole body.
+    one satisfiable range of a GET (If-Range permitting), else the stored status and the
+    whole body.
     """
     headers = policy.strip_fields(entry.headers, look.strip) if look.strip else entry.headers
     age = int(entry.age(now))
@@ -114,7 +115,8 @@ def answer(
     if policy.client_conditional_304(method, req_headers, entry.status, entry.headers, entry.response_time):
         return policy.not_modified_headers(hdrs), extra, 304, 0, 0
     rng = None
-    if entry.status == 200 and if_range_holds(req_headers, entry.headers):
+    # Range is defined for GET only: any other method's Range is ignored (RFC 9110 14.2).
+    if method == "GET" and entry.status == 200 and if_range_holds(req_headers, entry.headers):
         rng = range_of(req_headers, size)
     if rng == "bad":
         return hdrs, extra, 416, 0, 0
