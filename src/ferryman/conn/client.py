@@ -122,7 +122,7 @@ class ClientConn(Protocol):
 
 class Gone:
     """What the parts of a client connection point at once it ended with nothing in flight
-    (`Downstream._unlink`), instead of at it: a connection closed for good, on which nothing
+    (`Downstream.connection_lost`), instead of at it: a connection closed for good, on which nothing
     is written and no state moves (as on the closed connection itself).  Pointing there ends
     the reference cycles between the connection and its parts, so reference counting frees
     them all when it closes, not the garbage collector some passes later."""

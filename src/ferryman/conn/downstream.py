@@ -1,26 +1,22 @@
 """The client connection: an asyncio Protocol that carries out the request's phases.
 
 Rules this module owns:
-- one exchange is served at a time; pipelined requests queue behind it and
-  reading pauses until they are reached (responses leave in request order); the
-  next one starts on the loop's next turn, never inside the upstream read that
-  ended the response before it (`finish`);
+- one exchange at a time; pipelined requests queue behind it, reading pauses, and
+  responses leave in request order; the next starts on the loop's next turn, not
+  inside the upstream read that ended the one before (`finish`); a request refused
+  behind others is answered in its turn, never in place of theirs (`_refuse_in_turn`);
 - every request ends in exactly one response or one error, and is logged once;
-- a request refused while requests before it are still being served (a malformed
-  head or body behind them in a pipeline) is answered in its turn, after theirs,
-  never in place of the current request's response;
-- a connection that saw an error is closed, never reused; one ended after a
-  response is half-closed and reads on until the client closes (`close`, RFC 9112 9.6);
+- a connection that saw an error is closed, never reused; one ended while the client
+  may still send is half-closed and reads on until it closes (`close`, RFC 9112 9.6);
 - bytes are only relayed after the parser accepted them, and every body is
   re-framed by ferryman, so the next hop can never frame it differently;
 - the connection's life is the table of conn/state.py: every state change goes
   through `to`, which checks the move and arms the state's one deadline.
 
-Its parts are composed, not mixed in: `decider` (conn/decide.py) runs the
-request's phases and carries out their decision, `relay` (conn/relay.py) handles
-the upstream's response, `responder` (conn/responder.py) writes the answers that
-do not come from an upstream; they, the cache flow, CONNECT and the upstream
-queue see this class only as `ClientConn` (conn/client.py).
+Its parts are composed, not mixed in: `decider` (conn/decide.py) runs the phases
+and carries out their decision, `relay` (conn/relay.py) the upstream side,
+`responder` (conn/responder.py) the answers that do not come from an upstream; they,
+the cache flow, CONNECT and the upstream queue see it only as `ClientConn`.
 """
 
 from __future__ import annotations
@@ -42,7 +38,6 @@ from ferryman.conn.timeouts import P_BUFFER, P_PIPELINE, P_REFUSED
 from ferryman.conn.tunnel import RelaySide, Tunnel
 from ferryman.conn.tunnel import join as tunnel_join
 from ferryman.errors import BodyTooLarge, ClientProtocolError, ClientTimeout, FerrymanError, UpstreamTimeout
-from ferryman.http1 import outgoing
 from ferryman.http1 import serialize as ser
 from ferryman.http1.events import F_CHUNKED, RequestHead
 from ferryman.http1.parser import RequestParser
@@ -209,8 +204,7 @@ class Downstream(asyncio.Protocol):
         try:
             off = self.parser.feed(data)
         except FerrymanError as exc:
-            # The refused request: one whose head is being read (no exchange yet), or the
-            # last one read (its body, or a phase run from its head).
+            # Refused: a head being read (no exchange yet), or the last one read (its body).
             self._refuse_in_turn(None if self.parser.in_head else self.rx, exc)
             return
         if off is not None and not self.closed:
@@ -223,8 +217,7 @@ class Downstream(asyncio.Protocol):
             elif ex is not None and ex.ctx.head.upgrade is not None:
                 self.tunnel_pending = [rest] if rest else []
             elif ex is None or ex.ctx.head.method != "CONNECT":
-                # No tunnel asked for (an Upgrade in an HTTP/1.0 request is ignored, RFC 9110
-                # 7.8; None: such a request answered at once): what follows is HTTP.
+                # No tunnel asked for (HTTP/1.0 Upgrade ignored, RFC 9110 7.8): HTTP follows.
                 self.parser.restart()
                 if rest:
                     self.data_received(rest)
@@ -270,8 +263,7 @@ class Downstream(asyncio.Protocol):
         self.queue.clear()
         self._wake_writable()
         if ex is None and self.tunnel is None and self.tunnel_pending is None and self.refused is None:
-            # Nothing in flight: the parts point at GONE (conn/client.py), not back at this
-            # connection, so reference counting frees them all now, not the collector later.
+            # Nothing in flight: no cycle left, so reference counting frees it all (GONE).
             self.responder.conn = self.relay.conn = self.decider.conn = GONE
             self.parser.close()
 
@@ -324,9 +316,8 @@ class Downstream(asyncio.Protocol):
         self.rx = ex
         if self.cur is None:
             if st is IDLE:
-                # This head came in the read that ended the one before it, answered at once
-                # (ferryman's own answer, a memory-cache hit): the connection went IDLE
-                # inside `feed`, and data_received's move to HEAD came before that.
+                # It came in the read that ended one answered at once (ferryman's own answer,
+                # a memory hit): the connection went IDLE inside `feed`, after data_received.
                 self.to(HEAD)
             self.cur = ex
             self.decider.start(ex)
@@ -344,19 +335,10 @@ class Downstream(asyncio.Protocol):
         limit = ex.ctx.plan.limits.max_body_size
         if limit and ex.bytes_in > limit:
             raise BodyTooLarge(f"request body larger than {limit} bytes")
-        up = ex.up
-        conn = up.conn
-        if conn is not None and up.head_sent:
-            up.body_sent = True
-            assert conn.transport is not None
-            chunked = ex.ctx.head.framing is F_CHUNKED
-            send_body(conn.transport, outgoing.CHUNK if chunked else outgoing.RAW, data)
+        if self.relay.forward_body(ex, data):
             self._last = self._now()
-        else:
-            ex.body_buf.append(data)
-            ex.body_buffered += len(data)
-            if ex.body_buffered > _BUFFER_HIGH:
-                self.pause(P_BUFFER)
+        elif ex.body_buffered > _BUFFER_HIGH:
+            self.pause(P_BUFFER)
 
     def on_request_end(self) -> None:
         ex = self.rx
@@ -380,10 +362,8 @@ class Downstream(asyncio.Protocol):
         if self.rx is ex:
             self.rx = None
         if not ex.keep_alive or self.state is CLOSED:
-            # Linger (`close`) only when the client may still be sending: its body is not all
-            # read, requests wait behind it, or it did not ask to close (nginx's heuristic).
-            # A client that sent "Connection: close" sends nothing more (RFC 9112 9.6): its
-            # connection closes at once, with no timer to keep it alive for seconds.
+            # Linger (`close`) only while the client may still send: body unread, requests
+            # queued, or a close it did not ask for; after "Connection: close" it sends no more.
             self.close(linger=not ex.req_done or ex.ctx.head.keep_alive or bool(self.queue))
             return
         if self.queue:
@@ -416,7 +396,8 @@ class Downstream(asyncio.Protocol):
         if self.closed:
             return
         if ex is not None:
-            self.relay.abandon(ex, exc)
+            # Only the upstream's own faults count against the server (passive ejection).
+            self.relay.abandon(ex, False if exc.source == "upstream" else None)
             cache = self.engine.cache
             if ex.cache is not None and cache is not None:
                 if ex.resp is None and cache.serve_stale_on_error(self, ex, exc) is ANSWERS:

@@ -384,9 +384,9 @@ class UpstreamRelay:
             client.log(ex)
             client.abort()
 
-    def abandon(self, ex: Exchange, exc: FerrymanError) -> None:
-        """The exchange fails with ``exc``: end its upstream side and give the server slot
-        back; only the upstream's own faults count against the server (passive ejection)."""
+    def abandon(self, ex: Exchange, ok: bool | None) -> None:
+        """End the exchange's upstream side and give the server slot back with ``ok``, the
+        server's verdict (None: none, the failure was not the server's)."""
         up = ex.up
         if ex.task is not None:
             ex.task.cancel()
@@ -396,16 +396,12 @@ class UpstreamRelay:
         if up.conn is not None:
             up.conn.abort()
             up.conn = None
-        up.release(self.conn.clock.time(), False if exc.source == "upstream" else None)
+        up.release(self.conn.clock.time(), ok)
 
     def client_left(self, ex: Exchange) -> None:
-        """The client went away mid-exchange: end the upstream side (or hand a fill with
-        followers to the cache) and give the server slot back, with no verdict on it."""
+        """The client went away mid-exchange: hand a fill with followers to the cache, end
+        the rest of the upstream side, with no verdict on the server."""
         up = ex.up
-        if ex.task is not None:
-            ex.task.cancel()
-        if up.queued is not None:
-            up.queued.cancel()
         cache = self.engine.cache
         handed = (
             up.conn is not None and ex.cache is not None and cache is not None
@@ -413,15 +409,27 @@ class UpstreamRelay:
         )
         if handed:
             up.conn = None  # the fill goes on for the followers; the cache owns the socket now
-        if up.conn is not None:
-            up.conn.abort()
-            up.conn = None
-        up.release(self.conn.clock.time(), None)
+        self.abandon(ex, None)
         if not ex.status:
             ex.status = 499
         ex.error = ex.error or "client closed the connection before the response completed"
         if ex.cache is not None and cache is not None and not handed:
             cache.on_abort(ex, "the client left and no other client waits for the fill")
+
+    def forward_body(self, ex: Exchange, data: bytes) -> bool:
+        """A piece of the request body: straight to the upstream once its head is sent
+        (True), else kept in the exchange until it is (False)."""
+        up = ex.up
+        conn = up.conn
+        if conn is not None and up.head_sent:
+            up.body_sent = True
+            assert conn.transport is not None
+            chunked = ex.ctx.head.framing is F_CHUNKED
+            send_body(conn.transport, outgoing.CHUNK if chunked else outgoing.RAW, data)
+            return True
+        ex.body_buf.append(data)
+        ex.body_buffered += len(data)
+        return False
 
     def upstream_error(
         self, ex: Exchange, exc: FerrymanError, reached: bool, got_bytes: bool = False
